@@ -1,0 +1,489 @@
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+use keel_raft::{
+    ConfChange, Config, Entry, EntryKind, GroupId, HardState, Index, Message, NodeId, Plant, Plants, RaftError,
+    RawNode, Ready, RecoveredState, Role, Snapshot, SnapshotMeta, Status, Term,
+};
+
+/// The replicated state machine of one group. Deterministic: the same entries in the same order
+/// give the same state on every member.
+pub trait StateMachine {
+    /// Applies one committed entry and returns the result for its proposer.
+    fn apply(&mut self, index: Index, data: &Bytes) -> Bytes;
+    /// Answers a read against the current (applied) state.
+    fn query(&self, query: &Bytes) -> Bytes;
+    /// The whole state, for a snapshot.
+    fn snapshot(&self) -> Bytes;
+    /// Replaces the whole state by a snapshot's.
+    fn restore(&mut self, data: &Bytes);
+}
+
+/// A host-chosen identifier of a proposal or read, echoed back in the outcome.
+pub type RequestId = u64;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestError {
+    /// Refused up front; nothing was proposed.
+    Refused(RaftError),
+    /// The proposal's log slot was taken by another leader's entry: it was not applied.
+    Dropped,
+    /// No outcome within the deadline; the proposal may or may not be applied.
+    Timeout,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub group: GroupId,
+    pub id: RequestId,
+    pub result: Result<Bytes, RequestError>,
+}
+
+/// What one group asks to be made durable.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupWrite {
+    pub group: GroupId,
+    pub hard_state: Option<HardState>,
+    /// A snapshot received from the leader: it replaces the whole log and state.
+    pub installed_snapshot: Option<Snapshot>,
+    /// A snapshot this member took of its own applied state: the log up to its index may go.
+    pub own_snapshot: Option<Snapshot>,
+    /// Entries to append; an entry at an index the store already holds replaces it and all after.
+    pub entries: Vec<Entry>,
+}
+
+/// One durable write covering every group: the host writes it, fsyncs once if `must_sync`, then
+/// calls [`Node::on_write_durable`] with `id`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteBatch {
+    pub id: u64,
+    pub groups: Vec<GroupWrite>,
+    pub must_sync: bool,
+}
+
+/// Everything a poll produced.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Send now.
+    pub messages: Vec<Message>,
+    /// Persist, then report durable. At most one is outstanding.
+    pub write: Option<WriteBatch>,
+    /// Finished proposals and reads.
+    pub outcomes: Vec<Outcome>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    /// Take a snapshot (and compact the log) every this many applied entries.
+    pub snapshot_interval_entries: u64,
+    /// Ticks before an unanswered proposal or read is given up as [`RequestError::Timeout`].
+    pub request_timeout_ticks: u64,
+    /// Most proposals and reads waiting per group.
+    pub max_pending_requests: usize,
+    pub plants: Plants,
+}
+
+impl NodeConfig {
+    pub fn new(id: NodeId) -> NodeConfig {
+        NodeConfig {
+            id,
+            snapshot_interval_entries: 10_000,
+            request_timeout_ticks: 50,
+            max_pending_requests: 100_000,
+            plants: Plants::NONE,
+        }
+    }
+}
+
+struct PendingProposal {
+    id: RequestId,
+    term: Term,
+    deadline: u64,
+}
+
+struct PendingRead {
+    id: RequestId,
+    query: Bytes,
+    /// Known once the leader confirmed it; the read runs when this index is applied.
+    read_index: Option<Index>,
+    deadline: u64,
+}
+
+struct Group<S> {
+    raw: RawNode,
+    machine: S,
+    /// Proposals by log index.
+    proposals: BTreeMap<Index, PendingProposal>,
+    reads: VecDeque<PendingRead>,
+    /// Applied index and term, for snapshots.
+    applied: Index,
+    applied_term: Term,
+    last_snapshot_index: Index,
+    /// Ready handed out and not yet durable.
+    ready_in_flight: Option<u64>,
+    /// Own snapshot written in the batch in flight; the log is compacted behind it when durable.
+    snapshot_in_flight: Option<Snapshot>,
+    role: Role,
+}
+
+/// The initial log of a group created with `voters`: the same on every founding member, written
+/// before the first start, so that a member added later learns the founding membership by
+/// replication like any other change (as etcd does).
+pub fn bootstrap(voters: &[NodeId]) -> (HardState, Vec<Entry>) {
+    let entries: Vec<Entry> = voters
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| Entry {
+            term: 1,
+            index: i as u64 + 1,
+            kind: EntryKind::ConfChange,
+            data: ConfChange::AddVoter(id).encode(),
+        })
+        .collect();
+    let hard_state = HardState { term: 1, vote: 0, commit: entries.len() as u64 };
+    (hard_state, entries)
+}
+
+pub struct Node<S> {
+    cfg: NodeConfig,
+    groups: BTreeMap<GroupId, Group<S>>,
+    ticks: u64,
+    next_write_id: u64,
+    /// The write in flight and the messages it holds back until it is durable.
+    write_in_flight: Option<(u64, Vec<Message>)>,
+    outcomes: Vec<Outcome>,
+}
+
+impl<S: StateMachine> Node<S> {
+    pub fn new(cfg: NodeConfig) -> Node<S> {
+        Node { cfg, groups: BTreeMap::new(), ticks: 0, next_write_id: 1, write_in_flight: None, outcomes: Vec::new() }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.cfg.id
+    }
+
+    /// Adds a group recovered from durable state. `machine` must hold the state at
+    /// `recovered.applied` (for an in-memory machine: the snapshot's state).
+    pub fn add_group(&mut self, raft: Config, recovered: RecoveredState, machine: S) -> Result<(), RaftError> {
+        assert_eq!(raft.id, self.cfg.id, "group member id must be the node id");
+        let group = raft.group;
+        let applied = recovered.applied;
+        let applied_term = recovered.snapshot.as_ref().map_or(0, |s| s.meta.term);
+        let last_snapshot_index = recovered.snapshot.as_ref().map_or(0, |s| s.meta.index);
+        let mut raft = raft;
+        raft.plants = self.cfg.plants;
+        let raw = RawNode::new(raft, recovered)?;
+        let role = raw.status().role;
+        self.groups.insert(
+            group,
+            Group {
+                raw,
+                machine,
+                proposals: BTreeMap::new(),
+                reads: VecDeque::new(),
+                applied,
+                applied_term,
+                last_snapshot_index,
+                ready_in_flight: None,
+                snapshot_in_flight: None,
+                role,
+            },
+        );
+        Ok(())
+    }
+
+    pub fn group_ids(&self) -> impl Iterator<Item = GroupId> + '_ {
+        self.groups.keys().copied()
+    }
+
+    pub fn status(&self, group: GroupId) -> Option<Status> {
+        self.groups.get(&group).map(|g| g.raw.status())
+    }
+
+    pub fn raw(&self, group: GroupId) -> Option<&RawNode> {
+        self.groups.get(&group).map(|g| &g.raw)
+    }
+
+    pub fn machine(&self, group: GroupId) -> Option<&S> {
+        self.groups.get(&group).map(|g| &g.machine)
+    }
+
+    pub fn machine_mut(&mut self, group: GroupId) -> Option<&mut S> {
+        self.groups.get_mut(&group).map(|g| &mut g.machine)
+    }
+
+    pub fn tick(&mut self) {
+        self.ticks += 1;
+        let now = self.ticks;
+        for (&group_id, group) in self.groups.iter_mut() {
+            group.raw.tick();
+            expire_requests(group_id, group, now, &mut self.outcomes);
+        }
+    }
+
+    pub fn step(&mut self, msg: Message) {
+        if let Some(group) = self.groups.get_mut(&msg.group) {
+            group.raw.step(msg);
+        }
+    }
+
+    pub fn propose(&mut self, group_id: GroupId, id: RequestId, data: Bytes) -> Result<Index, RaftError> {
+        let deadline = self.ticks + self.cfg.request_timeout_ticks;
+        let max_pending = self.cfg.max_pending_requests;
+        let group = self.groups.get_mut(&group_id).ok_or(RaftError::InvalidConfig("unknown group"))?;
+        if group.proposals.len() >= max_pending {
+            return Err(RaftError::Busy("proposals"));
+        }
+        let index = group.raw.propose(data)?;
+        let term = group.raw.status().hard_state.term;
+        group.proposals.insert(index, PendingProposal { id, term, deadline });
+        Ok(index)
+    }
+
+    pub fn propose_conf_change(
+        &mut self,
+        group_id: GroupId,
+        id: RequestId,
+        change: ConfChange,
+    ) -> Result<Index, RaftError> {
+        let deadline = self.ticks + self.cfg.request_timeout_ticks;
+        let group = self.groups.get_mut(&group_id).ok_or(RaftError::InvalidConfig("unknown group"))?;
+        let index = group.raw.propose_conf_change(change)?;
+        let term = group.raw.status().hard_state.term;
+        group.proposals.insert(index, PendingProposal { id, term, deadline });
+        Ok(index)
+    }
+
+    /// A linearizable read of `query`, answered once the group confirmed leadership and applied
+    /// up to the read index.
+    pub fn read(&mut self, group_id: GroupId, id: RequestId, query: Bytes) -> Result<(), RaftError> {
+        let deadline = self.ticks + self.cfg.request_timeout_ticks;
+        let max_pending = self.cfg.max_pending_requests;
+        let group = self.groups.get_mut(&group_id).ok_or(RaftError::InvalidConfig("unknown group"))?;
+        let status = group.raw.status();
+        if status.role != Role::Leader && status.leader == keel_raft::NO_NODE {
+            return Err(RaftError::NotLeader { leader: keel_raft::NO_NODE });
+        }
+        if group.reads.len() >= max_pending {
+            return Err(RaftError::Busy("reads"));
+        }
+        group.reads.push_back(PendingRead { id, query, read_index: None, deadline });
+        group.raw.read_index(id);
+        Ok(())
+    }
+
+    pub fn transfer_leader(&mut self, group_id: GroupId, to: NodeId) -> Result<(), RaftError> {
+        let group = self.groups.get_mut(&group_id).ok_or(RaftError::InvalidConfig("unknown group"))?;
+        group.raw.transfer_leader(to)
+    }
+
+    /// Collects every group's output. See the crate docs for what the host does with it.
+    pub fn poll(&mut self) -> Output {
+        let mut out = Output::default();
+        let can_write = self.write_in_flight.is_none();
+        let mut writes = Vec::new();
+        let mut held = Vec::new();
+        let mut must_sync = false;
+        let ack_early = self.cfg.plants.is(Plant::AckBeforeDurable);
+        let snapshot_interval = self.cfg.snapshot_interval_entries;
+        for (&group_id, group) in self.groups.iter_mut() {
+            if !can_write {
+                out.messages.extend(group.raw.take_immediate_messages());
+                continue;
+            }
+            let Some(ready) = group.raw.ready() else { continue };
+            must_sync |= ready.must_sync;
+            let number = ready.number();
+            let write =
+                handle_ready(group_id, group, ready, &mut out, &mut held, &mut self.outcomes, snapshot_interval);
+            group.ready_in_flight = Some(number);
+            writes.push(write);
+        }
+        let any_write = writes.iter().any(|w| {
+            w.hard_state.is_some()
+                || w.installed_snapshot.is_some()
+                || w.own_snapshot.is_some()
+                || !w.entries.is_empty()
+        });
+        if ack_early {
+            // Planted bug: promises leave before the write that backs them is durable.
+            out.messages.append(&mut held);
+        }
+        if any_write {
+            let id = self.next_write_id;
+            self.next_write_id += 1;
+            writes.retain(|w| {
+                w.hard_state.is_some()
+                    || w.installed_snapshot.is_some()
+                    || w.own_snapshot.is_some()
+                    || !w.entries.is_empty()
+            });
+            self.write_in_flight = Some((id, held));
+            out.write = Some(WriteBatch { id, groups: writes, must_sync });
+        } else if can_write {
+            // Nothing to write: what the Readys promised is already durable.
+            out.messages.append(&mut held);
+            self.advance_all();
+        }
+        out.outcomes.append(&mut self.outcomes);
+        out
+    }
+
+    /// The host reports `WriteBatch` `id` durable: release what it held back.
+    pub fn on_write_durable(&mut self, id: u64) -> Vec<Message> {
+        let Some((in_flight, held)) = self.write_in_flight.take() else {
+            panic!("write {id} reported durable but none is in flight");
+        };
+        assert_eq!(in_flight, id, "write {id} reported durable but {in_flight} is in flight");
+        self.advance_all();
+        held
+    }
+
+    fn advance_all(&mut self) {
+        for group in self.groups.values_mut() {
+            if let Some(number) = group.ready_in_flight.take() {
+                group.raw.advance(number);
+            }
+            if let Some(snapshot) = group.snapshot_in_flight.take() {
+                group.raw.compact(snapshot);
+            }
+        }
+    }
+
+    /// A write in flight that the host has not reported durable yet.
+    pub fn write_in_flight(&self) -> Option<u64> {
+        self.write_in_flight.as_ref().map(|(id, _)| *id)
+    }
+}
+
+/// Turns one group's Ready into its part of the write, the messages to send and the applies.
+fn handle_ready<S: StateMachine>(
+    group_id: GroupId,
+    group: &mut Group<S>,
+    mut ready: Ready,
+    out: &mut Output,
+    held: &mut Vec<Message>,
+    outcomes: &mut Vec<Outcome>,
+    snapshot_interval: u64,
+) -> GroupWrite {
+    out.messages.append(&mut ready.messages);
+    held.append(&mut ready.persisted_messages);
+    if let Some(soft) = ready.soft_state {
+        if group.role == Role::Leader && soft.role != Role::Leader {
+            fail_unconfirmed_reads(group_id, group, outcomes);
+        }
+        group.role = soft.role;
+    }
+    let mut write = GroupWrite {
+        group: group_id,
+        hard_state: ready.hard_state,
+        entries: std::mem::take(&mut ready.entries),
+        ..Default::default()
+    };
+    if let Some(snapshot) = ready.snapshot.take() {
+        group.machine.restore(&snapshot.data);
+        group.applied = snapshot.meta.index;
+        group.applied_term = snapshot.meta.term;
+        group.last_snapshot_index = snapshot.meta.index;
+        // Proposals at or below the snapshot were decided by a log we never saw; their fate is
+        // unknown to us.
+        let decided: Vec<Index> = group.proposals.range(..=snapshot.meta.index).map(|(i, _)| *i).collect();
+        for index in decided {
+            let p = group.proposals.remove(&index).expect("listed above");
+            outcomes.push(Outcome { group: group_id, id: p.id, result: Err(RequestError::Timeout) });
+        }
+        write.installed_snapshot = Some(snapshot);
+    }
+    for entry in ready.committed_entries.drain(..) {
+        apply_entry(group_id, group, entry, outcomes);
+    }
+    for read_state in ready.read_states.drain(..) {
+        if let Some(read) = group.reads.iter_mut().find(|r| r.id == read_state.id && r.read_index.is_none()) {
+            read.read_index = Some(read_state.index);
+        }
+    }
+    serve_reads(group_id, group, outcomes);
+    write.own_snapshot = maybe_snapshot(group, snapshot_interval);
+    write
+}
+
+fn apply_entry<S: StateMachine>(group_id: GroupId, group: &mut Group<S>, entry: Entry, outcomes: &mut Vec<Outcome>) {
+    debug_assert!(entry.index == group.applied + 1, "apply out of order: {} after {}", entry.index, group.applied);
+    let result = match entry.kind {
+        EntryKind::Normal if entry.data.is_empty() => Bytes::new(), // a leader's no-op
+        EntryKind::Normal => group.machine.apply(entry.index, &entry.data),
+        EntryKind::ConfChange => Bytes::new(), // applied to the membership by raft itself
+    };
+    group.applied = entry.index;
+    group.applied_term = entry.term;
+    // Any proposal at or below this index is decided now: ours if the term matches, else lost.
+    while let Some((&index, _)) = group.proposals.first_key_value() {
+        if index > entry.index {
+            break;
+        }
+        let p = group.proposals.remove(&index).expect("first key exists");
+        let result =
+            if index == entry.index && p.term == entry.term { Ok(result.clone()) } else { Err(RequestError::Dropped) };
+        outcomes.push(Outcome { group: group_id, id: p.id, result });
+    }
+}
+
+fn serve_reads<S: StateMachine>(group_id: GroupId, group: &mut Group<S>, outcomes: &mut Vec<Outcome>) {
+    let applied = group.applied;
+    let mut index = 0;
+    while index < group.reads.len() {
+        if group.reads[index].read_index.is_some_and(|ri| ri <= applied) {
+            let read = group.reads.remove(index).expect("index in range");
+            outcomes.push(Outcome { group: group_id, id: read.id, result: Ok(group.machine.query(&read.query)) });
+        } else {
+            index += 1;
+        }
+    }
+}
+
+fn fail_unconfirmed_reads<S>(group_id: GroupId, group: &mut Group<S>, outcomes: &mut Vec<Outcome>) {
+    group.reads.retain(|read| {
+        if read.read_index.is_some() {
+            return true; // confirmed while leader: still linearizable once applied
+        }
+        outcomes.push(Outcome {
+            group: group_id,
+            id: read.id,
+            result: Err(RequestError::Refused(RaftError::NotLeader { leader: 0 })),
+        });
+        false
+    });
+}
+
+fn expire_requests<S>(group_id: GroupId, group: &mut Group<S>, now: u64, outcomes: &mut Vec<Outcome>) {
+    group.proposals.retain(|_, p| {
+        if p.deadline > now {
+            return true;
+        }
+        outcomes.push(Outcome { group: group_id, id: p.id, result: Err(RequestError::Timeout) });
+        false
+    });
+    group.reads.retain(|r| {
+        if r.deadline > now {
+            return true;
+        }
+        outcomes.push(Outcome { group: group_id, id: r.id, result: Err(RequestError::Timeout) });
+        false
+    });
+}
+
+/// Takes a snapshot of the applied state when enough entries were applied since the last one.
+/// It goes into this write; the log is compacted behind it once the write is durable.
+fn maybe_snapshot<S: StateMachine>(group: &mut Group<S>, interval: u64) -> Option<Snapshot> {
+    if group.applied < group.last_snapshot_index + interval || group.snapshot_in_flight.is_some() {
+        return None;
+    }
+    let conf = group.raw.status().conf;
+    let meta = SnapshotMeta { index: group.applied, term: group.applied_term, conf };
+    let snapshot = Snapshot { meta, data: group.machine.snapshot() };
+    group.last_snapshot_index = group.applied;
+    group.snapshot_in_flight = Some(snapshot.clone());
+    Some(snapshot)
+}

@@ -1,0 +1,52 @@
+//! Deliberate bugs that prove the simulator's checks can fail.
+//!
+//! Each plant is off unless the crate is built with the `planted-bugs` feature *and* the plant is
+//! switched on in [`crate::Config::plants`]. Without the feature `Plants::is` is a constant
+//! `false`, so the checks compile away.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Plant {
+    /// The leader counts replicas of entries from earlier terms toward commit (Raft Figure 8).
+    CommitOldTerm = 1 << 0,
+    /// A voter grants a second vote in a term it already voted in.
+    DoubleVote = 1 << 1,
+    /// The host glue sends acknowledgements before the write they acknowledge is durable.
+    AckBeforeDurable = 1 << 2,
+    /// The leader answers ReadIndex without confirming it is still leader.
+    ReadIndexWithoutQuorum = 1 << 3,
+}
+
+impl Plant {
+    pub const ALL: [Plant; 4] =
+        [Plant::CommitOldTerm, Plant::DoubleVote, Plant::AckBeforeDurable, Plant::ReadIndexWithoutQuorum];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Plant::CommitOldTerm => "commit-old-term",
+            Plant::DoubleVote => "double-vote",
+            Plant::AckBeforeDurable => "ack-before-durable",
+            Plant::ReadIndexWithoutQuorum => "read-index-without-quorum",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Plant> {
+        Plant::ALL.into_iter().find(|plant| plant.name() == name)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Plants(u32);
+
+impl Plants {
+    pub const NONE: Plants = Plants(0);
+
+    pub fn with(self, plant: Plant) -> Plants {
+        Plants(self.0 | plant as u32)
+    }
+
+    #[inline]
+    pub fn is(self, plant: Plant) -> bool {
+        cfg!(feature = "planted-bugs") && self.0 & plant as u32 != 0
+    }
+}

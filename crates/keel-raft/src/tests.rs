@@ -1,0 +1,390 @@
+//! Behaviour tests of one group over a tiny synchronous in-memory network. Persistence is
+//! instantaneous here; the simulator (keel-sim) covers crashes, delays and the durable side.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+
+use crate::*;
+
+struct Cluster {
+    nodes: BTreeMap<NodeId, RawNode>,
+    /// Messages between these pairs are dropped.
+    cut: BTreeSet<(NodeId, NodeId)>,
+    applied: BTreeMap<NodeId, Vec<Entry>>,
+    reads: BTreeMap<NodeId, Vec<ReadState>>,
+}
+
+impl Cluster {
+    fn new(ids: &[NodeId]) -> Cluster {
+        let conf = ConfState::with_voters(ids.iter().copied());
+        let mut nodes = BTreeMap::new();
+        for &id in ids {
+            let cfg = Config::new(id, 1);
+            let recovered = RecoveredState { conf: conf.clone(), ..Default::default() };
+            nodes.insert(id, RawNode::new(cfg, recovered).expect("valid config"));
+        }
+        Cluster { nodes, cut: BTreeSet::new(), applied: BTreeMap::new(), reads: BTreeMap::new() }
+    }
+
+    fn isolate(&mut self, id: NodeId) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for other in ids {
+            if other != id {
+                self.cut.insert((id, other));
+                self.cut.insert((other, id));
+            }
+        }
+    }
+
+    fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Processes Readys and delivers messages until nothing moves.
+    fn stabilize(&mut self) {
+        for _ in 0..10_000 {
+            let mut msgs = Vec::new();
+            for (id, node) in self.nodes.iter_mut() {
+                if let Some(ready) = node.ready() {
+                    msgs.extend(ready.messages.iter().cloned());
+                    msgs.extend(ready.persisted_messages.iter().cloned());
+                    self.applied.entry(*id).or_default().extend(ready.committed_entries.iter().cloned());
+                    self.reads.entry(*id).or_default().extend(ready.read_states.iter().copied());
+                    node.advance(ready.number());
+                }
+            }
+            if msgs.is_empty() && self.nodes.values().all(|n| !n.has_ready()) {
+                return;
+            }
+            for msg in msgs {
+                if self.cut.contains(&(msg.from, msg.to)) {
+                    continue;
+                }
+                if let Some(node) = self.nodes.get_mut(&msg.to) {
+                    node.step(msg);
+                }
+            }
+        }
+        panic!("cluster did not stabilize");
+    }
+
+    fn tick_all(&mut self, ticks: u32) {
+        for _ in 0..ticks {
+            for node in self.nodes.values_mut() {
+                node.tick();
+            }
+            self.stabilize();
+        }
+    }
+
+    fn leaders(&self) -> Vec<NodeId> {
+        self.nodes.values().filter(|n| n.status().role == Role::Leader).map(|n| n.status().id).collect()
+    }
+
+    fn elect(&mut self, id: NodeId) {
+        self.nodes.get_mut(&id).unwrap().campaign();
+        self.stabilize();
+        assert_eq!(self.leaders(), vec![id]);
+    }
+
+    fn node(&mut self, id: NodeId) -> &mut RawNode {
+        self.nodes.get_mut(&id).unwrap()
+    }
+
+    fn applied_data(&self, id: NodeId) -> Vec<Bytes> {
+        self.applied.get(&id).map_or(Vec::new(), |entries| {
+            entries
+                .iter()
+                .filter(|e| e.kind == EntryKind::Normal && !e.data.is_empty())
+                .map(|e| e.data.clone())
+                .collect()
+        })
+    }
+}
+
+#[test]
+fn a_campaigning_member_becomes_the_only_leader() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    assert!(cluster.nodes.values().all(|n| n.status().leader == 1));
+    assert!(cluster.nodes.values().all(|n| n.status().hard_state.term == 1));
+}
+
+#[test]
+fn elections_happen_on_their_own_after_the_timeout() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.tick_all(25);
+    assert_eq!(cluster.leaders().len(), 1);
+}
+
+#[test]
+fn a_committed_proposal_is_applied_everywhere_in_order() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    for i in 0..100u32 {
+        cluster.node(1).propose(Bytes::from(i.to_le_bytes().to_vec())).unwrap();
+    }
+    cluster.stabilize();
+    let expected: Vec<Bytes> = (0..100u32).map(|i| Bytes::from(i.to_le_bytes().to_vec())).collect();
+    for id in [1, 2, 3] {
+        assert_eq!(cluster.applied_data(id), expected, "member {id}");
+    }
+}
+
+#[test]
+fn a_follower_refuses_proposals_and_names_the_leader() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    assert_eq!(cluster.node(2).propose(Bytes::from_static(b"x")), Err(RaftError::NotLeader { leader: 1 }));
+}
+
+#[test]
+fn a_minority_cannot_commit() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.isolate(1);
+    cluster.node(1).propose(Bytes::from_static(b"lost")).unwrap();
+    cluster.stabilize();
+    assert!(cluster.applied_data(1).is_empty());
+}
+
+#[test]
+fn a_partitioned_leader_steps_down_by_check_quorum() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.isolate(1);
+    cluster.tick_all(40);
+    assert_ne!(cluster.node(1).status().role, Role::Leader);
+    // Pre-voting, the isolated member never raised its term.
+    assert_eq!(cluster.node(1).status().hard_state.term, 1);
+    let leaders = cluster.leaders();
+    assert_eq!(leaders.len(), 1);
+    assert_ne!(leaders[0], 1);
+}
+
+#[test]
+fn pre_vote_keeps_a_rejoining_member_from_disrupting_the_leader() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.cut.insert((1, 3));
+    cluster.cut.insert((3, 1));
+    cluster.cut.insert((2, 3));
+    cluster.cut.insert((3, 2));
+    // Member 3 times out repeatedly but, pre-voting, never raises its term.
+    for _ in 0..50 {
+        cluster.node(3).tick();
+        cluster.stabilize();
+    }
+    assert_eq!(cluster.node(3).status().hard_state.term, 1);
+    cluster.heal();
+    cluster.tick_all(3);
+    assert_eq!(cluster.leaders(), vec![1]);
+    assert_eq!(cluster.node(1).status().hard_state.term, 1);
+}
+
+#[test]
+fn entries_from_an_old_term_commit_only_through_a_current_term_entry() {
+    // Raft figure 8: member 1 leads term 1 and replicates an entry to 2 only; then 3 leads.
+    let mut cluster = Cluster::new(&[1, 2, 3, 4, 5]);
+    cluster.elect(1);
+    cluster.isolate(1);
+    cluster.node(1).propose(Bytes::from_static(b"old")).unwrap();
+    let ready = cluster.node(1).ready().unwrap();
+    cluster.node(1).advance(ready.number());
+    let leader_status = cluster.node(1).status();
+    // Old-term entry is on 1 only; a new leader must not count it toward commit without an own entry.
+    assert!(leader_status.hard_state.commit < leader_status.last_index);
+    cluster.heal();
+    cluster.tick_all(1);
+    cluster.stabilize();
+    assert_eq!(cluster.applied_data(2), vec![Bytes::from_static(b"old")]);
+}
+
+#[test]
+fn read_index_is_confirmed_by_one_round_for_many_reads() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    for id in 0..10 {
+        cluster.node(1).read_index(id);
+    }
+    cluster.stabilize();
+    let reads = cluster.reads.get(&1).cloned().unwrap_or_default();
+    assert_eq!(reads.len(), 10);
+    let commit = cluster.node(1).status().hard_state.commit;
+    assert!(reads.iter().all(|r| r.index == commit));
+}
+
+#[test]
+fn read_index_is_not_answered_by_an_isolated_leader() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.isolate(1);
+    cluster.node(1).read_index(7);
+    cluster.stabilize();
+    assert!(cluster.reads.get(&1).is_none_or(|r| r.is_empty()));
+}
+
+#[test]
+fn a_follower_read_is_forwarded_to_the_leader() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.node(2).read_index(42);
+    cluster.stabilize();
+    assert_eq!(cluster.reads.get(&2).unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), vec![42]);
+}
+
+#[test]
+fn leadership_transfers_to_the_target() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.node(1).propose(Bytes::from_static(b"a")).unwrap();
+    cluster.stabilize();
+    cluster.node(1).transfer_leader(3).unwrap();
+    cluster.stabilize();
+    assert_eq!(cluster.leaders(), vec![3]);
+}
+
+#[test]
+fn a_learner_is_added_caught_up_and_promoted() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    for i in 0..20u8 {
+        cluster.node(1).propose(Bytes::from(vec![i])).unwrap();
+    }
+    cluster.stabilize();
+    // The new member starts empty and knows nothing of the group.
+    let cfg = Config::new(4, 1);
+    cluster.nodes.insert(4, RawNode::new(cfg, RecoveredState::default()).unwrap());
+    cluster.node(1).propose_conf_change(ConfChange::AddLearner(4)).unwrap();
+    cluster.stabilize();
+    assert!(cluster.node(1).status().conf.learners.contains(&4));
+    assert_eq!(cluster.applied_data(4).len(), 20);
+    cluster.node(1).propose_conf_change(ConfChange::AddVoter(4)).unwrap();
+    cluster.stabilize();
+    assert!(cluster.node(4).status().conf.voters.contains(&4));
+    assert_eq!(cluster.node(1).status().conf.voters.len(), 4);
+}
+
+#[test]
+fn only_one_conf_change_may_be_pending() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.node(1).propose_conf_change(ConfChange::AddLearner(4)).unwrap();
+    assert_eq!(cluster.node(1).propose_conf_change(ConfChange::AddLearner(5)), Err(RaftError::ConfChangePending));
+}
+
+#[test]
+fn a_removed_leader_hands_over_and_steps_down() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.node(1).propose_conf_change(ConfChange::Remove(1)).unwrap();
+    cluster.stabilize();
+    assert_eq!(cluster.node(1).status().role, Role::Follower);
+    cluster.tick_all(30);
+    let leaders = cluster.leaders();
+    assert_eq!(leaders.len(), 1);
+    assert_ne!(leaders[0], 1);
+    assert_eq!(cluster.node(leaders[0]).status().conf.voters, [2, 3].into_iter().collect());
+}
+
+#[test]
+fn a_follower_behind_the_compacted_log_gets_a_snapshot() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.isolate(3);
+    for i in 0..30u8 {
+        cluster.node(1).propose(Bytes::from(vec![i])).unwrap();
+    }
+    cluster.stabilize();
+    let status = cluster.node(1).status();
+    let snapshot = Snapshot {
+        meta: SnapshotMeta {
+            index: status.applied,
+            term: cluster.node(1).term_at(status.applied).unwrap(),
+            conf: status.conf.clone(),
+        },
+        data: Bytes::from_static(b"state"),
+    };
+    cluster.node(1).compact(snapshot.clone());
+    cluster.heal();
+    cluster.tick_all(3);
+    let s3 = cluster.node(3).status();
+    assert!(s3.first_index > snapshot.meta.index, "member 3 restored from the snapshot");
+    assert_eq!(s3.applied, status.applied.max(s3.applied));
+}
+
+#[test]
+fn conflicting_suffixes_are_replaced_by_the_new_leader() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.isolate(1);
+    for i in 0..5u8 {
+        cluster.node(1).propose(Bytes::from(vec![i])).unwrap();
+    }
+    cluster.stabilize();
+    cluster.tick_all(40);
+    let leader = cluster.leaders().into_iter().find(|&id| id != 1).expect("2 or 3 took over");
+    cluster.node(leader).propose(Bytes::from_static(b"new")).unwrap();
+    cluster.stabilize();
+    cluster.heal();
+    cluster.tick_all(5);
+    assert_eq!(cluster.applied_data(1), vec![Bytes::from_static(b"new")]);
+    assert_eq!(cluster.node(1).status().last_index, cluster.node(leader).status().last_index);
+}
+
+fn entry(index: Index, term: Term) -> Entry {
+    Entry { term, index, kind: EntryKind::Normal, data: Bytes::from(vec![index as u8, term as u8]) }
+}
+
+fn append(from: NodeId, term: Term, prev: (Index, Term), entries: Vec<Entry>, commit: Index) -> Message {
+    Message {
+        group: 1,
+        from,
+        to: 3,
+        term,
+        body: MessageBody::Append { prev_index: prev.0, prev_term: prev.1, entries, commit },
+    }
+}
+
+#[test]
+fn an_acknowledgement_of_entries_truncated_before_they_were_persisted_never_leaves() {
+    // Found by the simulator (seed 1160). Member 3 takes entries 1..=2 from leader 1 (term 1),
+    // then, before any of it is written, leader 2 (term 2) replaces index 2.
+    let cfg = Config::new(3, 1);
+    let mut node =
+        RawNode::new(cfg, RecoveredState { conf: ConfState::with_voters([1, 2, 3]), ..Default::default() }).unwrap();
+    node.step(append(1, 1, (0, 0), vec![entry(1, 1), entry(2, 1)], 0));
+    node.step(append(2, 2, (1, 1), vec![entry(2, 2)], 0));
+    let ready = node.ready().unwrap();
+    assert_eq!(ready.entries.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(), vec![(1, 1), (2, 2)]);
+    let acks: Vec<(NodeId, Index, Term)> = ready
+        .persisted_messages
+        .iter()
+        .filter_map(|m| match m.body {
+            MessageBody::AppendResponse { reject: false, index, log_term, .. } => Some((m.to, index, log_term)),
+            _ => None,
+        })
+        .collect();
+    assert!(acks.contains(&(2, 2, 2)), "acknowledges the new entry: {acks:?}");
+    assert!(
+        !acks.iter().any(|&(to, index, term)| to == 1 && index == 2 && term == 1),
+        "stale acknowledgement: {acks:?}"
+    );
+}
+
+#[test]
+fn a_leader_ignores_an_acknowledgement_of_an_entry_it_does_not_hold() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    let last = cluster.node(1).status().last_index;
+    let before = cluster.node(1).raft().progress_of(2).unwrap().matched;
+    cluster.node(1).step(Message {
+        group: 1,
+        from: 2,
+        to: 1,
+        term: 1,
+        body: MessageBody::AppendResponse { reject: false, index: last, log_term: 7, hint_index: 0 },
+    });
+    assert_eq!(cluster.node(1).raft().progress_of(2).unwrap().matched, before);
+}

@@ -1,0 +1,554 @@
+//! One simulated run: members running the real `keel-node` + `keel-raft` code over a simulated
+//! network and disk, clients recording a history, faults drawn from the seed, invariants checked
+//! after every simulated millisecond.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use keel_check::{KvInput, KvOutput, Operation};
+use keel_node::{bootstrap, Node, NodeConfig, Outcome, RequestError};
+use keel_raft::{
+    ConfChange, Config, GroupId, Message, MessageBody, NodeId, Plant, Plants, RaftError, RecoveredState, Role,
+    SplitMix64,
+};
+
+use crate::disk::DurableModel;
+use crate::invariants::Invariants;
+use crate::kv::{self, KvMachine};
+use crate::swarm::Swarm;
+use keel_storage::{GroupPersist, NodeStorage, SimDisk, StorageOptions};
+
+/// Simulated time in milliseconds.
+pub type Time = u64;
+
+const TICK_MS: u64 = 10;
+const LIVENESS_BUDGET_MS: u64 = 20_000;
+const FIRST_GROUP: GroupId = 1;
+/// The key the final liveness write and read use; clients never touch it.
+const PROBE_KEY: u64 = 1 << 40;
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub seed: u64,
+    pub plant: Option<Plant>,
+    /// Print a readable trace of the run.
+    pub trace: bool,
+    /// Replace the seed's swarm (used by the throughput benchmark).
+    pub swarm: Option<Swarm>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RunReport {
+    pub seed: u64,
+    pub steps: u64,
+    pub faults: u64,
+    pub ops: u64,
+    pub committed: u64,
+    pub violations: Vec<String>,
+    pub trace_hash: u64,
+}
+
+#[derive(Clone, Debug)]
+enum Event {
+    Deliver(Message),
+    Tick { node: NodeId, incarnation: u64 },
+    FsyncDone { node: NodeId, incarnation: u64, write: u64 },
+    ClientRequest { client: usize, node: NodeId, request: u64 },
+    ClientResponse { client: usize, request: u64, result: Result<Bytes, ClientError> },
+    Restart { node: NodeId },
+    Unpause { node: NodeId },
+    HealPartition,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum ClientError {
+    /// Definitely not executed; try the hinted leader.
+    NotLeader(NodeId),
+    /// Definitely not executed.
+    Dropped,
+    /// May or may not have been executed.
+    Unknown,
+}
+
+/// An event due at `at`; `seq` keeps events of the same millisecond in scheduling order, which
+/// makes the run deterministic.
+struct Scheduled {
+    at: Time,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Scheduled {}
+
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+struct Member {
+    node: Option<Node<KvMachine>>,
+    /// The real WAL and snapshot files, on the byte-level simulated disk.
+    storage: Option<NodeStorage>,
+    disk: SimDisk,
+    /// The oracle of what this member made durable.
+    durable: DurableModel,
+    /// Snapshots in the write in flight: once durable, the WAL and snapshot files behind them go.
+    snapshots_in_flight: Vec<(GroupId, u64)>,
+    incarnation: u64,
+    paused: bool,
+    /// Events that arrived while paused, replayed on resume.
+    held: Vec<Event>,
+    tick_ms: u64,
+    groups: BTreeSet<GroupId>,
+    /// Removed from every group it belonged to: no longer restarted or targeted.
+    retired: bool,
+}
+
+struct Client {
+    target: NodeId,
+    /// The operation in flight: (history index, request id, deadline).
+    waiting: Option<(usize, u64, Time)>,
+    next_op_at: Time,
+}
+
+struct Request {
+    client: usize,
+    group: GroupId,
+    input: KvInput,
+}
+
+pub struct Cluster {
+    opts: RunOptions,
+    swarm: Swarm,
+    rng: SplitMix64,
+    now: Time,
+    seq: u64,
+    events: BinaryHeap<Reverse<Scheduled>>,
+    members: BTreeMap<NodeId, Member>,
+    next_node_id: NodeId,
+    clients: Vec<Client>,
+    requests: BTreeMap<u64, Request>,
+    next_request: u64,
+    next_value: u64,
+    history: Vec<Operation<KvInput, KvOutput>>,
+    /// History entries known not to have happened (refused): left out of the check.
+    excluded: BTreeSet<usize>,
+    /// Blocked directed links.
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    partitioned: bool,
+    faults_enabled: bool,
+    invariants: Invariants,
+    trace: DefaultHasher,
+    faults: u64,
+    steps: u64,
+}
+
+impl Cluster {
+    pub fn new(opts: RunOptions) -> Cluster {
+        let mut rng = SplitMix64::new(opts.seed ^ 0x5EED_CAFE_F00D_D00D);
+        let drawn = Swarm::draw(&mut rng);
+        let swarm = opts.swarm.clone().unwrap_or(drawn);
+        let mut cluster = Cluster {
+            swarm,
+            rng,
+            now: 0,
+            seq: 0,
+            events: BinaryHeap::new(),
+            members: BTreeMap::new(),
+            next_node_id: 1,
+            clients: Vec::new(),
+            requests: BTreeMap::new(),
+            next_request: 1,
+            next_value: 1,
+            history: Vec::new(),
+            excluded: BTreeSet::new(),
+            blocked: BTreeSet::new(),
+            partitioned: false,
+            faults_enabled: true,
+            invariants: Invariants::default(),
+            trace: DefaultHasher::new(),
+            faults: 0,
+            steps: 0,
+            opts,
+        };
+        cluster.found();
+        cluster
+    }
+
+    fn plants(&self) -> Plants {
+        self.opts.plant.map_or(Plants::NONE, |plant| Plants::NONE.with(plant))
+    }
+
+    fn log(&self, what: std::fmt::Arguments) {
+        if self.opts.trace {
+            println!("{:>6}ms {what}", self.now);
+        }
+    }
+
+    fn schedule(&mut self, at: Time, event: Event) {
+        self.seq += 1;
+        self.events.push(Reverse(Scheduled { at, seq: self.seq, event }));
+    }
+
+    fn group_ids(&self) -> Vec<GroupId> {
+        (FIRST_GROUP..FIRST_GROUP + self.swarm.groups).collect()
+    }
+
+    /// Creates the founding members with the bootstrap log of every group already durable.
+    fn found(&mut self) {
+        let ids: Vec<NodeId> = (1..=self.swarm.founding_members).collect();
+        self.next_node_id = self.swarm.founding_members + 1;
+        for &id in &ids {
+            let disk = SimDisk::new();
+            let mut durable = DurableModel::default();
+            let (mut storage, _, _) =
+                NodeStorage::open(Arc::new(disk.clone()), storage_options()).expect("a fresh disk opens");
+            for group in self.group_ids() {
+                let (hard_state, entries) = bootstrap(&ids);
+                let part = GroupPersist {
+                    group,
+                    hard_state: Some(hard_state),
+                    installed_snapshot: None,
+                    own_snapshot: None,
+                    entries: &entries,
+                };
+                storage.write(&[part]).expect("bootstrap write");
+                durable.write(part.records());
+            }
+            storage.sync().expect("bootstrap sync");
+            durable.fsync();
+            drop(storage);
+            let groups = self.group_ids().into_iter().collect();
+            self.add_member(id, disk, durable, groups);
+        }
+        for client in 0..self.swarm.clients {
+            let target = ids[self.rng.range(0, ids.len() as u64) as usize];
+            self.clients.push(Client { target, waiting: None, next_op_at: client });
+        }
+        self.log(format_args!("founded {} members, {} groups, swarm {:?}", ids.len(), self.swarm.groups, self.swarm));
+    }
+
+    fn add_member(&mut self, id: NodeId, disk: SimDisk, durable: DurableModel, groups: BTreeSet<GroupId>) {
+        let tick_ms = TICK_MS - self.swarm.tick_drift_ms + self.rng.range(0, 2 * self.swarm.tick_drift_ms + 1);
+        let member = Member {
+            node: None,
+            storage: None,
+            disk,
+            durable,
+            snapshots_in_flight: Vec::new(),
+            incarnation: 0,
+            paused: false,
+            held: Vec::new(),
+            tick_ms,
+            groups,
+            retired: false,
+        };
+        self.members.insert(id, member);
+        self.start(id);
+    }
+
+    /// Starts (or restarts) a member from what its disk holds durably: the real WAL recovery,
+    /// checked against the oracle.
+    fn start(&mut self, id: NodeId) {
+        let seed = self.opts.seed;
+        let plants = self.plants();
+        let snapshot_interval = self.swarm.snapshot_interval_entries;
+        let lease_reads = self.swarm.lease_reads;
+        let member = self.members.get_mut(&id).expect("member exists");
+        let (storage, mut recovered) = match NodeStorage::open(Arc::new(member.disk.clone()), storage_options()) {
+            Ok((storage, groups, _)) => (storage, groups),
+            Err(error) => {
+                self.invariants.violation(format!("n{id} cannot restart: its storage does not open: {error}"));
+                return;
+            }
+        };
+        if let Err(detail) = member.durable.check_recovery(&recovered) {
+            self.invariants.violation(format!("n{id} WAL recovery: {detail}"));
+            return;
+        }
+        member.incarnation += 1;
+        member.storage = Some(storage);
+        // The recovered term and vote must not go back on anything durable before the crash.
+        self.invariants.on_durable(id, &member.durable);
+        let mut node_cfg = NodeConfig::new(id);
+        node_cfg.plants = plants;
+        node_cfg.snapshot_interval_entries = snapshot_interval;
+        node_cfg.request_timeout_ticks = 100;
+        let mut node = Node::new(node_cfg);
+        for &group in &member.groups {
+            let state = recovered.remove(&group).map_or_else(RecoveredState::default, |g| g.raft_state());
+            let mut machine = KvMachine::default();
+            if let Some(snapshot) = &state.snapshot {
+                keel_node::StateMachine::restore(&mut machine, &snapshot.data);
+            }
+            let mut cfg = Config::new(id, group);
+            cfg.seed = seed
+                ^ id.wrapping_mul(0x9E37_79B9)
+                ^ group.wrapping_mul(0x85EB_CA6B)
+                ^ member.incarnation.wrapping_mul(0xC2B2_AE35);
+            cfg.max_append_entries = 64;
+            if lease_reads {
+                cfg.read_mode = keel_raft::ReadMode::LeaseBased;
+                // Members tick every 10 ms ± drift: the fastest may run 11/9 as fast as the
+                // slowest, so the lease must give up at least 1 - 9/11 = 18 %.
+                cfg.lease_drift_percent = 20;
+            }
+            node.add_group(cfg, state, machine).expect("valid raft config");
+        }
+        member.node = Some(node);
+        let (incarnation, tick_ms) = (member.incarnation, member.tick_ms);
+        let first_tick = self.now + self.rng.range(1, tick_ms + 1);
+        self.schedule(first_tick, Event::Tick { node: id, incarnation });
+        self.invariants.on_start(id, incarnation);
+        self.log(format_args!("n{id} started (incarnation {incarnation})"));
+    }
+
+    // ------------------------------------------------------------------ the run
+
+    pub fn run(mut self) -> RunReport {
+        let safety_end = self.swarm.safety_ms;
+        while self.now < safety_end && self.invariants.violations.is_empty() {
+            self.step();
+        }
+        if self.invariants.violations.is_empty() {
+            self.liveness_phase();
+        }
+        if self.invariants.violations.is_empty() {
+            self.check_history();
+        }
+        let committed = self.invariants.committed_count();
+        RunReport {
+            seed: self.opts.seed,
+            steps: self.steps,
+            faults: self.faults,
+            ops: (self.history.len() - self.excluded.len()) as u64,
+            committed,
+            violations: self.invariants.violations.clone(),
+            trace_hash: self.trace.finish(),
+        }
+    }
+
+    fn step(&mut self) {
+        self.steps += 1;
+        while self.events.peek().is_some_and(|Reverse(next)| next.at <= self.now) {
+            let Reverse(next) = self.events.pop().expect("peeked");
+            self.handle(next.event);
+        }
+        let ids: Vec<NodeId> = self.members.keys().copied().collect();
+        for id in ids {
+            self.poll(id);
+        }
+        self.check_invariants();
+        if self.faults_enabled {
+            self.inject_faults();
+        }
+        self.drive_clients();
+        self.now += 1;
+    }
+
+    fn handle(&mut self, event: Event) {
+        let target = match &event {
+            Event::Deliver(msg) => Some(msg.to),
+            Event::Tick { node, .. } | Event::FsyncDone { node, .. } | Event::ClientRequest { node, .. } => Some(*node),
+            _ => None,
+        };
+        if let Some(id) = target {
+            let Some(member) = self.members.get_mut(&id) else { return };
+            if member.paused {
+                member.held.push(event);
+                return;
+            }
+        }
+        match event {
+            Event::Deliver(msg) => self.deliver(msg),
+            Event::Tick { node, incarnation } => self.tick(node, incarnation),
+            Event::FsyncDone { node, incarnation, write } => self.fsync_done(node, incarnation, write),
+            Event::ClientRequest { client, node, request } => self.client_request(client, node, request),
+            Event::ClientResponse { client, request, result } => self.client_response(client, request, result),
+            Event::Restart { node } => {
+                if self.members.get(&node).is_some_and(|m| m.node.is_none()) {
+                    self.start(node);
+                }
+            }
+            Event::Unpause { node } => self.unpause(node),
+            Event::HealPartition => {
+                self.blocked.clear();
+                self.partitioned = false;
+                self.log(format_args!("partition healed"));
+            }
+        }
+    }
+
+    fn deliver(&mut self, msg: Message) {
+        msg.hash(&mut self.trace);
+        self.now.hash(&mut self.trace);
+        if self.opts.trace {
+            self.log(format_args!(
+                "deliver n{}->n{} g{} t{} {:?}",
+                msg.from,
+                msg.to,
+                msg.group,
+                msg.term,
+                short(&msg.body)
+            ));
+        }
+        if let Some(node) = self.members.get_mut(&msg.to).and_then(|m| m.node.as_mut()) {
+            node.step(msg);
+        }
+    }
+
+    fn tick(&mut self, id: NodeId, incarnation: u64) {
+        let member = self.members.get_mut(&id).expect("ticks only for members");
+        if member.incarnation != incarnation || member.node.is_none() {
+            return;
+        }
+        member.node.as_mut().expect("checked").tick();
+        let next = self.now + member.tick_ms;
+        self.schedule(next, Event::Tick { node: id, incarnation });
+    }
+
+    fn poll(&mut self, id: NodeId) {
+        let member = self.members.get_mut(&id).expect("member exists");
+        if member.paused {
+            return;
+        }
+        let Some(node) = member.node.as_mut() else { return };
+        let output = node.poll();
+        if let Some(write) = &output.write {
+            for group_write in &write.groups {
+                self.invariants.on_write(id, group_write, node);
+            }
+            let parts: Vec<GroupPersist> = write
+                .groups
+                .iter()
+                .map(|w| GroupPersist {
+                    group: w.group,
+                    hard_state: w.hard_state,
+                    installed_snapshot: w.installed_snapshot.as_ref(),
+                    own_snapshot: w.own_snapshot.as_ref(),
+                    entries: &w.entries,
+                })
+                .collect();
+            let storage = member.storage.as_mut().expect("a running member has its storage");
+            if let Err(error) = storage.write(&parts) {
+                self.invariants.violation(format!("n{id}: WAL write failed: {error}"));
+                return;
+            }
+            for part in &parts {
+                member.durable.write(part.records());
+                for snapshot in part.installed_snapshot.iter().chain(part.own_snapshot.iter()) {
+                    member.snapshots_in_flight.push((part.group, snapshot.meta.index));
+                }
+            }
+            let incarnation = member.incarnation;
+            let delay = self.rng.range(1, self.swarm.fsync_ms_max + 1);
+            self.schedule(self.now + delay, Event::FsyncDone { node: id, incarnation, write: write.id });
+        }
+        let applied: Vec<(GroupId, Vec<(u64, u64)>)> = {
+            let member = self.members.get_mut(&id).expect("member exists");
+            let node = member.node.as_mut().expect("running");
+            let groups: Vec<GroupId> = member.groups.iter().copied().collect();
+            groups
+                .into_iter()
+                .map(|g| (g, node.machine_mut(g).map_or_else(Vec::new, |m| std::mem::take(&mut m.applied))))
+                .collect()
+        };
+        for (group, entries) in applied {
+            self.invariants.on_apply(id, group, &entries);
+        }
+        for msg in output.messages {
+            self.send(msg);
+        }
+        for outcome in output.outcomes {
+            self.outcome(outcome);
+        }
+    }
+
+    fn fsync_done(&mut self, id: NodeId, incarnation: u64, write: u64) {
+        let member = self.members.get_mut(&id).expect("member exists");
+        if member.incarnation != incarnation || member.node.is_none() {
+            return; // crashed meanwhile: the crash decided what survived
+        }
+        let storage = member.storage.as_mut().expect("a running member has its storage");
+        if let Err(error) = storage.sync() {
+            self.invariants.violation(format!("n{id}: WAL sync failed: {error}"));
+            return;
+        }
+        member.durable.fsync();
+        for (group, index) in std::mem::take(&mut member.snapshots_in_flight) {
+            if let Err(error) = storage.compact(group, index) {
+                self.invariants.violation(format!("n{id}: removing obsolete WAL segments failed: {error}"));
+            }
+        }
+        let msgs = member.node.as_mut().expect("checked").on_write_durable(write);
+        self.invariants.on_durable(id, &self.members[&id].durable);
+        for msg in msgs {
+            self.send(msg);
+        }
+    }
+
+    fn send(&mut self, msg: Message) {
+        if let Some(member) = self.members.get(&msg.from) {
+            self.invariants.on_send(&msg, &member.durable);
+        }
+        if self.blocked.contains(&(msg.from, msg.to)) {
+            return;
+        }
+        if self.swarm.drop_percent > 0 && self.rng.range(0, 100) < self.swarm.drop_percent {
+            return;
+        }
+        if self.swarm.duplicate_percent > 0 && self.rng.range(0, 100) < self.swarm.duplicate_percent {
+            let delay = self.rng.range(1, self.swarm.delay_ms_max + 1);
+            self.schedule(self.now + delay, Event::Deliver(msg.clone()));
+        }
+        let delay = self.rng.range(1, self.swarm.delay_ms_max + 1);
+        self.schedule(self.now + delay, Event::Deliver(msg));
+    }
+
+    fn check_invariants(&mut self) {
+        let disks: BTreeMap<NodeId, &DurableModel> = self.members.iter().map(|(id, m)| (*id, &m.durable)).collect();
+        for (&id, member) in &self.members {
+            if let Some(node) = &member.node {
+                self.invariants.check_node(id, member.incarnation, node, &disks);
+            }
+        }
+    }
+}
+
+/// The WAL in small segments, so that runs roll over and remove segments often.
+fn storage_options() -> StorageOptions {
+    let mut opts = StorageOptions::new();
+    opts.wal.segment_bytes = 16 << 10;
+    opts
+}
+
+/// A compact description of a message body for traces.
+fn short(body: &MessageBody) -> String {
+    match body {
+        MessageBody::Append { prev_index, prev_term, entries, commit } => {
+            format!("Append prev=({prev_index},{prev_term}) n={} commit={commit}", entries.len())
+        }
+        MessageBody::InstallSnapshot { snapshot } => format!("InstallSnapshot index={}", snapshot.meta.index),
+        other => format!("{other:?}"),
+    }
+}
+
+mod clients;
+mod faults;
+mod liveness;

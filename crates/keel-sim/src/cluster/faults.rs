@@ -1,0 +1,193 @@
+//! Fault injection: crashes that lose unsynced writes, partitions of every shape, paused members,
+//! leader transfers and membership changes under load. Rates come from the seed's swarm.
+
+use super::*;
+use crate::disk::DurableModel;
+
+const PPM: u64 = 1_000_000;
+
+impl Cluster {
+    fn roll(&mut self, ppm: u64) -> bool {
+        ppm > 0 && self.rng.range(0, PPM) < ppm
+    }
+
+    pub(super) fn inject_faults(&mut self) {
+        if self.roll(self.swarm.crash_ppm) {
+            self.crash_random();
+        }
+        if !self.partitioned && self.roll(self.swarm.partition_ppm) {
+            self.partition();
+        }
+        if self.roll(self.swarm.pause_ppm) {
+            self.pause_random();
+        }
+        if self.roll(self.swarm.transfer_ppm) {
+            self.transfer_random();
+        }
+        if self.roll(self.swarm.membership_ppm) {
+            self.change_membership();
+        }
+    }
+
+    fn fault(&mut self, what: std::fmt::Arguments) {
+        self.faults += 1;
+        self.faults.hash(&mut self.trace);
+        self.log(format_args!("FAULT {what}"));
+    }
+
+    fn running_members(&self) -> Vec<NodeId> {
+        self.members.iter().filter(|(_, m)| m.node.is_some() && !m.retired).map(|(id, _)| *id).collect()
+    }
+
+    fn pick(&mut self, ids: &[NodeId]) -> Option<NodeId> {
+        if ids.is_empty() {
+            return None;
+        }
+        Some(ids[self.rng.range(0, ids.len() as u64) as usize])
+    }
+
+    fn crash_random(&mut self) {
+        let running = self.running_members();
+        let Some(id) = self.pick(&running) else { return };
+        // Power loss: the disk keeps what was synced plus a random prefix of the rest, the last
+        // write possibly torn (decided by the simulated disk from this seed).
+        let crash_seed = self.rng.next_u64();
+        let member = self.members.get_mut(&id).expect("picked from members");
+        let pending = member.durable.pending_count();
+        member.disk.crash(crash_seed);
+        member.storage = None;
+        member.snapshots_in_flight.clear();
+        member.node = None;
+        member.paused = false;
+        member.held.clear();
+        let restart = self.now + self.rng.range(20, 1_000);
+        self.schedule(restart, Event::Restart { node: id });
+        self.fault(format_args!("crash n{id} ({pending} unsynced records at risk), restart at {restart}"));
+    }
+
+    fn partition(&mut self) {
+        let ids: Vec<NodeId> = self.members.iter().filter(|(_, m)| !m.retired).map(|(id, _)| *id).collect();
+        if ids.len() < 2 {
+            return;
+        }
+        let kind = self.rng.range(0, 4);
+        let mut shuffled = ids.clone();
+        for i in (1..shuffled.len()).rev() {
+            let j = self.rng.range(0, i as u64 + 1) as usize;
+            shuffled.swap(i, j);
+        }
+        let (description, pairs): (&str, Vec<(NodeId, NodeId)>) = match kind {
+            0 => {
+                // Isolate the leader of the first group (or anyone, if there is none).
+                let leader = self.leader_of(FIRST_GROUP).unwrap_or(shuffled[0]);
+                (
+                    "isolate leader",
+                    ids.iter().filter(|&&o| o != leader).flat_map(|&o| [(leader, o), (o, leader)]).collect(),
+                )
+            }
+            1 => {
+                let cut = self.rng.range(1, shuffled.len() as u64) as usize;
+                let (a, b) = shuffled.split_at(cut);
+                ("split", a.iter().flat_map(|&x| b.iter().flat_map(move |&y| [(x, y), (y, x)])).collect())
+            }
+            2 => {
+                // One-way: the victim hears nobody but everyone hears it.
+                let victim = shuffled[0];
+                ("asymmetric", ids.iter().filter(|&&o| o != victim).map(|&o| (o, victim)).collect())
+            }
+            _ => {
+                // Bridge: two halves that only talk through one member.
+                let rest = &shuffled[1..]; // shuffled[0] is the bridge
+                let cut = rest.len() / 2;
+                let (a, b) = rest.split_at(cut);
+                ("bridge", a.iter().flat_map(|&x| b.iter().flat_map(move |&y| [(x, y), (y, x)])).collect())
+            }
+        };
+        self.blocked = pairs.into_iter().collect();
+        self.partitioned = true;
+        let heal = self.now + self.rng.range(50, 1_500);
+        self.schedule(heal, Event::HealPartition);
+        let links = format!("{:?}", self.blocked);
+        self.fault(format_args!("partition {description} {links}, heal at {heal}"));
+    }
+
+    fn pause_random(&mut self) {
+        let running: Vec<NodeId> = self.running_members().into_iter().filter(|id| !self.members[id].paused).collect();
+        let Some(id) = self.pick(&running) else { return };
+        self.members.get_mut(&id).expect("picked").paused = true;
+        let resume = self.now + self.rng.range(20, 1_000);
+        self.schedule(resume, Event::Unpause { node: id });
+        self.fault(format_args!("pause n{id} until {resume}"));
+    }
+
+    pub(super) fn unpause(&mut self, id: NodeId) {
+        let Some(member) = self.members.get_mut(&id) else { return };
+        if !member.paused {
+            return;
+        }
+        member.paused = false;
+        let held = std::mem::take(&mut member.held);
+        for event in held {
+            self.handle(event);
+        }
+        self.log(format_args!("n{id} resumed"));
+    }
+
+    pub(super) fn leader_of(&self, group: GroupId) -> Option<NodeId> {
+        self.members.iter().find_map(|(id, m)| {
+            let status = m.node.as_ref()?.status(group)?;
+            (status.role == Role::Leader && !m.paused).then_some(*id)
+        })
+    }
+
+    fn transfer_random(&mut self) {
+        let group = FIRST_GROUP + self.rng.range(0, self.swarm.groups);
+        let Some(leader) = self.leader_of(group) else { return };
+        let voters: Vec<NodeId> = self.members[&leader]
+            .node
+            .as_ref()
+            .and_then(|n| n.status(group))
+            .map(|s| s.conf.voters.into_iter().filter(|&v| v != leader).collect())
+            .unwrap_or_default();
+        let Some(target) = self.pick(&voters) else { return };
+        let node = self.members.get_mut(&leader).and_then(|m| m.node.as_mut()).expect("leader runs");
+        if node.transfer_leader(group, target).is_ok() {
+            self.fault(format_args!("transfer leadership of g{group} n{leader} -> n{target}"));
+        }
+    }
+
+    /// Adds a fresh member as learner, promotes a caught-up learner, or removes a voter (maybe
+    /// the leader). Removed members never come back under the same id, as in etcd.
+    fn change_membership(&mut self) {
+        let group = FIRST_GROUP + self.rng.range(0, self.swarm.groups);
+        let Some(leader) = self.leader_of(group) else { return };
+        let Some(status) = self.members[&leader].node.as_ref().and_then(|n| n.status(group)) else { return };
+        let learner = status.conf.learners.iter().next().copied();
+        let (change, new_member) = if let Some(learner) = learner {
+            (ConfChange::AddVoter(learner), None)
+        } else if status.conf.voters.len() > 3 && self.rng.range(0, 2) == 0 {
+            let voters: Vec<NodeId> = status.conf.voters.iter().copied().collect();
+            let victim = self.pick(&voters).expect("non-empty");
+            (ConfChange::Remove(victim), None)
+        } else if status.conf.voters.len() < 5 {
+            let id = self.next_node_id;
+            (ConfChange::AddLearner(id), Some(id))
+        } else {
+            return;
+        };
+        let request = self.next_request;
+        self.next_request += 1;
+        let node = self.members.get_mut(&leader).and_then(|m| m.node.as_mut()).expect("leader runs");
+        if node.propose_conf_change(group, request, change).is_err() {
+            return;
+        }
+        if let Some(id) = new_member {
+            self.next_node_id += 1;
+            self.add_member(id, SimDisk::new(), DurableModel::default(), [group].into_iter().collect());
+        }
+        if let ConfChange::Remove(victim) = change {
+            self.invariants.on_removed(victim, group);
+        }
+        self.fault(format_args!("membership g{group} {change:?} via n{leader}"));
+    }
+}

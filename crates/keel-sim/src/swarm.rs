@@ -1,0 +1,94 @@
+//! Swarm testing (TigerBeetle's `options_swarm`): the seed draws not only the events of a run
+//! but its whole shape — cluster size, groups, timing, and which faults are switched on at what
+//! intensity — so that across seeds, rare fault mixes get explored too.
+
+use keel_raft::SplitMix64;
+
+/// Probabilities are per simulated millisecond, in parts per million.
+#[derive(Clone, Debug)]
+pub struct Swarm {
+    pub founding_members: u64,
+    pub groups: u64,
+    pub clients: u64,
+    pub keys: u64,
+    pub drop_percent: u64,
+    pub duplicate_percent: u64,
+    pub delay_ms_max: u64,
+    pub fsync_ms_max: u64,
+    pub crash_ppm: u64,
+    pub partition_ppm: u64,
+    pub pause_ppm: u64,
+    pub transfer_ppm: u64,
+    pub membership_ppm: u64,
+    pub snapshot_interval_entries: u64,
+    /// Members tick every 10 ms ± this much (clock drift between members).
+    pub tick_drift_ms: u64,
+    pub safety_ms: u64,
+    /// Clients only write (the benchmark).
+    pub writes_only: bool,
+    /// Serve reads from the leader's lease instead of a ReadIndex round.
+    pub lease_reads: bool,
+    /// How long a client waits for an answer before it counts the outcome as unknown.
+    pub client_timeout_ms: u64,
+}
+
+fn maybe(rng: &mut SplitMix64, ppm_max: u64) -> u64 {
+    // Each fault is off in about a third of the runs, so that every subset of faults is explored.
+    if rng.range(0, 3) == 0 {
+        0
+    } else {
+        rng.range(1, ppm_max + 1)
+    }
+}
+
+impl Swarm {
+    /// A fault-free cluster under write load, for measuring how fast the core commits: 3 members,
+    /// one group, `clients` closed-loop writers, `safety_ms` of simulated time.
+    pub fn benchmark(clients: u64, safety_ms: u64) -> Swarm {
+        Swarm {
+            founding_members: 3,
+            groups: 1,
+            clients,
+            keys: 1_000,
+            drop_percent: 0,
+            duplicate_percent: 0,
+            delay_ms_max: 1,
+            fsync_ms_max: 1,
+            crash_ppm: 0,
+            partition_ppm: 0,
+            pause_ppm: 0,
+            transfer_ppm: 0,
+            membership_ppm: 0,
+            snapshot_interval_entries: 10_000,
+            tick_drift_ms: 0,
+            safety_ms,
+            client_timeout_ms: 10_000,
+            lease_reads: false,
+            writes_only: true,
+        }
+    }
+
+    pub fn draw(rng: &mut SplitMix64) -> Swarm {
+        Swarm {
+            founding_members: if rng.range(0, 4) == 0 { 5 } else { 3 },
+            groups: rng.range(1, 3),
+            clients: rng.range(2, 11),
+            keys: rng.range(1, 9),
+            drop_percent: if rng.range(0, 2) == 0 { 0 } else { rng.range(1, 21) },
+            duplicate_percent: if rng.range(0, 2) == 0 { 0 } else { rng.range(1, 11) },
+            delay_ms_max: rng.range(1, 21),
+            fsync_ms_max: rng.range(1, 9),
+            crash_ppm: maybe(rng, 2_000),
+            partition_ppm: maybe(rng, 2_000),
+            pause_ppm: maybe(rng, 1_000),
+            transfer_ppm: maybe(rng, 1_000),
+            membership_ppm: maybe(rng, 1_500),
+            snapshot_interval_entries: rng.range(5, 200),
+            tick_drift_ms: rng.range(0, 2),
+            safety_ms: 3_000,
+            client_timeout_ms: rng.range(50, 1_001),
+            lease_reads: rng.range(0, 4) == 0,
+            writes_only: false,
+        }
+    }
+}
