@@ -511,15 +511,9 @@ impl Raft {
                 self.leader = msg.from;
                 self.handle_snapshot(msg.from, snapshot);
             }
-            MessageBody::TimeoutNow => {
-                if self.is_promotable() {
-                    self.campaign(true);
-                }
-            }
-            MessageBody::ReadIndexResponse { id, index } => {
-                if index > 0 {
-                    self.read_states.push(ReadState { id, index });
-                }
+            MessageBody::TimeoutNow if self.is_promotable() => self.campaign(true),
+            MessageBody::ReadIndexResponse { id, index } if index > 0 => {
+                self.read_states.push(ReadState { id, index });
             }
             _ => {}
         }

@@ -135,21 +135,19 @@ impl Invariants {
         let durable = disk.group(msg.group);
         let hard = durable.map(|d| d.hard_state).unwrap_or_default();
         match msg.body {
-            MessageBody::VoteResponse { reject: false } => {
-                if !(hard.term > msg.term || (hard.term == msg.term && hard.vote == msg.to)) {
-                    self.violation(format!(
-                        "persistence: n{} granted its vote to n{} in term {} but durably holds term {} vote {}",
-                        msg.from, msg.to, msg.term, hard.term, hard.vote
-                    ));
-                }
+            MessageBody::VoteResponse { reject: false }
+                if !(hard.term > msg.term || (hard.term == msg.term && hard.vote == msg.to)) =>
+            {
+                self.violation(format!(
+                    "persistence: n{} granted its vote to n{} in term {} but durably holds term {} vote {}",
+                    msg.from, msg.to, msg.term, hard.term, hard.vote
+                ));
             }
-            MessageBody::Vote { .. } => {
-                if !(hard.term > msg.term || (hard.term == msg.term && hard.vote == msg.from)) {
-                    self.violation(format!(
-                        "persistence: n{} asked for votes in term {} but durably holds term {} vote {}",
-                        msg.from, msg.term, hard.term, hard.vote
-                    ));
-                }
+            MessageBody::Vote { .. } if !(hard.term > msg.term || (hard.term == msg.term && hard.vote == msg.from)) => {
+                self.violation(format!(
+                    "persistence: n{} asked for votes in term {} but durably holds term {} vote {}",
+                    msg.from, msg.term, hard.term, hard.vote
+                ));
             }
             MessageBody::AppendResponse { reject: false, index, log_term, .. } => {
                 let Some(durable) = durable else {
@@ -228,13 +226,12 @@ impl Invariants {
         }
         let seen = *self.seen.entry((id, group)).or_insert(Seen { incarnation, ..Default::default() });
         let mut seen_now = seen;
-        if seen.incarnation == incarnation || seen.incarnation == 0 {
-            if hard.term < seen.term || hard.commit < seen.commit || status.applied < seen.applied {
-                self.violation(format!(
-                    "n{id} g{group}: went backwards: term {}->{}, commit {}->{}, applied {}->{}",
-                    seen.term, hard.term, seen.commit, hard.commit, seen.applied, status.applied
-                ));
-            }
+        let same_run = seen.incarnation == incarnation || seen.incarnation == 0;
+        if same_run && (hard.term < seen.term || hard.commit < seen.commit || status.applied < seen.applied) {
+            self.violation(format!(
+                "n{id} g{group}: went backwards: term {}->{}, commit {}->{}, applied {}->{}",
+                seen.term, hard.term, seen.commit, hard.commit, seen.applied, status.applied
+            ));
         }
         // After a restart the term comes from disk: it may be lower than what was only in memory,
         // never lower than what was durable (checked in on_durable).

@@ -18,6 +18,10 @@ pub trait DiskFile: Send {
     /// Makes every write to this file durable (fdatasync).
     fn sync_data(&mut self) -> io::Result<()>;
 
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
     fn read_all(&self) -> io::Result<Vec<u8>> {
         let len = usize::try_from(self.len()?).map_err(|_| io::Error::other("file too large"))?;
         let mut buf = vec![0u8; len];

@@ -19,10 +19,13 @@ fn open(disk: &SimDisk, segment_bytes: u64) -> Result<(Wal, keel_storage::Recove
     Wal::open(Arc::new(disk.clone()) as Arc<dyn Disk>, opts(segment_bytes))
 }
 
+/// A group as the model sees it: hard state, snapshot index, (index, term) of each entry.
+type ModelGroup = (HardState, Option<u64>, Vec<(u64, u64)>);
+
 /// Applies records to a model of the groups, as recovery must.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Model {
-    groups: BTreeMap<GroupId, (HardState, Option<u64>, Vec<(u64, u64)>)>,
+    groups: BTreeMap<GroupId, ModelGroup>,
 }
 
 impl Model {

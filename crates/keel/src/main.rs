@@ -1,0 +1,25 @@
+//! `keel` — the command-line entry point.
+//!
+//! Today: `keel bench wal` (measures this disk and the WAL). `keel server` and
+//! `keel playground` arrive with the server.
+
+mod bench_wal;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: keel bench wal [--dir DIR] [--seconds S] [--writers N] [--value-bytes B]";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("bench") if args.get(1).map(String::as_str) == Some("wal") => bench_wal::run(&args[2..]),
+        _ => Err(anyhow::anyhow!("{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("keel: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
