@@ -72,9 +72,19 @@ fn put_ids(w: &mut Writer, ids: impl ExactSizeIterator<Item = u64>) {
     }
 }
 
+/// Member ids are written sorted and unique (they come from a set); anything else is malformed,
+/// which also keeps the encoding canonical (decode then encode gives the same bytes).
 fn get_ids(r: &mut Reader, what: &'static str) -> Result<Vec<u64>, DecodeError> {
     let count = r.count(what, 8)?;
-    (0..count).map(|_| r.u64(what)).collect()
+    let mut ids: Vec<u64> = Vec::with_capacity(count);
+    for _ in 0..count {
+        let id = r.u64(what)?;
+        if ids.last().is_some_and(|&last| id <= last) {
+            return Err(r.error(what, format!("member ids not strictly increasing ({id})")));
+        }
+        ids.push(id);
+    }
+    Ok(ids)
 }
 
 pub fn put_conf(w: &mut Writer, conf: &ConfState) {

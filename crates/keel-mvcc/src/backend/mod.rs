@@ -1,0 +1,108 @@
+//! The storage the store persists through. All IO of this crate goes through [`Backend`];
+//! only [`redb_backend`] touches files.
+//!
+//! Three logical tables:
+//! - revisions: `(main, sub)` big-endian (16 bytes) -> encoded kv record (key, create/mod
+//!   revision, version, lease, tombstone flag, value);
+//! - leases: lease id -> encoded lease record (granted TTL, last checkpointed TTL);
+//! - meta: name -> value (applied raft index, current and compacted revision, compaction
+//!   cursor).
+//!
+//! Every [`WriteBatch`] is committed atomically: its data changes and its meta (which holds
+//! the applied raft index) become durable together or not at all.
+
+pub mod mem;
+pub mod redb_backend;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::error::StorageError;
+use crate::revision::Revision;
+
+/// Meta key: highest raft index whose effects are in this state (etcd's consistent index).
+pub const META_APPLIED_INDEX: &str = "applied_index";
+/// Meta key: current main revision.
+pub const META_CURRENT_REVISION: &str = "current_revision";
+/// Meta key: compacted revision (-1 before the first compaction).
+pub const META_COMPACTED_REVISION: &str = "compacted_revision";
+/// Meta key: where backend deletion of compacted revisions resumes; empty when done.
+pub const META_COMPACTION_CURSOR: &str = "compaction_cursor";
+
+/// One atomic unit of backend changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    /// Revisions to insert or overwrite.
+    pub put_revisions: BTreeMap<Revision, Vec<u8>>,
+    /// Revisions to remove.
+    pub delete_revisions: BTreeSet<Revision>,
+    /// Lease records to insert or overwrite.
+    pub put_leases: BTreeMap<i64, Vec<u8>>,
+    /// Lease records to remove.
+    pub delete_leases: BTreeSet<i64>,
+    /// Meta entries to set.
+    pub meta: BTreeMap<&'static str, Vec<u8>>,
+}
+
+impl WriteBatch {
+    /// Whether the batch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.put_revisions.is_empty()
+            && self.delete_revisions.is_empty()
+            && self.put_leases.is_empty()
+            && self.delete_leases.is_empty()
+            && self.meta.is_empty()
+    }
+
+    pub(crate) fn put_revision(&mut self, rev: Revision, record: Vec<u8>) {
+        self.delete_revisions.remove(&rev);
+        self.put_revisions.insert(rev, record);
+    }
+
+    pub(crate) fn delete_revision(&mut self, rev: Revision) {
+        // A revision written and compacted away before the commit never reaches the backend.
+        self.put_revisions.remove(&rev);
+        self.delete_revisions.insert(rev);
+    }
+
+    pub(crate) fn put_lease(&mut self, id: i64, record: Vec<u8>) {
+        self.delete_leases.remove(&id);
+        self.put_leases.insert(id, record);
+    }
+
+    pub(crate) fn delete_lease(&mut self, id: i64) {
+        self.put_leases.remove(&id);
+        self.delete_leases.insert(id);
+    }
+}
+
+/// Durable storage for the store's tables.
+///
+/// Implementations must make [`Backend::commit`] atomic (all of a batch or none of it,
+/// also across a crash) and durable when it returns.
+pub trait Backend {
+    /// Reads the records of `revs`, in the same order; `None` where absent.
+    fn get_revisions(&self, revs: &[Revision]) -> Result<Vec<Option<Vec<u8>>>, StorageError>;
+
+    /// Up to `limit` records with revisions in `[from, to)`, in revision order.
+    fn scan_revisions(
+        &self,
+        from: Revision,
+        to: Revision,
+        limit: usize,
+    ) -> Result<Vec<(Revision, Vec<u8>)>, StorageError>;
+
+    /// Every lease record.
+    fn load_leases(&self) -> Result<Vec<(i64, Vec<u8>)>, StorageError>;
+
+    /// Every meta entry.
+    fn load_meta(&self) -> Result<BTreeMap<String, Vec<u8>>, StorageError>;
+
+    /// Applies `batch` atomically and durably.
+    fn commit(&mut self, batch: &WriteBatch) -> Result<(), StorageError>;
+
+    /// Replaces the whole content with `batch` atomically (snapshot restore).
+    fn replace_all(&mut self, batch: &WriteBatch) -> Result<(), StorageError>;
+}
+
+pub use mem::MemBackend;
+pub use redb_backend::RedbBackend;

@@ -1,0 +1,159 @@
+//! [`Backend`] on a redb 2.x database file: the only module of this crate that does IO.
+//!
+//! Each [`Backend::commit`] is one redb write transaction with immediate durability
+//! (redb fsyncs before `commit` returns), so a batch and the applied index it carries
+//! survive a crash together or not at all.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use super::{Backend, WriteBatch};
+use crate::error::StorageError;
+use crate::revision::Revision;
+
+const REVISIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("revisions");
+const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+fn backend_err(e: impl Into<redb::Error>) -> StorageError {
+    StorageError::Backend(e.into().to_string())
+}
+
+/// A redb-backed store file.
+pub struct RedbBackend {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for RedbBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbBackend").field("path", &self.path).finish()
+    }
+}
+
+impl RedbBackend {
+    /// Opens the database at `path`, creating the file and its tables if needed.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
+        let path = path.as_ref().to_path_buf();
+        let db = Database::create(&path).map_err(backend_err)?;
+        // Create the tables once so read transactions can always open them.
+        let txn = db.begin_write().map_err(backend_err)?;
+        {
+            txn.open_table(REVISIONS).map_err(backend_err)?;
+            txn.open_table(LEASES).map_err(backend_err)?;
+            txn.open_table(META).map_err(backend_err)?;
+        }
+        txn.commit().map_err(backend_err)?;
+        Ok(RedbBackend { db, path })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of stored revisions.
+    pub fn revision_count(&self) -> Result<u64, StorageError> {
+        let txn = self.db.begin_read().map_err(backend_err)?;
+        let table = txn.open_table(REVISIONS).map_err(backend_err)?;
+        table.len().map_err(backend_err)
+    }
+
+    fn write(&self, batch: &WriteBatch, clear_first: bool) -> Result<(), StorageError> {
+        let txn = self.db.begin_write().map_err(backend_err)?;
+        if clear_first {
+            txn.delete_table(REVISIONS).map_err(backend_err)?;
+            txn.delete_table(LEASES).map_err(backend_err)?;
+            txn.delete_table(META).map_err(backend_err)?;
+        }
+        {
+            let mut revs = txn.open_table(REVISIONS).map_err(backend_err)?;
+            for rev in &batch.delete_revisions {
+                revs.remove(rev.to_key().as_slice()).map_err(backend_err)?;
+            }
+            for (rev, rec) in &batch.put_revisions {
+                revs.insert(rev.to_key().as_slice(), rec.as_slice()).map_err(backend_err)?;
+            }
+            let mut leases = txn.open_table(LEASES).map_err(backend_err)?;
+            for id in &batch.delete_leases {
+                leases.remove(*id).map_err(backend_err)?;
+            }
+            for (id, rec) in &batch.put_leases {
+                leases.insert(*id, rec.as_slice()).map_err(backend_err)?;
+            }
+            let mut meta = txn.open_table(META).map_err(backend_err)?;
+            for (k, v) in &batch.meta {
+                meta.insert(*k, v.as_slice()).map_err(backend_err)?;
+            }
+        }
+        txn.commit().map_err(backend_err)
+    }
+}
+
+impl Backend for RedbBackend {
+    fn get_revisions(&self, revs: &[Revision]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        let txn = self.db.begin_read().map_err(backend_err)?;
+        let table = txn.open_table(REVISIONS).map_err(backend_err)?;
+        let mut out = Vec::with_capacity(revs.len());
+        for rev in revs {
+            let v = table.get(rev.to_key().as_slice()).map_err(backend_err)?;
+            out.push(v.map(|g| g.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn scan_revisions(
+        &self,
+        from: Revision,
+        to: Revision,
+        limit: usize,
+    ) -> Result<Vec<(Revision, Vec<u8>)>, StorageError> {
+        if from >= to || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let txn = self.db.begin_read().map_err(backend_err)?;
+        let table = txn.open_table(REVISIONS).map_err(backend_err)?;
+        let (lo, hi) = (from.to_key(), to.to_key());
+        let mut out = Vec::new();
+        for item in table.range::<&[u8]>(lo.as_slice()..hi.as_slice()).map_err(backend_err)? {
+            let (k, v) = item.map_err(backend_err)?;
+            out.push((Revision::from_key(k.value())?, v.value().to_vec()));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn load_leases(&self) -> Result<Vec<(i64, Vec<u8>)>, StorageError> {
+        let txn = self.db.begin_read().map_err(backend_err)?;
+        let table = txn.open_table(LEASES).map_err(backend_err)?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(backend_err)? {
+            let (k, v) = item.map_err(backend_err)?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn load_meta(&self) -> Result<BTreeMap<String, Vec<u8>>, StorageError> {
+        let txn = self.db.begin_read().map_err(backend_err)?;
+        let table = txn.open_table(META).map_err(backend_err)?;
+        let mut out = BTreeMap::new();
+        for item in table.iter().map_err(backend_err)? {
+            let (k, v) = item.map_err(backend_err)?;
+            out.insert(k.value().to_owned(), v.value().to_vec());
+        }
+        Ok(out)
+    }
+
+    fn commit(&mut self, batch: &WriteBatch) -> Result<(), StorageError> {
+        self.write(batch, false)
+    }
+
+    fn replace_all(&mut self, batch: &WriteBatch) -> Result<(), StorageError> {
+        self.write(batch, true)
+    }
+}

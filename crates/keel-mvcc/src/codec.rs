@@ -1,0 +1,138 @@
+//! Minimal binary writer/reader shared by the command, record and snapshot encodings.
+//!
+//! Fixed-width big-endian integers and `u32`-length-prefixed byte strings. The reader is
+//! total: every read checks bounds and reports the offset, lengths are checked against the
+//! remaining input before anything is allocated, so hostile input cannot make it panic or
+//! allocate more than its own size.
+
+use bytes::Bytes;
+
+use crate::error::DecodeError;
+
+/// Appends encoded fields to a buffer.
+#[derive(Debug, Default)]
+pub(crate) struct Writer {
+    pub(crate) buf: Vec<u8>,
+}
+
+impl Writer {
+    pub(crate) fn new() -> Self {
+        Writer { buf: Vec::new() }
+    }
+    pub(crate) fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+    pub(crate) fn bool(&mut self, v: bool) {
+        self.buf.push(u8::from(v));
+    }
+    pub(crate) fn u32(&mut self, v: u32) {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+    }
+    pub(crate) fn u64(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+    }
+    pub(crate) fn i64(&mut self, v: i64) {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+    }
+    /// A length-prefixed byte string. Lengths above `u32::MAX` cannot occur for keys and
+    /// values the server accepts (its request limit is far below); saturating would corrupt
+    /// silently, so this is an internal invariant.
+    pub(crate) fn bytes(&mut self, v: &[u8]) {
+        let len = u32::try_from(v.len()).expect("byte string longer than 4 GiB");
+        self.u32(len);
+        self.buf.extend_from_slice(v);
+    }
+    /// A collection length (same invariant as [`Writer::bytes`]).
+    pub(crate) fn len(&mut self, n: usize) {
+        let len = u32::try_from(n).expect("collection longer than u32::MAX");
+        self.u32(len);
+    }
+    pub(crate) fn finish(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+/// Reads fields back, checking every bound.
+pub(crate) struct Reader<'a> {
+    input: &'a [u8],
+    pos: usize,
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(input: &'a [u8], what: &'static str) -> Self {
+        Reader { input, pos: 0, what }
+    }
+
+    pub(crate) fn offset(&self) -> usize {
+        self.pos
+    }
+
+    pub(crate) fn remaining(&self) -> usize {
+        self.input.len() - self.pos
+    }
+
+    pub(crate) fn err(&self, detail: impl Into<String>) -> DecodeError {
+        DecodeError::new(self.what, self.pos, detail)
+    }
+
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.remaining() < n {
+            return Err(self.err(format!("truncated: need {n} bytes, have {}", self.remaining())));
+        }
+        let out = &self.input[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    pub(crate) fn bool(&mut self) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(DecodeError::new(self.what, self.pos - 1, format!("bool byte {b}"))),
+        }
+    }
+    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+    pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+    pub(crate) fn i64(&mut self) -> Result<i64, DecodeError> {
+        Ok(i64::from_be_bytes(self.array()?))
+    }
+    pub(crate) fn bytes(&mut self) -> Result<Bytes, DecodeError> {
+        let len = self.u32()? as usize;
+        Ok(Bytes::copy_from_slice(self.take(len)?))
+    }
+    /// A collection length; each element takes at least `min_elem_bytes`, so a length that
+    /// cannot fit in the remaining input is rejected before any allocation.
+    pub(crate) fn len(&mut self, min_elem_bytes: usize) -> Result<usize, DecodeError> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(min_elem_bytes.max(1)) > self.remaining() {
+            return Err(self.err(format!("length {n} exceeds remaining input")));
+        }
+        Ok(n)
+    }
+    /// The rest of the input, unparsed.
+    pub(crate) fn rest(&mut self) -> &'a [u8] {
+        let out = &self.input[self.pos..];
+        self.pos = self.input.len();
+        out
+    }
+    pub(crate) fn expect_end(&self) -> Result<(), DecodeError> {
+        if self.remaining() != 0 {
+            return Err(self.err(format!("{} trailing bytes", self.remaining())));
+        }
+        Ok(())
+    }
+}

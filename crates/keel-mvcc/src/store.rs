@@ -1,0 +1,425 @@
+//! The store: in-memory key index and lease table over a [`Backend`], the apply loop,
+//! the pending write batch and the durability contract (see the crate docs).
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use crate::backend::{
+    Backend, WriteBatch, META_APPLIED_INDEX, META_COMPACTED_REVISION, META_COMPACTION_CURSOR, META_CURRENT_REVISION,
+};
+use crate::command::Command;
+use crate::error::{DecodeError, MvccError, StorageError};
+use crate::key_index::Index;
+use crate::kv::{Event, KeyValue, StoredRecord};
+use crate::lease::{Lease, Leases};
+use crate::request::{LeaseInfo, RangeRequest, RangeResponse, Response};
+use crate::revision::Revision;
+
+/// Records read per backend call while scanning (open, compaction, history, snapshot).
+pub(crate) const SCAN_CHUNK: usize = 1024;
+
+/// Records of one merged scan step, and where the next step starts (`None` when done).
+pub(crate) type ScanChunk = (Vec<(Revision, Vec<u8>)>, Option<Revision>);
+
+/// Tunables. Every replica must use the same values: they shape the backend's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Collect an [`Event`] per change for [`Store::take_events`]. Off for hosts without
+    /// watchers: computing `prev_kv` costs a backend read per change.
+    pub record_events: bool,
+    /// Stored revisions examined by pending compaction per applied command (0 = only when
+    /// the host calls [`Store::compaction_step`]).
+    pub compaction_batch_per_apply: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { record_events: true, compaction_batch_per_apply: 1000 }
+    }
+}
+
+/// What [`Store::apply`] did with a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// The raft index was at or below the applied index: already reflected, ignored.
+    Skipped,
+    /// Applied; the response or the client error (the index is consumed either way).
+    Applied(Result<Response, MvccError>),
+}
+
+/// etcd's `HashKV` answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashKv {
+    /// CRC-32C over every visible revision `<=` the requested one, in revision order.
+    pub hash: u32,
+    /// The store's current revision.
+    pub revision: i64,
+    /// The compacted revision.
+    pub compact_revision: i64,
+}
+
+/// The MVCC state machine over a backend `B`.
+pub struct Store<B: Backend> {
+    pub(crate) backend: B,
+    pub(crate) opts: StoreOptions,
+    pub(crate) index: Index,
+    pub(crate) leases: Leases,
+    pub(crate) current_revision: i64,
+    /// -1 until the first compaction (as etcd), so compacting at 0 is allowed once.
+    pub(crate) compacted_revision: i64,
+    /// Where backend deletion of compacted revisions resumes; `None` when none is pending.
+    pub(crate) compaction_cursor: Option<Revision>,
+    pub(crate) applied_index: u64,
+    durable_applied_index: u64,
+    /// Applied but not yet committed changes; reads consult it before the backend.
+    pub(crate) pending: WriteBatch,
+    pub(crate) events: Vec<Event>,
+    poisoned: bool,
+}
+
+impl<B: Backend> std::fmt::Debug for Store<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("current_revision", &self.current_revision)
+            .field("compacted_revision", &self.compacted_revision)
+            .field("applied_index", &self.applied_index)
+            .field("keys", &self.index.len())
+            .finish()
+    }
+}
+
+fn meta_i64(meta: &BTreeMap<String, Vec<u8>>, name: &'static str, default: i64) -> Result<i64, DecodeError> {
+    match meta.get(name) {
+        None => Ok(default),
+        Some(v) => <[u8; 8]>::try_from(v.as_slice())
+            .map(i64::from_be_bytes)
+            .map_err(|_| DecodeError::new(name, 0, format!("length {} != 8", v.len()))),
+    }
+}
+
+impl<B: Backend> Store<B> {
+    /// Opens the store on `backend`, rebuilding the key index and lease attachments by
+    /// scanning it (values are read once and not kept).
+    pub fn open(backend: B, opts: StoreOptions) -> Result<Self, StorageError> {
+        let mut store = Store {
+            backend,
+            opts,
+            index: Index::new(),
+            leases: Leases::new(),
+            current_revision: 1,
+            compacted_revision: -1,
+            compaction_cursor: None,
+            applied_index: 0,
+            durable_applied_index: 0,
+            pending: WriteBatch::default(),
+            events: Vec::new(),
+            poisoned: false,
+        };
+        store.load()?;
+        Ok(store)
+    }
+
+    /// (Re)builds every in-memory structure from the backend.
+    pub(crate) fn load(&mut self) -> Result<(), StorageError> {
+        let meta = self.backend.load_meta()?;
+        let applied = meta_i64(&meta, META_APPLIED_INDEX, 0)?;
+        self.applied_index = applied as u64;
+        self.durable_applied_index = self.applied_index;
+        self.current_revision = meta_i64(&meta, META_CURRENT_REVISION, 1)?;
+        self.compacted_revision = meta_i64(&meta, META_COMPACTED_REVISION, -1)?;
+        self.compaction_cursor = match meta.get(META_COMPACTION_CURSOR) {
+            None => None,
+            Some(v) if v.is_empty() => None,
+            Some(v) => Some(Revision::from_key(v)?),
+        };
+        self.pending = WriteBatch::default();
+        self.events.clear();
+        self.leases.clear();
+        for (id, rec) in self.backend.load_leases()? {
+            self.leases.insert(id, Lease::decode(&rec)?);
+        }
+        self.index.clear();
+        self.rebuild_index()?;
+        self.poisoned = false;
+        Ok(())
+    }
+
+    fn rebuild_index(&mut self) -> Result<(), StorageError> {
+        let end = Revision::after_main(i64::MAX - 1);
+        let mut cursor = Revision::ZERO;
+        loop {
+            let chunk = self.backend.scan_revisions(cursor, end, SCAN_CHUNK)?;
+            let Some(&(last, _)) = chunk.last() else {
+                break;
+            };
+            for (rev, bytes) in &chunk {
+                let rec = StoredRecord::decode(bytes)?;
+                if rev.main > self.current_revision {
+                    return Err(DecodeError::new(
+                        "stored revision",
+                        0,
+                        format!("revision {} above current revision {}", rev.main, self.current_revision),
+                    )
+                    .into());
+                }
+                let ki = self.index.entry(rec.kv.key.clone()).or_default();
+                if rec.tombstone {
+                    // An interrupted compaction deletes a key's dead revisions oldest
+                    // first, so it can leave a tombstone whose puts are gone: skip it.
+                    if !ki.tombstone(*rev) && rev.main > self.compacted_revision {
+                        return Err(DecodeError::new(
+                            "stored revision",
+                            0,
+                            format!("tombstone at {}/{} for a key that is not alive", rev.main, rev.sub),
+                        )
+                        .into());
+                    }
+                    ki.lease = 0;
+                } else {
+                    ki.restore_put(*rev, rec.kv.create_revision, rec.kv.version);
+                    ki.lease = rec.kv.lease;
+                }
+            }
+            if chunk.len() < SCAN_CHUNK {
+                break;
+            }
+            cursor = Revision::new(last.main, last.sub + 1);
+        }
+        // A compaction interrupted before its backend deletion finished left dead revisions.
+        let at = self.compacted_revision;
+        self.index.retain(|_, ki| !ki.compact(at));
+        for (key, ki) in &mut self.index {
+            if ki.lease == 0 {
+                continue;
+            }
+            match self.leases.get_mut(&ki.lease) {
+                Some(l) => {
+                    l.keys.insert(key.clone());
+                }
+                // As etcd: a key whose lease is gone stays, unattached.
+                None => ki.lease = 0,
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_poisoned(&self) -> Result<(), StorageError> {
+        if self.poisoned {
+            Err(StorageError::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn poison<T>(&mut self, e: StorageError) -> Result<T, StorageError> {
+        Err(self.poison_error(e))
+    }
+
+    /// Marks the store unusable after a storage error and returns the error.
+    pub(crate) fn poison_error(&mut self, e: StorageError) -> StorageError {
+        self.poisoned = true;
+        e
+    }
+
+    /// Applies the command of raft entry `index`. Entries at or below the applied index are
+    /// skipped (idempotent replay after a restart). The effects are visible to reads at
+    /// once and durable after the next [`Store::commit`].
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> Result<ApplyOutcome, StorageError> {
+        self.check_poisoned()?;
+        if index <= self.applied_index {
+            return Ok(ApplyOutcome::Skipped);
+        }
+        let result = match self.apply_command(cmd) {
+            Err(MvccError::Storage(e)) => return self.poison(e),
+            other => other,
+        };
+        self.applied_index = index;
+        if self.opts.compaction_batch_per_apply > 0 && self.compaction_cursor.is_some() {
+            self.compaction_step(self.opts.compaction_batch_per_apply)?;
+        }
+        Ok(ApplyOutcome::Applied(result))
+    }
+
+    /// Records that raft entry `index` carried no command (an empty entry or a membership
+    /// change), so replay after a restart starts after it.
+    pub fn advance_applied(&mut self, index: u64) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        self.applied_index = self.applied_index.max(index);
+        Ok(())
+    }
+
+    fn apply_command(&mut self, cmd: &Command) -> Result<Response, MvccError> {
+        match cmd {
+            Command::Put(p) => self.put(p).map(Response::Put),
+            Command::DeleteRange(d) => self.delete_range(d).map(Response::DeleteRange),
+            Command::Txn(t) => self.txn(t).map(Response::Txn),
+            Command::Compact { revision } => self.compact(*revision),
+            Command::LeaseGrant { id, ttl_seconds } => self.lease_grant(*id, *ttl_seconds),
+            Command::LeaseRevoke { id } => self.lease_revoke(*id),
+            Command::LeaseCheckpoint { id, remaining_ttl_seconds } => {
+                Ok(self.lease_checkpoint(*id, *remaining_ttl_seconds))
+            }
+        }
+    }
+
+    /// Writes everything applied since the last commit, with the applied index, in one
+    /// backend transaction. Durable when this returns.
+    pub fn commit(&mut self) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        if self.pending.is_empty() && self.applied_index == self.durable_applied_index {
+            return Ok(());
+        }
+        self.stage_meta();
+        let batch = std::mem::take(&mut self.pending);
+        if let Err(e) = self.backend.commit(&batch) {
+            return self.poison(e);
+        }
+        self.durable_applied_index = self.applied_index;
+        Ok(())
+    }
+
+    /// Applies `entries` in order and commits them as one backend transaction.
+    pub fn apply_batch(&mut self, entries: &[(u64, Command)]) -> Result<Vec<ApplyOutcome>, StorageError> {
+        let mut out = Vec::with_capacity(entries.len());
+        for (index, cmd) in entries {
+            out.push(self.apply(*index, cmd)?);
+        }
+        self.commit()?;
+        Ok(out)
+    }
+
+    pub(crate) fn stage_meta(&mut self) {
+        let m = &mut self.pending.meta;
+        m.insert(META_APPLIED_INDEX, (self.applied_index as i64).to_be_bytes().to_vec());
+        m.insert(META_CURRENT_REVISION, self.current_revision.to_be_bytes().to_vec());
+        m.insert(META_COMPACTED_REVISION, self.compacted_revision.to_be_bytes().to_vec());
+        m.insert(META_COMPACTION_CURSOR, self.compaction_cursor.map_or_else(Vec::new, |c| c.to_key().to_vec()));
+    }
+
+    /// Drains the events of every change applied since the last call, in revision order.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// A read (etcd `Range`), seeing everything applied, committed or not.
+    pub fn range(&self, q: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        self.check_poisoned()?;
+        self.range_at(q, self.current_revision)
+    }
+
+    /// The current (latest) revision.
+    pub fn current_revision(&self) -> i64 {
+        self.current_revision
+    }
+
+    /// The compacted revision (-1 before any compaction).
+    pub fn compacted_revision(&self) -> i64 {
+        self.compacted_revision
+    }
+
+    /// Highest raft index applied (visible to reads).
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// Highest raft index whose effects are durable in the backend.
+    pub fn durable_applied_index(&self) -> u64 {
+        self.durable_applied_index
+    }
+
+    /// Whether backend deletion of a compaction is still pending.
+    pub fn compaction_pending(&self) -> bool {
+        self.compaction_cursor.is_some()
+    }
+
+    /// Number of keys in the index (alive or with visible history).
+    pub fn indexed_keys(&self) -> usize {
+        self.index.len()
+    }
+
+    /// A lease's TTLs and attached keys.
+    pub fn lease_ttl(&self, id: i64) -> Option<LeaseInfo> {
+        self.leases.get(&id).map(|l| l.info(id))
+    }
+
+    /// Every granted lease, by id.
+    pub fn leases(&self) -> Vec<LeaseInfo> {
+        self.leases.iter().map(|(id, l)| l.info(*id)).collect()
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Gives the backend back (uncommitted changes are dropped, as in a crash).
+    pub fn into_backend(self) -> B {
+        self.backend
+    }
+
+    /// Reads the records at `revs`, from the pending batch or the backend.
+    pub(crate) fn load_records(&self, revs: &[Revision]) -> Result<Vec<StoredRecord>, StorageError> {
+        let mut out: Vec<Option<StoredRecord>> = Vec::with_capacity(revs.len());
+        let mut missing = Vec::new();
+        for (i, rev) in revs.iter().enumerate() {
+            match self.pending.put_revisions.get(rev) {
+                Some(bytes) => out.push(Some(StoredRecord::decode(bytes)?)),
+                None => {
+                    out.push(None);
+                    missing.push(i);
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let want: Vec<Revision> = missing.iter().map(|&i| revs[i]).collect();
+            let got = self.backend.get_revisions(&want)?;
+            for ((i, rev), bytes) in missing.iter().zip(&want).zip(got) {
+                let bytes = bytes.ok_or(StorageError::MissingRevision { main: rev.main, sub: rev.sub })?;
+                out[*i] = Some(StoredRecord::decode(&bytes)?);
+            }
+        }
+        Ok(out.into_iter().map(|r| r.expect("every slot filled above")).collect())
+    }
+
+    pub(crate) fn load_kvs(&self, revs: &[Revision]) -> Result<Vec<KeyValue>, StorageError> {
+        Ok(self.load_records(revs)?.into_iter().map(|r| r.kv).collect())
+    }
+
+    /// The key's kv at main revision `at`, if alive.
+    pub(crate) fn get_kv(&self, key: &[u8], at: i64) -> Result<Option<KeyValue>, StorageError> {
+        let Some(entry) = self.index.get(key).and_then(|ki| ki.get(at)) else {
+            return Ok(None);
+        };
+        Ok(self.load_kvs(&[entry.rev])?.pop())
+    }
+
+    /// Stored records with revisions in `[from, to)`, up to about `limit`, merging the
+    /// pending batch over the backend. Returns where to continue, `None` when done.
+    pub(crate) fn scan_merged(&self, from: Revision, to: Revision, limit: usize) -> Result<ScanChunk, StorageError> {
+        if from >= to {
+            return Ok((Vec::new(), None));
+        }
+        let limit = limit.max(1);
+        let stored = self.backend.scan_revisions(from, to, limit)?;
+        let (bound, next) = match stored.last() {
+            Some(&(last, _)) if stored.len() >= limit => {
+                let after = Revision::new(last.main, last.sub + 1);
+                (after, Some(after))
+            }
+            _ => (to, None),
+        };
+        let mut merged: BTreeMap<Revision, Vec<u8>> =
+            stored.into_iter().filter(|(r, _)| !self.pending.delete_revisions.contains(r)).collect();
+        for (r, v) in self.pending.put_revisions.range(from..bound) {
+            merged.insert(*r, v.clone());
+        }
+        Ok((merged.into_iter().collect(), next))
+    }
+
+    /// Whether a stored revision is part of the visible history: above the compacted
+    /// revision, or kept by compaction (still in the key's index).
+    pub(crate) fn is_live(&self, rev: Revision, key: &Bytes) -> bool {
+        rev.main > self.compacted_revision || self.index.get(key).is_some_and(|ki| ki.contains(rev))
+    }
+}

@@ -1,0 +1,103 @@
+//! `keel bench mvcc`: load N keys into the MVCC store on redb the way a node applies them
+//! (batches of raft entries, one backend commit per batch), then report bytes on disk per key
+//! and how long a restart (reopen + rebuilding the in-memory key index) takes.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use keel_mvcc::{Command, RedbBackend, Store, StoreOptions};
+
+struct Options {
+    dir: std::path::PathBuf,
+    keys: u64,
+    value_bytes: usize,
+    batch: u64,
+}
+
+fn parse(args: &[String]) -> anyhow::Result<Options> {
+    let mut opts =
+        Options { dir: std::env::temp_dir().join("keel-bench-mvcc"), keys: 1_000_000, value_bytes: 256, batch: 1_000 };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--dir" => opts.dir = value.into(),
+            "--keys" => opts.keys = value.parse().context("--keys")?,
+            "--value-bytes" => opts.value_bytes = value.parse().context("--value-bytes")?,
+            "--batch" => opts.batch = value.parse().context("--batch")?,
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    if opts.batch == 0 {
+        bail!("--batch must be > 0");
+    }
+    Ok(opts)
+}
+
+fn put(key: u64, value: &Bytes) -> Command {
+    Command::Put(keel_mvcc::PutRequest {
+        key: Bytes::from(format!("/bench/key/{key:012}")),
+        value: value.clone(),
+        ..Default::default()
+    })
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let opts = parse(args)?;
+    let _ = std::fs::remove_dir_all(&opts.dir);
+    std::fs::create_dir_all(&opts.dir)?;
+    let path = opts.dir.join("db.redb");
+    let value = Bytes::from(vec![0x5au8; opts.value_bytes]);
+    println!(
+        "keel bench mvcc: {} keys, {} B values, {} commands per commit, {}",
+        opts.keys,
+        opts.value_bytes,
+        opts.batch,
+        path.display()
+    );
+
+    let started = Instant::now();
+    {
+        let backend = RedbBackend::open(&path)?;
+        let options = StoreOptions { record_events: false, ..StoreOptions::default() };
+        let mut store = Store::open(backend, options)?;
+        let mut index = 0u64;
+        let mut key = 0u64;
+        while key < opts.keys {
+            let end = (key + opts.batch).min(opts.keys);
+            let batch: Vec<(u64, Command)> = (key..end)
+                .map(|k| {
+                    index += 1;
+                    (index, put(k, &value))
+                })
+                .collect();
+            store.apply_batch(&batch)?;
+            key = end;
+        }
+    }
+    let load = started.elapsed().as_secs_f64();
+    let bytes = std::fs::metadata(&path)?.len();
+    println!("load        {:>10.2} s  ({:.0} puts/s)", load, opts.keys as f64 / load);
+    println!(
+        "on disk     {:>10} bytes  = {:.1} bytes per key ({:.2}x the {} B of key+value)",
+        bytes,
+        bytes as f64 / opts.keys as f64,
+        bytes as f64 / opts.keys as f64 / (opts.value_bytes as f64 + 23.0),
+        opts.value_bytes + 23
+    );
+
+    let started = Instant::now();
+    let backend = RedbBackend::open(&path)?;
+    let store = Store::open(backend, StoreOptions::default())?;
+    let restart = started.elapsed().as_secs_f64();
+    println!(
+        "restart     {:>10.2} s  (reopen + key index of {} keys; applied index {})",
+        restart,
+        store.indexed_keys(),
+        store.applied_index()
+    );
+    drop(store);
+    let _ = std::fs::remove_dir_all(&opts.dir);
+    Ok(())
+}
