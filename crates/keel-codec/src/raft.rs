@@ -37,7 +37,7 @@ pub fn get_entries(r: &mut Reader) -> Result<Vec<Entry>, DecodeError> {
         let entry = get_entry(r)?;
         if let Some(prev) = entries.last() {
             let prev: &Entry = prev;
-            if entry.index != prev.index + 1 {
+            if prev.index.checked_add(1) != Some(entry.index) {
                 return Err(r.error("entries", format!("index {} after {}", entry.index, prev.index)));
             }
         }

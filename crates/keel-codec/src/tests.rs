@@ -118,3 +118,13 @@ fn member_ids_must_be_sorted_and_unique() {
     bytes[second_id] = 1;
     assert!(Record::decode(&bytes).is_err());
 }
+
+#[test]
+fn an_entry_index_at_the_top_of_the_range_is_an_error_not_an_overflow() {
+    // Found by the wal_record fuzz target: `prev.index + 1` overflowed on u64::MAX.
+    let mut last = entries(1, 2);
+    last[0].index = u64::MAX;
+    last[1].index = 0;
+    let record = Record::Entries { group: 1, entries: last }.encode();
+    assert!(Record::decode(&record).is_err());
+}

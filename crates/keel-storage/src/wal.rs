@@ -129,7 +129,7 @@ impl GroupLog {
                 } else if meta.index > self.snapshot_index() {
                     self.entries.retain(|e| e.index > meta.index);
                     self.snapshot = Some(meta.clone());
-                    if self.entries.first().is_none_or(|e| e.index == meta.index + 1) {
+                    if self.entries.first().is_none_or(|e| meta.index.checked_add(1) == Some(e.index)) {
                         self.gap_after = None;
                     }
                 }
@@ -139,7 +139,7 @@ impl GroupLog {
                 let base = self.snapshot_index();
                 let entries: Vec<&Entry> = entries.iter().filter(|e| e.index > base).collect();
                 let Some(first) = entries.first() else { return };
-                if first.index > self.last_index() + 1 {
+                if first.index > self.last_index().saturating_add(1) {
                     self.gap_after = Some(self.last_index());
                     self.entries.clear();
                 } else {
@@ -318,7 +318,7 @@ impl Wal {
             }
             if let Some(prev) = segments.last() {
                 let prev: &Segment = prev;
-                if *seq != prev.seq + 1 {
+                if prev.seq.checked_add(1) != Some(*seq) {
                     if !opts.repair {
                         return Err(WalError::MissingSegment { before: prev.name.clone(), after: name.clone() });
                     }
@@ -362,10 +362,10 @@ impl Wal {
                 log.gap_after = None;
             }
         }
-        let next_batch = cursor.last.map_or(1, |batch| batch + 1);
+        let next_batch = cursor.last.map_or(1, |batch| batch.saturating_add(1));
         let checkpoint: BTreeMap<GroupId, (HardState, Option<SnapshotMeta>)> =
             recovery.groups.iter().map(|(g, log)| (*g, (log.hard_state, log.snapshot.clone()))).collect();
-        let next_seq = segments.last().map_or(1, |s| s.seq + 1);
+        let next_seq = segments.last().map_or(1, |s| s.seq.saturating_add(1));
         let (active, active_offset, segments) = match segments.pop() {
             Some(last) => {
                 let path = join(&opts.dir, &last.name);
@@ -451,7 +451,7 @@ impl Wal {
                     Ok((batch, ended, record)) => {
                         let expected = match &open {
                             Some(batch) => Some(batch.number),
-                            None => cursor.last.map(|last| last + 1),
+                            None => cursor.last.map(|last| last.saturating_add(1)),
                         };
                         match expected {
                             Some(expected) if batch != expected => {
@@ -483,7 +483,7 @@ impl Wal {
             };
             // Corruption: the frame at `offset` is bad, or the batch that started at `cut` ends badly.
             let cut = open.as_ref().map_or(offset, |batch| batch.start);
-            let open_batch = open.as_ref().map_or_else(|| cursor.last.map_or(0, |last| last + 1), |batch| batch.number);
+            let open_batch = open.as_ref().map_or_else(|| cursor.last.map_or(0, |last| last.saturating_add(1)), |batch| batch.number);
             let later_batch = find_later_batch(&data, offset + 1, open_batch, opts.max_record_bytes);
             if is_last && later_batch.is_none() {
                 tracing::warn!(file = %path, offset = cut, %problem, "truncating a torn WAL tail (a write the crash interrupted)");
@@ -523,7 +523,7 @@ impl Wal {
         }
         let mut bytes = encode_batch(self.next_batch, records, self.opts.max_record_bytes)?;
         if self.active_offset + bytes.len() as u64 > self.opts.segment_bytes && self.active_offset > self.active_start {
-            let next = self.segments.last().map_or(1, |s| s.seq + 1);
+            let next = self.segments.last().map_or(1, |s| s.seq.saturating_add(1));
             self.roll(next)?;
             bytes = encode_batch(self.next_batch, records, self.opts.max_record_bytes)?;
         }
