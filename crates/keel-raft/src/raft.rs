@@ -398,7 +398,8 @@ impl Raft {
                 // A member that just (re)started may have heard from a leader a moment before it
                 // went down; it keeps that promise too, or a leader's lease would not survive the
                 // restart of a follower.
-                let recently_started = self.ticks < self.cfg.election_ticks as u64;
+                // (A member that never saw a term cannot have heard from a leader.)
+                let recently_started = self.term > 0 && self.ticks < self.cfg.election_ticks as u64;
                 let heard_from_leader = self.leader != NO_NODE && self.election_elapsed < self.cfg.election_ticks;
                 let in_lease = self.cfg.check_quorum && (heard_from_leader || recently_started);
                 if in_lease && !transfer {
@@ -624,6 +625,8 @@ impl Raft {
             // Jump over a whole term of mismatching entries at once when the hint allows.
             let next_probe =
                 if hint_term > 0 { self.log.find_conflict_by_term(hint_index, hint_term).0 } else { hint_index };
+            // A hint beyond our log is meaningless (and must not overflow `hint + 1`).
+            let next_probe = next_probe.min(self.log.last_index());
             let progress = self.progress.get_mut(&from).expect("checked by caller");
             if progress.reject(index, next_probe) {
                 self.send_append(from, true);

@@ -388,3 +388,30 @@ fn a_leader_ignores_an_acknowledgement_of_an_entry_it_does_not_hold() {
     });
     assert_eq!(cluster.node(1).raft().progress_of(2).unwrap().matched, before);
 }
+
+#[test]
+fn a_restarted_member_keeps_the_lease_promise_for_an_election_timeout() {
+    // It may have heard from a leader just before it went down; granting a vote at once could
+    // let a second leader serve lease reads while the first one's lease still runs.
+    let recovered = RecoveredState {
+        hard_state: HardState { term: 3, vote: 1, commit: 0 },
+        conf: ConfState::with_voters([1, 2, 3]),
+        ..Default::default()
+    };
+    let mut node = RawNode::new(Config::new(3, 1), recovered).unwrap();
+    let pre_vote =
+        Message { group: 1, from: 2, to: 3, term: 4, body: MessageBody::PreVote { last_index: 0, last_term: 0 } };
+    node.step(pre_vote.clone());
+    assert!(node.ready().is_none_or(|r| r.messages.is_empty() && r.persisted_messages.is_empty()));
+    for _ in 0..10 {
+        node.tick();
+    }
+    if let Some(ready) = node.ready() {
+        node.advance(ready.number());
+    }
+    node.step(pre_vote);
+    let ready = node.ready().unwrap();
+    let grants: Vec<_> =
+        ready.messages.iter().filter(|m| m.body == MessageBody::PreVoteResponse { reject: false }).collect();
+    assert_eq!(grants.len(), 1);
+}
