@@ -111,7 +111,11 @@ proptest! {
 #[test]
 fn member_ids_must_be_sorted_and_unique() {
     // Found by the wal_record fuzz target: duplicate ids decoded, then re-encoded differently.
-    let record = Record::Snapshot { group: 1, meta: SnapshotMeta { index: 1, term: 1, conf: ConfState::with_voters([1, 2]) }, replaces_log: false };
+    let record = Record::Snapshot {
+        group: 1,
+        meta: SnapshotMeta { index: 1, term: 1, conf: ConfState::with_voters([1, 2]) },
+        replaces_log: false,
+    };
     let mut bytes = record.encode();
     // voters: count at 1+1+8+1+8+8 = 27, then ids 1 and 2; make the second id 1 too.
     let second_id = 27 + 4 + 8;

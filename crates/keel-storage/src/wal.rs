@@ -483,7 +483,9 @@ impl Wal {
             };
             // Corruption: the frame at `offset` is bad, or the batch that started at `cut` ends badly.
             let cut = open.as_ref().map_or(offset, |batch| batch.start);
-            let open_batch = open.as_ref().map_or_else(|| cursor.last.map_or(0, |last| last.saturating_add(1)), |batch| batch.number);
+            let open_batch = open
+                .as_ref()
+                .map_or_else(|| cursor.last.map_or(0, |last| last.saturating_add(1)), |batch| batch.number);
             let later_batch = find_later_batch(&data, offset + 1, open_batch, opts.max_record_bytes);
             if is_last && later_batch.is_none() {
                 tracing::warn!(file = %path, offset = cut, %problem, "truncating a torn WAL tail (a write the crash interrupted)");
