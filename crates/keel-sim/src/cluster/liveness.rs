@@ -138,6 +138,35 @@ impl Cluster {
         true
     }
 
+    /// Every operation on the failing keys around the failing ones: the shrunk sub-history alone
+    /// can leave out the write a read saw, so the reader needs the surrounding history.
+    fn history_context(&self, failing: &[Operation<KvInput, KvOutput>]) -> String {
+        let keys: BTreeSet<u64> = failing.iter().map(|op| key_of(&op.input)).collect();
+        let Some(first) = failing.iter().map(|op| op.call).min() else { return String::new() };
+        let last = failing.iter().map(|op| op.ret.unwrap_or(op.call)).max().unwrap_or(first);
+        let (from, to) = (first.saturating_sub(300), last + 50);
+        let mut lines: Vec<(u64, String)> = self
+            .history
+            .iter()
+            .enumerate()
+            .filter(|(i, op)| {
+                !self.excluded.contains(i)
+                    && keys.contains(&key_of(&op.input))
+                    && op.call <= to
+                    && op.ret.is_none_or(|ret| ret >= from)
+            })
+            .map(|(_, op)| (op.call, describe_op(op)))
+            .collect();
+        lines.sort();
+        let shown = lines.len().min(40);
+        let mut text =
+            format!("\n  operations on keys {keys:?} between {from} and {to} ms ({shown} of {}):", lines.len());
+        for (_, line) in lines.into_iter().take(shown) {
+            text.push_str(&format!("\n    {line}"));
+        }
+        text
+    }
+
     pub(super) fn check_history(&mut self) {
         let ops: Vec<Operation<KvInput, KvOutput>> = self
             .history
@@ -149,13 +178,11 @@ impl Cluster {
         match keel_check::check_operations(&keel_check::KvModel, &ops, Some(std::time::Duration::from_secs(30))) {
             keel_check::CheckResult::Ok => {}
             keel_check::CheckResult::Illegal { partition, failing, .. } => {
-                let mut text = format!("history not linearizable (partition {partition}); failing sub-history:");
+                let mut text = format!("history not linearizable (partition {partition}); shrunk failing sub-history:");
                 for op in &failing {
-                    text.push_str(&format!(
-                        "\n    client {} {:?} -> {:?} [{}, {:?}]",
-                        op.client_id, op.input, op.output, op.call, op.ret
-                    ));
+                    text.push_str(&format!("\n    {}", describe_op(op)));
                 }
+                text.push_str(&self.history_context(&failing));
                 self.invariants.violation(text);
             }
             keel_check::CheckResult::Unknown => {
@@ -163,4 +190,15 @@ impl Cluster {
             }
         }
     }
+}
+
+fn key_of(input: &KvInput) -> u64 {
+    match *input {
+        KvInput::Get { key } | KvInput::Put { key, .. } | KvInput::Delete { key } | KvInput::Cas { key, .. } => key,
+    }
+}
+
+fn describe_op(op: &Operation<KvInput, KvOutput>) -> String {
+    let ret = op.ret.map_or("unknown".to_string(), |ret| format!("{ret}"));
+    format!("[{:>5} .. {:>7}] client {} {:?} -> {:?}", op.call, ret, op.client_id, op.input, op.output)
 }
