@@ -46,10 +46,7 @@ impl KvInput {
     /// The key this request is about.
     pub fn key(&self) -> Key {
         match *self {
-            KvInput::Get { key }
-            | KvInput::Put { key, .. }
-            | KvInput::Delete { key }
-            | KvInput::Cas { key, .. } => key,
+            KvInput::Get { key } | KvInput::Put { key, .. } | KvInput::Delete { key } | KvInput::Cas { key, .. } => key,
         }
     }
 }
@@ -103,9 +100,7 @@ impl Model for KvModel {
             (KvInput::Cas { expected, new, .. }, KvOutput::Cas { ok: true }) => {
                 (state == expected).then_some(Some(*new))
             }
-            (KvInput::Cas { expected, .. }, KvOutput::Cas { ok: false }) => {
-                (state != expected).then_some(*state)
-            }
+            (KvInput::Cas { expected, .. }, KvOutput::Cas { ok: false }) => (state != expected).then_some(*state),
             // If it took effect at all, the comparison decided what it did;
             // "never took effect" is covered by the operation being optional.
             (KvInput::Cas { expected, new, .. }, KvOutput::Unknown) => {
@@ -182,13 +177,7 @@ mod tests {
 
     #[test]
     fn partition_groups_by_key_and_drops_unknown_reads() {
-        let op = |input: KvInput, output| Operation {
-            client_id: 0,
-            input,
-            call: 0,
-            output,
-            ret: None,
-        };
+        let op = |input: KvInput, output| Operation { client_id: 0, input, call: 0, output, ret: None };
         let ops = [
             op(KvInput::Put { key: 7, value: 1 }, KvOutput::Unknown),
             op(KvInput::Get { key: 3 }, KvOutput::Get(None)),

@@ -18,7 +18,8 @@
 //! ## Algorithm
 //!
 //! This is the Wing–Gong exhaustive search with Lowe's memoisation, as refined
-//! by Porcupine (Anish Athalye), implemented from the published description:
+//! by Porcupine (Anish Athalye), implemented from the published description,
+//! plus pruning for operations of unknown outcome:
 //!
 //! * **P-compositionality.** Linearizability is local: a history is
 //!   linearizable iff each sub-history over an independent object is.
@@ -27,65 +28,86 @@
 //!   [`std::thread::available_parallelism`] threads. Partitions are handed out
 //!   in index order and the first illegal one stops the work on all later
 //!   ones, so the reported partition is the lowest-numbered illegal one.
-//! * **Event list.** Each operation contributes a call event and a return
-//!   event. They are sorted by time into a doubly linked list; at equal times
-//!   calls sort before returns, so `a.ret == b.call` counts as *concurrent*
-//!   (only `a.ret < b.call` orders `a` before `b`).
+//! * **Event list.** Each operation with a known outcome contributes a call
+//!   and a return event. They are sorted by time into a doubly linked list;
+//!   at equal times calls sort before returns, so `a.ret == b.call` counts as
+//!   *concurrent* (only `a.ret < b.call` orders `a` before `b`).
 //! * **Depth-first search.** The search walks the list from the front. At a
 //!   call event it tries to linearize that operation now: if the model accepts
-//!   the output, the operation's call and return events are unlinked from the
-//!   list ("lifted"), pushed on a stack with the previous model state, and the
-//!   walk restarts at the front. Otherwise it moves on to the next event. If
-//!   the walk reaches a *return* event, the operation that returns there has
-//!   not been linearized yet and nothing after its return may precede it — so
-//!   this branch is dead: pop the stack, restore the state, re-link the popped
-//!   operation's events (dancing links make this O(1)) and continue with the
-//!   event after its call.
+//!   the output, the operation's events are unlinked from the list ("lifted"),
+//!   it is pushed on a stack with the previous model state, and the walk
+//!   restarts at the front. Otherwise it moves on to the next event. Reaching
+//!   a *return* event means the operation returning there is not linearized
+//!   yet and nothing invoked later may precede it: the only moves left are
+//!   unknown-outcome operations (below); once those are tried too, the search
+//!   backtracks — pops the stack, restores the state, re-links the popped
+//!   operation's events (dancing links make this O(1)) and continues after it.
 //! * **Memoisation.** Two search nodes with the same set of linearized
-//!   operations and the same model state have identical futures. Every node is
-//!   recorded in a hash set keyed by (bitset of linearized operations, state);
-//!   a node seen before is not explored again. Operations are numbered in call
-//!   order, so the linearized set is mostly a dense prefix; the key stores it
-//!   compactly as "number of leading all-ones words" plus the remaining
-//!   non-zero words.
+//!   operations and the same model state have identical futures, so every
+//!   node is recorded in a hash set keyed by (linearized set, state) and a
+//!   node seen before is not explored again. Operations are numbered in call
+//!   order, so the linearized set is mostly a dense prefix and its bitset is
+//!   stored compactly ("leading all-ones words" plus the rest).
 //!
 //! ## Unknown outcomes
 //!
 //! An operation with `ret: None` timed out or its client crashed: it may have
-//! taken effect at any moment after its `call`, or never. The checker gives it
-//! a return event at +∞ (after every other event), so it can be linearized at
-//! any point after its invocation, and makes it *optional*: the search
-//! succeeds as soon as every operation with a known return has been
-//! linearized, whether or not the unknown ones were. Its output is still
-//! handed to [`Model::step`], so a model decides what an unknown output
-//! matches (for [`KvModel`], [`KvOutput::Unknown`] matches anything).
+//! taken effect at any moment after its `call`, or never. The checker lets it
+//! be linearized anywhere after its invocation (as if it returned at +∞) and
+//! makes it *optional*: the search succeeds as soon as every operation with a
+//! known return is linearized. Its output is still handed to
+//! [`Model::step`], so a model decides what an unknown output matches (for
+//! [`KvModel`], [`KvOutput::Unknown`] matches anything).
+//!
+//! Such operations are what makes checking hard: each stays pending to the
+//! end of its partition, so plain memoisation explores every subset of them
+//! that could have happened. The search prunes with a dominance argument: a
+//! node with the same required operations and state as another but a
+//! *superset* of linearized unknown operations can do nothing the other
+//! can't. So the memo keeps, per (required set, state), the minimal sets of
+//! unknown operations seen and skips dominated nodes; required operations are
+//! tried before unknown ones so that smaller sets tend to come first; and
+//! right after linearizing an unknown operation, only operations whose effect
+//! differs from what they would have done one step earlier are tried — an
+//! unknown operation is linearized only right before something that
+//! observes it. [`Model::is_blind_write`] lets a model mark writes whose
+//! effect never depends on the state (puts, deletes), which makes that last
+//! rule free for them. Unknown candidates are tried newest first: the ones
+//! that explain an observation are usually recent, the ones that never
+//! happened pile up at the old end.
 //!
 //! ## Failure reports
 //!
-//! For an illegal history [`CheckResult::Illegal`] carries the longest partial
-//! linearization the search found (where it got stuck), and a shrunk failing
-//! sub-history: a small subset of the failing partition that is itself not
-//! linearizable. Shrinking first cuts the partition to a window in time
-//! around the failure, then drops chunks and single operations greedily
-//! (delta debugging). A drop is kept only if the rest stays illegal even when
-//! the dropped operations are treated as "may have happened at any later
-//! time", and only if the search still gets (nearly) as far before getting
-//! stuck: this keeps the writes that explain a stale read instead of
-//! collapsing the report into an unrelated "read of a value never written".
-//! Shrinking is bounded in re-checks and search steps.
+//! For an illegal history [`CheckResult::Illegal`] carries the longest
+//! partial linearization the search found (where it got stuck) and a shrunk
+//! failing sub-history: a small subset of the failing partition that is
+//! itself not linearizable. Shrinking first cuts the partition to the
+//! operations invoked up to where the search got stuck, then to a short
+//! window before that point, then drops chunks and single operations
+//! greedily (delta debugging). A drop is kept only if the remainder is still
+//! illegal *for the same reason*: its search still gets as far, and no
+//! dropped operation could have explained the failure had it happened later
+//! (those are kept instead). So a stale read shrinks to the write it saw, the
+//! write that overwrote it and the read — not to "a read of a value nobody
+//! wrote", which would be illegal too but explain nothing. Shrinking is
+//! bounded in search steps (and by the time budget), so on huge partitions
+//! the result is minimal-ish.
 //!
 //! ## Complexity
 //!
 //! Deciding linearizability is NP-complete, and the search is exponential in
-//! the worst case. Its cost is governed by the number of distinct
-//! (linearized set, state) pairs: with at most `c` operations pending at any
-//! instant, a partition of `n` operations has at most about
-//! `n · 2^c · |states|` of them, and each search step costs O(1) plus hashing
-//! the memo key (O(c/64 + state)). An unknown-outcome operation stays pending
-//! until the end of the history, so every one of them in a partition widens
-//! `c` for the rest of it. Partitioning keeps `n` and `c` small in practice:
-//! histories of hundreds of thousands of operations over many keys check in
-//! about a second. Memory is one memo entry per explored node.
+//! the worst case. Its cost is governed by the number of distinct search
+//! nodes: with at most `c` operations pending at any instant, a partition of
+//! `n` operations with known outcomes has at most about `n · 2^c · |states|`
+//! of them, and each search step costs O(1) plus hashing a memo key
+//! (O(c/64) words plus the state). Partitioning keeps `n` and `c` small in
+//! practice: 100,000 operations over 1,000 keys check in well under a second.
+//! Unknown-outcome operations multiply this by a factor that the pruning
+//! above keeps polynomial in their number in typical histories (each pending
+//! one is probed at every dead end); adversarial ones, e.g. thousands of
+//! timed-out writes that could each explain failed compare-and-swaps on one
+//! key, can still blow up, which is what the time budget is for. Memory is
+//! one memo entry per explored node.
 //!
 //! ## Time budget
 //!
@@ -131,12 +153,7 @@ pub trait Model: Sync {
     fn init(&self) -> Self::State;
 
     /// If `output` is a legal result of applying `input` to `state`, the next state.
-    fn step(
-        &self,
-        state: &Self::State,
-        input: &Self::Input,
-        output: &Self::Output,
-    ) -> Option<Self::State>;
+    fn step(&self, state: &Self::State, input: &Self::Input, output: &Self::Output) -> Option<Self::State>;
 
     /// Split a history into independent sub-histories (P-compositionality);
     /// default: one partition. Each inner vector lists indices into `ops`;
@@ -240,51 +257,27 @@ pub fn check_operations<M: Model>(
     let partitions = model.partition(ops);
     let mut seen = vec![false; ops.len()];
     for &index in partitions.iter().flatten() {
-        assert!(
-            index < ops.len(),
-            "Model::partition returned index {index} for a history of {} operations",
-            ops.len()
-        );
-        assert!(
-            !seen[index],
-            "Model::partition put operation {index} in two partitions"
-        );
+        assert!(index < ops.len(), "Model::partition returned index {index} for a history of {} operations", ops.len());
+        assert!(!seen[index], "Model::partition put operation {index} in two partitions");
         seen[index] = true;
     }
 
-    let views: Vec<Vec<OpView<'_, M::Input, M::Output>>> = partitions
-        .iter()
-        .map(|part| part.iter().map(|&i| OpView::of(&ops[i])).collect())
-        .collect();
+    let views: Vec<Vec<OpView<'_, M::Input, M::Output>>> =
+        partitions.iter().map(|part| part.iter().map(|&i| OpView::of(&ops[i])).collect()).collect();
 
-    let t0 = Instant::now();
     let summary = check_partitions(model, &views, deadline);
-    if std::env::var_os("KC_DEBUG").is_some() { eprintln!("search phase {:?}", t0.elapsed()); }
     let Some(failure) = summary.first_illegal else {
-        return if summary.timed_out {
-            CheckResult::Unknown
-        } else {
-            CheckResult::Ok
-        };
+        return if summary.timed_out { CheckResult::Unknown } else { CheckResult::Ok };
     };
 
     let part = &partitions[failure.partition];
-    let core = shrink::shrink(
-        model,
-        &views[failure.partition],
-        failure.longest.len(),
-        deadline,
-    );
+    let core = shrink::shrink(model, &views[failure.partition], &failure.longest, failure.search_steps, deadline);
     let mut failing: Vec<usize> = core.into_iter().map(|local| part[local]).collect();
     failing.sort_by_key(|&i| (ops[i].call, i));
     CheckResult::Illegal {
         partition: failure.partition,
         failing: failing.into_iter().map(|i| ops[i].clone()).collect(),
-        longest_prefix: failure
-            .longest
-            .into_iter()
-            .map(|local| ops[part[local]].clone())
-            .collect(),
+        longest_prefix: failure.longest.into_iter().map(|local| ops[part[local]].clone()).collect(),
     }
 }
 
@@ -293,6 +286,8 @@ pub fn check_operations<M: Model>(
 struct Failure {
     partition: usize,
     longest: Vec<usize>,
+    /// What the search of that partition cost.
+    search_steps: u64,
 }
 
 struct Summary {
@@ -323,13 +318,8 @@ fn check_partitions<M: Model>(
             return;
         }
         let superseded = || lowest_illegal.load(Ordering::Relaxed) < index;
-        let limits = Limits {
-            deadline,
-            max_steps: None,
-            cancelled: &superseded,
-        };
-        let (outcome, _steps) = search::search(model, &partitions[index], &limits);
-        if std::env::var_os("KC_DEBUG").is_some() { eprintln!("partition {index}: {} ops, {_steps} steps, {:?}", partitions[index].len(), matches!(outcome, Outcome::Linearizable)); }
+        let limits = Limits { deadline, max_steps: None, cancelled: &superseded };
+        let (outcome, steps) = search::search(model, &partitions[index], &limits);
         match outcome {
             Outcome::Linearizable => {}
             Outcome::Illegal { longest } => {
@@ -338,10 +328,7 @@ fn check_partitions<M: Model>(
                 // Keep the lowest failing partition (another thread may have
                 // recorded a higher one first).
                 if slot.as_ref().map_or(true, |existing| existing.partition > index) {
-                    *slot = Some(Failure {
-                        partition: index,
-                        longest,
-                    });
+                    *slot = Some(Failure { partition: index, longest, search_steps: steps });
                 }
             }
             Outcome::Aborted => {
@@ -354,9 +341,7 @@ fn check_partitions<M: Model>(
         }
     };
 
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(partitions.len());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(partitions.len());
     if threads <= 1 {
         worker();
     } else {

@@ -77,7 +77,9 @@ pub(crate) enum Outcome {
     Linearizable,
     /// No linearization exists. `longest` is the deepest partial
     /// linearization reached, as indices into the searched ops, in order.
-    Illegal { longest: Vec<usize> },
+    Illegal {
+        longest: Vec<usize>,
+    },
     /// A limit was hit before a verdict.
     Aborted,
 }
@@ -120,8 +122,8 @@ struct Frame<S> {
 /// anything (their return is at +∞) and need not be linearized, so a node
 /// *dominates* every node with the same `R` and state and a larger `U`:
 /// whatever completes the larger one completes the smaller one. Three rules
-/// exploit this to keep the search polynomial in the number of pending
-/// unknown operations instead of exponential:
+/// exploit this so that, in typical histories, the search does not explore
+/// every subset of the pending unknown operations:
 ///
 /// 1. The memo records, per (`R`, state), the minimal `U` sets seen, and a
 ///    node dominated by one of them is not explored.
@@ -139,6 +141,7 @@ struct Frame<S> {
 /// Required operations live in a list of call and return events; unknown
 /// ones in two lists of call events (their returns would all sit at +∞),
 /// blind writes and the rest, so no phase walks over another's entries.
+/// Unknown candidates are tried newest first (see where the lists are built).
 pub(crate) fn search<M: Model>(
     model: &M,
     ops: &[OpView<'_, M::Input, M::Output>],
@@ -157,16 +160,16 @@ pub(crate) fn search<M: Model>(
 
     let mut required_list = EventList::new(ops, &required_ops);
     let blind = |indices: &[usize]| -> Vec<bool> {
-        indices
-            .iter()
-            .map(|&i| model.is_blind_write(ops[i].input, ops[i].output))
-            .collect()
+        indices.iter().map(|&i| model.is_blind_write(ops[i].input, ops[i].output)).collect()
     };
     let required_blind = blind(&required_ops);
     let unknown_blind = blind(&unknown_ops);
     // Indexed by `blind as usize`.
+    // Newest first: an unknown operation that explains an observation was
+    // usually invoked shortly before it, while the ones that never took
+    // effect pile up at the old end and would be probed first otherwise.
     let mut unknown_lists = [false, true].map(|blind| {
-        let ids = (0..unknown_ops.len()).filter(|&id| unknown_blind[id] == blind);
+        let ids = (0..unknown_ops.len()).rev().filter(|&id| unknown_blind[id] == blind);
         CallList::new(ids.map(|id| (id, ops[unknown_ops[id]].call)))
     });
     let mut required = Bitset::new(required_ops.len());
@@ -210,10 +213,7 @@ pub(crate) fn search<M: Model>(
                     // called after this point may go before it. Only unknown
                     // operations called up to here are left to try.
                     if unknown_left > 0 {
-                        phase = Phase::Unknown {
-                            barrier,
-                            blind: false,
-                        };
+                        phase = Phase::Unknown { barrier, blind: false };
                         entry = unknown_lists[0].first();
                         continue;
                     }
@@ -221,14 +221,17 @@ pub(crate) fn search<M: Model>(
                 }
             },
             Phase::Unknown { barrier, blind } => {
-                match unknown_lists[usize::from(blind)].call(entry) {
-                    Some((id, call)) if call <= barrier => Some((Kind::Unknown { blind }, id)),
+                let list = &unknown_lists[usize::from(blind)];
+                match list.call(entry) {
+                    // Invoked after the barrier: cannot go before it.
+                    Some((_, call)) if call > barrier => {
+                        entry = list.next(entry);
+                        continue;
+                    }
+                    Some((id, _)) => Some((Kind::Unknown { blind }, id)),
                     // Rule 3: after an unknown move, blind writes are dominated.
                     _ if !blind && !entered_by_unknown => {
-                        phase = Phase::Unknown {
-                            barrier,
-                            blind: true,
-                        };
+                        phase = Phase::Unknown { barrier, blind: true };
                         entry = unknown_lists[1].first();
                         continue;
                     }
@@ -239,12 +242,7 @@ pub(crate) fn search<M: Model>(
         let Some((kind, id)) = candidate else {
             // This node is exhausted: backtrack.
             let Some(frame) = stack.pop() else {
-                return (
-                    Outcome::Illegal {
-                        longest: longest.best,
-                    },
-                    steps,
-                );
+                return (Outcome::Illegal { longest: longest.best }, steps);
             };
             path.pop();
             longest.after_pop(path.len());
@@ -361,9 +359,7 @@ struct Memo<S> {
 
 impl<S> Default for Memo<S> {
     fn default() -> Self {
-        Memo {
-            seen: HashMap::default(),
-        }
+        Memo { seen: HashMap::default() }
     }
 }
 
@@ -517,7 +513,7 @@ impl EventList {
     }
 }
 
-/// The call events of the unknown-outcome operations, sorted by time, as a
+/// The call events of unknown-outcome operations, latest call first, as a
 /// doubly linked list with the same sentinels as [`EventList`].
 struct CallList {
     links: Links,
@@ -526,17 +522,12 @@ struct CallList {
 }
 
 impl CallList {
-    /// `calls` yields (operation id, call time), sorted by call time.
+    /// `calls` yields (operation id, call time) in list order.
     fn new(calls: impl Iterator<Item = (usize, u64)>) -> Self {
         // Sentinels at both ends.
-        let calls: Vec<Option<(usize, u64)>> = std::iter::once(None)
-            .chain(calls.map(Some))
-            .chain(std::iter::once(None))
-            .collect();
-        CallList {
-            links: Links::new(calls.len()),
-            calls,
-        }
+        let calls: Vec<Option<(usize, u64)>> =
+            std::iter::once(None).chain(calls.map(Some)).chain(std::iter::once(None)).collect();
+        CallList { links: Links::new(calls.len()), calls }
     }
 
     fn first(&self) -> usize {
@@ -608,11 +599,7 @@ struct Bitset {
 
 impl Bitset {
     fn new(bits: usize) -> Self {
-        Bitset {
-            words: vec![0; bits.div_ceil(64)],
-            full_prefix: 0,
-            used_end: 0,
-        }
+        Bitset { words: vec![0; bits.div_ceil(64)], full_prefix: 0, used_end: 0 }
     }
 
     fn set(&mut self, bit: usize) {
@@ -645,11 +632,7 @@ struct MemoKey<S> {
 impl<S> MemoKey<S> {
     fn new(set: &Bitset, state: S) -> Self {
         // Full words are non-zero, so used_end >= full_prefix.
-        MemoKey {
-            full_prefix: set.full_prefix,
-            rest: set.words[set.full_prefix..set.used_end].into(),
-            state,
-        }
+        MemoKey { full_prefix: set.full_prefix, rest: set.words[set.full_prefix..set.used_end].into(), state }
     }
 }
 
@@ -719,13 +702,7 @@ mod tests {
     }
 
     fn required(call: u64, ret: u64) -> Operation<(), ()> {
-        Operation {
-            client_id: 0,
-            input: (),
-            call,
-            output: (),
-            ret: Some(ret),
-        }
+        Operation { client_id: 0, input: (), call, output: (), ret: Some(ret) }
     }
 
     #[test]
@@ -746,10 +723,7 @@ mod tests {
             out
         };
         let original = walk(&list);
-        assert_eq!(
-            original,
-            ["call0", "call1", "ret@5", "call2", "ret@10", "ret@12"]
-        );
+        assert_eq!(original, ["call0", "call1", "ret@5", "call2", "ret@10", "ret@12"]);
 
         let (call0, call1) = (list.first(), list.next(list.first()));
         list.lift(call1);

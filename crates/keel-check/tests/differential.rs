@@ -6,7 +6,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use keel_check::{check_operations, CheckResult, KvInput, KvOutput, Operation};
+use keel_check::{check_operations, CheckResult, KvInput, KvModel, KvOutput, Model, Operation};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use support::{assert_well_formed_failure, brute_force_linearizable, Op};
@@ -35,19 +35,17 @@ fn spec() -> impl Strategy<Value = Spec> {
         (0..16u64, 0..8u64, 0..=10u64),
         (proptest::bool::weighted(0.25), any::<bool>()),
     )
-        .prop_map(
-            |((key, kind, value, expected), (call, duration, effect_tenths), (unknown, took_effect))| Spec {
-                key,
-                kind,
-                value,
-                expected,
-                call,
-                duration,
-                effect_tenths,
-                unknown,
-                took_effect,
-            },
-        )
+        .prop_map(|((key, kind, value, expected), (call, duration, effect_tenths), (unknown, took_effect))| Spec {
+            key,
+            kind,
+            value,
+            expected,
+            call,
+            duration,
+            effect_tenths,
+            unknown,
+            took_effect,
+        })
 }
 
 fn random_output() -> impl Strategy<Value = KvOutput> {
@@ -72,11 +70,7 @@ fn build(specs: &[Spec]) -> Vec<Op> {
                 0 => KvInput::Get { key },
                 1 => KvInput::Put { key, value: s.value },
                 2 => KvInput::Delete { key },
-                _ => KvInput::Cas {
-                    key,
-                    expected: s.expected,
-                    new: s.value,
-                },
+                _ => KvInput::Cas { key, expected: s.expected, new: s.value },
             };
             Operation {
                 client_id: client as u64,
@@ -128,6 +122,28 @@ fn build(specs: &[Spec]) -> Vec<Op> {
     ops
 }
 
+/// `KvModel` without the blind-write hint, to exercise the search's generic
+/// path (no `is_blind_write` override) against the same brute force.
+struct KvWithoutHints;
+
+impl Model for KvWithoutHints {
+    type State = <KvModel as Model>::State;
+    type Input = KvInput;
+    type Output = KvOutput;
+
+    fn init(&self) -> Self::State {
+        KvModel.init()
+    }
+
+    fn step(&self, state: &Self::State, input: &KvInput, output: &KvOutput) -> Option<Self::State> {
+        KvModel.step(state, input, output)
+    }
+
+    fn partition(&self, ops: &[Operation<KvInput, KvOutput>]) -> Vec<Vec<usize>> {
+        KvModel.partition(ops)
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
 
@@ -143,7 +159,9 @@ proptest! {
         }
 
         let expected = brute_force_linearizable(&ops);
-        let result = check_operations(&keel_check::KvModel, &ops, None);
+        let without_hints = check_operations(&KvWithoutHints, &ops, None);
+        prop_assert_eq!(without_hints.is_ok(), expected, "without hints: {:?}", without_hints);
+        let result = check_operations(&KvModel, &ops, None);
         match &result {
             CheckResult::Ok => prop_assert!(expected, "checker says Ok, brute force says illegal: {ops:#?}"),
             CheckResult::Illegal { .. } => {
@@ -165,16 +183,11 @@ fn generator_produces_both_verdicts() {
     use proptest::test_runner::TestRunner;
 
     let mut runner = TestRunner::deterministic();
-    let strategy = (
-        proptest::collection::vec(spec(), 1..=7),
-        proptest::option::weighted(0.6, (any::<Index>(), random_output())),
-    );
+    let strategy =
+        (proptest::collection::vec(spec(), 1..=7), proptest::option::weighted(0.6, (any::<Index>(), random_output())));
     let (mut legal, mut illegal) = (0, 0);
     for _ in 0..500 {
-        let (specs, mutation) = strategy
-            .new_tree(&mut runner)
-            .expect("strategy generates")
-            .current();
+        let (specs, mutation) = strategy.new_tree(&mut runner).expect("strategy generates").current();
         let mut ops = build(&specs);
         if let Some((index, output)) = mutation {
             let i = index.index(ops.len());

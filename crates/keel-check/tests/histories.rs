@@ -5,9 +5,7 @@ mod support;
 use std::time::Duration;
 
 use keel_check::{check_operations, CheckResult, KvModel, Model, Operation};
-use support::{
-    assert_well_formed_failure, brute_force_linearizable, cas, delete, get, put, put_unknown, Op,
-};
+use support::{assert_well_formed_failure, brute_force_linearizable, cas, delete, get, put, put_unknown, Op};
 
 /// Checks a history expected to be linearizable, cross-checking the verdict
 /// with the brute-force checker.
@@ -149,11 +147,7 @@ fn independent_keys_do_not_interfere() {
 
 #[test]
 fn stale_read() {
-    let failing = assert_illegal(&[
-        put(0, 0, 1, 0, 1),
-        put(0, 0, 2, 2, 3),
-        get(1, 0, Some(1), 4, 5),
-    ]);
+    let failing = assert_illegal(&[put(0, 0, 1, 0, 1), put(0, 0, 2, 2, 3), get(1, 0, Some(1), 4, 5)]);
     // All three are needed to explain the violation: the shrinker must not
     // drop the first put and report "value never written" instead.
     assert_eq!(failing.len(), 3, "{failing:#?}");
@@ -161,22 +155,14 @@ fn stale_read() {
 
 #[test]
 fn lost_update() {
-    let failing = assert_illegal(&[
-        put(0, 0, 0, 0, 1),
-        cas(1, 0, Some(0), 1, true, 2, 3),
-        cas(2, 0, Some(0), 2, true, 4, 5),
-    ]);
+    let failing =
+        assert_illegal(&[put(0, 0, 0, 0, 1), cas(1, 0, Some(0), 1, true, 2, 3), cas(2, 0, Some(0), 2, true, 4, 5)]);
     assert_eq!(failing.len(), 3, "{failing:#?}");
 }
 
 #[test]
 fn read_of_a_value_never_written() {
-    let ops = [
-        put(0, 0, 1, 0, 1),
-        get(1, 0, Some(1), 2, 3),
-        get(1, 0, Some(7), 4, 5),
-        put(0, 0, 2, 6, 7),
-    ];
+    let ops = [put(0, 0, 1, 0, 1), get(1, 0, Some(1), 2, 3), get(1, 0, Some(7), 4, 5), put(0, 0, 2, 6, 7)];
     let failing = assert_illegal(&ops);
     assert_eq!(failing, [ops[2].clone()]);
 }
@@ -196,32 +182,19 @@ fn timed_out_write_observed_then_unobserved() {
 
 #[test]
 fn non_monotonic_reads_across_clients() {
-    let failing = assert_illegal(&[
-        put(0, 0, 1, 0, 1),
-        put(0, 0, 2, 2, 10),
-        get(1, 0, Some(2), 3, 4),
-        get(2, 0, Some(1), 5, 6),
-    ]);
+    let failing =
+        assert_illegal(&[put(0, 0, 1, 0, 1), put(0, 0, 2, 2, 10), get(1, 0, Some(2), 3, 4), get(2, 0, Some(1), 5, 6)]);
     assert_eq!(failing.len(), 4, "{failing:#?}");
 }
 
 #[test]
 fn overlapping_writes_cannot_be_read_in_both_orders() {
-    assert_illegal(&[
-        put(0, 0, 1, 0, 10),
-        put(1, 0, 2, 1, 9),
-        get(2, 0, Some(1), 11, 12),
-        get(0, 0, Some(2), 13, 14),
-    ]);
+    assert_illegal(&[put(0, 0, 1, 0, 10), put(1, 0, 2, 1, 9), get(2, 0, Some(1), 11, 12), get(0, 0, Some(2), 13, 14)]);
 }
 
 #[test]
 fn read_of_deleted_key() {
-    assert_illegal(&[
-        put(0, 0, 1, 0, 1),
-        delete(1, 0, 2, 3),
-        get(0, 0, Some(1), 4, 5),
-    ]);
+    assert_illegal(&[put(0, 0, 1, 0, 1), delete(1, 0, 2, 3), get(0, 0, Some(1), 4, 5)]);
 }
 
 #[test]
@@ -243,14 +216,7 @@ fn reports_the_failing_partition_and_its_prefix() {
     ];
     let result = check_operations(&KvModel, &ops, None);
     assert_well_formed_failure(&ops, &result);
-    let CheckResult::Illegal {
-        partition,
-        failing,
-        longest_prefix,
-    } = result
-    else {
-        unreachable!("checked above")
-    };
+    let CheckResult::Illegal { partition, failing, longest_prefix } = result else { unreachable!("checked above") };
     assert_eq!(partition, 1);
     assert_eq!(failing, [ops[2].clone(), ops[5].clone(), ops[6].clone()]);
     assert_eq!(longest_prefix, [ops[2].clone(), ops[5].clone()]);
@@ -315,13 +281,7 @@ impl Model for Queue {
 }
 
 fn queue_op(input: QueueOp, output: Option<u8>, call: u64, ret: Option<u64>) -> Operation<QueueOp, Option<u8>> {
-    Operation {
-        client_id: 0,
-        input,
-        call,
-        output,
-        ret,
-    }
+    Operation { client_id: 0, input, call, output, ret }
 }
 
 #[test]

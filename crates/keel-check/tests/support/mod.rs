@@ -10,13 +10,7 @@ use keel_check::{check_operations, CheckResult, KvInput, KvModel, KvOutput, Oper
 pub type Op = Operation<KvInput, KvOutput>;
 
 fn op(client_id: u64, input: KvInput, output: KvOutput, call: u64, ret: Option<u64>) -> Op {
-    Operation {
-        client_id,
-        input,
-        call,
-        output,
-        ret,
-    }
+    Operation { client_id, input, call, output, ret }
 }
 
 pub fn get(client: u64, key: u64, read: Option<Value>, call: u64, ret: u64) -> Op {
@@ -36,22 +30,8 @@ pub fn delete(client: u64, key: u64, call: u64, ret: u64) -> Op {
     op(client, KvInput::Delete { key }, KvOutput::Delete, call, Some(ret))
 }
 
-pub fn cas(
-    client: u64,
-    key: u64,
-    expected: Option<Value>,
-    new: Value,
-    ok: bool,
-    call: u64,
-    ret: u64,
-) -> Op {
-    op(
-        client,
-        KvInput::Cas { key, expected, new },
-        KvOutput::Cas { ok },
-        call,
-        Some(ret),
-    )
+pub fn cas(client: u64, key: u64, expected: Option<Value>, new: Value, ok: bool, call: u64, ret: u64) -> Op {
+    op(client, KvInput::Cas { key, expected, new }, KvOutput::Cas { ok }, call, Some(ret))
 }
 
 /// Applies one operation to a whole multi-key store, written independently
@@ -105,21 +85,14 @@ pub fn brute_force_linearizable(ops: &[Op]) -> bool {
     })
 }
 
-fn some_order_works(
-    ops: &[Op],
-    chosen: &[usize],
-    placed: &mut Vec<bool>,
-    store: &BTreeMap<u64, Value>,
-) -> bool {
+fn some_order_works(ops: &[Op], chosen: &[usize], placed: &mut Vec<bool>, store: &BTreeMap<u64, Value>) -> bool {
     let pending: Vec<usize> = chosen.iter().copied().filter(|&i| !placed[i]).collect();
     if pending.is_empty() {
         return true;
     }
     pending.iter().any(|&next| {
         // `next` may go now unless some other pending op returned before it was called.
-        let must_wait = pending
-            .iter()
-            .any(|&other| ops[other].ret.is_some_and(|ret| ret < ops[next].call));
+        let must_wait = pending.iter().any(|&other| ops[other].ret.is_some_and(|ret| ret < ops[next].call));
         if must_wait {
             return false;
         }
@@ -138,12 +111,7 @@ fn some_order_works(
 /// sub-history that is drawn from the input and is itself illegal, and a
 /// longest prefix that is a legal, real-time-respecting partial order.
 pub fn assert_well_formed_failure(ops: &[Op], result: &CheckResult<KvInput, KvOutput>) {
-    let CheckResult::Illegal {
-        failing,
-        longest_prefix,
-        ..
-    } = result
-    else {
+    let CheckResult::Illegal { failing, longest_prefix, .. } = result else {
         panic!("expected Illegal, got {result:?}");
     };
     assert!(!failing.is_empty(), "empty failing sub-history");
@@ -158,10 +126,7 @@ pub fn assert_well_formed_failure(ops: &[Op], result: &CheckResult<KvInput, KvOu
     let mut store = BTreeMap::new();
     for (position, op) in longest_prefix.iter().enumerate() {
         assert!(ops.contains(op), "prefix op {op:?} is not from the history");
-        assert!(
-            apply(&mut store, &op.input, &op.output),
-            "longest prefix is not legal at {op:?}"
-        );
+        assert!(apply(&mut store, &op.input, &op.output), "longest prefix is not legal at {op:?}");
         for later in &longest_prefix[position + 1..] {
             assert!(
                 later.ret.map_or(true, |ret| ret >= op.call),
@@ -228,52 +193,33 @@ pub fn atomic_history(seed: u64, w: &Workload) -> Vec<Op> {
     for client in 0..w.clients {
         let mut now = rng.below(10);
         for _ in 0..w.ops_per_client {
-            let key = if rng.chance(w.hot_percent) {
-                rng.below(w.hot_keys)
-            } else {
-                rng.below(w.keys)
-            };
+            let key = if rng.chance(w.hot_percent) { rng.below(w.hot_keys) } else { rng.below(w.keys) };
             let roll = rng.below(100);
             let input = if roll < 40 {
                 KvInput::Get { key }
             } else if roll < 70 || roll < 90 && !issued.contains_key(&key) {
                 next_value += 1;
                 issued.entry(key).or_default().push(next_value);
-                KvInput::Put {
-                    key,
-                    value: next_value,
-                }
+                KvInput::Put { key, value: next_value }
             } else if roll < 80 {
                 KvInput::Delete { key }
             } else {
                 let history = issued.get(&key).map(Vec::as_slice).unwrap_or(&[]);
                 let expected = match rng.below(4) {
                     0 => None,
-                    1 if !history.is_empty() => {
-                        Some(history[rng.below(history.len() as u64) as usize])
-                    }
+                    1 if !history.is_empty() => Some(history[rng.below(history.len() as u64) as usize]),
                     _ => history.last().copied(),
                 };
                 next_value += 1;
                 issued.entry(key).or_default().push(next_value);
-                KvInput::Cas {
-                    key,
-                    expected,
-                    new: next_value,
-                }
+                KvInput::Cas { key, expected, new: next_value }
             };
 
             let call = now;
             if rng.chance(w.unknown_percent) {
                 // The request may still be applied long after the client gave up.
                 let effect = rng.chance(50).then(|| call + rng.below(3 * TIMEOUT));
-                ops.push(Operation {
-                    client_id: client,
-                    input,
-                    call,
-                    output: KvOutput::Unknown,
-                    ret: None,
-                });
+                ops.push(Operation { client_id: client, input, call, output: KvOutput::Unknown, ret: None });
                 effect_at.push(effect);
                 now = call + TIMEOUT + rng.below(5);
             } else {
@@ -293,11 +239,8 @@ pub fn atomic_history(seed: u64, w: &Workload) -> Vec<Op> {
         }
     }
 
-    let mut order: Vec<(u64, usize)> = effect_at
-        .iter()
-        .enumerate()
-        .filter_map(|(i, at)| at.map(|at| (at, i)))
-        .collect();
+    let mut order: Vec<(u64, usize)> =
+        effect_at.iter().enumerate().filter_map(|(i, at)| at.map(|at| (at, i))).collect();
     order.sort_unstable();
     let mut store = BTreeMap::new();
     for (_, i) in order {
