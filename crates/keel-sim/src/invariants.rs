@@ -38,8 +38,11 @@ pub struct Invariants {
     leaders: BTreeMap<(GroupId, Term), NodeId>,
     /// (group, index, term) -> (entry hash, predecessor's term if known).
     entries: BTreeMap<(GroupId, Index, Term), (u64, Option<Term>)>,
-    /// (group, index) -> term of the committed entry.
-    committed: BTreeMap<(GroupId, Index), Term>,
+    /// (group, index) -> (term of the committed entry, term in which it was first seen committed).
+    /// Leader completeness binds leaders of *later* terms only: a leader of an older term can
+    /// still exist for a moment (it won its election before the newer commits and has not heard
+    /// of them yet).
+    committed: BTreeMap<(GroupId, Index), (Term, Term)>,
     committed_max: BTreeMap<GroupId, Index>,
     /// (group, index) -> hash of the command applied there.
     applied: BTreeMap<(GroupId, Index), u64>,
@@ -273,23 +276,25 @@ impl Invariants {
     }
 
     fn check_leader_completeness(&mut self, id: NodeId, group: GroupId, raw: &keel_raft::RawNode) {
-        let max = self.committed_max.get(&group).copied().unwrap_or(0);
         let status = raw.status();
-        if max > status.last_index {
-            self.violation(format!(
-                "leader completeness: n{id} leads g{group} with last index {} below committed {max}",
-                status.last_index
-            ));
-            return;
-        }
+        let leader_term = status.hard_state.term;
         let from = status.first_index.max(1);
-        let missing: Vec<Index> = (from..=max)
-            .filter(|&index| self.committed.get(&(group, index)).is_some_and(|&term| raw.term_at(index) != Some(term)))
+        let binding: Vec<(Index, Term)> = self
+            .committed
+            .range((group, from)..(group, Index::MAX))
+            .filter(|(_, (_, seen_in))| *seen_in < leader_term)
+            .map(|((_, index), (term, _))| (*index, *term))
+            .collect();
+        let missing: Vec<Index> = binding
+            .iter()
+            .filter(|(index, term)| raw.term_at(*index) != Some(*term))
+            .map(|(index, _)| *index)
             .take(3)
             .collect();
         if !missing.is_empty() {
             self.violation(format!(
-                "leader completeness: n{id} leads g{group} without committed entries at {missing:?}"
+                "leader completeness: n{id} leads g{group} in term {leader_term} without entries committed in earlier terms at {missing:?} (last index {})",
+                status.last_index
             ));
         }
     }
@@ -317,8 +322,8 @@ impl Invariants {
         let voters_then = self.voters_before.get(&(id, group)).cloned().unwrap_or_else(|| voters_now.clone());
         for index in (old + 1).max(raw.status().first_index)..=new {
             let Some(term) = raw.term_at(index) else { continue };
-            match self.committed.get(&(group, index)) {
-                Some(&known) if known != term => {
+            match self.committed.get(&(group, index)).map(|(known, _)| *known) {
+                Some(known) if known != term => {
                     self.violation(format!(
                         "committed entry lost: g{group} index {index} was committed at term {known}, n{id} commits term {term}"
                     ));
@@ -326,7 +331,7 @@ impl Invariants {
                 }
                 Some(_) => {}
                 None => {
-                    self.committed.insert((group, index), term);
+                    self.committed.insert((group, index), (term, term_now));
                 }
             }
         }
