@@ -1,0 +1,436 @@
+//! `keel server`'s configuration: etcd's flags, with etcd's defaults, each also settable as a
+//! `KEEL_*` environment variable (`--initial-cluster` ↔ `KEEL_INITIAL_CLUSTER`).
+//!
+//! Flags are parsed the way Go's `flag` package (and so etcd) accepts them: `-name x`,
+//! `--name x`, `-name=x`, `--name=x`. Setting a flag both on the command line and in the
+//! environment is refused, as etcd refuses it, rather than silently picking one. Every error
+//! names the flag.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("unknown flag --{0} (see `keel server --help`)")]
+    UnknownFlag(String),
+    #[error("flag --{0} needs a value")]
+    MissingValue(String),
+    #[error("flag --{flag} is given more than once")]
+    Repeated { flag: String },
+    #[error("flag --{flag} is set on the command line and as {env}; remove one")]
+    Contradictory { flag: String, env: String },
+    #[error("invalid value {value:?} for --{flag}: {reason}")]
+    Invalid { flag: &'static str, value: String, reason: String },
+    #[error("{0}")]
+    Inconsistent(String),
+}
+
+/// A URL as etcd's flags take them: `scheme://host:port`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerUrl {
+    pub scheme: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for PeerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
+    }
+}
+
+impl PeerUrl {
+    pub fn parse(flag: &'static str, text: &str) -> Result<PeerUrl, ConfigError> {
+        let invalid = |reason: &str| ConfigError::Invalid { flag, value: text.to_string(), reason: reason.to_string() };
+        let (scheme, rest) = text.split_once("://").ok_or_else(|| invalid("expected scheme://host:port"))?;
+        if scheme != "http" && scheme != "https" && scheme != "unix" && scheme != "unixs" {
+            return Err(invalid("the scheme must be http or https"));
+        }
+        let rest = rest.trim_end_matches('/');
+        if rest.contains('/') {
+            return Err(invalid("a URL here may not have a path"));
+        }
+        let (host, port) = rest.rsplit_once(':').ok_or_else(|| invalid("missing :port"))?;
+        if host.is_empty() {
+            return Err(invalid("missing host"));
+        }
+        let port: u16 = port.parse().map_err(|_| invalid("the port must be a number from 0 to 65535"))?;
+        Ok(PeerUrl { scheme: scheme.to_string(), host: host.to_string(), port })
+    }
+
+    fn parse_list(flag: &'static str, text: &str) -> Result<Vec<PeerUrl>, ConfigError> {
+        let urls: Vec<PeerUrl> = text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| PeerUrl::parse(flag, s))
+            .collect::<Result<_, _>>()?;
+        if urls.is_empty() {
+            return Err(ConfigError::Invalid {
+                flag,
+                value: text.to_string(),
+                reason: "at least one URL is needed".into(),
+            });
+        }
+        Ok(urls)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub name: String,
+    pub data_dir: String,
+    pub listen_client_urls: Vec<PeerUrl>,
+    pub advertise_client_urls: Vec<PeerUrl>,
+    pub listen_peer_urls: Vec<PeerUrl>,
+    pub initial_advertise_peer_urls: Vec<PeerUrl>,
+    /// Member name -> its peer URLs.
+    pub initial_cluster: BTreeMap<String, Vec<PeerUrl>>,
+    pub initial_cluster_state: ClusterState,
+    pub initial_cluster_token: String,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+    pub max_request_bytes: u64,
+    pub max_txn_ops: u64,
+    pub snapshot_count: u64,
+    /// 0 means etcd's default of 2 GiB.
+    pub quota_backend_bytes: u64,
+}
+
+/// Every flag, with etcd's default. `{name}` in a default is replaced by `--name`.
+const FLAGS: &[(&str, &str)] = &[
+    ("name", "default"),
+    ("data-dir", "{name}.etcd"),
+    ("listen-client-urls", "http://localhost:2379"),
+    ("advertise-client-urls", "http://localhost:2379"),
+    ("listen-peer-urls", "http://localhost:2380"),
+    ("initial-advertise-peer-urls", "http://localhost:2380"),
+    ("initial-cluster", "default=http://localhost:2380"),
+    ("initial-cluster-state", "new"),
+    ("initial-cluster-token", "etcd-cluster"),
+    ("heartbeat-interval", "100"),
+    ("election-timeout", "1000"),
+    ("max-request-bytes", "1572864"),
+    ("max-txn-ops", "128"),
+    ("snapshot-count", "100000"),
+    ("quota-backend-bytes", "0"),
+];
+
+/// etcd's bounds: an election timeout of at most 50 s, and at least five heartbeats.
+const ELECTION_TIMEOUT_MS_MAX: u64 = 50_000;
+const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 << 30;
+
+pub fn env_name(flag: &str) -> String {
+    format!("KEEL_{}", flag.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// The help text: every flag with its default and environment variable.
+pub fn help() -> String {
+    let mut out = String::from("keel server takes etcd's flags:\n");
+    for (flag, default) in FLAGS {
+        out.push_str(&format!("  --{flag:<30} default {default:<32} env {}\n", env_name(flag)));
+    }
+    out
+}
+
+fn number(flag: &'static str, text: &str) -> Result<u64, ConfigError> {
+    text.trim().parse().map_err(|_| ConfigError::Invalid {
+        flag,
+        value: text.to_string(),
+        reason: "not a whole number".into(),
+    })
+}
+
+fn parse_cluster(text: &str) -> Result<BTreeMap<String, Vec<PeerUrl>>, ConfigError> {
+    const FLAG: &str = "initial-cluster";
+    let mut members: BTreeMap<String, Vec<PeerUrl>> = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, url) = part.split_once('=').ok_or_else(|| ConfigError::Invalid {
+            flag: FLAG,
+            value: text.to_string(),
+            reason: format!("{part:?} is not name=URL"),
+        })?;
+        members.entry(name.to_string()).or_default().push(PeerUrl::parse(FLAG, url)?);
+    }
+    if members.is_empty() {
+        return Err(ConfigError::Invalid { flag: FLAG, value: text.to_string(), reason: "no members".into() });
+    }
+    Ok(members)
+}
+
+impl ServerConfig {
+    /// Parses command-line arguments (after `keel server`) and the environment.
+    pub fn from_args<I, S>(args: I, env: &BTreeMap<String, String>) -> Result<ServerConfig, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut given: BTreeMap<&'static str, String> = BTreeMap::new();
+        let args: Vec<String> = args.into_iter().map(|a| a.as_ref().to_string()).collect();
+        let mut i = 0;
+        while i < args.len() {
+            let arg = &args[i];
+            let Some(stripped) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else {
+                return Err(ConfigError::UnknownFlag(arg.clone()));
+            };
+            let (name, inline) = match stripped.split_once('=') {
+                Some((name, value)) => (name, Some(value.to_string())),
+                None => (stripped, None),
+            };
+            let Some((flag, _)) = FLAGS.iter().find(|(f, _)| *f == name) else {
+                return Err(ConfigError::UnknownFlag(name.to_string()));
+            };
+            let value = match inline {
+                Some(value) => value,
+                None => {
+                    i += 1;
+                    args.get(i).cloned().ok_or_else(|| ConfigError::MissingValue(name.to_string()))?
+                }
+            };
+            if given.insert(flag, value).is_some() {
+                return Err(ConfigError::Repeated { flag: name.to_string() });
+            }
+            i += 1;
+        }
+        for (flag, _) in FLAGS {
+            let variable = env_name(flag);
+            if let Some(value) = env.get(&variable) {
+                if given.contains_key(flag) {
+                    return Err(ConfigError::Contradictory { flag: flag.to_string(), env: variable });
+                }
+                given.insert(flag, value.clone());
+            }
+        }
+        let name = given.get("name").cloned().unwrap_or_else(|| "default".to_string());
+        let get = |flag: &'static str| -> String {
+            given.get(flag).cloned().unwrap_or_else(|| {
+                let default =
+                    FLAGS.iter().find(|(f, _)| *f == flag).map(|(_, d)| *d).expect("every flag has a default");
+                default.replace("{name}", &name)
+            })
+        };
+        let initial_cluster_state = match get("initial-cluster-state").as_str() {
+            "new" => ClusterState::New,
+            "existing" => ClusterState::Existing,
+            other => {
+                return Err(ConfigError::Invalid {
+                    flag: "initial-cluster-state",
+                    value: other.to_string(),
+                    reason: "must be new or existing".into(),
+                })
+            }
+        };
+        let config = ServerConfig {
+            data_dir: get("data-dir"),
+            listen_client_urls: PeerUrl::parse_list("listen-client-urls", &get("listen-client-urls"))?,
+            advertise_client_urls: PeerUrl::parse_list("advertise-client-urls", &get("advertise-client-urls"))?,
+            listen_peer_urls: PeerUrl::parse_list("listen-peer-urls", &get("listen-peer-urls"))?,
+            initial_advertise_peer_urls: PeerUrl::parse_list(
+                "initial-advertise-peer-urls",
+                &get("initial-advertise-peer-urls"),
+            )?,
+            initial_cluster: parse_cluster(&get("initial-cluster"))?,
+            initial_cluster_state,
+            initial_cluster_token: get("initial-cluster-token"),
+            heartbeat_interval_ms: number("heartbeat-interval", &get("heartbeat-interval"))?,
+            election_timeout_ms: number("election-timeout", &get("election-timeout"))?,
+            max_request_bytes: number("max-request-bytes", &get("max-request-bytes"))?,
+            max_txn_ops: number("max-txn-ops", &get("max-txn-ops"))?,
+            snapshot_count: number("snapshot-count", &get("snapshot-count"))?,
+            quota_backend_bytes: number("quota-backend-bytes", &get("quota-backend-bytes"))?,
+            name,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.name.is_empty() {
+            return Err(ConfigError::Invalid {
+                flag: "name",
+                value: String::new(),
+                reason: "must not be empty".into(),
+            });
+        }
+        if self.heartbeat_interval_ms == 0 {
+            return Err(ConfigError::Invalid {
+                flag: "heartbeat-interval",
+                value: "0".into(),
+                reason: "must be > 0".into(),
+            });
+        }
+        if self.election_timeout_ms < 5 * self.heartbeat_interval_ms {
+            return Err(ConfigError::Inconsistent(format!(
+                "--election-timeout[{}ms] should be at least 5 times --heartbeat-interval[{}ms]",
+                self.election_timeout_ms, self.heartbeat_interval_ms
+            )));
+        }
+        if self.election_timeout_ms > ELECTION_TIMEOUT_MS_MAX {
+            return Err(ConfigError::Invalid {
+                flag: "election-timeout",
+                value: self.election_timeout_ms.to_string(),
+                reason: format!("must be at most {ELECTION_TIMEOUT_MS_MAX} ms"),
+            });
+        }
+        if self.max_txn_ops == 0 {
+            return Err(ConfigError::Invalid { flag: "max-txn-ops", value: "0".into(), reason: "must be > 0".into() });
+        }
+        if self.max_request_bytes == 0 {
+            return Err(ConfigError::Invalid {
+                flag: "max-request-bytes",
+                value: "0".into(),
+                reason: "must be > 0".into(),
+            });
+        }
+        // As etcd: this member must be in the initial cluster, with the URLs it advertises.
+        match self.initial_cluster.get(&self.name) {
+            None => {
+                return Err(ConfigError::Inconsistent(format!(
+                    "couldn't find local name {:?} in the initial cluster configuration (--initial-cluster)",
+                    self.name
+                )))
+            }
+            Some(urls) => {
+                let mut listed: Vec<String> = urls.iter().map(ToString::to_string).collect();
+                let mut advertised: Vec<String> =
+                    self.initial_advertise_peer_urls.iter().map(ToString::to_string).collect();
+                listed.sort();
+                advertised.sort();
+                if listed != advertised {
+                    return Err(ConfigError::Inconsistent(format!(
+                        "--initial-cluster has {}={} but --initial-advertise-peer-urls is {}",
+                        self.name,
+                        listed.join(","),
+                        advertised.join(",")
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The backend quota, with etcd's default for 0.
+    pub fn quota_bytes(&self) -> u64 {
+        if self.quota_backend_bytes == 0 {
+            DEFAULT_QUOTA_BACKEND_BYTES
+        } else {
+            self.quota_backend_bytes
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<ServerConfig, ConfigError> {
+        ServerConfig::from_args(args, &BTreeMap::new())
+    }
+
+    /// The flags etcd's documentation uses for a 3-member local cluster.
+    fn member(name: &str, client: u16, peer: u16) -> Vec<String> {
+        vec![
+            format!("--name={name}"),
+            format!("--data-dir=/tmp/{name}"),
+            format!("--listen-client-urls=http://127.0.0.1:{client}"),
+            format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+            format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+            format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+            "--initial-cluster=infra1=http://127.0.0.1:12380,infra2=http://127.0.0.1:22380,infra3=http://127.0.0.1:32380".into(),
+            "--initial-cluster-token=etcd-cluster-1".into(),
+            "--initial-cluster-state=new".into(),
+        ]
+    }
+
+    #[test]
+    fn etcds_defaults_apply_with_no_flags() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.name, "default");
+        assert_eq!(config.data_dir, "default.etcd");
+        assert_eq!(config.listen_client_urls[0].to_string(), "http://localhost:2379");
+        assert_eq!(config.heartbeat_interval_ms, 100);
+        assert_eq!(config.election_timeout_ms, 1000);
+        assert_eq!(config.max_request_bytes, 1_572_864);
+        assert_eq!(config.max_txn_ops, 128);
+        assert_eq!(config.quota_bytes(), 2 << 30);
+    }
+
+    #[test]
+    fn a_three_member_cluster_starts_from_etcds_own_flags() {
+        let config = ServerConfig::from_args(member("infra2", 22379, 22380), &BTreeMap::new()).unwrap();
+        assert_eq!(config.name, "infra2");
+        assert_eq!(config.initial_cluster.len(), 3);
+        assert_eq!(config.initial_cluster["infra3"][0].port, 32380);
+        assert_eq!(config.initial_cluster_token, "etcd-cluster-1");
+    }
+
+    #[test]
+    fn go_flag_forms_are_all_accepted() {
+        for args in [
+            vec!["--name", "x", "--initial-cluster", "x=http://a:1", "--initial-advertise-peer-urls", "http://a:1"],
+            vec!["-name=x", "-initial-cluster=x=http://a:1", "-initial-advertise-peer-urls=http://a:1"],
+        ] {
+            assert_eq!(parse(&args).unwrap().name, "x");
+        }
+    }
+
+    #[test]
+    fn the_data_dir_defaults_to_the_name() {
+        let config = parse(&["--name", "n1", "--initial-cluster", "n1=http://localhost:2380"]).unwrap();
+        assert_eq!(config.data_dir, "n1.etcd");
+    }
+
+    #[test]
+    fn environment_variables_set_flags() {
+        let env: BTreeMap<String, String> = [
+            ("KEEL_NAME".to_string(), "e".to_string()),
+            ("KEEL_INITIAL_CLUSTER".to_string(), "e=http://localhost:2380".to_string()),
+        ]
+        .into();
+        assert_eq!(ServerConfig::from_args(Vec::<String>::new(), &env).unwrap().name, "e");
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        assert_eq!(parse(&["--nmae", "x"]), Err(ConfigError::UnknownFlag("nmae".into())));
+        assert_eq!(parse(&["--name"]), Err(ConfigError::MissingValue("name".into())));
+        assert!(matches!(
+            parse(&["--heartbeat-interval", "soon"]),
+            Err(ConfigError::Invalid { flag: "heartbeat-interval", .. })
+        ));
+        assert!(matches!(
+            parse(&["--listen-client-urls", "localhost:2379"]),
+            Err(ConfigError::Invalid { flag: "listen-client-urls", .. })
+        ));
+        assert!(matches!(
+            parse(&["--initial-cluster-state", "maybe"]),
+            Err(ConfigError::Invalid { flag: "initial-cluster-state", .. })
+        ));
+        assert_eq!(parse(&["--name", "a", "--name", "b"]), Err(ConfigError::Repeated { flag: "name".into() }));
+        let message = parse(&["--nmae", "x"]).unwrap_err().to_string();
+        assert!(message.contains("--nmae"), "{message}");
+    }
+
+    #[test]
+    fn contradictions_are_refused() {
+        let env: BTreeMap<String, String> = [("KEEL_NAME".to_string(), "e".to_string())].into();
+        assert_eq!(
+            ServerConfig::from_args(["--name", "x"], &env),
+            Err(ConfigError::Contradictory { flag: "name".into(), env: "KEEL_NAME".into() })
+        );
+        assert!(matches!(parse(&["--heartbeat-interval", "300"]), Err(ConfigError::Inconsistent(_))));
+        assert!(matches!(parse(&["--name", "ghost"]), Err(ConfigError::Inconsistent(m)) if m.contains("ghost")));
+        assert!(matches!(
+            parse(&["--initial-advertise-peer-urls", "http://localhost:9999"]),
+            Err(ConfigError::Inconsistent(m)) if m.contains("9999")
+        ));
+    }
+}
