@@ -327,7 +327,7 @@ fn check_partitions<M: Model>(
                 let mut slot = failure.lock().unwrap_or_else(PoisonError::into_inner);
                 // Keep the lowest failing partition (another thread may have
                 // recorded a higher one first).
-                if slot.as_ref().map_or(true, |existing| existing.partition > index) {
+                if slot.as_ref().is_none_or(|existing| existing.partition > index) {
                     *slot = Some(Failure { partition: index, longest, search_steps: steps });
                 }
             }

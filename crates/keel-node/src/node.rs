@@ -9,12 +9,24 @@ use keel_raft::{
 /// The replicated state machine of one group. Deterministic: the same entries in the same order
 /// give the same state on every member.
 pub trait StateMachine {
-    /// Applies one committed entry and returns the result for its proposer.
-    fn apply(&mut self, index: Index, data: &Bytes) -> Bytes;
+    /// What applying a command returns to its proposer.
+    type Response: Clone + std::fmt::Debug;
+    /// A read, and its answer.
+    type Query: std::fmt::Debug;
+    type QueryResult: std::fmt::Debug;
+
+    /// Applies one committed command.
+    fn apply(&mut self, index: Index, data: &Bytes) -> Self::Response;
+    /// An entry with no command (a leader's no-op, a membership change) was applied: machines that
+    /// persist their applied index advance it.
+    fn apply_empty(&mut self, _index: Index) {}
+    /// Everything applied so far has been handed out; a machine that batches its own writes may
+    /// commit them now (called once per group per poll that applied something).
+    fn flush(&mut self) {}
     /// Answers a read against the current (applied) state.
-    fn query(&self, query: &Bytes) -> Bytes;
-    /// The whole state, for a snapshot.
-    fn snapshot(&self) -> Bytes;
+    fn query(&self, query: &Self::Query) -> Self::QueryResult;
+    /// The whole state, for a snapshot. An error skips this snapshot (the log is kept).
+    fn snapshot(&self) -> Result<Bytes, String>;
     /// Replaces the whole state by a snapshot's.
     fn restore(&mut self, data: &Bytes);
 }
@@ -32,12 +44,26 @@ pub enum RequestError {
     Timeout,
 }
 
+/// The answer to a proposal or a read.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outcome {
+pub enum Answer<R, Q> {
+    /// A command was applied; the machine's response.
+    Applied(R),
+    /// A membership change was applied.
+    Membership,
+    /// A read was served.
+    Read(Q),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome<R, Q> {
     pub group: GroupId,
     pub id: RequestId,
-    pub result: Result<Bytes, RequestError>,
+    pub result: Result<Answer<R, Q>, RequestError>,
 }
+
+/// The outcome type of a node whose machine is `S`.
+pub type OutcomeOf<S> = Outcome<<S as StateMachine>::Response, <S as StateMachine>::QueryResult>;
 
 /// What one group asks to be made durable.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -62,15 +88,24 @@ pub struct WriteBatch {
 }
 
 /// Everything a poll produced.
-#[derive(Debug, Default)]
-pub struct Output {
+#[derive(Debug)]
+pub struct Output<R, Q> {
     /// Send now.
     pub messages: Vec<Message>,
     /// Persist, then report durable. At most one is outstanding.
     pub write: Option<WriteBatch>,
     /// Finished proposals and reads.
-    pub outcomes: Vec<Outcome>,
+    pub outcomes: Vec<Outcome<R, Q>>,
 }
+
+impl<R, Q> Default for Output<R, Q> {
+    fn default() -> Self {
+        Output { messages: Vec::new(), write: None, outcomes: Vec::new() }
+    }
+}
+
+/// The poll output type of a node whose machine is `S`.
+pub type OutputOf<S> = Output<<S as StateMachine>::Response, <S as StateMachine>::QueryResult>;
 
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -102,20 +137,20 @@ struct PendingProposal {
     deadline: u64,
 }
 
-struct PendingRead {
+struct PendingRead<Q> {
     id: RequestId,
-    query: Bytes,
+    query: Q,
     /// Known once the leader confirmed it; the read runs when this index is applied.
     read_index: Option<Index>,
     deadline: u64,
 }
 
-struct Group<S> {
+struct Group<S: StateMachine> {
     raw: RawNode,
     machine: S,
     /// Proposals by log index.
     proposals: BTreeMap<Index, PendingProposal>,
-    reads: VecDeque<PendingRead>,
+    reads: VecDeque<PendingRead<S::Query>>,
     /// Applied index and term, for snapshots.
     applied: Index,
     applied_term: Term,
@@ -145,14 +180,14 @@ pub fn bootstrap(voters: &[NodeId]) -> (HardState, Vec<Entry>) {
     (hard_state, entries)
 }
 
-pub struct Node<S> {
+pub struct Node<S: StateMachine> {
     cfg: NodeConfig,
     groups: BTreeMap<GroupId, Group<S>>,
     ticks: u64,
     next_write_id: u64,
     /// The write in flight and the messages it holds back until it is durable.
     write_in_flight: Option<(u64, Vec<Message>)>,
-    outcomes: Vec<Outcome>,
+    outcomes: Vec<OutcomeOf<S>>,
 }
 
 impl<S: StateMachine> Node<S> {
@@ -165,16 +200,19 @@ impl<S: StateMachine> Node<S> {
     }
 
     /// Adds a group recovered from durable state. `machine` must hold the state at
-    /// `recovered.applied` (for an in-memory machine: the snapshot's state).
+    /// `recovered.applied`: the snapshot's state for an in-memory machine, or the durable applied
+    /// index of a machine that persists it (which must not exceed the recovered commit index).
     pub fn add_group(&mut self, raft: Config, recovered: RecoveredState, machine: S) -> Result<(), RaftError> {
         assert_eq!(raft.id, self.cfg.id, "group member id must be the node id");
         let group = raft.group;
-        let applied = recovered.applied;
-        let applied_term = recovered.snapshot.as_ref().map_or(0, |s| s.meta.term);
         let last_snapshot_index = recovered.snapshot.as_ref().map_or(0, |s| s.meta.index);
         let mut raft = raft;
         raft.plants = self.cfg.plants;
         let raw = RawNode::new(raft, recovered)?;
+        // A machine that persists its applied index may be ahead of the snapshot: raft hands out
+        // only what comes after it, so a restart replays just the tail of the log.
+        let applied = raw.status().applied;
+        let applied_term = raw.term_at(applied).unwrap_or(0);
         let role = raw.status().role;
         self.groups.insert(
             group,
@@ -258,7 +296,7 @@ impl<S: StateMachine> Node<S> {
 
     /// A linearizable read of `query`, answered once the group confirmed leadership and applied
     /// up to the read index.
-    pub fn read(&mut self, group_id: GroupId, id: RequestId, query: Bytes) -> Result<(), RaftError> {
+    pub fn read(&mut self, group_id: GroupId, id: RequestId, query: S::Query) -> Result<(), RaftError> {
         let deadline = self.ticks + self.cfg.request_timeout_ticks;
         let max_pending = self.cfg.max_pending_requests;
         let group = self.groups.get_mut(&group_id).ok_or(RaftError::InvalidConfig("unknown group"))?;
@@ -280,7 +318,7 @@ impl<S: StateMachine> Node<S> {
     }
 
     /// Collects every group's output. See the crate docs for what the host does with it.
-    pub fn poll(&mut self) -> Output {
+    pub fn poll(&mut self) -> OutputOf<S> {
         let mut out = Output::default();
         let can_write = self.write_in_flight.is_none();
         let mut writes = Vec::new();
@@ -363,9 +401,9 @@ fn handle_ready<S: StateMachine>(
     group_id: GroupId,
     group: &mut Group<S>,
     mut ready: Ready,
-    out: &mut Output,
+    out: &mut OutputOf<S>,
     held: &mut Vec<Message>,
-    outcomes: &mut Vec<Outcome>,
+    outcomes: &mut Vec<OutcomeOf<S>>,
     snapshot_interval: u64,
 ) -> GroupWrite {
     out.messages.append(&mut ready.messages);
@@ -396,8 +434,12 @@ fn handle_ready<S: StateMachine>(
         }
         write.installed_snapshot = Some(snapshot);
     }
+    let applied_any = !ready.committed_entries.is_empty();
     for entry in ready.committed_entries.drain(..) {
         apply_entry(group_id, group, entry, outcomes);
+    }
+    if applied_any {
+        group.machine.flush();
     }
     for read_state in ready.read_states.drain(..) {
         if let Some(read) = group.reads.iter_mut().find(|r| r.id == read_state.id && r.read_index.is_none()) {
@@ -409,12 +451,20 @@ fn handle_ready<S: StateMachine>(
     write
 }
 
-fn apply_entry<S: StateMachine>(group_id: GroupId, group: &mut Group<S>, entry: Entry, outcomes: &mut Vec<Outcome>) {
+fn apply_entry<S: StateMachine>(
+    group_id: GroupId,
+    group: &mut Group<S>,
+    entry: Entry,
+    outcomes: &mut Vec<OutcomeOf<S>>,
+) {
     debug_assert!(entry.index == group.applied + 1, "apply out of order: {} after {}", entry.index, group.applied);
-    let result = match entry.kind {
-        EntryKind::Normal if entry.data.is_empty() => Bytes::new(), // a leader's no-op
-        EntryKind::Normal => group.machine.apply(entry.index, &entry.data),
-        EntryKind::ConfChange => Bytes::new(), // applied to the membership by raft itself
+    let response = match entry.kind {
+        EntryKind::Normal if !entry.data.is_empty() => Some(group.machine.apply(entry.index, &entry.data)),
+        // A leader's no-op, or a membership change (applied to the membership by raft itself).
+        _ => {
+            group.machine.apply_empty(entry.index);
+            None
+        }
     };
     group.applied = entry.index;
     group.applied_term = entry.term;
@@ -424,26 +474,31 @@ fn apply_entry<S: StateMachine>(group_id: GroupId, group: &mut Group<S>, entry: 
             break;
         }
         let p = group.proposals.remove(&index).expect("first key exists");
-        let result =
-            if index == entry.index && p.term == entry.term { Ok(result.clone()) } else { Err(RequestError::Dropped) };
+        let result = match (&response, index == entry.index && p.term == entry.term) {
+            (Some(response), true) => Ok(Answer::Applied(response.clone())),
+            // A membership change proposal: applied, with nothing to return.
+            (None, true) => Ok(Answer::Membership),
+            (_, false) => Err(RequestError::Dropped),
+        };
         outcomes.push(Outcome { group: group_id, id: p.id, result });
     }
 }
 
-fn serve_reads<S: StateMachine>(group_id: GroupId, group: &mut Group<S>, outcomes: &mut Vec<Outcome>) {
+fn serve_reads<S: StateMachine>(group_id: GroupId, group: &mut Group<S>, outcomes: &mut Vec<OutcomeOf<S>>) {
     let applied = group.applied;
     let mut index = 0;
     while index < group.reads.len() {
         if group.reads[index].read_index.is_some_and(|ri| ri <= applied) {
             let read = group.reads.remove(index).expect("index in range");
-            outcomes.push(Outcome { group: group_id, id: read.id, result: Ok(group.machine.query(&read.query)) });
+            let answer = group.machine.query(&read.query);
+            outcomes.push(Outcome { group: group_id, id: read.id, result: Ok(Answer::Read(answer)) });
         } else {
             index += 1;
         }
     }
 }
 
-fn fail_unconfirmed_reads<S>(group_id: GroupId, group: &mut Group<S>, outcomes: &mut Vec<Outcome>) {
+fn fail_unconfirmed_reads<S: StateMachine>(group_id: GroupId, group: &mut Group<S>, outcomes: &mut Vec<OutcomeOf<S>>) {
     group.reads.retain(|read| {
         if read.read_index.is_some() {
             return true; // confirmed while leader: still linearizable once applied
@@ -457,7 +512,12 @@ fn fail_unconfirmed_reads<S>(group_id: GroupId, group: &mut Group<S>, outcomes: 
     });
 }
 
-fn expire_requests<S>(group_id: GroupId, group: &mut Group<S>, now: u64, outcomes: &mut Vec<Outcome>) {
+fn expire_requests<S: StateMachine>(
+    group_id: GroupId,
+    group: &mut Group<S>,
+    now: u64,
+    outcomes: &mut Vec<OutcomeOf<S>>,
+) {
     group.proposals.retain(|_, p| {
         if p.deadline > now {
             return true;
@@ -482,7 +542,14 @@ fn maybe_snapshot<S: StateMachine>(group: &mut Group<S>, interval: u64) -> Optio
     }
     let conf = group.raw.status().conf;
     let meta = SnapshotMeta { index: group.applied, term: group.applied_term, conf };
-    let snapshot = Snapshot { meta, data: group.machine.snapshot() };
+    let data = match group.machine.snapshot() {
+        Ok(data) => data,
+        Err(error) => {
+            tracing::warn!(index = group.applied, %error, "state machine could not take a snapshot; keeping the log");
+            return None;
+        }
+    };
+    let snapshot = Snapshot { meta, data };
     group.last_snapshot_index = group.applied;
     group.snapshot_in_flight = Some(snapshot.clone());
     Some(snapshot)

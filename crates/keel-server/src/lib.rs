@@ -6,5 +6,7 @@
 //! the peer transport and the etcd gRPC services build on it.
 
 pub mod config;
+pub mod machine;
 
 pub use config::{ClusterState, ConfigError, PeerUrl, ServerConfig};
+pub use machine::{ApplyError, CommandResult, MvccMachine};

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use keel_check::{KvInput, KvOutput, Operation};
-use keel_node::{bootstrap, Node, NodeConfig, Outcome, RequestError};
+use keel_node::{bootstrap, Answer, Node, NodeConfig, Outcome, RequestError};
 use keel_raft::{
     ConfChange, Config, GroupId, Message, MessageBody, NodeId, Plant, Plants, RaftError, RecoveredState, Role,
     SplitMix64,

@@ -78,6 +78,10 @@ pub fn hash_bytes(data: &[u8]) -> u64 {
 }
 
 impl StateMachine for KvMachine {
+    type Response = Bytes;
+    type Query = Bytes;
+    type QueryResult = Bytes;
+
     fn apply(&mut self, index: Index, data: &Bytes) -> Bytes {
         self.applied.push((index, hash_bytes(data)));
         let key = read_u64(data, 1);
@@ -123,13 +127,13 @@ impl StateMachine for KvMachine {
         }
     }
 
-    fn snapshot(&self) -> Bytes {
+    fn snapshot(&self) -> Result<Bytes, String> {
         let mut out = Vec::with_capacity(self.data.len() * 16);
         for (key, value) in &self.data {
             push_u64(&mut out, *key);
             push_u64(&mut out, *value);
         }
-        Bytes::from(out)
+        Ok(Bytes::from(out))
     }
 
     fn restore(&mut self, data: &Bytes) {

@@ -129,7 +129,7 @@ pub fn assert_well_formed_failure(ops: &[Op], result: &CheckResult<KvInput, KvOu
         assert!(apply(&mut store, &op.input, &op.output), "longest prefix is not legal at {op:?}");
         for later in &longest_prefix[position + 1..] {
             assert!(
-                later.ret.map_or(true, |ret| ret >= op.call),
+                later.ret.is_none_or(|ret| ret >= op.call),
                 "longest prefix puts {op:?} before {later:?}, which returned before it was called"
             );
         }

@@ -100,11 +100,12 @@ impl Cluster {
         self.schedule(self.now + delay, Event::ClientResponse { client, request, result: Err(refusal) });
     }
 
-    pub(super) fn outcome(&mut self, outcome: Outcome) {
+    pub(super) fn outcome(&mut self, outcome: Outcome<Bytes, Bytes>) {
         let Some(req) = self.requests.get(&outcome.id) else { return };
         let client = req.client;
         let result = match outcome.result {
-            Ok(bytes) => Ok(bytes),
+            Ok(Answer::Applied(bytes)) | Ok(Answer::Read(bytes)) => Ok(bytes),
+            Ok(Answer::Membership) => Ok(Bytes::new()),
             Err(RequestError::Refused(RaftError::NotLeader { leader })) => Err(ClientError::NotLeader(leader)),
             Err(RequestError::Refused(_)) | Err(RequestError::Dropped) => Err(ClientError::Dropped),
             Err(RequestError::Timeout) => Err(ClientError::Unknown),
