@@ -13,6 +13,10 @@ pub enum ReadMode {
     /// Lease reads: served without a round trip while the leader's lease holds. Linearizable only
     /// if the members' tick rates differ by less than [`Config::lease_drift_percent`]; requires
     /// check-quorum (otherwise followers may elect a new leader inside the old leader's lease).
+    /// The host must tick from a monotonic clock and, after any stall (a paused process, a long
+    /// GC), deliver every missed tick *before* other input: a leader that serves a read on a clock
+    /// that stood still while the others elected a new leader serves stale data. Where the clock
+    /// itself can stop (a frozen VM), use [`ReadMode::Safe`].
     LeaseBased,
 }
 

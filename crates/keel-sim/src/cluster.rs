@@ -112,6 +112,7 @@ struct Member {
     snapshots_in_flight: Vec<(GroupId, u64)>,
     incarnation: u64,
     paused: bool,
+    paused_at: Time,
     /// Events that arrived while paused, replayed on resume.
     held: Vec<Event>,
     tick_ms: u64,
@@ -254,6 +255,7 @@ impl Cluster {
             snapshots_in_flight: Vec::new(),
             incarnation: 0,
             paused: false,
+            paused_at: 0,
             held: Vec::new(),
             tick_ms,
             groups,

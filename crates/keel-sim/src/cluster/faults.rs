@@ -114,7 +114,9 @@ impl Cluster {
     fn pause_random(&mut self) {
         let running: Vec<NodeId> = self.running_members().into_iter().filter(|id| !self.members[id].paused).collect();
         let Some(id) = self.pick(&running) else { return };
-        self.members.get_mut(&id).expect("picked").paused = true;
+        let member = self.members.get_mut(&id).expect("picked");
+        member.paused = true;
+        member.paused_at = self.now;
         let resume = self.now + self.rng.range(20, 1_000);
         self.schedule(resume, Event::Unpause { node: id });
         self.fault(format_args!("pause n{id} until {resume}"));
@@ -126,11 +128,23 @@ impl Cluster {
             return;
         }
         member.paused = false;
+        // A paused process's clock keeps running (SIGSTOP, a long GC pause): on resume the host
+        // sees the time that passed and delivers the missed ticks before anything else. Leases
+        // depend on it — a leader that served a lease read on a clock that had stopped would
+        // serve stale data (the first 100,000-seed soak found exactly that when the simulated
+        // pause also stopped the member's ticks). A VM freeze that also stops the guest's
+        // monotonic clock breaks the drift bound; use ReadIndex reads (the default) there.
+        let missed = self.now.saturating_sub(member.paused_at) / member.tick_ms;
+        if let Some(node) = member.node.as_mut() {
+            for _ in 0..missed {
+                node.tick();
+            }
+        }
         let held = std::mem::take(&mut member.held);
         for event in held {
             self.handle(event);
         }
-        self.log(format_args!("n{id} resumed"));
+        self.log(format_args!("n{id} resumed after {missed} missed ticks"));
     }
 
     pub(super) fn leader_of(&self, group: GroupId) -> Option<NodeId> {
