@@ -148,8 +148,9 @@ struct PendingRead<Q> {
 struct Group<S: StateMachine> {
     raw: RawNode,
     machine: S,
-    /// Proposals by log index.
-    proposals: BTreeMap<Index, PendingProposal>,
+    /// Proposals by (log index, term): a member that led two terms may have proposals at the
+    /// same index in both, of which at most one can be applied.
+    proposals: BTreeMap<(Index, Term), PendingProposal>,
     reads: VecDeque<PendingRead<S::Query>>,
     /// Applied index and term, for snapshots.
     applied: Index,
@@ -159,6 +160,8 @@ struct Group<S: StateMachine> {
     ready_in_flight: Option<u64>,
     /// Own snapshot written in the batch in flight; the log is compacted behind it when durable.
     snapshot_in_flight: Option<Snapshot>,
+    /// Snapshot from the leader written in the batch in flight; installed when durable.
+    snapshot_to_install: Option<Snapshot>,
     role: Role,
 }
 
@@ -226,6 +229,7 @@ impl<S: StateMachine> Node<S> {
                 last_snapshot_index,
                 ready_in_flight: None,
                 snapshot_in_flight: None,
+                snapshot_to_install: None,
                 role,
             },
         );
@@ -276,7 +280,7 @@ impl<S: StateMachine> Node<S> {
         }
         let index = group.raw.propose(data)?;
         let term = group.raw.status().hard_state.term;
-        group.proposals.insert(index, PendingProposal { id, term, deadline });
+        group.proposals.insert((index, term), PendingProposal { id, term, deadline });
         Ok(index)
     }
 
@@ -290,7 +294,7 @@ impl<S: StateMachine> Node<S> {
         let group = self.groups.get_mut(&group_id).ok_or(RaftError::InvalidConfig("unknown group"))?;
         let index = group.raw.propose_conf_change(change)?;
         let term = group.raw.status().hard_state.term;
-        group.proposals.insert(index, PendingProposal { id, term, deadline });
+        group.proposals.insert((index, term), PendingProposal { id, term, deadline });
         Ok(index)
     }
 
@@ -380,7 +384,10 @@ impl<S: StateMachine> Node<S> {
     }
 
     fn advance_all(&mut self) {
-        for group in self.groups.values_mut() {
+        for (&group_id, group) in self.groups.iter_mut() {
+            if let Some(snapshot) = group.snapshot_to_install.take() {
+                install_snapshot(group_id, group, snapshot, &mut self.outcomes);
+            }
             if let Some(number) = group.ready_in_flight.take() {
                 group.raw.advance(number);
             }
@@ -421,17 +428,9 @@ fn handle_ready<S: StateMachine>(
         ..Default::default()
     };
     if let Some(snapshot) = ready.snapshot.take() {
-        group.machine.restore(&snapshot.data);
-        group.applied = snapshot.meta.index;
-        group.applied_term = snapshot.meta.term;
-        group.last_snapshot_index = snapshot.meta.index;
-        // Proposals at or below the snapshot were decided by a log we never saw; their fate is
-        // unknown to us.
-        let decided: Vec<Index> = group.proposals.range(..=snapshot.meta.index).map(|(i, _)| *i).collect();
-        for index in decided {
-            let p = group.proposals.remove(&index).expect("listed above");
-            outcomes.push(Outcome { group: group_id, id: p.id, result: Err(RequestError::Timeout) });
-        }
+        // Installed into the machine only once durable (see `install_snapshot`): a machine that
+        // persists its state must never be ahead of what the WAL can vouch for after a crash.
+        group.snapshot_to_install = Some(snapshot.clone());
         write.installed_snapshot = Some(snapshot);
     }
     let applied_any = !ready.committed_entries.is_empty();
@@ -449,6 +448,28 @@ fn handle_ready<S: StateMachine>(
     serve_reads(group_id, group, outcomes);
     write.own_snapshot = maybe_snapshot(group, snapshot_interval);
     write
+}
+
+/// A snapshot from the leader is durable: the machine takes its state.
+fn install_snapshot<S: StateMachine>(
+    group_id: GroupId,
+    group: &mut Group<S>,
+    snapshot: Snapshot,
+    outcomes: &mut Vec<OutcomeOf<S>>,
+) {
+    group.machine.restore(&snapshot.data);
+    group.applied = snapshot.meta.index;
+    group.applied_term = snapshot.meta.term;
+    group.last_snapshot_index = snapshot.meta.index;
+    // Proposals at or below the snapshot were decided by a log we never saw; their fate is
+    // unknown to us.
+    let decided: Vec<(Index, Term)> =
+        group.proposals.range(..=(snapshot.meta.index, Term::MAX)).map(|(key, _)| *key).collect();
+    for key in decided {
+        let p = group.proposals.remove(&key).expect("listed above");
+        outcomes.push(Outcome { group: group_id, id: p.id, result: Err(RequestError::Timeout) });
+    }
+    serve_reads(group_id, group, outcomes);
 }
 
 fn apply_entry<S: StateMachine>(
@@ -469,11 +490,11 @@ fn apply_entry<S: StateMachine>(
     group.applied = entry.index;
     group.applied_term = entry.term;
     // Any proposal at or below this index is decided now: ours if the term matches, else lost.
-    while let Some((&index, _)) = group.proposals.first_key_value() {
+    while let Some((&(index, term), _)) = group.proposals.first_key_value() {
         if index > entry.index {
             break;
         }
-        let p = group.proposals.remove(&index).expect("first key exists");
+        let p = group.proposals.remove(&(index, term)).expect("first key exists");
         let result = match (&response, index == entry.index && p.term == entry.term) {
             (Some(response), true) => Ok(Answer::Applied(response.clone())),
             // A membership change proposal: applied, with nothing to return.

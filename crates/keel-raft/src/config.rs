@@ -37,11 +37,12 @@ pub struct Config {
     pub check_quorum: bool,
     pub read_mode: ReadMode,
     /// The clock-drift bound of lease reads. A leader's lease lasts
-    /// `election_ticks * (100 - lease_drift_percent) / 100` of its own ticks from the heartbeat
-    /// round a quorum confirmed, while followers refuse to vote for `election_ticks` of *their*
-    /// ticks after hearing from it. Leases are therefore safe as long as no member ticks more than
+    /// `(election_ticks - 1) * (100 - lease_drift_percent) / 100` of its own ticks from the
+    /// heartbeat round a quorum confirmed, while followers refuse to vote for at least
+    /// `election_ticks - 1` of *their* tick periods after hearing from it (their next tick may
+    /// come at once). Leases are therefore safe as long as no member ticks more than
     /// `100 / (100 - lease_drift_percent)` times as fast as another: with the default 10, up to
-    /// 11 % faster.
+    /// 11 % faster. A leader that sent TimeoutNow gives up its lease for the rest of its term.
     pub lease_drift_percent: u32,
     /// Most bytes of entries in one Append message.
     pub max_append_bytes: u64,

@@ -65,6 +65,11 @@ pub struct Raft {
     pending_broadcast: bool,
     /// Latest durable snapshot, sent to followers that fell behind the compacted log.
     pub(crate) snapshot: Option<Snapshot>,
+    /// The highest term known durable (the host advanced a Ready carrying it).
+    persisted_term: Term,
+    /// This leader sent TimeoutNow in its term: another member may take over without waiting
+    /// for the followers' leases to run out, so this leader's lease is void for the term.
+    lease_forfeited: bool,
 }
 
 impl Raft {
@@ -104,6 +109,8 @@ impl Raft {
             uncommitted_bytes: 0,
             pending_broadcast: false,
             snapshot: recovered.snapshot,
+            persisted_term: recovered.hard_state.term,
+            lease_forfeited: false,
             cfg,
         };
         // Conf changes between the snapshot and the applied index were applied before the
@@ -149,7 +156,14 @@ impl Raft {
 
     fn send(&mut self, to: NodeId, term: Term, body: MessageBody) {
         debug_assert_ne!(to, self.cfg.id, "never send to self");
-        let immediate = self.role == Role::Leader
+        if body == MessageBody::TimeoutNow {
+            self.lease_forfeited = true;
+        }
+        // A leader's traffic needs nothing durable *once its term is*: a single voter becomes
+        // leader in the same step it votes for itself, and its appends must not leave before
+        // that term is on disk (else, after a crash, it could lead the same term again with a
+        // different log, and learners would keep entries it no longer has).
+        let immediate = (self.role == Role::Leader && self.term <= self.persisted_term)
             || matches!(body, MessageBody::PreVote { .. } | MessageBody::PreVoteResponse { .. });
         let msg = Message { group: self.cfg.group, from: self.cfg.id, to, term, body };
         if immediate {
@@ -165,6 +179,7 @@ impl Raft {
         if self.term != term {
             self.term = term;
             self.vote = NO_NODE;
+            self.lease_forfeited = false;
         }
         self.leader = NO_NODE;
         self.election_elapsed = 0;
@@ -282,6 +297,8 @@ impl Raft {
                 // A snapshot can be lost on the way; retry after a while rather than stall.
                 progress.stalled_ticks += 1;
                 if progress.stalled_ticks >= election_ticks {
+                    // Leave the snapshot state first so `become_probe` resumes at `matched + 1`
+                    // (the snapshot may never have arrived) rather than after the snapshot.
                     progress.state = ProgressState::Probe;
                     progress.become_probe();
                 }
@@ -571,6 +588,9 @@ impl Raft {
     fn handle_snapshot(&mut self, from: NodeId, snapshot: Snapshot) {
         let term = self.term;
         let (index, snap_term) = (snapshot.meta.index, snapshot.meta.term);
+        if index >= Index::MAX / 2 {
+            return; // not a real log position; ignore rather than overflow later
+        }
         if index <= self.log.committed {
             let committed = self.log.committed;
             let log_term = self.log.term(committed).unwrap_or(0);
@@ -866,10 +886,23 @@ impl Raft {
     }
 
     fn lease_valid(&self) -> bool {
+        if self.lease_forfeited {
+            return false;
+        }
         let round = self.quorum_round();
         let Some(sent) = self.reads.sent_tick(round) else { return false };
-        let lease_ticks = self.cfg.election_ticks as u64 * (100 - self.cfg.lease_drift_percent as u64) / 100;
+        // A follower refuses votes until `election_ticks` of its own ticks pass after it hears
+        // the round — but its next tick may come an instant after that, so only
+        // `election_ticks - 1` of its tick periods are guaranteed. The drift margin applies to
+        // that.
+        let guaranteed_ticks = (self.cfg.election_ticks as u64).saturating_sub(1);
+        let lease_ticks = guaranteed_ticks * (100 - self.cfg.lease_drift_percent as u64) / 100;
         self.ticks < sent + lease_ticks
+    }
+
+    /// The host made everything up to a Ready durable, including its hard state's term.
+    pub(crate) fn on_term_persisted(&mut self, term: Term) {
+        self.persisted_term = self.persisted_term.max(term);
     }
 
     fn queue_read(&mut self, read: PendingRead) {

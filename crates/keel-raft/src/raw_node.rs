@@ -66,8 +66,8 @@ pub struct RawNode {
     prev_soft_state: SoftState,
     prev_hard_state: HardState,
     next_ready_number: u64,
-    /// The Ready whose write the host has not confirmed yet: (number, persist_to).
-    in_flight: Option<(u64, Index)>,
+    /// The Ready whose write the host has not confirmed yet: (number, persist_to, its term).
+    in_flight: Option<(u64, Index, Term)>,
     /// Most bytes of committed entries handed out in one Ready.
     max_apply_bytes: u64,
 }
@@ -178,7 +178,7 @@ impl RawNode {
         };
         self.prev_soft_state = soft;
         self.prev_hard_state = hard;
-        self.in_flight = Some((number, persist_to));
+        self.in_flight = Some((number, persist_to, hard.term));
         Some(ready)
     }
 
@@ -191,11 +191,12 @@ impl RawNode {
 
     /// The host confirms that everything in Ready `number` is durable.
     pub fn advance(&mut self, number: u64) {
-        let Some((in_flight, persist_to)) = self.in_flight else {
+        let Some((in_flight, persist_to, term)) = self.in_flight else {
             panic!("advance({number}) without an outstanding Ready");
         };
         assert_eq!(in_flight, number, "advance of Ready {number} but {in_flight} is outstanding");
         self.in_flight = None;
+        self.raft.on_term_persisted(term);
         if persist_to > 0 {
             self.raft.on_persisted(persist_to);
         }

@@ -415,3 +415,25 @@ fn a_restarted_member_keeps_the_lease_promise_for_an_election_timeout() {
         ready.messages.iter().filter(|m| m.body == MessageBody::PreVoteResponse { reject: false }).collect();
     assert_eq!(grants.len(), 1);
 }
+
+#[test]
+fn a_single_voter_leader_sends_nothing_before_its_new_term_is_durable() {
+    // Found in review: voter 1 elects itself in one step; its appends to learner 2 must wait for
+    // the term and vote in the same Ready, or a crash could let it lead that term again with a
+    // different log while the learner keeps entries of the first attempt.
+    let conf = ConfState { voters: [1].into(), learners: [2].into() };
+    let mut node = RawNode::new(Config::new(1, 1), RecoveredState { conf, ..Default::default() }).unwrap();
+    node.campaign();
+    assert_eq!(node.status().role, Role::Leader);
+    let ready = node.ready().unwrap();
+    assert!(ready.hard_state.is_some_and(|hs| hs.term == 1 && hs.vote == 1));
+    assert!(
+        ready.messages.iter().all(|m| !matches!(m.body, MessageBody::Append { .. })),
+        "appends left before the term was durable: {:?}",
+        ready.messages
+    );
+    assert!(node.take_immediate_messages().is_empty());
+    // They go out with the Ready, once it is durable.
+    assert!(ready.persisted_messages.iter().any(|m| m.to == 2 && matches!(m.body, MessageBody::Append { .. })));
+    node.advance(ready.number());
+}

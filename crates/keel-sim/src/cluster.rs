@@ -272,6 +272,7 @@ impl Cluster {
         let plants = self.plants();
         let snapshot_interval = self.swarm.snapshot_interval_entries;
         let lease_reads = self.swarm.lease_reads;
+        let check_quorum = self.swarm.check_quorum;
         let member = self.members.get_mut(&id).expect("member exists");
         let (storage, mut recovered) = match NodeStorage::open(Arc::new(member.disk.clone()), storage_options()) {
             Ok((storage, groups, _)) => (storage, groups),
@@ -305,6 +306,7 @@ impl Cluster {
                 ^ group.wrapping_mul(0x85EB_CA6B)
                 ^ member.incarnation.wrapping_mul(0xC2B2_AE35);
             cfg.max_append_entries = 64;
+            cfg.check_quorum = check_quorum;
             if lease_reads {
                 cfg.read_mode = keel_raft::ReadMode::LeaseBased;
                 // Members tick every 10 ms ± drift: the fastest may run 11/9 as fast as the

@@ -12,7 +12,8 @@
 //!   changes within a term;
 //! - `first_index - 1 <= applied <= commit <= last_index` on every member;
 //! - the persistence contract: every vote grant, vote request and append acknowledgement is
-//!   covered by the sender's durable state at the moment it is sent.
+//!   covered by the sender's durable state at the moment it is sent, and a leader's traffic
+//!   never names a term the leader has not made durable.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -150,6 +151,20 @@ impl Invariants {
                 self.violation(format!(
                     "persistence: n{} asked for votes in term {} but durably holds term {} vote {}",
                     msg.from, msg.term, hard.term, hard.vote
+                ));
+            }
+            MessageBody::Append { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::InstallSnapshot { .. }
+            | MessageBody::TimeoutNow
+                if hard.term < msg.term =>
+            {
+                self.violation(format!(
+                    "persistence: n{} sent {} in term {} but durably holds term {}",
+                    msg.from,
+                    msg.body.name(),
+                    msg.term,
+                    hard.term
                 ));
             }
             MessageBody::AppendResponse { reject: false, index, log_term, .. } => {

@@ -24,8 +24,15 @@ pub struct Swarm {
     /// Members tick every 10 ms ± this much (clock drift between members).
     pub tick_drift_ms: u64,
     pub safety_ms: u64,
+    /// Leaders step down without a quorum (and followers ignore campaigns while they hear one).
+    /// Off in some runs: ReadIndex must stay linearizable without it, and an isolated leader
+    /// then keeps leading, which exercises reads against a deposed leader for a long time.
+    pub check_quorum: bool,
     /// Clients only write (the benchmark).
     pub writes_only: bool,
+    /// Percent of operations a client sends to a random member instead of the leader it knows:
+    /// clients that all stick to one leader never notice that another member took over.
+    pub retarget_percent: u64,
     /// Serve reads from the leader's lease instead of a ReadIndex round.
     pub lease_reads: bool,
     /// How long a client waits for an answer before it counts the outcome as unknown.
@@ -65,11 +72,13 @@ impl Swarm {
             client_timeout_ms: 10_000,
             lease_reads: false,
             writes_only: true,
+            retarget_percent: 0,
+            check_quorum: true,
         }
     }
 
     pub fn draw(rng: &mut SplitMix64) -> Swarm {
-        Swarm {
+        let mut swarm = Swarm {
             founding_members: if rng.range(0, 4) == 0 { 5 } else { 3 },
             groups: rng.range(1, 3),
             clients: rng.range(2, 11),
@@ -89,6 +98,11 @@ impl Swarm {
             client_timeout_ms: rng.range(50, 1_001),
             lease_reads: rng.range(0, 4) == 0,
             writes_only: false,
-        }
+            retarget_percent: [5, 15, 50][rng.range(0, 3) as usize],
+            check_quorum: rng.range(0, 4) != 0,
+        };
+        // Lease reads are only safe behind check-quorum (keel-raft refuses the combination).
+        swarm.check_quorum |= swarm.lease_reads;
+        swarm
     }
 }

@@ -13,6 +13,8 @@ use crate::wal::{Wal, WalError};
 
 /// Most records taken into one round (a bound on batch size and latency).
 const ROUND_RECORDS_MAX: usize = 65_536;
+/// Failed rounds remembered for their waiters.
+const FAILED_ROUNDS_REMEMBERED: usize = 1_024;
 
 struct State {
     queue: Vec<Record>,
@@ -20,9 +22,12 @@ struct State {
     queued_ticket: u64,
     durable_ticket: u64,
     leader_active: bool,
-    /// Set when a round failed: tickets up to it got the error.
-    failed_through: u64,
-    failure: Option<String>,
+    /// Rounds that failed: (first ticket, last ticket, error). Checked before `durable_ticket`,
+    /// which a later successful round moves past them. Bounded: old entries are dropped once no
+    /// waiter can still ask (waiters ask within one round of their own).
+    failed: std::collections::VecDeque<(u64, u64, String)>,
+    /// Tickets handed to rounds so far.
+    taken_ticket: u64,
     rounds: u64,
 }
 
@@ -41,8 +46,8 @@ impl GroupCommitter {
                 queued_ticket: 0,
                 durable_ticket: 0,
                 leader_active: false,
-                failed_through: 0,
-                failure: None,
+                failed: std::collections::VecDeque::new(),
+                taken_ticket: 0,
                 rounds: 0,
             }),
             durable: Condvar::new(),
@@ -61,20 +66,21 @@ impl GroupCommitter {
         state.queued_ticket += 1;
         let ticket = state.queued_ticket;
         loop {
+            if let Some((_, _, error)) = state.failed.iter().find(|(first, last, _)| (*first..=*last).contains(&ticket))
+            {
+                return Err(WalError::Io { file: "wal".into(), source: std::io::Error::other(error.clone()) });
+            }
             if state.durable_ticket >= ticket {
                 return Ok(());
-            }
-            if state.failed_through >= ticket {
-                return Err(WalError::Io {
-                    file: "wal".into(),
-                    source: std::io::Error::other(state.failure.clone().unwrap_or_default()),
-                });
             }
             if !state.leader_active {
                 state.leader_active = true;
                 let take = state.queue.len().min(ROUND_RECORDS_MAX);
                 let round: Vec<Record> = state.queue.drain(..take).collect();
-                let through = state.durable_ticket.max(state.failed_through) + round.len() as u64;
+                // Tickets are handed out in queue order, so this round covers exactly these.
+                let first = state.taken_ticket + 1;
+                let last = state.taken_ticket + round.len() as u64;
+                state.taken_ticket = last;
                 drop(state);
                 let result = {
                     let mut wal = self.wal.lock().expect("wal");
@@ -84,12 +90,12 @@ impl GroupCommitter {
                 state.leader_active = false;
                 state.rounds += 1;
                 match result {
-                    Ok(()) => state.durable_ticket = through,
+                    Ok(()) => state.durable_ticket = last,
                     Err(error) => {
-                        state.failed_through = through;
-                        // Tickets are handed out in queue order, so `through` covers exactly the
-                        // records of this round.
-                        state.failure = Some(error.to_string());
+                        state.failed.push_back((first, last, error.to_string()));
+                        while state.failed.len() > FAILED_ROUNDS_REMEMBERED {
+                            state.failed.pop_front();
+                        }
                     }
                 }
                 self.durable.notify_all();

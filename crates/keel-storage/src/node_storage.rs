@@ -45,6 +45,9 @@ impl StorageOptions {
     }
 }
 
+/// Bytes of entries per WAL record, well under the WAL's record limit.
+const ENTRIES_RECORD_BYTES_MAX: u64 = 4 << 20;
+
 /// What one group asks to persist (the host maps keel-node's `GroupWrite` onto this).
 #[derive(Clone, Copy, Debug)]
 pub struct GroupPersist<'a> {
@@ -68,8 +71,16 @@ impl GroupPersist<'_> {
         if let Some(snapshot) = self.own_snapshot {
             records.push(Record::Snapshot { group, meta: snapshot.meta.clone(), replaces_log: false });
         }
-        if !self.entries.is_empty() {
-            records.push(Record::Entries { group, entries: self.entries.to_vec() });
+        // Entries go in records of bounded size (a batch may hold many; it stays atomic).
+        let mut chunk_start = 0;
+        let mut chunk_bytes = 0u64;
+        for (i, entry) in self.entries.iter().enumerate() {
+            chunk_bytes += entry.size_bytes();
+            if chunk_bytes >= ENTRIES_RECORD_BYTES_MAX || i + 1 == self.entries.len() {
+                records.push(Record::Entries { group, entries: self.entries[chunk_start..=i].to_vec() });
+                chunk_start = i + 1;
+                chunk_bytes = 0;
+            }
         }
         if let Some(hard_state) = self.hard_state {
             records.push(Record::HardState { group, hard_state });

@@ -425,8 +425,10 @@ impl Wal {
                     detail: format!("header says segment {header_seq}"),
                 })
             }
-            Err(detail) if is_last => {
-                // The crash hit while the segment was being created: nothing in it was acknowledged.
+            Err(detail) if is_last && find_later_batch(&data, 1, 0, opts.max_record_bytes).is_none() => {
+                // The crash hit while the segment was being created (its header and checkpoint are
+                // synced before any batch goes in): nothing in it was acknowledged. If valid
+                // frames follow a bad header, it is corruption, handled below.
                 tracing::warn!(file = %path, %detail, "discarding a WAL segment whose creation was interrupted");
                 disk.remove(path).map_err(|e| io_error(path, e))?;
                 return Ok(SegmentOutcome::Discarded);
@@ -577,11 +579,19 @@ impl Wal {
 
     /// Makes everything appended so far durable (one fdatasync for every group's records).
     pub fn sync(&mut self) -> Result<(), WalError> {
+        if let Some(reason) = &self.failed {
+            return Err(WalError::Io { file: self.active_path(), source: io::Error::other(reason.clone()) });
+        }
         if self.unsynced_bytes == 0 {
             return Ok(());
         }
         let name = self.segments.last().map(|s| join(&self.opts.dir, &s.name)).unwrap_or_default();
-        self.active.sync_data().map_err(|e| io_error(&name, e))?;
+        if let Err(error) = self.active.sync_data() {
+            // After a failed fsync the kernel may have dropped the dirty pages and report the
+            // next fsync as a success: nothing written since the last good sync can be trusted.
+            self.failed = Some(format!("an fsync failed: {error}"));
+            return Err(io_error(&name, error));
+        }
         self.unsynced_bytes = 0;
         self.durable_checkpoint = self.checkpoint.clone();
         Ok(())
@@ -642,11 +652,11 @@ impl Wal {
             }
             let path = join(&self.opts.dir, &oldest.name);
             self.disk.remove(&path).map_err(|e| io_error(&path, e))?;
+            // One removal at a time, oldest first, each made durable: a crash must leave a
+            // contiguous run of segments, never a hole.
+            self.disk.sync_dir(&self.opts.dir).map_err(|e| io_error(&self.opts.dir, e))?;
             self.segments.remove(0);
             removed += 1;
-        }
-        if removed > 0 {
-            self.disk.sync_dir(&self.opts.dir).map_err(|e| io_error(&self.opts.dir, e))?;
         }
         Ok(removed)
     }

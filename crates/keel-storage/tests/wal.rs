@@ -346,3 +346,18 @@ fn the_real_disk_round_trips_with_fsync() {
     assert_eq!(recovery.groups[&7].last_index(), 200);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_corrupt_header_with_records_after_it_is_refused_not_discarded() {
+    // Found in review: a last segment whose header failed to decode was removed as an
+    // "interrupted creation" even when synced batches followed it.
+    let disk = SimDisk::new();
+    write_synced_batches(&disk, 200, 4096);
+    let names = disk.list("wal").unwrap();
+    let last = format!("wal/{}", names.last().unwrap());
+    assert!(disk.flip_bit(&last, 12, 1));
+    match open(&disk, 4096) {
+        Err(WalError::Corrupt { file, offset: 0, .. }) => assert_eq!(file, last),
+        other => panic!("expected corruption at the header, got {:?}", other.map(|_| ())),
+    }
+}

@@ -21,7 +21,7 @@ impl Cluster {
             if self.faults_enabled && self.now >= self.clients[client].next_op_at {
                 // Now and then a client asks someone else: clients that all stick to one leader
                 // would never notice that another member has taken over meanwhile.
-                if self.rng.range(0, 100) < 15 {
+                if self.rng.range(0, 100) < self.swarm.retarget_percent {
                     self.clients[client].target = self.random_member();
                 }
                 let input = self.random_input();
