@@ -95,7 +95,7 @@ impl Swarm {
             snapshot_interval_entries: rng.range(5, 200),
             tick_drift_ms: rng.range(0, 2),
             safety_ms: 3_000,
-            client_timeout_ms: rng.range(50, 1_001),
+            client_timeout_ms: rng.range(150, 1_001),
             lease_reads: rng.range(0, 4) == 0,
             writes_only: false,
             retarget_percent: [5, 15, 50][rng.range(0, 3) as usize],
