@@ -8,9 +8,12 @@
 //! - [`reader`]/[`writer`]: the primitives;
 //! - [`raft`]: entries, hard state, membership, snapshot metadata, messages;
 //! - [`record`]: the WAL's group-tagged record payloads;
-//! - [`frame`]: length + CRC32C framing shared by WAL records, snapshot files and peer frames.
+//! - [`frame`]: length + CRC32C framing shared by WAL records, snapshot files and peer frames;
+//! - [`peer`]: the peer protocol's frames (hello with cluster id, batched raft messages) and a
+//!   streaming frame reader.
 
 pub mod frame;
+pub mod peer;
 pub mod raft;
 pub mod reader;
 pub mod record;

@@ -1,0 +1,236 @@
+//! Peer frames: what members send each other over their peer URLs.
+//!
+//! A connection starts with a [`PeerFrame::Hello`] naming the cluster and both members; the
+//! receiver refuses it (see [`check_hello`]) if the cluster differs or the caller is not a
+//! member, so a message from another cluster or an unknown member never reaches raft. After
+//! that, frames carry batches of raft messages (coalesced per peer). Every frame is
+//! length-prefixed and CRC32C-checksummed; [`FrameReader`] decodes a byte stream into frames
+//! and never panics or allocates beyond [`FrameReader`]'s limit on hostile input.
+
+use keel_raft::{Message, NodeId};
+use thiserror::Error;
+
+use crate::frame::{decode_frame, encode_frame, FrameError, FRAME_HEADER_BYTES};
+use crate::raft::{get_message, put_message};
+use crate::reader::{DecodeError, Reader};
+use crate::writer::Writer;
+
+pub const PEER_PROTOCOL_VERSION: u8 = 1;
+const KIND_HELLO: u8 = 1;
+const KIND_MESSAGES: u8 = 2;
+/// The smallest encoded raft message (ids, term, type byte): bounds a hostile message count.
+const MESSAGE_MIN_BYTES: usize = 8 * 4 + 1;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerFrame {
+    /// The first frame of a connection.
+    Hello { cluster_id: u64, from: NodeId, to: NodeId },
+    /// Raft messages, batched per peer.
+    Messages(Vec<Message>),
+}
+
+impl PeerFrame {
+    /// The frame with its length and checksum, ready for the socket.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(PEER_PROTOCOL_VERSION);
+        match self {
+            PeerFrame::Hello { cluster_id, from, to } => {
+                w.u8(KIND_HELLO).u64(*cluster_id).u64(*from).u64(*to);
+            }
+            PeerFrame::Messages(messages) => {
+                w.u8(KIND_MESSAGES).u32(u32::try_from(messages.len()).expect("fewer than 4G messages per batch"));
+                for message in messages {
+                    put_message(&mut w, message);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(w.len() + FRAME_HEADER_BYTES);
+        encode_frame(&mut out, &w.into_vec());
+        out
+    }
+
+    /// Decodes a frame's payload (without the length and checksum).
+    pub fn decode_payload(payload: &[u8]) -> Result<PeerFrame, DecodeError> {
+        let mut r = Reader::new(payload);
+        let version = r.u8("peer protocol version")?;
+        if version != PEER_PROTOCOL_VERSION {
+            return Err(r.error("peer protocol version", format!("unsupported version {version}")));
+        }
+        let frame = match r.u8("peer frame kind")? {
+            KIND_HELLO => PeerFrame::Hello { cluster_id: r.u64("cluster id")?, from: r.u64("from")?, to: r.u64("to")? },
+            KIND_MESSAGES => {
+                let count = r.count("message count", MESSAGE_MIN_BYTES)?;
+                let mut messages = Vec::with_capacity(count);
+                for _ in 0..count {
+                    messages.push(get_message(&mut r)?);
+                }
+                PeerFrame::Messages(messages)
+            }
+            other => return Err(r.error("peer frame kind", format!("unknown kind {other}"))),
+        };
+        r.finish("peer frame")?;
+        Ok(frame)
+    }
+}
+
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum PeerRefusal {
+    #[error("peer belongs to cluster {theirs:#x}, this member to {ours:#x} (check --initial-cluster-token)")]
+    ClusterMismatch { ours: u64, theirs: u64 },
+    #[error("peer {0:#x} is not a member of this cluster")]
+    UnknownMember(NodeId),
+    #[error("peer addressed member {to:#x}, this is {me:#x}")]
+    WrongTarget { me: NodeId, to: NodeId },
+    #[error("the first frame of a peer connection must be a hello")]
+    NoHello,
+}
+
+/// Decides whether to accept a connection whose first frame is `hello`.
+pub fn check_hello(
+    hello: &PeerFrame,
+    cluster_id: u64,
+    me: NodeId,
+    is_member: impl Fn(NodeId) -> bool,
+) -> Result<NodeId, PeerRefusal> {
+    let PeerFrame::Hello { cluster_id: theirs, from, to } = *hello else {
+        return Err(PeerRefusal::NoHello);
+    };
+    if theirs != cluster_id {
+        return Err(PeerRefusal::ClusterMismatch { ours: cluster_id, theirs });
+    }
+    if to != me {
+        return Err(PeerRefusal::WrongTarget { me, to });
+    }
+    if !is_member(from) {
+        return Err(PeerRefusal::UnknownMember(from));
+    }
+    Ok(from)
+}
+
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum PeerStreamError {
+    #[error("corrupt peer frame: {0}")]
+    Frame(FrameError),
+    #[error("undecodable peer frame: {0}")]
+    Decode(DecodeError),
+}
+
+/// Turns a byte stream into frames. Feed it what the socket gives; it keeps partial frames.
+#[derive(Debug)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+    max_frame_bytes: usize,
+}
+
+impl FrameReader {
+    pub fn new(max_frame_bytes: usize) -> FrameReader {
+        FrameReader { buf: Vec::new(), max_frame_bytes }
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame, `None` if more bytes are needed. After an error the stream is
+    /// unusable (frame boundaries are lost): close the connection.
+    pub fn next_frame(&mut self) -> Result<Option<PeerFrame>, PeerStreamError> {
+        if self.buf.len() < FRAME_HEADER_BYTES {
+            return Ok(None);
+        }
+        match decode_frame(&self.buf, 0, self.max_frame_bytes) {
+            Ok((payload, next)) => {
+                let frame = PeerFrame::decode_payload(payload).map_err(PeerStreamError::Decode)?;
+                self.buf.drain(..next);
+                Ok(Some(frame))
+            }
+            Err(FrameError::TruncatedPayload { .. }) | Err(FrameError::TruncatedHeader { .. }) => Ok(None),
+            // A zero header on the wire is no "end of data": nothing sends empty frames.
+            Err(error) => Err(PeerStreamError::Frame(error)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use keel_raft::{Entry, EntryKind, MessageBody};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn batch() -> PeerFrame {
+        let entries = vec![Entry { term: 2, index: 5, kind: EntryKind::Normal, data: Bytes::from_static(b"v") }];
+        PeerFrame::Messages(vec![
+            Message {
+                group: 1,
+                from: 1,
+                to: 2,
+                term: 2,
+                body: MessageBody::Append { prev_index: 4, prev_term: 2, entries, commit: 4 },
+            },
+            Message { group: 7, from: 1, to: 2, term: 9, body: MessageBody::Heartbeat { commit: 3, read_round: 8 } },
+        ])
+    }
+
+    #[test]
+    fn frames_survive_any_split_of_the_stream() {
+        let hello = PeerFrame::Hello { cluster_id: 0xabc, from: 1, to: 2 };
+        let mut stream = hello.encode();
+        stream.extend(batch().encode());
+        for split in 0..stream.len() {
+            let mut reader = FrameReader::new(1 << 20);
+            reader.push(&stream[..split]);
+            let mut got = Vec::new();
+            while let Some(frame) = reader.next_frame().unwrap() {
+                got.push(frame);
+            }
+            reader.push(&stream[split..]);
+            while let Some(frame) = reader.next_frame().unwrap() {
+                got.push(frame);
+            }
+            assert_eq!(got, vec![hello.clone(), batch()], "split at {split}");
+        }
+    }
+
+    #[test]
+    fn another_cluster_or_an_unknown_member_is_refused() {
+        let members = |id: NodeId| id == 1 || id == 2;
+        let hello = |cluster_id, from, to| PeerFrame::Hello { cluster_id, from, to };
+        assert_eq!(check_hello(&hello(7, 1, 2), 7, 2, members), Ok(1));
+        assert_eq!(
+            check_hello(&hello(8, 1, 2), 7, 2, members),
+            Err(PeerRefusal::ClusterMismatch { ours: 7, theirs: 8 })
+        );
+        assert_eq!(check_hello(&hello(7, 9, 2), 7, 2, members), Err(PeerRefusal::UnknownMember(9)));
+        assert_eq!(check_hello(&hello(7, 1, 3), 7, 2, members), Err(PeerRefusal::WrongTarget { me: 2, to: 3 }));
+        assert_eq!(check_hello(&batch(), 7, 2, members), Err(PeerRefusal::NoHello));
+    }
+
+    #[test]
+    fn a_corrupt_or_oversized_frame_is_an_error() {
+        let mut bytes = batch().encode();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let mut reader = FrameReader::new(1 << 20);
+        reader.push(&bytes);
+        assert!(matches!(reader.next_frame(), Err(PeerStreamError::Frame(FrameError::Checksum { .. }))));
+        let mut reader = FrameReader::new(16);
+        reader.push(&batch().encode());
+        assert!(matches!(reader.next_frame(), Err(PeerStreamError::Frame(FrameError::TooLong { .. }))));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2_000, .. ProptestConfig::default() })]
+
+        #[test]
+        fn the_stream_decoder_never_panics(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..8)) {
+            let mut reader = FrameReader::new(1 << 16);
+            for chunk in chunks {
+                reader.push(&chunk);
+                while let Ok(Some(_)) = reader.next_frame() {}
+            }
+            let _ = PeerFrame::decode_payload(&[]);
+        }
+    }
+}
