@@ -6,7 +6,9 @@
 //! the peer transport and the etcd gRPC services build on it.
 
 pub mod config;
+pub mod driver;
 pub mod machine;
 
 pub use config::{ClusterState, ConfigError, PeerUrl, ServerConfig};
+pub use driver::{persist, Driver, Input};
 pub use machine::{ApplyError, CommandResult, MvccMachine};
