@@ -8,7 +8,9 @@
 pub mod config;
 pub mod driver;
 pub mod machine;
+pub mod transport;
 
 pub use config::{ClusterState, ConfigError, PeerUrl, ServerConfig};
 pub use driver::{persist, Driver, Input};
 pub use machine::{ApplyError, CommandResult, MvccMachine};
+pub use transport::{start_listener, PeerSender};

@@ -1,0 +1,168 @@
+//! Peer transport over TCP: raft messages coalesced per peer, a hello that names the cluster and
+//! both members first (so another cluster or an unknown member is refused before anything
+//! reaches raft), reconnects with backoff, and frames checksummed and decoded without panics.
+//!
+//! Raft tolerates lost messages, so a peer that is down or slow costs only its own queue: when
+//! the bounded queue is full, messages to that peer are dropped rather than blocking the node.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_codec::peer::{check_hello, FrameReader, PeerFrame};
+use keel_raft::{Message, NodeId};
+
+/// Messages queued per peer before new ones are dropped.
+const PEER_QUEUE_MAX: usize = 4_096;
+/// Messages coalesced into one frame.
+const MESSAGES_PER_FRAME_MAX: usize = 512;
+/// Largest frame accepted from a peer.
+pub const PEER_FRAME_BYTES_MAX: usize = 64 << 20;
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Sends raft messages to peers; cheap to call from the driver (never blocks).
+pub struct PeerSender {
+    queues: BTreeMap<NodeId, SyncSender<Message>>,
+}
+
+impl PeerSender {
+    /// Starts one sender thread per peer.
+    pub fn start(cluster_id: u64, me: NodeId, peers: &BTreeMap<NodeId, SocketAddr>) -> PeerSender {
+        let mut queues = BTreeMap::new();
+        for (&id, &addr) in peers {
+            if id == me {
+                continue;
+            }
+            let (queue, receiver) = mpsc::sync_channel(PEER_QUEUE_MAX);
+            std::thread::Builder::new()
+                .name(format!("keel-peer-{id:x}"))
+                .spawn(move || send_loop(cluster_id, me, id, addr, receiver))
+                .expect("spawn peer sender thread");
+            queues.insert(id, queue);
+        }
+        PeerSender { queues }
+    }
+
+    pub fn send(&self, msg: Message) {
+        let Some(queue) = self.queues.get(&msg.to) else {
+            tracing::debug!(to = msg.to, "dropping a message to an unknown peer");
+            return;
+        };
+        match queue.try_send(msg) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Full(_)) => tracing::debug!("peer queue full; dropping a message (raft retries)"),
+        }
+    }
+}
+
+fn send_loop(cluster_id: u64, me: NodeId, to: NodeId, addr: SocketAddr, queue: Receiver<Message>) {
+    let mut backoff = BACKOFF_MIN;
+    let mut stream: Option<TcpStream> = None;
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        batch.extend(queue.try_iter().take(MESSAGES_PER_FRAME_MAX - 1));
+        if stream.is_none() {
+            match connect(cluster_id, me, to, addr) {
+                Ok(connected) => {
+                    stream = Some(connected);
+                    backoff = BACKOFF_MIN;
+                }
+                Err(error) => {
+                    tracing::debug!(peer = to, %addr, %error, "peer unreachable; retrying with backoff");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue; // this batch is dropped; raft resends what matters
+                }
+            }
+        }
+        let frame = PeerFrame::Messages(batch).encode();
+        if let Some(connected) = stream.as_mut() {
+            if let Err(error) = connected.write_all(&frame) {
+                tracing::debug!(peer = to, %error, "peer connection lost");
+                stream = None;
+            }
+        }
+    }
+}
+
+fn connect(cluster_id: u64, me: NodeId, to: NodeId, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    stream.set_nodelay(true)?;
+    stream.write_all(&PeerFrame::Hello { cluster_id, from: me, to }.encode())?;
+    Ok(stream)
+}
+
+/// Accepts peer connections on `listener` and hands every accepted message to `deliver`.
+pub fn start_listener(
+    listener: TcpListener,
+    cluster_id: u64,
+    me: NodeId,
+    is_member: Arc<dyn Fn(NodeId) -> bool + Send + Sync>,
+    deliver: Arc<dyn Fn(Message) + Send + Sync>,
+) {
+    std::thread::Builder::new()
+        .name("keel-peer-listener".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let (is_member, deliver) = (is_member.clone(), deliver.clone());
+                let _ = std::thread::Builder::new()
+                    .name("keel-peer-conn".into())
+                    .spawn(move || receive_loop(stream, cluster_id, me, &*is_member, &*deliver));
+            }
+        })
+        .expect("spawn peer listener thread");
+}
+
+fn receive_loop(
+    mut stream: TcpStream,
+    cluster_id: u64,
+    me: NodeId,
+    is_member: &dyn Fn(NodeId) -> bool,
+    deliver: &dyn Fn(Message),
+) {
+    let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let mut reader = FrameReader::new(PEER_FRAME_BYTES_MAX);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut from: Option<NodeId> = None;
+    loop {
+        let read = match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        reader.push(&buf[..read]);
+        loop {
+            let frame = match reader.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::warn!(%peer, %error, "closing a peer connection that sent a bad frame");
+                    return;
+                }
+            };
+            match from {
+                None => match check_hello(&frame, cluster_id, me, is_member) {
+                    Ok(id) => from = Some(id),
+                    Err(refusal) => {
+                        tracing::warn!(%peer, %refusal, "refusing a peer connection");
+                        return;
+                    }
+                },
+                Some(id) => {
+                    let PeerFrame::Messages(messages) = frame else {
+                        tracing::warn!(%peer, "closing a peer connection that sent a second hello");
+                        return;
+                    };
+                    // A peer speaks only for itself and only to us.
+                    for msg in messages.into_iter().filter(|m| m.from == id && m.to == me) {
+                        deliver(msg);
+                    }
+                }
+            }
+        }
+    }
+}
