@@ -107,4 +107,7 @@ fn three_members_replicate_over_tcp_and_every_member_serves_linearizable_reads()
         assert_eq!(get(member, "/k1"), Some(Bytes::from_static(b"v1")));
         assert_eq!(get(member, "/k2"), Some(Bytes::from_static(b"v2")));
     }
+    // The driver threads end with the test process; their files may go now (Linux keeps open
+    // files readable after unlinking).
+    let _ = std::fs::remove_dir_all(&base);
 }
