@@ -23,6 +23,26 @@ struct TxnPath {
     nested: Vec<TxnPath>,
 }
 
+/// Visits, in order, every non-txn op of the branches `path` chose, nested txns included.
+fn for_each_op_on_path(
+    t: &TxnRequest,
+    path: &TxnPath,
+    visit: &mut dyn FnMut(&RequestOp) -> Result<(), MvccError>,
+) -> Result<(), MvccError> {
+    let ops = if path.succeeded { &t.success } else { &t.failure };
+    let mut nested = path.nested.iter();
+    for op in ops {
+        match op {
+            RequestOp::Txn(n) => {
+                let p = nested.next().expect("one path entry per nested txn");
+                for_each_op_on_path(n, p, visit)?;
+            }
+            other => visit(other)?,
+        }
+    }
+    Ok(())
+}
+
 fn check_depth(t: &TxnRequest, depth: usize) -> Result<(), MvccError> {
     if depth > MAX_TXN_DEPTH {
         return Err(MvccError::TxnTooDeep);
@@ -185,50 +205,32 @@ impl<B: Backend> Store<B> {
     /// etcd `checkRequestPut` over the path: ignore_* need an existing key, a lease must
     /// be granted. Checked before any write, so a failing txn changes nothing.
     fn check_puts(&self, t: &TxnRequest, path: &TxnPath) -> Result<(), MvccError> {
-        let ops = if path.succeeded { &t.success } else { &t.failure };
-        let mut nested = path.nested.iter();
-        for op in ops {
-            match op {
-                RequestOp::Txn(n) => {
-                    let p = nested.next().expect("one path entry per nested txn");
-                    self.check_puts(n, p)?;
+        for_each_op_on_path(t, path, &mut |op| {
+            if let RequestOp::Put(p) = op {
+                if (p.ignore_value || p.ignore_lease) && self.get_kv(&p.key, self.current_revision)?.is_none() {
+                    return Err(MvccError::KeyNotFound);
                 }
-                RequestOp::Put(p) => {
-                    if (p.ignore_value || p.ignore_lease) && self.get_kv(&p.key, self.current_revision)?.is_none() {
-                        return Err(MvccError::KeyNotFound);
-                    }
-                    if p.lease != 0 && !self.leases.contains_key(&p.lease) {
-                        return Err(MvccError::LeaseNotFound);
-                    }
+                if p.lease != 0 && !self.leases.contains_key(&p.lease) {
+                    return Err(MvccError::LeaseNotFound);
                 }
-                _ => {}
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// etcd `checkRequestRange` over the path, against the revision before the txn.
     fn check_ranges(&self, t: &TxnRequest, path: &TxnPath) -> Result<(), MvccError> {
-        let ops = if path.succeeded { &t.success } else { &t.failure };
-        let mut nested = path.nested.iter();
-        for op in ops {
-            match op {
-                RequestOp::Txn(n) => {
-                    let p = nested.next().expect("one path entry per nested txn");
-                    self.check_ranges(n, p)?;
+        for_each_op_on_path(t, path, &mut |op| {
+            if let RequestOp::Range(q) = op {
+                if q.revision > 0 && q.revision > self.current_revision {
+                    return Err(MvccError::FutureRevision);
                 }
-                RequestOp::Range(q) if q.revision > 0 => {
-                    if q.revision > self.current_revision {
-                        return Err(MvccError::FutureRevision);
-                    }
-                    if q.revision < self.compacted_revision {
-                        return Err(MvccError::Compacted);
-                    }
+                if q.revision > 0 && q.revision < self.compacted_revision {
+                    return Err(MvccError::Compacted);
                 }
-                _ => {}
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn exec(&mut self, w: &mut WriteTxn, t: &TxnRequest, path: &TxnPath) -> Result<Vec<ResponseOp>, MvccError> {
