@@ -7,7 +7,8 @@
 //! length-prefixed and CRC32C-checksummed; [`FrameReader`] decodes a byte stream into frames
 //! and never panics or allocates beyond [`FrameReader`]'s limit on hostile input.
 
-use keel_raft::{Message, NodeId};
+use bytes::Bytes;
+use keel_raft::{GroupId, Message, NodeId};
 use thiserror::Error;
 
 use crate::frame::{decode_frame, encode_frame, FrameError, FRAME_HEADER_BYTES};
@@ -18,6 +19,14 @@ use crate::writer::Writer;
 pub const PEER_PROTOCOL_VERSION: u8 = 1;
 const KIND_HELLO: u8 = 1;
 const KIND_MESSAGES: u8 = 2;
+const KIND_FORWARD: u8 = 3;
+const KIND_FORWARD_REPLY: u8 = 4;
+const KIND_ATTRIBUTES: u8 = 5;
+/// Most client URLs a member may advertise.
+pub const CLIENT_URLS_MAX: usize = 64;
+const OUTCOME_ACCEPTED: u8 = 1;
+const OUTCOME_NOT_LEADER: u8 = 2;
+const OUTCOME_BUSY: u8 = 3;
 /// The smallest encoded raft message (ids, term, type byte): bounds a hostile message count.
 const MESSAGE_MIN_BYTES: usize = 8 * 4 + 1;
 
@@ -27,6 +36,25 @@ pub enum PeerFrame {
     Hello { cluster_id: u64, from: NodeId, to: NodeId },
     /// Raft messages, batched per peer.
     Messages(Vec<Message>),
+    /// A client's command that reached a follower, forwarded to the member it believes leads
+    /// `group`. `request` is the follower's own id for it, echoed in the reply.
+    Forward { group: GroupId, request: u64, data: Bytes },
+    /// The leader's answer to a [`PeerFrame::Forward`]. It is sent on the same connection before
+    /// the appends that carry the entry, so the follower learns the slot before it applies it.
+    ForwardReply { request: u64, outcome: ForwardOutcome },
+    /// Sent after the hello: the sender's name and client URLs, for `MemberList`.
+    Attributes { name: String, client_urls: Vec<String> },
+}
+
+/// What became of a forwarded proposal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForwardOutcome {
+    /// Proposed at this log slot; whether it commits there is up to raft.
+    Accepted { index: u64, term: u64 },
+    /// The receiver does not lead the group; `leader` is its guess (0 = none known).
+    NotLeader { leader: NodeId },
+    /// The leader's queue of pending proposals is full.
+    Busy,
 }
 
 impl PeerFrame {
@@ -43,6 +71,24 @@ impl PeerFrame {
                 for message in messages {
                     put_message(&mut w, message);
                 }
+            }
+            PeerFrame::Forward { group, request, data } => {
+                w.u8(KIND_FORWARD).u64(*group).u64(*request).bytes(data);
+            }
+            PeerFrame::Attributes { name, client_urls } => {
+                w.u8(KIND_ATTRIBUTES).bytes(name.as_bytes());
+                w.u32(u32::try_from(client_urls.len()).expect("fewer than 4G urls"));
+                for url in client_urls {
+                    w.bytes(url.as_bytes());
+                }
+            }
+            PeerFrame::ForwardReply { request, outcome } => {
+                w.u8(KIND_FORWARD_REPLY).u64(*request);
+                match *outcome {
+                    ForwardOutcome::Accepted { index, term } => w.u8(OUTCOME_ACCEPTED).u64(index).u64(term),
+                    ForwardOutcome::NotLeader { leader } => w.u8(OUTCOME_NOT_LEADER).u64(leader),
+                    ForwardOutcome::Busy => w.u8(OUTCOME_BUSY),
+                };
             }
         }
         let mut out = Vec::with_capacity(w.len() + FRAME_HEADER_BYTES);
@@ -66,6 +112,31 @@ impl PeerFrame {
                     messages.push(get_message(&mut r)?);
                 }
                 PeerFrame::Messages(messages)
+            }
+            KIND_FORWARD => {
+                PeerFrame::Forward { group: r.u64("group")?, request: r.u64("request")?, data: r.bytes("command")? }
+            }
+            KIND_ATTRIBUTES => {
+                let name = String::from_utf8_lossy(&r.bytes("member name")?).into_owned();
+                let count = r.count("client url count", 4)?;
+                if count > CLIENT_URLS_MAX {
+                    return Err(r.error("client url count", format!("{count} urls, at most {CLIENT_URLS_MAX}")));
+                }
+                let mut client_urls = Vec::with_capacity(count);
+                for _ in 0..count {
+                    client_urls.push(String::from_utf8_lossy(&r.bytes("client url")?).into_owned());
+                }
+                PeerFrame::Attributes { name, client_urls }
+            }
+            KIND_FORWARD_REPLY => {
+                let request = r.u64("request")?;
+                let outcome = match r.u8("forward outcome")? {
+                    OUTCOME_ACCEPTED => ForwardOutcome::Accepted { index: r.u64("index")?, term: r.u64("term")? },
+                    OUTCOME_NOT_LEADER => ForwardOutcome::NotLeader { leader: r.u64("leader")? },
+                    OUTCOME_BUSY => ForwardOutcome::Busy,
+                    other => return Err(r.error("forward outcome", format!("unknown outcome {other}"))),
+                };
+                PeerFrame::ForwardReply { request, outcome }
             }
             other => return Err(r.error("peer frame kind", format!("unknown kind {other}"))),
         };
@@ -176,8 +247,20 @@ mod tests {
     #[test]
     fn frames_survive_any_split_of_the_stream() {
         let hello = PeerFrame::Hello { cluster_id: 0xabc, from: 1, to: 2 };
+        let forward = PeerFrame::Forward { group: 3, request: 77, data: Bytes::from_static(b"put x") };
+        let replies = [
+            PeerFrame::ForwardReply { request: 77, outcome: ForwardOutcome::Accepted { index: 9, term: 2 } },
+            PeerFrame::ForwardReply { request: 78, outcome: ForwardOutcome::NotLeader { leader: 3 } },
+            PeerFrame::ForwardReply { request: 79, outcome: ForwardOutcome::Busy },
+        ];
+        let attributes = PeerFrame::Attributes { name: "m1".into(), client_urls: vec!["http://127.0.0.1:2379".into()] };
         let mut stream = hello.encode();
+        stream.extend(attributes.encode());
         stream.extend(batch().encode());
+        stream.extend(forward.encode());
+        for reply in &replies {
+            stream.extend(reply.encode());
+        }
         for split in 0..stream.len() {
             let mut reader = FrameReader::new(1 << 20);
             reader.push(&stream[..split]);
@@ -189,7 +272,9 @@ mod tests {
             while let Some(frame) = reader.next_frame().unwrap() {
                 got.push(frame);
             }
-            assert_eq!(got, vec![hello.clone(), batch()], "split at {split}");
+            let mut want = vec![hello.clone(), attributes.clone(), batch(), forward.clone()];
+            want.extend(replies.iter().cloned());
+            assert_eq!(got, want, "split at {split}");
         }
     }
 

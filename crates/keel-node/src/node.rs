@@ -284,6 +284,25 @@ impl<S: StateMachine> Node<S> {
         Ok(index)
     }
 
+    /// Waits for the outcome of a proposal another member made for us: a follower forwarded a
+    /// client's command to the leader, which put it at `(index, term)`. The outcome comes from
+    /// this member's own apply (every replica computes the same response), or `Dropped` if
+    /// another entry ends up at `index`. Refused when `index` is already applied here: that
+    /// entry's response is gone, so the caller must report the outcome as unknown.
+    pub fn track(&mut self, group_id: GroupId, id: RequestId, index: Index, term: Term) -> Result<(), RaftError> {
+        let deadline = self.ticks + self.cfg.request_timeout_ticks;
+        let max_pending = self.cfg.max_pending_requests;
+        let group = self.groups.get_mut(&group_id).ok_or(RaftError::InvalidConfig("unknown group"))?;
+        if index <= group.applied {
+            return Err(RaftError::InvalidConfig("entry already applied"));
+        }
+        if group.proposals.len() >= max_pending {
+            return Err(RaftError::Busy("proposals"));
+        }
+        group.proposals.insert((index, term), PendingProposal { id, term, deadline });
+        Ok(())
+    }
+
     pub fn propose_conf_change(
         &mut self,
         group_id: GroupId,

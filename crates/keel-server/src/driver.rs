@@ -1,34 +1,90 @@
 //! The node driver: the loop that executes keel-node's output on real IO, on its own thread.
 //!
 //! Each turn: deliver missed ticks first (a leader's lease depends on it, see keel-raft's
-//! `ReadMode::LeaseBased`), take the queued inputs (proposals, reads, peer messages), poll the
+//! `ReadMode::LeaseBased`), take the queued inputs (proposals, reads, peer frames), poll the
 //! node, write its batch to the WAL with one fsync, and only then release the messages that
 //! waited for it. Inputs that arrive during an fsync queue up and form the next batch: that is
 //! the group commit.
+//!
+//! A proposal that reaches a follower is forwarded to the leader ([`PeerFrame::Forward`]). The
+//! leader answers with the log slot it took, and the follower then waits for its *own* apply of
+//! that slot ([`Node::track`]): every replica computes the same response, so nothing but the slot
+//! crosses the wire, and an entry that loses its slot to another leader's is reported dropped.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use keel_codec::peer::{ForwardOutcome, PeerFrame};
 use keel_node::{Answer, GroupWrite, Node, RequestError, RequestId, StateMachine};
-use keel_raft::{GroupId, Message, RaftError};
+use keel_raft::{GroupId, NodeId, RaftError, NO_NODE};
 use keel_storage::{GroupPersist, NodeStorage, StorageError};
+
+use crate::transport::{Incoming, Outgoing};
 
 /// Most inputs taken into one turn (a bound on batch size and on latency for the rest).
 const INPUTS_PER_TURN_MAX: usize = 4_096;
 /// Most polls in one turn before inputs and ticks get their turn again.
 const POLLS_PER_TURN_MAX: usize = 8;
+/// A forwarded proposal whose leader turned out not to lead is re-forwarded this many times.
+const FORWARD_HOPS_MAX: u8 = 3;
+/// Ticks a forwarded proposal waits for the leader's reply (as keel-node's request timeout).
+const FORWARD_TIMEOUT_TICKS: u32 = 50;
 
-pub enum Input<S: StateMachine> {
-    Propose { group: GroupId, data: Bytes, reply: Sender<Result<S::Response, RequestError>> },
-    Read { group: GroupId, query: S::Query, reply: Sender<Result<S::QueryResult, RequestError>> },
-    Peer(Message),
+/// Where the answer to a request goes: called exactly once, on the driver thread (so it must
+/// not block: send on a channel).
+pub type Reply<T> = Box<dyn FnOnce(Result<T, RequestError>) + Send>;
+
+/// A [`Reply`] that sends the answer on a std channel (for hosts and tests without async).
+pub fn reply_to<T: Send + 'static>(sender: std::sync::mpsc::Sender<Result<T, RequestError>>) -> Reply<T> {
+    Box::new(move |result| drop(sender.send(result)))
+}
+
+/// Work for the driver thread that needs the node and the host's own state.
+pub type Inspect<S, H> = Box<dyn FnOnce(&mut Node<S>, &mut H) + Send>;
+
+pub enum Input<S: StateMachine, H = ()> {
+    Propose {
+        group: GroupId,
+        data: Bytes,
+        reply: Reply<S::Response>,
+    },
+    Read {
+        group: GroupId,
+        query: S::Query,
+        reply: Reply<S::QueryResult>,
+    },
+    Peer(Incoming),
+    /// Runs on the driver thread between polls: status, serializable reads, watch registration.
+    Inspect(Inspect<S, H>),
+}
+
+/// The host's part of each turn, run on the driver thread after the node's writes are durable.
+pub trait Hook<S: StateMachine>: Send {
+    /// Sees the node after a turn (to publish watch events, track leases, update metrics) and
+    /// may queue commands of its own (a lease's revoke) in `propose`; nobody waits for them.
+    fn after_turn(&mut self, node: &mut Node<S>, now: Instant, propose: &mut Vec<(GroupId, Bytes)>);
+    /// The WAL's latest fsync took `took` (for metrics).
+    fn on_fsync(&mut self, _took: Duration) {}
+}
+
+impl<S: StateMachine> Hook<S> for () {
+    fn after_turn(&mut self, _: &mut Node<S>, _: Instant, _: &mut Vec<(GroupId, Bytes)>) {}
 }
 
 enum Waiter<S: StateMachine> {
-    Propose(Sender<Result<S::Response, RequestError>>),
-    Read(Sender<Result<S::QueryResult, RequestError>>),
+    Propose(Reply<S::Response>),
+    Read(Reply<S::QueryResult>),
+}
+
+/// A proposal sent to the leader, waiting for the slot it took.
+struct Forwarding<S: StateMachine> {
+    group: GroupId,
+    data: Bytes,
+    reply: Reply<S::Response>,
+    deadline: Instant,
+    hops: u8,
 }
 
 /// Writes one batch's groups to the WAL and makes them durable.
@@ -47,24 +103,27 @@ pub fn persist(storage: &mut NodeStorage, writes: &[GroupWrite]) -> Result<(), S
     storage.sync()
 }
 
-pub struct Driver<S: StateMachine> {
+pub struct Driver<S: StateMachine, H: Hook<S> = ()> {
     node: Node<S>,
     storage: NodeStorage,
-    inputs: Receiver<Input<S>>,
-    send: Box<dyn FnMut(Message) + Send>,
+    inputs: Receiver<Input<S, H>>,
+    send: Box<dyn FnMut(Outgoing) + Send>,
+    hook: H,
     tick: Duration,
     next_tick: Instant,
     next_request: RequestId,
     waiting: BTreeMap<RequestId, Waiter<S>>,
+    forwarding: BTreeMap<RequestId, Forwarding<S>>,
 }
 
-impl<S: StateMachine> Driver<S> {
-    /// `send` delivers a raft message to its peer (the transport; it must not block).
+impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
+    /// `send` delivers a message or frame to its peer (the transport; it must not block).
     pub fn new(
         node: Node<S>,
         storage: NodeStorage,
-        inputs: Receiver<Input<S>>,
-        send: Box<dyn FnMut(Message) + Send>,
+        inputs: Receiver<Input<S, H>>,
+        send: Box<dyn FnMut(Outgoing) + Send>,
+        hook: H,
         tick: Duration,
     ) -> Self {
         // Request ids double as ReadIndex ids, which a leader echoes back: starting from the wall
@@ -78,10 +137,12 @@ impl<S: StateMachine> Driver<S> {
             storage,
             inputs,
             send,
+            hook,
             tick,
             next_tick: Instant::now() + tick,
             next_request,
             waiting: BTreeMap::new(),
+            forwarding: BTreeMap::new(),
         }
     }
 
@@ -97,9 +158,12 @@ impl<S: StateMachine> Driver<S> {
             };
             // Time first: every tick that is due, before any input is looked at.
             let now = Instant::now();
-            while self.next_tick <= now {
-                self.node.tick();
-                self.next_tick += self.tick;
+            if self.next_tick <= now {
+                while self.next_tick <= now {
+                    self.node.tick();
+                    self.next_tick += self.tick;
+                }
+                self.expire_forwards(now);
             }
             if let Some(input) = first {
                 self.take(input);
@@ -108,30 +172,113 @@ impl<S: StateMachine> Driver<S> {
                 }
             }
             self.turn()?;
+            let mut proposals = Vec::new();
+            self.hook.after_turn(&mut self.node, Instant::now(), &mut proposals);
+            if !proposals.is_empty() {
+                for (group, data) in proposals {
+                    let id = self.request_id();
+                    // Nobody waits: the hook sees the effect when the command applies.
+                    let _ = self.node.propose(group, id, data);
+                }
+                self.turn()?;
+            }
         }
     }
 
-    fn take(&mut self, input: Input<S>) {
+    fn request_id(&mut self) -> RequestId {
         let id = self.next_request;
         self.next_request += 1;
+        id
+    }
+
+    fn take(&mut self, input: Input<S, H>) {
         match input {
-            Input::Peer(msg) => self.node.step(msg),
-            Input::Propose { group, data, reply } => match self.node.propose(group, id, data) {
-                Ok(_) => {
-                    self.waiting.insert(id, Waiter::Propose(reply));
+            Input::Peer(Incoming::Raft(msg)) => self.node.step(msg),
+            Input::Peer(Incoming::Frame { from, frame }) => self.on_frame(from, frame),
+            Input::Propose { group, data, reply } => self.propose(group, data, reply, 0),
+            Input::Read { group, query, reply } => {
+                let id = self.request_id();
+                match self.node.read(group, id, query) {
+                    Ok(()) => {
+                        self.waiting.insert(id, Waiter::Read(reply));
+                    }
+                    Err(error) => reply(Err(RequestError::Refused(error))),
                 }
-                Err(error) => {
-                    let _ = reply.send(Err(RequestError::Refused(error)));
+            }
+            Input::Inspect(inspect) => inspect(&mut self.node, &mut self.hook),
+        }
+    }
+
+    fn propose(&mut self, group: GroupId, data: Bytes, reply: Reply<S::Response>, hops: u8) {
+        let id = self.request_id();
+        match self.node.propose(group, id, data.clone()) {
+            Ok(_) => {
+                self.waiting.insert(id, Waiter::Propose(reply));
+            }
+            Err(RaftError::NotLeader { leader }) if leader != NO_NODE && leader != self.node.id() => {
+                if hops >= FORWARD_HOPS_MAX {
+                    reply(Err(RequestError::Refused(RaftError::NotLeader { leader })));
+                    return;
                 }
-            },
-            Input::Read { group, query, reply } => match self.node.read(group, id, query) {
-                Ok(()) => {
-                    self.waiting.insert(id, Waiter::Read(reply));
+                let frame = PeerFrame::Forward { group, request: id, data: data.clone() };
+                (self.send)(Outgoing::Frame { to: leader, frame });
+                let deadline = Instant::now() + self.tick * FORWARD_TIMEOUT_TICKS;
+                self.forwarding.insert(id, Forwarding { group, data, reply, deadline, hops: hops + 1 });
+            }
+            Err(error) => reply(Err(RequestError::Refused(error))),
+        }
+    }
+
+    fn on_frame(&mut self, from: NodeId, frame: PeerFrame) {
+        match frame {
+            PeerFrame::Forward { group, request, data } => {
+                let id = self.request_id();
+                // The proposal's outcome is the follower's business (it applies the entry too);
+                // here nobody waits for it.
+                let outcome = match self.node.propose(group, id, data) {
+                    Ok(index) => {
+                        let term = self.node.status(group).map_or(0, |s| s.hard_state.term);
+                        ForwardOutcome::Accepted { index, term }
+                    }
+                    Err(RaftError::Busy(_)) => ForwardOutcome::Busy,
+                    Err(_) => {
+                        ForwardOutcome::NotLeader { leader: self.node.status(group).map_or(NO_NODE, |s| s.leader) }
+                    }
+                };
+                let frame = PeerFrame::ForwardReply { request, outcome };
+                (self.send)(Outgoing::Frame { to: from, frame });
+            }
+            PeerFrame::ForwardReply { request, outcome } => {
+                let Some(forwarding) = self.forwarding.remove(&request) else { return };
+                match outcome {
+                    ForwardOutcome::Accepted { index, term } => {
+                        match self.node.track(forwarding.group, request, index, term) {
+                            Ok(()) => {
+                                self.waiting.insert(request, Waiter::Propose(forwarding.reply));
+                            }
+                            // Already applied here before the reply came: the outcome is unknown.
+                            Err(_) => (forwarding.reply)(Err(RequestError::Timeout)),
+                        }
+                    }
+                    ForwardOutcome::NotLeader { .. } => {
+                        // Our view of the leader may have moved on meanwhile: try again from here.
+                        self.propose(forwarding.group, forwarding.data, forwarding.reply, forwarding.hops)
+                    }
+                    ForwardOutcome::Busy => {
+                        (forwarding.reply)(Err(RequestError::Refused(RaftError::Busy("proposals"))))
+                    }
                 }
-                Err(error) => {
-                    let _ = reply.send(Err(RequestError::Refused(error)));
-                }
-            },
+            }
+            PeerFrame::Hello { .. } | PeerFrame::Messages(_) | PeerFrame::Attributes { .. } => {}
+        }
+    }
+
+    fn expire_forwards(&mut self, now: Instant) {
+        let expired: Vec<RequestId> =
+            self.forwarding.iter().filter(|(_, f)| f.deadline <= now).map(|(&id, _)| id).collect();
+        for id in expired {
+            let forwarding = self.forwarding.remove(&id).expect("listed above");
+            (forwarding.reply)(Err(RequestError::Timeout));
         }
     }
 
@@ -150,26 +297,28 @@ impl<S: StateMachine> Driver<S> {
     fn poll_once(&mut self) -> Result<bool, StorageError> {
         let output = self.node.poll();
         for msg in output.messages {
-            (self.send)(msg);
+            (self.send)(Outgoing::Raft(msg));
         }
         for outcome in output.outcomes {
             let Some(waiter) = self.waiting.remove(&outcome.id) else { continue };
-            // A closed reply channel means the client gave up; nothing to do.
+            // A dropped reply receiver means the client gave up; nothing to do.
             match (waiter, outcome.result) {
-                (Waiter::Propose(reply), Ok(Answer::Applied(response))) => drop(reply.send(Ok(response))),
-                (Waiter::Read(reply), Ok(Answer::Read(result))) => drop(reply.send(Ok(result))),
-                (Waiter::Propose(reply), Err(error)) => drop(reply.send(Err(error))),
-                (Waiter::Read(reply), Err(error)) => drop(reply.send(Err(error))),
+                (Waiter::Propose(reply), Ok(Answer::Applied(response))) => reply(Ok(response)),
+                (Waiter::Read(reply), Ok(Answer::Read(result))) => reply(Ok(result)),
+                (Waiter::Propose(reply), Err(error)) => reply(Err(error)),
+                (Waiter::Read(reply), Err(error)) => reply(Err(error)),
                 (Waiter::Propose(reply), Ok(_)) => {
-                    drop(reply.send(Err(RequestError::Refused(RaftError::InvalidConfChange("not a command")))))
+                    reply(Err(RequestError::Refused(RaftError::InvalidConfChange("not a command"))))
                 }
-                (Waiter::Read(reply), Ok(_)) => drop(reply.send(Err(RequestError::Dropped))),
+                (Waiter::Read(reply), Ok(_)) => reply(Err(RequestError::Dropped)),
             }
         }
         let Some(write) = output.write else { return Ok(false) };
+        let started = Instant::now();
         persist(&mut self.storage, &write.groups)?;
+        self.hook.on_fsync(started.elapsed());
         for msg in self.node.on_write_durable(write.id) {
-            (self.send)(msg);
+            (self.send)(Outgoing::Raft(msg));
         }
         Ok(true)
     }

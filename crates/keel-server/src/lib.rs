@@ -1,16 +1,26 @@
 //! # keel-server
 //!
-//! What `keel server` runs. Today this crate holds the server's configuration: etcd's flag names,
-//! defaults and validation, so that a systemd unit or container spec written for etcd needs only
-//! the binary swapped. The node driver (executing keel-node's write batches on the real WAL),
-//! the peer transport and the etcd gRPC services build on it.
+//! What `keel server` runs: etcd's flags and defaults ([`config`]), the node driver that executes
+//! keel-node's output on the real WAL ([`driver`]), the TCP peer transport ([`transport`]), the
+//! etcd state machine ([`machine`]), and etcd's gRPC services ([`api`]) and HTTP endpoints
+//! ([`http`]) on the client URLs, put together by [`server::run`].
 
+pub mod api;
 pub mod config;
+pub mod convert;
 pub mod driver;
+pub mod hook;
+pub mod http;
+pub mod ids;
+pub mod lease_clock;
 pub mod machine;
+pub mod metrics;
+pub mod server;
+pub mod status;
 pub mod transport;
+pub mod watch_hub;
 
 pub use config::{ClusterState, ConfigError, PeerUrl, ServerConfig};
-pub use driver::{persist, Driver, Input};
-pub use machine::{ApplyError, CommandResult, MvccMachine};
-pub use transport::{start_listener, PeerSender};
+pub use driver::{persist, reply_to, Driver, Hook, Input, Reply};
+pub use machine::{ApplyError, CommandResult, LeaseChange, MvccMachine};
+pub use transport::{start_listener, Incoming, Outgoing, PeerSender};

@@ -25,6 +25,21 @@ pub enum ApplyError {
 
 pub type CommandResult = Result<Response, ApplyError>;
 
+/// A change to a lease's clock, as applied: the server's lease clock follows these on every
+/// member, so whichever member leads next already knows each lease's remaining time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseChange {
+    /// Granted, or renewed by a keep-alive (a checkpoint at the full TTL): expires `ttl` seconds
+    /// from when this member applied it.
+    Started {
+        id: i64,
+        ttl_seconds: i64,
+    },
+    Revoked {
+        id: i64,
+    },
+}
+
 pub struct MvccMachine<B: Backend> {
     store: Store<B>,
     /// Commands applied by this process (not skipped as already applied).
@@ -33,15 +48,25 @@ pub struct MvccMachine<B: Backend> {
     /// shows how much of the log was replayed.
     entries_handed: u64,
     fatal: Option<String>,
+    lease_changes: Vec<LeaseChange>,
 }
 
 impl<B: Backend> MvccMachine<B> {
     pub fn new(store: Store<B>) -> MvccMachine<B> {
-        MvccMachine { store, applied_commands: 0, entries_handed: 0, fatal: None }
+        MvccMachine { store, applied_commands: 0, entries_handed: 0, fatal: None, lease_changes: Vec::new() }
     }
 
     pub fn store(&self) -> &Store<B> {
         &self.store
+    }
+
+    pub fn store_mut(&mut self) -> &mut Store<B> {
+        &mut self.store
+    }
+
+    /// Lease grants, renewals and revokes applied since the last call.
+    pub fn take_lease_changes(&mut self) -> Vec<LeaseChange> {
+        std::mem::take(&mut self.lease_changes)
     }
 
     pub fn applied_commands(&self) -> u64 {
@@ -85,6 +110,21 @@ impl<B: Backend> StateMachine for MvccMachine<B> {
         match self.store.apply(index, &command) {
             Ok(ApplyOutcome::Applied(result)) => {
                 self.applied_commands += 1;
+                if result.is_ok() {
+                    match command {
+                        Command::LeaseGrant { id, ttl_seconds } => {
+                            self.lease_changes.push(LeaseChange::Started { id, ttl_seconds })
+                        }
+                        // A checkpoint of an unknown lease is a no-op (as in etcd).
+                        Command::LeaseCheckpoint { id, remaining_ttl_seconds }
+                            if self.store.lease_ttl(id).is_some() =>
+                        {
+                            self.lease_changes.push(LeaseChange::Started { id, ttl_seconds: remaining_ttl_seconds })
+                        }
+                        Command::LeaseRevoke { id } => self.lease_changes.push(LeaseChange::Revoked { id }),
+                        _ => {}
+                    }
+                }
                 result.map_err(ApplyError::Client)
             }
             Ok(ApplyOutcome::Skipped) => Err(ApplyError::AlreadyApplied),

@@ -15,6 +15,31 @@ use std::time::Duration;
 use keel_codec::peer::{check_hello, FrameReader, PeerFrame};
 use keel_raft::{Message, NodeId};
 
+/// What the node sends a peer: raft messages (coalesced into frames) or a frame of its own
+/// (a forwarded proposal, a reply to one). Both share the peer's queue, so they leave in order.
+#[derive(Debug)]
+pub enum Outgoing {
+    Raft(Message),
+    Frame { to: NodeId, frame: PeerFrame },
+}
+
+impl Outgoing {
+    fn to(&self) -> NodeId {
+        match self {
+            Outgoing::Raft(msg) => msg.to,
+            Outgoing::Frame { to, .. } => *to,
+        }
+    }
+}
+
+/// What a peer connection delivers: a raft message, or another frame with the member it came
+/// from (already checked by the hello).
+#[derive(Debug)]
+pub enum Incoming {
+    Raft(Message),
+    Frame { from: NodeId, frame: PeerFrame },
+}
+
 /// Messages queued per peer before new ones are dropped.
 const PEER_QUEUE_MAX: usize = 4_096;
 /// Messages coalesced into one frame.
@@ -26,21 +51,32 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Sends raft messages to peers; cheap to call from the driver (never blocks).
 pub struct PeerSender {
-    queues: BTreeMap<NodeId, SyncSender<Message>>,
+    queues: BTreeMap<NodeId, SyncSender<Outgoing>>,
 }
 
 impl PeerSender {
     /// Starts one sender thread per peer.
     pub fn start(cluster_id: u64, me: NodeId, peers: &BTreeMap<NodeId, SocketAddr>) -> PeerSender {
+        PeerSender::start_with(cluster_id, me, peers, None)
+    }
+
+    /// Like [`PeerSender::start`]; every connection also sends `attributes` right after its hello.
+    pub fn start_with(
+        cluster_id: u64,
+        me: NodeId,
+        peers: &BTreeMap<NodeId, SocketAddr>,
+        attributes: Option<PeerFrame>,
+    ) -> PeerSender {
         let mut queues = BTreeMap::new();
         for (&id, &addr) in peers {
             if id == me {
                 continue;
             }
             let (queue, receiver) = mpsc::sync_channel(PEER_QUEUE_MAX);
+            let attributes = attributes.clone();
             std::thread::Builder::new()
                 .name(format!("keel-peer-{id:x}"))
-                .spawn(move || send_loop(cluster_id, me, id, addr, receiver))
+                .spawn(move || send_loop(cluster_id, me, id, addr, attributes, receiver))
                 .expect("spawn peer sender thread");
             queues.insert(id, queue);
         }
@@ -48,8 +84,12 @@ impl PeerSender {
     }
 
     pub fn send(&self, msg: Message) {
-        let Some(queue) = self.queues.get(&msg.to) else {
-            tracing::debug!(to = msg.to, "dropping a message to an unknown peer");
+        self.send_out(Outgoing::Raft(msg));
+    }
+
+    pub fn send_out(&self, msg: Outgoing) {
+        let Some(queue) = self.queues.get(&msg.to()) else {
+            tracing::debug!(to = msg.to(), "dropping a message to an unknown peer");
             return;
         };
         match queue.try_send(msg) {
@@ -59,14 +99,23 @@ impl PeerSender {
     }
 }
 
-fn send_loop(cluster_id: u64, me: NodeId, to: NodeId, addr: SocketAddr, queue: Receiver<Message>) {
+fn send_loop(
+    cluster_id: u64,
+    me: NodeId,
+    to: NodeId,
+    addr: SocketAddr,
+    attributes: Option<PeerFrame>,
+    queue: Receiver<Outgoing>,
+) {
     let mut backoff = BACKOFF_MIN;
-    let mut stream: Option<TcpStream> = None;
+    // Connect right away, not at the first message: the hello and attributes tell the peer who
+    // we are (its MemberList shows our client URLs) even before raft has anything to say to it.
+    let mut stream: Option<TcpStream> = connect(cluster_id, me, to, addr, attributes.as_ref()).ok();
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         batch.extend(queue.try_iter().take(MESSAGES_PER_FRAME_MAX - 1));
         if stream.is_none() {
-            match connect(cluster_id, me, to, addr) {
+            match connect(cluster_id, me, to, addr, attributes.as_ref()) {
                 Ok(connected) => {
                     stream = Some(connected);
                     backoff = BACKOFF_MIN;
@@ -79,9 +128,25 @@ fn send_loop(cluster_id: u64, me: NodeId, to: NodeId, addr: SocketAddr, queue: R
                 }
             }
         }
-        let frame = PeerFrame::Messages(batch).encode();
+        // Consecutive raft messages share a frame; other frames go between them in order.
+        let mut bytes = Vec::new();
+        let mut messages = Vec::new();
+        for out in batch {
+            match out {
+                Outgoing::Raft(msg) => messages.push(msg),
+                Outgoing::Frame { frame, .. } => {
+                    if !messages.is_empty() {
+                        bytes.extend(PeerFrame::Messages(std::mem::take(&mut messages)).encode());
+                    }
+                    bytes.extend(frame.encode());
+                }
+            }
+        }
+        if !messages.is_empty() {
+            bytes.extend(PeerFrame::Messages(messages).encode());
+        }
         if let Some(connected) = stream.as_mut() {
-            if let Err(error) = connected.write_all(&frame) {
+            if let Err(error) = connected.write_all(&bytes) {
                 tracing::debug!(peer = to, %error, "peer connection lost");
                 stream = None;
             }
@@ -89,10 +154,19 @@ fn send_loop(cluster_id: u64, me: NodeId, to: NodeId, addr: SocketAddr, queue: R
     }
 }
 
-fn connect(cluster_id: u64, me: NodeId, to: NodeId, addr: SocketAddr) -> std::io::Result<TcpStream> {
+fn connect(
+    cluster_id: u64,
+    me: NodeId,
+    to: NodeId,
+    addr: SocketAddr,
+    attributes: Option<&PeerFrame>,
+) -> std::io::Result<TcpStream> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
     stream.set_nodelay(true)?;
     stream.write_all(&PeerFrame::Hello { cluster_id, from: me, to }.encode())?;
+    if let Some(attributes) = attributes {
+        stream.write_all(&attributes.encode())?;
+    }
     Ok(stream)
 }
 
@@ -102,7 +176,7 @@ pub fn start_listener(
     cluster_id: u64,
     me: NodeId,
     is_member: Arc<dyn Fn(NodeId) -> bool + Send + Sync>,
-    deliver: Arc<dyn Fn(Message) + Send + Sync>,
+    deliver: Arc<dyn Fn(Incoming) + Send + Sync>,
 ) {
     std::thread::Builder::new()
         .name("keel-peer-listener".into())
@@ -123,7 +197,7 @@ fn receive_loop(
     cluster_id: u64,
     me: NodeId,
     is_member: &dyn Fn(NodeId) -> bool,
-    deliver: &dyn Fn(Message),
+    deliver: &dyn Fn(Incoming),
 ) {
     let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
     let mut reader = FrameReader::new(PEER_FRAME_BYTES_MAX);
@@ -152,16 +226,19 @@ fn receive_loop(
                         return;
                     }
                 },
-                Some(id) => {
-                    let PeerFrame::Messages(messages) = frame else {
+                Some(id) => match frame {
+                    PeerFrame::Messages(messages) => {
+                        // A peer speaks only for itself and only to us.
+                        for msg in messages.into_iter().filter(|m| m.from == id && m.to == me) {
+                            deliver(Incoming::Raft(msg));
+                        }
+                    }
+                    PeerFrame::Hello { .. } => {
                         tracing::warn!(%peer, "closing a peer connection that sent a second hello");
                         return;
-                    };
-                    // A peer speaks only for itself and only to us.
-                    for msg in messages.into_iter().filter(|m| m.from == id && m.to == me) {
-                        deliver(msg);
                     }
-                }
+                    frame => deliver(Incoming::Frame { from: id, frame }),
+                },
             }
         }
     }

@@ -159,7 +159,7 @@ fn the_driver_thread_serves_writes_and_reads_and_they_survive_a_restart() {
         let member = open(dir);
         let (inputs, receiver) = mpsc::channel();
         // One member: nothing to send to anyone.
-        let driver = Driver::new(member.node, member.storage, receiver, Box::new(|_| {}), Duration::from_millis(5));
+        let driver = Driver::new(member.node, member.storage, receiver, Box::new(|_| {}), (), Duration::from_millis(5));
         let thread = std::thread::spawn(move || driver.run());
         work(&inputs);
         drop(inputs);
@@ -175,7 +175,11 @@ fn the_driver_thread_serves_writes_and_reads_and_they_survive_a_restart() {
         for _ in 0..2_000 {
             let (reply, answer) = mpsc::channel();
             inputs
-                .send(Input::Propose { group: GROUP, data: Bytes::from(command.encode()), reply })
+                .send(Input::Propose {
+                    group: GROUP,
+                    data: Bytes::from(command.encode()),
+                    reply: keel_server::reply_to(reply),
+                })
                 .expect("driver runs");
             match answer.recv().expect("driver answers") {
                 Ok(Ok(Response::Put(put))) => return put.revision,
@@ -188,7 +192,7 @@ fn the_driver_thread_serves_writes_and_reads_and_they_survive_a_restart() {
     let get = |inputs: &Inputs, key: &str| -> Option<Bytes> {
         let (reply, answer) = mpsc::channel();
         let query = RangeRequest { key: Bytes::from(key.to_string()), ..Default::default() };
-        inputs.send(Input::Read { group: GROUP, query, reply }).expect("driver runs");
+        inputs.send(Input::Read { group: GROUP, query, reply: keel_server::reply_to(reply) }).expect("driver runs");
         let range = answer.recv().expect("driver answers").expect("read served").expect("range ok");
         range.kvs.first().map(|kv| kv.value.clone())
     };

@@ -43,9 +43,10 @@ fn start_member(id: NodeId, dir: PathBuf, listener: TcpListener, addrs: &BTreeMa
         CLUSTER,
         id,
         Arc::new(move |from| members.contains(&from)),
-        Arc::new(move |msg| drop(deliver_to.send(Input::Peer(msg)))),
+        Arc::new(move |incoming| drop(deliver_to.send(Input::Peer(incoming)))),
     );
-    let driver = Driver::new(node, storage, receiver, Box::new(move |msg| peers.send(msg)), Duration::from_millis(10));
+    let driver =
+        Driver::new(node, storage, receiver, Box::new(move |out| peers.send_out(out)), (), Duration::from_millis(10));
     std::thread::spawn(move || driver.run());
     inputs
 }
@@ -59,7 +60,13 @@ fn put(members: &[Inputs], key: &str, value: &str) -> i64 {
     for attempt in 0..3_000 {
         let (reply, answer) = mpsc::channel();
         let member = &members[attempt % members.len()];
-        member.send(Input::Propose { group: GROUP, data: Bytes::from(command.encode()), reply }).expect("driver runs");
+        member
+            .send(Input::Propose {
+                group: GROUP,
+                data: Bytes::from(command.encode()),
+                reply: keel_server::reply_to(reply),
+            })
+            .expect("driver runs");
         match answer.recv_timeout(Duration::from_secs(5)) {
             Ok(Ok(Ok(Response::Put(put)))) => return put.revision,
             Ok(Ok(other)) => panic!("unexpected response {other:?}"),
@@ -74,7 +81,7 @@ fn get(member: &Inputs, key: &str) -> Option<Bytes> {
     for _ in 0..1_000 {
         let (reply, answer) = mpsc::channel();
         let query = RangeRequest { key: Bytes::from(key.to_string()), ..Default::default() };
-        member.send(Input::Read { group: GROUP, query, reply }).expect("driver runs");
+        member.send(Input::Read { group: GROUP, query, reply: keel_server::reply_to(reply) }).expect("driver runs");
         match answer.recv_timeout(Duration::from_secs(5)) {
             Ok(Ok(range)) => return range.expect("range ok").kvs.first().map(|kv| kv.value.clone()),
             _ => std::thread::sleep(Duration::from_millis(3)),

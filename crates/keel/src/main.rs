@@ -1,19 +1,27 @@
 //! `keel` — the command-line entry point.
 //!
-//! Today: `keel bench wal` (this disk and the WAL) and `keel bench mvcc` (the state machine's
-//! footprint and restart time). `keel server` and
-//! `keel playground` arrive with the server.
+//! - `keel server [etcd flags]`: one member, from exactly the flags one would give etcd.
+//! - `keel playground`: a local 3-member cluster on etcd's usual ports.
+//! - `keel bench wal` (this disk and the WAL), `keel bench mvcc` (the state machine's footprint
+//!   and restart time).
 
 mod bench_mvcc;
 mod bench_wal;
+mod playground;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: keel bench wal [--dir DIR] [--seconds S] [--writers N] [--value-bytes B]\n       keel bench mvcc [--dir DIR] [--keys N] [--value-bytes B] [--batch N]";
+const USAGE: &str = "usage: keel server [etcd flags; see keel server --help]\n       keel playground [--dir DIR]\n       keel bench wal [--dir DIR] [--seconds S] [--writers N] [--value-bytes B]\n       keel bench mvcc [--dir DIR] [--keys N] [--value-bytes B] [--batch N]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
+        Some("server") => server(&args[1..]),
+        Some("playground") => {
+            init_logging();
+            playground::run(&args[1..])
+        }
         Some("bench") if args.get(1).map(String::as_str) == Some("wal") => bench_wal::run(&args[2..]),
         Some("bench") if args.get(1).map(String::as_str) == Some("mvcc") => bench_mvcc::run(&args[2..]),
         _ => Err(anyhow::anyhow!("{USAGE}")),
@@ -25,4 +33,33 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn init_logging() {
+    let level = match std::env::var("KEEL_LOG").as_deref() {
+        Ok("debug") => tracing::Level::DEBUG,
+        Ok("trace") => tracing::Level::TRACE,
+        Ok("warn") => tracing::Level::WARN,
+        Ok("error") => tracing::Level::ERROR,
+        _ => tracing::Level::INFO,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn server(args: &[String]) -> anyhow::Result<()> {
+    if args.iter().any(|a| a == "--help" || a == "-h" || a == "-help") {
+        print!("{}", keel_server::config::help());
+        return Ok(());
+    }
+    let env: std::collections::BTreeMap<String, String> =
+        std::env::vars().filter(|(k, _)| k.starts_with("KEEL_") && k != "KEEL_LOG").collect();
+    let config = keel_server::ServerConfig::from_args(args, &env)?;
+    init_logging();
+    keel_server::server::run(config)?;
+    Ok(())
 }

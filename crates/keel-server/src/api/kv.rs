@@ -1,0 +1,106 @@
+//! etcd's `KV` service: Range, Put, DeleteRange, Txn, Compact.
+
+use std::sync::Arc;
+
+use keel_api::etcdserverpb::{self as pb, kv_server::Kv};
+use keel_api::tonic::{self, Request, Response, Status};
+use keel_mvcc::{Command, Response as Applied};
+
+use super::Shared;
+use crate::{convert, status};
+
+pub struct KvService {
+    pub shared: Arc<Shared>,
+}
+
+fn unexpected(what: &Applied) -> Status {
+    Status::internal(format!("etcdserver: unexpected response {what:?}"))
+}
+
+impl KvService {
+    pub async fn range(&self, request: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
+        if request.key.is_empty() {
+            return Err(status::empty_key());
+        }
+        let query = convert::range_request(request)?;
+        let response = self.shared.range(query).await?;
+        let header = self.shared.header(response.revision);
+        Ok(convert::range_response(response, header))
+    }
+
+    pub async fn put(&self, request: pb::PutRequest) -> Result<pb::PutResponse, Status> {
+        if request.key.is_empty() {
+            return Err(status::empty_key());
+        }
+        match self.shared.propose(&Command::Put(convert::put_request(request))).await? {
+            Applied::Put(put) => {
+                let header = self.shared.header(put.revision);
+                Ok(convert::put_response(put, header))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn delete_range(&self, request: pb::DeleteRangeRequest) -> Result<pb::DeleteRangeResponse, Status> {
+        if request.key.is_empty() {
+            return Err(status::empty_key());
+        }
+        match self.shared.propose(&Command::DeleteRange(convert::delete_request(request))).await? {
+            Applied::DeleteRange(deleted) => {
+                let header = self.shared.header(deleted.revision);
+                Ok(convert::delete_response(deleted, header))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn txn(&self, request: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
+        if convert::txn_ops(&request) > self.shared.max_txn_ops {
+            return Err(status::too_many_ops());
+        }
+        let txn = convert::txn_request(request)?;
+        match self.shared.propose(&Command::Txn(txn)).await? {
+            Applied::Txn(txn) => {
+                let header = self.shared.header(txn.revision);
+                Ok(convert::txn_response(txn, header))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn compact(&self, request: pb::CompactionRequest) -> Result<pb::CompactionResponse, Status> {
+        match self.shared.propose(&Command::Compact { revision: request.revision }).await? {
+            Applied::Compact { revision } => Ok(pb::CompactionResponse { header: Some(self.shared.header(revision)) }),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, request: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
+        KvService::range(self, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        KvService::put(self, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        KvService::delete_range(self, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn txn(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        KvService::txn(self, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn compact(
+        &self,
+        request: Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
+        KvService::compact(self, request.into_inner()).await.map(Response::new)
+    }
+}

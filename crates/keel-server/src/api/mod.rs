@@ -1,0 +1,129 @@
+//! etcd's gRPC services over the driver: each handler turns a request into a command to
+//! propose, a read, or an inspection on the driver thread, and maps the answer back to etcd's
+//! wire types and errors (see [`crate::status`]).
+
+pub mod cluster;
+pub mod kv;
+pub mod lease;
+pub mod maintenance;
+pub mod watch;
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use keel_api::etcdserverpb::ResponseHeader;
+use keel_api::tonic::Status;
+use keel_mvcc::{Command, RangeRequest, RangeResponse, Response};
+use keel_node::Node;
+use keel_raft::GroupId;
+use tokio::sync::oneshot;
+
+use crate::driver::Input;
+use crate::hook::{Machine, ServerHook};
+use crate::metrics::Metrics;
+use crate::status;
+use crate::watch_hub::WatchHub;
+
+pub type Inputs = SyncSender<Input<Machine, ServerHook>>;
+
+/// A member as `MemberList` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
+/// What every service shares: the way into the driver, the member's identity and limits.
+pub struct Shared {
+    pub inputs: Inputs,
+    pub group: GroupId,
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub members: Arc<Mutex<BTreeMap<u64, MemberInfo>>>,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    /// Leases shorter than this are granted this TTL (etcd: 1.5 election timeouts, rounded up).
+    pub min_lease_ttl: i64,
+    pub hub: Arc<Mutex<WatchHub>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: self.metrics.term(),
+        }
+    }
+
+    fn submit(&self, input: Input<Machine, ServerHook>) -> Result<(), Status> {
+        match self.inputs.try_send(input) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(status::too_many_requests()),
+            Err(TrySendError::Disconnected(_)) => Err(status::stopped()),
+        }
+    }
+
+    /// Replicates `command` and returns its applied response. Refused whole, before anything is
+    /// proposed, if it is larger than `--max-request-bytes`.
+    pub async fn propose(&self, command: &Command) -> Result<Response, Status> {
+        let data = Bytes::from(command.encode());
+        if data.len() > self.max_request_bytes {
+            return Err(status::too_large());
+        }
+        let (tx, rx) = oneshot::channel();
+        let reply = Box::new(move |result| drop(tx.send(result)));
+        self.submit(Input::Propose { group: self.group, data, reply })?;
+        match rx.await {
+            Ok(Ok(Ok(response))) => Ok(response),
+            Ok(Ok(Err(error))) => Err(status::from_apply(&error)),
+            Ok(Err(error)) => Err(status::from_request(&error)),
+            Err(_) => Err(status::stopped()),
+        }
+    }
+
+    /// A linearizable read (ReadIndex; reads queued together share one leadership check).
+    pub async fn read(&self, query: RangeRequest) -> Result<RangeResponse, Status> {
+        let (tx, rx) = oneshot::channel();
+        let reply = Box::new(move |result| drop(tx.send(result)));
+        self.submit(Input::Read { group: self.group, query, reply })?;
+        match rx.await {
+            Ok(Ok(Ok(response))) => Ok(response),
+            Ok(Ok(Err(error))) => Err(status::from_mvcc(&error)),
+            Ok(Err(error)) => Err(status::from_request(&error)),
+            Err(_) => Err(status::stopped()),
+        }
+    }
+
+    /// Runs `f` on the driver thread against this member's current state (not linearizable).
+    pub async fn inspect<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Node<Machine>, &mut ServerHook) -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(Input::Inspect(Box::new(move |node, hook| drop(tx.send(f(node, hook))))))?;
+        rx.await.map_err(|_| status::stopped())
+    }
+
+    /// Serves a range from this member's applied state (`serializable`), or linearizably.
+    pub async fn range(&self, query: RangeRequest) -> Result<RangeResponse, Status> {
+        if query.serializable {
+            let group = self.group;
+            let result = self
+                .inspect(move |node, _| match node.machine(group) {
+                    Some(machine) => machine.store().range(&query),
+                    None => Err(keel_mvcc::MvccError::Storage(keel_mvcc::StorageError::Poisoned)),
+                })
+                .await?;
+            result.map_err(|error| status::from_mvcc(&error))
+        } else {
+            self.read(query).await
+        }
+    }
+}

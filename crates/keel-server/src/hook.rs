@@ -1,0 +1,102 @@
+//! The server's part of each driver turn: publish applied events to watchers, keep the lease
+//! clock and revoke expired leases (on the leader), and refresh the metrics.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use keel_mvcc::{Command, RedbBackend};
+use keel_node::Node;
+use keel_raft::{GroupId, Role};
+
+use crate::driver::Hook;
+use crate::lease_clock::LeaseClock;
+use crate::machine::MvccMachine;
+use crate::metrics::Metrics;
+use crate::watch_hub::WatchHub;
+
+pub type Machine = MvccMachine<RedbBackend>;
+
+/// How often the database file's size is read for metrics and Status.
+const DB_SIZE_REFRESH: Duration = Duration::from_secs(1);
+
+pub struct ServerHook {
+    pub group: GroupId,
+    pub hub: Arc<Mutex<WatchHub>>,
+    pub metrics: Arc<Metrics>,
+    pub leases: LeaseClock,
+    pub db_path: PathBuf,
+    last_role: Option<Role>,
+    last_leader: u64,
+    db_size_read: Option<Instant>,
+}
+
+impl ServerHook {
+    pub fn new(group: GroupId, hub: Arc<Mutex<WatchHub>>, metrics: Arc<Metrics>, db_path: PathBuf) -> ServerHook {
+        ServerHook {
+            group,
+            hub,
+            metrics,
+            leases: LeaseClock::default(),
+            db_path,
+            last_role: None,
+            last_leader: 0,
+            db_size_read: None,
+        }
+    }
+}
+
+impl Hook<Machine> for ServerHook {
+    fn after_turn(&mut self, node: &mut Node<Machine>, now: Instant, propose: &mut Vec<(GroupId, Bytes)>) {
+        let Some(status) = node.status(self.group) else { return };
+        let Some(machine) = node.machine_mut(self.group) else { return };
+        let changes = machine.take_lease_changes();
+        let store = machine.store_mut();
+        let events = store.take_events();
+        let revision = store.current_revision();
+        let compacted = store.compacted_revision();
+        self.hub.lock().expect("watch hub lock").publish(&events, revision, compacted, status.hard_state.term);
+
+        for change in changes {
+            self.leases.apply(change, now);
+        }
+        let became_leader = status.role == Role::Leader && self.last_role != Some(Role::Leader);
+        if self.last_role.is_none() || became_leader {
+            // A snapshot may have brought leases this clock never saw applied.
+            self.leases.reconcile(store.leases().into_iter().map(|l| (l.id, l.remaining_ttl)), now);
+        }
+        if status.role == Role::Leader {
+            for id in self.leases.due(now) {
+                propose.push((self.group, Bytes::from(Command::LeaseRevoke { id }.encode())));
+            }
+        }
+
+        let m = &self.metrics;
+        if status.leader != self.last_leader && status.leader != 0 {
+            m.leader_changes.fetch_add(1, Relaxed);
+        }
+        self.last_leader = status.leader;
+        self.last_role = Some(status.role);
+        m.leader.store(status.leader, Relaxed);
+        m.term.store(status.hard_state.term, Relaxed);
+        m.is_leader.store(u64::from(status.role == Role::Leader), Relaxed);
+        m.commit_index.store(status.hard_state.commit, Relaxed);
+        m.applied_index.store(status.applied, Relaxed);
+        m.revision.store(revision, Relaxed);
+        m.compacted_revision.store(compacted, Relaxed);
+        m.keys.store(store.indexed_keys() as i64, Relaxed);
+        m.leases.store(self.leases.len() as i64, Relaxed);
+        if self.db_size_read.is_none_or(|at| now.duration_since(at) >= DB_SIZE_REFRESH) {
+            self.db_size_read = Some(now);
+            if let Ok(meta) = std::fs::metadata(&self.db_path) {
+                m.db_size.store(meta.len() as i64, Relaxed);
+            }
+        }
+    }
+
+    fn on_fsync(&mut self, took: Duration) {
+        self.metrics.observe_fsync(took);
+    }
+}

@@ -1,0 +1,351 @@
+//! HTTP on the client URLs, next to gRPC: `/health`, `/metrics` (Prometheus text) and etcd's
+//! JSON gateway (`/v3/kv/range`, `/v3/kv/put`, ...), so curl and gateway clients work.
+//!
+//! The gateway speaks grpc-gateway's JSON as etcd configures it: proto field names, bytes as
+//! base64, 64-bit integers as strings (numbers are accepted too), zero values left out.
+
+use std::sync::Arc;
+
+use axum::body::Bytes as Body;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use keel_api::etcdserverpb as pb;
+use keel_api::mvccpb;
+use keel_api::tonic::{Code, Status};
+use serde_json::{json, Map, Value};
+
+use crate::api::cluster::ClusterService;
+use crate::api::kv::KvService;
+use crate::api::lease::LeaseService;
+use crate::api::maintenance::MaintenanceService;
+use crate::api::Shared;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v3/kv/range", post(kv_range))
+        .route("/v3/kv/put", post(kv_put))
+        .route("/v3/kv/deleterange", post(kv_delete))
+        .route("/v3/kv/compaction", post(kv_compact))
+        .route("/v3/lease/grant", post(lease_grant))
+        .route("/v3/lease/revoke", post(lease_revoke))
+        .route("/v3/kv/lease/revoke", post(lease_revoke))
+        .route("/v3/lease/timetolive", post(lease_ttl))
+        .route("/v3/kv/lease/timetolive", post(lease_ttl))
+        .route("/v3/maintenance/status", post(status))
+        .route("/v3/cluster/member/list", post(member_list))
+        .with_state(shared)
+}
+
+async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    // etcd: healthy when there is a leader (and no alarm).
+    if shared.metrics.leader() != 0 {
+        json_response(StatusCode::OK, json!({"health": "true", "reason": ""}))
+    } else {
+        json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"health": "false", "reason": "RAFT NO LEADER"}))
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], shared.metrics.render()).into_response()
+}
+
+fn json_response(code: StatusCode, value: Value) -> Response {
+    (code, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
+}
+
+/// grpc-gateway's error body, with the HTTP status it maps the gRPC code to.
+fn error_response(status: Status) -> Response {
+    let http = match status.code() {
+        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => StatusCode::BAD_REQUEST,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let message = status.message().to_string();
+    json_response(http, json!({"error": message, "message": message, "code": status.code() as i32}))
+}
+
+fn parse(body: &Body) -> Result<Map<String, Value>, Status> {
+    if body.is_empty() {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(Status::invalid_argument("the request body must be a JSON object")),
+        Err(error) => Err(Status::invalid_argument(format!("malformed JSON: {error}"))),
+    }
+}
+
+fn bytes_field(map: &Map<String, Value>, name: &str) -> Result<Vec<u8>, Status> {
+    match map.get(name) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(text)) => {
+            BASE64.decode(text).map_err(|_| Status::invalid_argument(format!("{name}: not base64")))
+        }
+        Some(_) => Err(Status::invalid_argument(format!("{name}: expected a base64 string"))),
+    }
+}
+
+fn int_field(map: &Map<String, Value>, names: &[&str]) -> Result<i64, Status> {
+    for name in names {
+        match map.get(*name) {
+            None | Some(Value::Null) => continue,
+            Some(Value::Number(n)) => {
+                return n.as_i64().ok_or_else(|| Status::invalid_argument(format!("{name}: not an integer")))
+            }
+            Some(Value::String(s)) => {
+                return s.parse().map_err(|_| Status::invalid_argument(format!("{name}: not an integer")))
+            }
+            Some(_) => return Err(Status::invalid_argument(format!("{name}: expected an integer"))),
+        }
+    }
+    Ok(0)
+}
+
+fn bool_field(map: &Map<String, Value>, name: &str) -> bool {
+    matches!(map.get(name), Some(Value::Bool(true)))
+}
+
+/// Enum fields come as names ("DESCEND") or numbers.
+fn enum_field(map: &Map<String, Value>, name: &str, names: &[&str]) -> Result<i32, Status> {
+    match map.get(name) {
+        None | Some(Value::Null) => Ok(0),
+        Some(Value::String(s)) => names
+            .iter()
+            .position(|n| n == s)
+            .map(|i| i as i32)
+            .ok_or_else(|| Status::invalid_argument(format!("{name}: unknown value {s}"))),
+        Some(Value::Number(n)) => Ok(n.as_i64().unwrap_or(-1) as i32),
+        Some(_) => Err(Status::invalid_argument(format!("{name}: expected a name or a number"))),
+    }
+}
+
+/// Adds `value` under `name` unless it is the zero value (as grpc-gateway leaves those out).
+fn put_int(out: &mut Map<String, Value>, name: &str, value: i64) {
+    if value != 0 {
+        out.insert(name.into(), Value::String(value.to_string()));
+    }
+}
+
+fn put_uint(out: &mut Map<String, Value>, name: &str, value: u64) {
+    if value != 0 {
+        out.insert(name.into(), Value::String(value.to_string()));
+    }
+}
+
+fn put_bytes(out: &mut Map<String, Value>, name: &str, value: &[u8]) {
+    if !value.is_empty() {
+        out.insert(name.into(), Value::String(BASE64.encode(value)));
+    }
+}
+
+fn header_json(header: Option<pb::ResponseHeader>) -> Value {
+    let header = header.unwrap_or_default();
+    let mut out = Map::new();
+    put_uint(&mut out, "cluster_id", header.cluster_id);
+    put_uint(&mut out, "member_id", header.member_id);
+    put_int(&mut out, "revision", header.revision);
+    put_uint(&mut out, "raft_term", header.raft_term);
+    Value::Object(out)
+}
+
+fn kv_json(kv: &mvccpb::KeyValue) -> Value {
+    let mut out = Map::new();
+    put_bytes(&mut out, "key", &kv.key);
+    put_int(&mut out, "create_revision", kv.create_revision);
+    put_int(&mut out, "mod_revision", kv.mod_revision);
+    put_int(&mut out, "version", kv.version);
+    put_bytes(&mut out, "value", &kv.value);
+    put_int(&mut out, "lease", kv.lease);
+    Value::Object(out)
+}
+
+fn respond(result: Result<Value, Status>) -> Response {
+    match result {
+        Ok(value) => json_response(StatusCode::OK, value),
+        Err(status) => error_response(status),
+    }
+}
+
+async fn kv_range(State(shared): State<Arc<Shared>>, body: Body) -> Response {
+    respond(
+        async {
+            let m = parse(&body)?;
+            let request = pb::RangeRequest {
+                key: bytes_field(&m, "key")?,
+                range_end: bytes_field(&m, "range_end")?,
+                limit: int_field(&m, &["limit"])?,
+                revision: int_field(&m, &["revision"])?,
+                sort_order: enum_field(&m, "sort_order", &["NONE", "ASCEND", "DESCEND"])?,
+                sort_target: enum_field(&m, "sort_target", &["KEY", "VERSION", "CREATE", "MOD", "VALUE"])?,
+                serializable: bool_field(&m, "serializable"),
+                keys_only: bool_field(&m, "keys_only"),
+                count_only: bool_field(&m, "count_only"),
+                min_mod_revision: int_field(&m, &["min_mod_revision"])?,
+                max_mod_revision: int_field(&m, &["max_mod_revision"])?,
+                min_create_revision: int_field(&m, &["min_create_revision"])?,
+                max_create_revision: int_field(&m, &["max_create_revision"])?,
+            };
+            let response = KvService { shared }.range(request).await?;
+            let mut out = Map::new();
+            out.insert("header".into(), header_json(response.header));
+            if !response.kvs.is_empty() {
+                out.insert("kvs".into(), Value::Array(response.kvs.iter().map(kv_json).collect()));
+            }
+            if response.more {
+                out.insert("more".into(), Value::Bool(true));
+            }
+            put_int(&mut out, "count", response.count);
+            Ok(Value::Object(out))
+        }
+        .await,
+    )
+}
+
+async fn kv_put(State(shared): State<Arc<Shared>>, body: Body) -> Response {
+    respond(
+        async {
+            let m = parse(&body)?;
+            let request = pb::PutRequest {
+                key: bytes_field(&m, "key")?,
+                value: bytes_field(&m, "value")?,
+                lease: int_field(&m, &["lease"])?,
+                prev_kv: bool_field(&m, "prev_kv"),
+                ignore_value: bool_field(&m, "ignore_value"),
+                ignore_lease: bool_field(&m, "ignore_lease"),
+            };
+            let response = KvService { shared }.put(request).await?;
+            let mut out = Map::new();
+            out.insert("header".into(), header_json(response.header));
+            if let Some(prev) = &response.prev_kv {
+                out.insert("prev_kv".into(), kv_json(prev));
+            }
+            Ok(Value::Object(out))
+        }
+        .await,
+    )
+}
+
+async fn kv_delete(State(shared): State<Arc<Shared>>, body: Body) -> Response {
+    respond(
+        async {
+            let m = parse(&body)?;
+            let request = pb::DeleteRangeRequest {
+                key: bytes_field(&m, "key")?,
+                range_end: bytes_field(&m, "range_end")?,
+                prev_kv: bool_field(&m, "prev_kv"),
+            };
+            let response = KvService { shared }.delete_range(request).await?;
+            let mut out = Map::new();
+            out.insert("header".into(), header_json(response.header));
+            put_int(&mut out, "deleted", response.deleted);
+            if !response.prev_kvs.is_empty() {
+                out.insert("prev_kvs".into(), Value::Array(response.prev_kvs.iter().map(kv_json).collect()));
+            }
+            Ok(Value::Object(out))
+        }
+        .await,
+    )
+}
+
+async fn kv_compact(State(shared): State<Arc<Shared>>, body: Body) -> Response {
+    respond(
+        async {
+            let m = parse(&body)?;
+            let request =
+                pb::CompactionRequest { revision: int_field(&m, &["revision"])?, physical: bool_field(&m, "physical") };
+            let response = KvService { shared }.compact(request).await?;
+            Ok(json!({"header": header_json(response.header)}))
+        }
+        .await,
+    )
+}
+
+async fn lease_grant(State(shared): State<Arc<Shared>>, body: Body) -> Response {
+    respond(
+        async {
+            let m = parse(&body)?;
+            let request =
+                pb::LeaseGrantRequest { ttl: int_field(&m, &["TTL", "ttl"])?, id: int_field(&m, &["ID", "id"])? };
+            let response = LeaseService { shared }.grant(request).await?;
+            Ok(json!({
+                "header": header_json(response.header),
+                "ID": response.id.to_string(),
+                "TTL": response.ttl.to_string(),
+            }))
+        }
+        .await,
+    )
+}
+
+async fn lease_revoke(State(shared): State<Arc<Shared>>, body: Body) -> Response {
+    respond(
+        async {
+            let m = parse(&body)?;
+            let request = pb::LeaseRevokeRequest { id: int_field(&m, &["ID", "id"])? };
+            let response = LeaseService { shared }.revoke(request).await?;
+            Ok(json!({"header": header_json(response.header)}))
+        }
+        .await,
+    )
+}
+
+async fn lease_ttl(State(shared): State<Arc<Shared>>, body: Body) -> Response {
+    respond(
+        async {
+            let m = parse(&body)?;
+            let request =
+                pb::LeaseTimeToLiveRequest { id: int_field(&m, &["ID", "id"])?, keys: bool_field(&m, "keys") };
+            let response = LeaseService { shared }.time_to_live(request).await?;
+            let keys: Vec<Value> = response.keys.iter().map(|k| Value::String(BASE64.encode(k))).collect();
+            Ok(json!({
+                "header": header_json(response.header),
+                "ID": response.id.to_string(),
+                "TTL": response.ttl.to_string(),
+                "grantedTTL": response.granted_ttl.to_string(),
+                "keys": keys,
+            }))
+        }
+        .await,
+    )
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> Response {
+    let response = MaintenanceService { shared }.status();
+    let mut out = Map::new();
+    out.insert("header".into(), header_json(response.header));
+    out.insert("version".into(), Value::String(response.version));
+    put_int(&mut out, "dbSize", response.db_size);
+    put_uint(&mut out, "leader", response.leader);
+    put_uint(&mut out, "raftIndex", response.raft_index);
+    put_uint(&mut out, "raftTerm", response.raft_term);
+    put_uint(&mut out, "raftAppliedIndex", response.raft_applied_index);
+    put_int(&mut out, "dbSizeInUse", response.db_size_in_use);
+    json_response(StatusCode::OK, Value::Object(out))
+}
+
+async fn member_list(State(shared): State<Arc<Shared>>) -> Response {
+    let members: Vec<Value> = ClusterService { shared: shared.clone() }
+        .members()
+        .into_iter()
+        .map(|m| {
+            json!({
+                "ID": m.id.to_string(),
+                "name": m.name,
+                "peerURLs": m.peer_ur_ls,
+                "clientURLs": m.client_ur_ls,
+            })
+        })
+        .collect();
+    let header = shared.header(shared.metrics.revision());
+    json_response(StatusCode::OK, json!({"header": header_json(Some(header)), "members": members}))
+}

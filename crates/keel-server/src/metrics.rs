@@ -1,0 +1,163 @@
+//! What the member exposes about itself: the raft view the API needs (leader, term, indexes)
+//! and the Prometheus metrics, under etcd's metric names where etcd has one.
+//!
+//! Written by the driver thread after each turn, read lock-free by request handlers.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds of etcd's `etcd_disk_wal_fsync_duration_seconds` buckets (0.001 · 2^k s).
+const FSYNC_BUCKETS: usize = 14;
+
+#[derive(Default)]
+pub struct Metrics {
+    pub leader: AtomicU64,
+    pub term: AtomicU64,
+    pub is_leader: AtomicU64,
+    pub commit_index: AtomicU64,
+    pub applied_index: AtomicU64,
+    pub revision: AtomicI64,
+    pub compacted_revision: AtomicI64,
+    pub leader_changes: AtomicU64,
+    pub proposals_committed: AtomicU64,
+    pub proposals_failed: AtomicU64,
+    pub db_size: AtomicI64,
+    pub keys: AtomicI64,
+    pub leases: AtomicI64,
+    pub watch_streams: AtomicI64,
+    pub watchers: AtomicI64,
+    fsync_buckets: [AtomicU64; FSYNC_BUCKETS],
+    fsync_count: AtomicU64,
+    fsync_sum_nanos: AtomicU64,
+}
+
+impl Metrics {
+    pub fn leader(&self) -> u64 {
+        self.leader.load(Relaxed)
+    }
+
+    pub fn term(&self) -> u64 {
+        self.term.load(Relaxed)
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.revision.load(Relaxed)
+    }
+
+    pub fn observe_fsync(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        for (k, bucket) in self.fsync_buckets.iter().enumerate() {
+            if seconds <= 0.001 * f64::from(1u32 << k) {
+                bucket.fetch_add(1, Relaxed);
+            }
+        }
+        self.fsync_count.fetch_add(1, Relaxed);
+        self.fsync_sum_nanos.fetch_add(took.as_nanos() as u64, Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut gauge = |name: &str, help: &str, kind: &str, value: String| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        };
+        let has_leader = u64::from(self.leader.load(Relaxed) != 0);
+        gauge(
+            "etcd_server_has_leader",
+            "Whether or not a leader exists. 1 is existence, 0 is not.",
+            "gauge",
+            has_leader.to_string(),
+        );
+        gauge(
+            "etcd_server_is_leader",
+            "Whether or not this member is a leader.",
+            "gauge",
+            self.is_leader.load(Relaxed).to_string(),
+        );
+        gauge(
+            "etcd_server_leader_changes_seen_total",
+            "The number of leader changes seen.",
+            "counter",
+            self.leader_changes.load(Relaxed).to_string(),
+        );
+        gauge(
+            "etcd_server_proposals_committed_total",
+            "The total number of consensus proposals committed.",
+            "gauge",
+            self.commit_index.load(Relaxed).to_string(),
+        );
+        gauge(
+            "etcd_server_proposals_applied_total",
+            "The total number of consensus proposals applied.",
+            "gauge",
+            self.applied_index.load(Relaxed).to_string(),
+        );
+        gauge(
+            "etcd_server_proposals_failed_total",
+            "The total number of failed proposals seen.",
+            "counter",
+            self.proposals_failed.load(Relaxed).to_string(),
+        );
+        gauge(
+            "etcd_mvcc_db_total_size_in_bytes",
+            "Total size of the underlying database in bytes.",
+            "gauge",
+            self.db_size.load(Relaxed).to_string(),
+        );
+        gauge(
+            "etcd_debugging_mvcc_current_revision",
+            "The current revision of store.",
+            "gauge",
+            self.revision.load(Relaxed).to_string(),
+        );
+        gauge(
+            "etcd_debugging_mvcc_compact_revision",
+            "The revision of the last compaction in store.",
+            "gauge",
+            self.compacted_revision.load(Relaxed).to_string(),
+        );
+        gauge("etcd_debugging_mvcc_keys_total", "Total number of keys.", "gauge", self.keys.load(Relaxed).to_string());
+        gauge("etcd_debugging_lease_total", "The number of leases.", "gauge", self.leases.load(Relaxed).to_string());
+        gauge(
+            "etcd_debugging_mvcc_watch_stream_total",
+            "Total number of watch streams.",
+            "gauge",
+            self.watch_streams.load(Relaxed).to_string(),
+        );
+        gauge(
+            "etcd_debugging_mvcc_watcher_total",
+            "Total number of watchers.",
+            "gauge",
+            self.watchers.load(Relaxed).to_string(),
+        );
+        let name = "etcd_disk_wal_fsync_duration_seconds";
+        let _ =
+            writeln!(out, "# HELP {name} The latency distributions of fsync called by WAL.\n# TYPE {name} histogram");
+        for (k, bucket) in self.fsync_buckets.iter().enumerate() {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {}", 0.001 * f64::from(1u32 << k), bucket.load(Relaxed));
+        }
+        let count = self.fsync_count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", self.fsync_sum_nanos.load(Relaxed) as f64 / 1e9);
+        let _ = writeln!(out, "{name}_count {count}");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fsync_histogram_buckets_are_cumulative() {
+        let metrics = Metrics::default();
+        metrics.observe_fsync(Duration::from_micros(500));
+        metrics.observe_fsync(Duration::from_millis(3));
+        let text = metrics.render();
+        assert!(text.contains("etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.001\"} 1\n"), "{text}");
+        assert!(text.contains("etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.004\"} 2\n"), "{text}");
+        assert!(text.contains("etcd_disk_wal_fsync_duration_seconds_count 2\n"), "{text}");
+        assert!(text.contains("etcd_server_has_leader 0\n"), "{text}");
+    }
+}

@@ -1,0 +1,302 @@
+//! `keel server`: one member, from etcd's flags to serving etcd's API.
+//!
+//! Threads: the node driver (raft, WAL, state machine) owns all replicated state; the peer
+//! transport has a sender thread per peer and a thread per incoming connection; client requests
+//! (gRPC and HTTP on the client URLs) run on a tokio runtime and reach the driver through one
+//! bounded queue.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keel_api::etcdserverpb::{
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use keel_api::tonic;
+use keel_codec::peer::PeerFrame;
+use keel_mvcc::{RedbBackend, Store, StoreOptions};
+use keel_node::{bootstrap, GroupWrite, Node, NodeConfig};
+use keel_raft::{Config, NodeId, RecoveredState};
+use keel_storage::{Disk, NodeStorage, RealDisk, StorageOptions};
+use thiserror::Error;
+
+use crate::api::cluster::ClusterService;
+use crate::api::kv::KvService;
+use crate::api::lease::LeaseService;
+use crate::api::maintenance::MaintenanceService;
+use crate::api::watch::WatchService;
+use crate::api::{MemberInfo, Shared};
+use crate::config::{ClusterState, PeerUrl, ServerConfig};
+use crate::driver::{persist, Driver, Input};
+use crate::hook::{Machine, ServerHook};
+use crate::metrics::Metrics;
+use crate::transport::{start_listener, Incoming, PeerSender};
+use crate::watch_hub::{HeaderBase, WatchHub};
+use crate::{http, ids, machine::MvccMachine};
+
+/// The one raft group today (multi-raft placement comes later).
+pub const GROUP: u64 = 1;
+/// Client requests queued for the driver before new ones are refused as "too many requests".
+const CLIENT_QUEUE_MAX: usize = 65_536;
+/// gRPC allows this much framing on top of `--max-request-bytes` (etcd's grpcOverheadBytes), so
+/// that an oversized request reaches the server's own check and gets etcd's message.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("storage: {0}")]
+    Storage(#[from] keel_storage::StorageError),
+    #[error("state machine: {0}")]
+    Mvcc(#[from] keel_mvcc::StorageError),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
+    let what = what.into();
+    move |source| ServerError::Io { what, source }
+}
+
+/// Resolves a URL's host, preferring IPv4 (as Go's resolver does for "localhost").
+fn resolve(url: &PeerUrl) -> Result<SocketAddr, ServerError> {
+    let addrs: Vec<SocketAddr> =
+        (url.host.as_str(), url.port).to_socket_addrs().map_err(io(format!("resolve {url}")))?.collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| ServerError::Config(format!("{url} resolves to no address")))
+}
+
+/// Who is in the cluster, as configured.
+pub struct Membership {
+    pub me: u64,
+    pub cluster_id: u64,
+    pub members: BTreeMap<u64, MemberInfo>,
+    pub peer_addrs: BTreeMap<NodeId, SocketAddr>,
+}
+
+pub fn membership(config: &ServerConfig) -> Result<Membership, ServerError> {
+    let token = &config.initial_cluster_token;
+    let mut members = BTreeMap::new();
+    let mut peer_addrs = BTreeMap::new();
+    for (name, urls) in &config.initial_cluster {
+        let id = ids::member_id(token, name, urls);
+        let client_urls = if *name == config.name {
+            config.advertise_client_urls.iter().map(ToString::to_string).collect()
+        } else {
+            Vec::new() // learned from the member's own hello
+        };
+        members.insert(
+            id,
+            MemberInfo {
+                id,
+                name: name.clone(),
+                peer_urls: urls.iter().map(ToString::to_string).collect(),
+                client_urls,
+            },
+        );
+        peer_addrs.insert(id, resolve(&urls[0])?);
+    }
+    let me = members
+        .values()
+        .find(|m| m.name == config.name)
+        .map(|m| m.id)
+        .ok_or_else(|| ServerError::Config(format!("--name {} is not in --initial-cluster", config.name)))?;
+    let ids: Vec<u64> = members.keys().copied().collect();
+    Ok(Membership { me, cluster_id: ids::cluster_id(token, &ids), members, peer_addrs })
+}
+
+/// Opens (or bootstraps) this member's WAL and store and builds its node.
+fn open_node(
+    config: &ServerConfig,
+    dir: &Path,
+    me: u64,
+    voters: &[u64],
+) -> Result<(Node<Machine>, NodeStorage), ServerError> {
+    let wal_dir = dir.join("wal");
+    std::fs::create_dir_all(&wal_dir).map_err(io(format!("create {}", wal_dir.display())))?;
+    let disk: Arc<dyn Disk> = Arc::new(RealDisk::new(&wal_dir));
+    let (mut storage, mut groups, recovery) = NodeStorage::open(disk, StorageOptions::new())?;
+    tracing::info!(?recovery, "write-ahead log recovered");
+    let mut state = match groups.remove(&GROUP) {
+        Some(group) => group.raft_state(),
+        None => {
+            if config.initial_cluster_state == ClusterState::Existing {
+                return Err(ServerError::Config(
+                    "--initial-cluster-state existing with an empty data dir: joining a running cluster \
+                     (after MemberAdd) is not supported yet"
+                        .into(),
+                ));
+            }
+            let (hard_state, entries) = bootstrap(voters);
+            persist(
+                &mut storage,
+                &[GroupWrite {
+                    group: GROUP,
+                    hard_state: Some(hard_state),
+                    entries: entries.clone(),
+                    ..Default::default()
+                }],
+            )?;
+            RecoveredState { hard_state, entries, ..Default::default() }
+        }
+    };
+    let db_path = dir.join("db.redb");
+    let backend = RedbBackend::open(&db_path)?;
+    let store = Store::open(backend, StoreOptions::default())?;
+    // The store's durable applied index: raft hands out only what comes after it.
+    state.applied = state.applied.max(store.durable_applied_index());
+    let mut node_config = NodeConfig::new(me);
+    node_config.snapshot_interval_entries = config.snapshot_count.max(1);
+    let mut node = Node::new(node_config);
+    let mut raft = Config::new(me, GROUP);
+    raft.election_ticks =
+        u32::try_from(config.election_timeout_ms / config.heartbeat_interval_ms.max(1)).unwrap_or(u32::MAX).max(2);
+    node.add_group(raft, state, MvccMachine::new(store))
+        .map_err(|error| ServerError::Config(format!("raft refused the recovered state: {error}")))?;
+    Ok((node, storage))
+}
+
+/// Runs the member until Ctrl-C or SIGTERM.
+pub fn run(config: ServerConfig) -> Result<(), ServerError> {
+    let membership = membership(&config)?;
+    let me = membership.me;
+    let dir = PathBuf::from(&config.data_dir).join("member");
+    std::fs::create_dir_all(&dir).map_err(io(format!("create data dir {}", dir.display())))?;
+    let voters: Vec<u64> = membership.members.keys().copied().collect();
+    let (node, storage) = open_node(&config, &dir, me, &voters)?;
+
+    let metrics = Arc::new(Metrics::default());
+    let base = HeaderBase { cluster_id: membership.cluster_id, member_id: me };
+    let hub = Arc::new(Mutex::new(WatchHub::new(base)));
+    let members = Arc::new(Mutex::new(membership.members.clone()));
+    let (inputs, receiver) = mpsc::sync_channel::<Input<Machine, ServerHook>>(CLIENT_QUEUE_MAX);
+
+    // Peers.
+    let peer_listen = resolve(&config.listen_peer_urls[0])?;
+    let listener = TcpListener::bind(peer_listen).map_err(io(format!("listen on peer URL {peer_listen}")))?;
+    let attributes = PeerFrame::Attributes {
+        name: config.name.clone(),
+        client_urls: config.advertise_client_urls.iter().map(ToString::to_string).collect(),
+    };
+    let peers = PeerSender::start_with(membership.cluster_id, me, &membership.peer_addrs, Some(attributes));
+    let peer_inputs = inputs.clone();
+    let peer_members = members.clone();
+    let known: Vec<u64> = voters.clone();
+    start_listener(
+        listener,
+        membership.cluster_id,
+        me,
+        Arc::new(move |id| known.contains(&id)),
+        Arc::new(move |incoming| match incoming {
+            Incoming::Frame { from, frame: PeerFrame::Attributes { client_urls, .. } } => {
+                if let Some(member) = peer_members.lock().expect("members lock").get_mut(&from) {
+                    member.client_urls = client_urls;
+                }
+            }
+            // Blocking: a saturated driver slows its peers down rather than dropping their
+            // messages.
+            incoming => drop(peer_inputs.send(Input::Peer(incoming))),
+        }),
+    );
+
+    // The driver.
+    let hook = ServerHook::new(GROUP, hub.clone(), metrics.clone(), dir.join("db.redb"));
+    let tick = Duration::from_millis(config.heartbeat_interval_ms.max(1));
+    let driver = Driver::new(node, storage, receiver, Box::new(move |out| peers.send_out(out)), hook, tick);
+    std::thread::Builder::new()
+        .name("keel-driver".into())
+        .spawn(move || {
+            if let Err(error) = driver.run() {
+                // What could not be made durable must not be acknowledged: stop the member.
+                tracing::error!(%error, "storage failed; stopping this member");
+                std::process::exit(1);
+            }
+        })
+        .map_err(io("spawn the driver thread"))?;
+
+    let election_ms = config.election_timeout_ms as i64;
+    let shared = Arc::new(Shared {
+        inputs,
+        group: GROUP,
+        cluster_id: membership.cluster_id,
+        member_id: me,
+        members,
+        max_request_bytes: usize::try_from(config.max_request_bytes).unwrap_or(usize::MAX),
+        max_txn_ops: usize::try_from(config.max_txn_ops).unwrap_or(usize::MAX),
+        // etcd: 1.5 election timeouts, in whole seconds, rounded up.
+        min_lease_ttl: (3 * election_ms / 2 + 999) / 1000,
+        hub,
+        metrics,
+    });
+
+    tracing::info!(
+        name = %config.name,
+        id = %format!("{me:016x}"),
+        cluster_id = %format!("{:016x}", membership.cluster_id),
+        client_urls = %join(&config.listen_client_urls),
+        peer_urls = %join(&config.listen_peer_urls),
+        data_dir = %config.data_dir,
+        cluster_state = ?config.initial_cluster_state,
+        "keel member starting"
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("keel-api")
+        .build()
+        .map_err(io("start the async runtime"))?;
+    runtime.block_on(serve_clients(config, shared))
+}
+
+fn join(urls: &[PeerUrl]) -> String {
+    urls.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+}
+
+async fn serve_clients(config: ServerConfig, shared: Arc<Shared>) -> Result<(), ServerError> {
+    let max_message = shared.max_request_bytes.saturating_add(GRPC_OVERHEAD_BYTES);
+    let (reporter, health) = keel_api::tonic_health::server::health_reporter();
+    reporter.set_service_status("", keel_api::tonic_health::ServingStatus::Serving).await;
+    let routes = tonic::service::Routes::new(health)
+        .add_service(KvServer::new(KvService { shared: shared.clone() }).max_decoding_message_size(max_message))
+        .add_service(WatchServer::new(WatchService { shared: shared.clone() }).max_decoding_message_size(max_message))
+        .add_service(LeaseServer::new(LeaseService { shared: shared.clone() }).max_decoding_message_size(max_message))
+        .add_service(ClusterServer::new(ClusterService { shared: shared.clone() }))
+        .add_service(MaintenanceServer::new(MaintenanceService { shared: shared.clone() }));
+    let app = routes.into_axum_router().merge(http::router(shared.clone()));
+
+    let mut servers = Vec::new();
+    for url in &config.listen_client_urls {
+        let addr = resolve(url)?;
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(io(format!("listen on client URL {url}")))?;
+        let app = app.clone();
+        servers.push(tokio::spawn(async move { axum::serve(listener, app).await }));
+    }
+    tracing::info!(name = %config.name, "serving clients");
+    shutdown_signal().await;
+    tracing::info!(name = %config.name, "stopping (everything acknowledged is durable)");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,270 @@
+//! Watchers, and the fan-out of applied events to them.
+//!
+//! The driver thread publishes each turn's events ([`WatchHub::publish`]) with `try_send` into
+//! each watch stream's bounded channel. A stream whose client reads too slowly fills its channel;
+//! its watchers are then marked *lagging* and skipped, so a slow watcher never blocks writes or
+//! other watchers. A lagging watcher catches up from the store's history in bounded batches
+//! ([`WatchHub::catch_up`], run on the driver thread, so no event can slip in between the history
+//! it reads and the live events it rejoins), exactly as a watcher that starts from a past
+//! revision does.
+
+use std::collections::BTreeMap;
+
+use keel_api::etcdserverpb::{ResponseHeader, WatchResponse};
+use keel_api::tonic::Status;
+use keel_mvcc::{Backend, Event, EventKind, MvccError, Store};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::mpsc::Sender;
+
+use crate::convert;
+
+/// Responses queued per watch stream before its watchers count as lagging.
+pub const STREAM_QUEUE_MAX: usize = 256;
+/// Most events read from history for one watcher in one catch-up step.
+const CATCH_UP_EVENTS_MAX: usize = 1_000;
+/// Most watchers on one stream.
+pub const WATCHERS_PER_STREAM_MAX: usize = 10_000;
+
+pub type StreamId = u64;
+pub type WatchSender = Sender<Result<WatchResponse, Status>>;
+
+#[derive(Clone, Debug)]
+pub struct WatchSpec {
+    pub key: Vec<u8>,
+    pub range_end: Vec<u8>,
+    pub prev_kv: bool,
+    pub no_put: bool,
+    pub no_delete: bool,
+    pub progress_notify: bool,
+}
+
+impl WatchSpec {
+    /// etcd's range conventions: no end = the key alone; end "\0" = every key from `key` on.
+    fn covers(&self, key: &[u8]) -> bool {
+        if self.range_end.is_empty() {
+            key == self.key.as_slice()
+        } else if self.range_end == b"\0" {
+            key >= self.key.as_slice()
+        } else {
+            key >= self.key.as_slice() && key < self.range_end.as_slice()
+        }
+    }
+
+    fn wants(&self, event: &Event) -> bool {
+        let filtered = match event.kind {
+            EventKind::Put => self.no_put,
+            EventKind::Delete => self.no_delete,
+        };
+        !filtered && self.covers(&event.kv.key)
+    }
+}
+
+struct Watcher {
+    spec: WatchSpec,
+    /// The first revision this watcher has not been sent yet.
+    next_revision: i64,
+    /// Behind the live events: catches up from history before it gets live events again.
+    lagging: bool,
+}
+
+struct Stream {
+    sender: WatchSender,
+    watchers: BTreeMap<i64, Watcher>,
+}
+
+/// Header fields that do not change per response.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HeaderBase {
+    pub cluster_id: u64,
+    pub member_id: u64,
+}
+
+#[derive(Default)]
+pub struct WatchHub {
+    base: HeaderBase,
+    streams: BTreeMap<StreamId, Stream>,
+    next_stream: StreamId,
+    /// The store's revision as of the last publish.
+    revision: i64,
+    compacted: i64,
+    raft_term: u64,
+}
+
+pub enum Created {
+    Ok,
+    /// The start revision is compacted; the watcher was not created (etcd answers "created",
+    /// then cancels with the compact revision).
+    Compacted(i64),
+}
+
+impl WatchHub {
+    pub fn new(base: HeaderBase) -> WatchHub {
+        WatchHub { base, ..WatchHub::default() }
+    }
+
+    pub fn header(&self) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.base.cluster_id,
+            member_id: self.base.member_id,
+            revision: self.revision,
+            raft_term: self.raft_term,
+        }
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    pub fn open_stream(&mut self, sender: WatchSender) -> StreamId {
+        self.next_stream += 1;
+        self.streams.insert(self.next_stream, Stream { sender, watchers: BTreeMap::new() });
+        self.next_stream
+    }
+
+    pub fn close_stream(&mut self, stream: StreamId) {
+        self.streams.remove(&stream);
+    }
+
+    /// Adds a watcher from `start_revision` (0 = from the next change on).
+    pub fn create(&mut self, stream: StreamId, watch_id: i64, spec: WatchSpec, start_revision: i64) -> Created {
+        if start_revision > 0 && start_revision <= self.compacted {
+            return Created::Compacted(self.compacted);
+        }
+        let (next_revision, lagging) = if start_revision <= 0 || start_revision > self.revision {
+            (start_revision.max(self.revision + 1), false)
+        } else {
+            (start_revision, true)
+        };
+        if let Some(stream) = self.streams.get_mut(&stream) {
+            stream.watchers.insert(watch_id, Watcher { spec, next_revision, lagging });
+        }
+        Created::Ok
+    }
+
+    pub fn has_watcher(&self, stream: StreamId, watch_id: i64) -> bool {
+        self.streams.get(&stream).is_some_and(|s| s.watchers.contains_key(&watch_id))
+    }
+
+    pub fn watcher_count(&self, stream: StreamId) -> usize {
+        self.streams.get(&stream).map_or(0, |s| s.watchers.len())
+    }
+
+    pub fn cancel(&mut self, stream: StreamId, watch_id: i64) -> bool {
+        self.streams.get_mut(&stream).is_some_and(|s| s.watchers.remove(&watch_id).is_some())
+    }
+
+    pub fn is_lagging(&self, stream: StreamId) -> bool {
+        self.streams.get(&stream).is_some_and(|s| s.watchers.values().any(|w| w.lagging))
+    }
+
+    /// Watchers of `stream` that asked for progress notifications and are caught up.
+    pub fn progress_watchers(&self, stream: StreamId) -> Vec<i64> {
+        self.streams.get(&stream).map_or_else(Vec::new, |s| {
+            s.watchers.iter().filter(|(_, w)| w.spec.progress_notify && !w.lagging).map(|(&id, _)| id).collect()
+        })
+    }
+
+    /// One turn's applied events (in revision order), with the store's revision after them.
+    pub fn publish(&mut self, events: &[Event], revision: i64, compacted: i64, raft_term: u64) {
+        self.revision = revision;
+        self.compacted = compacted;
+        self.raft_term = raft_term;
+        let header = self.header();
+        let mut closed = Vec::new();
+        for (&stream_id, stream) in self.streams.iter_mut() {
+            for (&watch_id, watcher) in stream.watchers.iter_mut() {
+                if watcher.lagging {
+                    continue;
+                }
+                let picked: Vec<_> = events
+                    .iter()
+                    .filter(|e| e.kv.mod_revision >= watcher.next_revision && watcher.spec.wants(e))
+                    .map(|e| to_wire(e, watcher.spec.prev_kv))
+                    .collect();
+                if !picked.is_empty() {
+                    let response =
+                        WatchResponse { header: Some(header), watch_id, events: picked, ..Default::default() };
+                    match stream.sender.try_send(Ok(response)) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(_)) => {
+                            watcher.lagging = true;
+                            continue;
+                        }
+                        Err(TrySendError::Closed(_)) => {
+                            closed.push(stream_id);
+                            break;
+                        }
+                    }
+                }
+                watcher.next_revision = watcher.next_revision.max(revision + 1);
+            }
+        }
+        for stream in closed {
+            self.streams.remove(&stream);
+        }
+    }
+
+    /// Moves every lagging watcher of `stream` forward from history, one bounded batch each.
+    /// Run on the driver thread (between publishes). A watcher whose history is compacted away
+    /// gets etcd's compacted response and is removed.
+    pub fn catch_up<B: Backend>(&mut self, stream_id: StreamId, store: &Store<B>) {
+        let header = self.header();
+        let current = store.current_revision();
+        let Some(stream) = self.streams.get_mut(&stream_id) else { return };
+        let mut removed = Vec::new();
+        for (&watch_id, watcher) in stream.watchers.iter_mut().filter(|(_, w)| w.lagging) {
+            let batch = store.events_batch(
+                watcher.next_revision,
+                &watcher.spec.key,
+                &watcher.spec.range_end,
+                CATCH_UP_EVENTS_MAX,
+                watcher.spec.prev_kv,
+            );
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(MvccError::Compacted) => {
+                    let response = compacted_response(header, watch_id, store.compacted_revision());
+                    if stream.sender.try_send(Ok(response)).is_ok() {
+                        removed.push(watch_id);
+                    }
+                    continue;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "watch catch-up could not read history");
+                    continue;
+                }
+            };
+            let picked: Vec<_> = batch
+                .events
+                .iter()
+                .filter(|e| watcher.spec.wants(e))
+                .map(|e| to_wire(e, watcher.spec.prev_kv))
+                .collect();
+            if !picked.is_empty() {
+                let response = WatchResponse { header: Some(header), watch_id, events: picked, ..Default::default() };
+                if stream.sender.try_send(Ok(response)).is_err() {
+                    continue; // still full: try again on the next step
+                }
+            }
+            watcher.next_revision = batch.next_revision;
+            if watcher.next_revision > current {
+                watcher.lagging = false;
+            }
+        }
+        for watch_id in removed {
+            stream.watchers.remove(&watch_id);
+        }
+    }
+}
+
+pub fn compacted_response(header: ResponseHeader, watch_id: i64, compact_revision: i64) -> WatchResponse {
+    WatchResponse { header: Some(header), watch_id, canceled: true, compact_revision, ..Default::default() }
+}
+
+fn to_wire(event: &Event, with_prev_kv: bool) -> keel_api::mvccpb::Event {
+    let mut event = event.clone();
+    if !with_prev_kv {
+        event.prev_kv = None;
+    }
+    convert::event(event)
+}

@@ -1,0 +1,164 @@
+//! `keel playground`: a local 3-member cluster on etcd's usual loopback ports, for trying keel.
+//!
+//! Member 1 listens on 127.0.0.1:2379, so a bare `etcdctl` talks to it. Each member is a real
+//! `keel server` process started from exactly the flags one would give etcd; data lives under
+//! `./keel-data` (so a second run resumes with it), logs in `./keel-data/<name>.log`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+const MEMBERS: [(&str, u16, u16); 3] = [("m1", 2379, 2380), ("m2", 22379, 22380), ("m3", 32379, 32380)];
+const READY_WAIT: Duration = Duration::from_secs(30);
+
+struct Options {
+    dir: PathBuf,
+}
+
+fn parse(args: &[String]) -> anyhow::Result<Options> {
+    let mut options = Options { dir: PathBuf::from("keel-data") };
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--dir" | "--data-dir" => {
+                i += 1;
+                options.dir = PathBuf::from(args.get(i).context("--dir needs a value")?);
+            }
+            other => bail!("unknown playground flag {other} (usage: keel playground [--dir DIR])"),
+        }
+        i += 1;
+    }
+    Ok(options)
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let options = parse(args)?;
+    std::fs::create_dir_all(&options.dir).with_context(|| format!("create {}", options.dir.display()))?;
+    let exe = std::env::current_exe().context("find the keel binary")?;
+    let cluster =
+        MEMBERS.iter().map(|(name, _, peer)| format!("{name}=http://127.0.0.1:{peer}")).collect::<Vec<_>>().join(",");
+    let resuming = options.dir.join("m1").exists();
+    let mut children: Vec<Child> = Vec::new();
+    for (name, client, peer) in MEMBERS {
+        let log_path = options.dir.join(format!("{name}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("open {}", log_path.display()))?;
+        let child = Command::new(&exe)
+            .arg("server")
+            .args(["--name", name])
+            .args(["--data-dir", &options.dir.join(name).to_string_lossy()])
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-cluster", &cluster])
+            .args(["--initial-cluster-token", "keel-playground"])
+            .args(["--initial-cluster-state", "new"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start member {name}"))?;
+        children.push(child);
+    }
+    let result = wait_ready(&mut children);
+    if let Err(error) = result {
+        stop(&mut children);
+        return Err(error);
+    }
+    let endpoints = MEMBERS.iter().map(|(_, c, _)| format!("127.0.0.1:{c}")).collect::<Vec<_>>().join(",");
+    println!(
+        "keel playground: 3 members {} (data in {}, logs in {}/m*.log)",
+        if resuming { "resumed" } else { "started" },
+        options.dir.display(),
+        options.dir.display()
+    );
+    for (name, client, peer) in MEMBERS {
+        println!("  {name}: client http://127.0.0.1:{client}  peer http://127.0.0.1:{peer}");
+    }
+    println!();
+    println!("try, in another terminal:");
+    println!("  etcdctl --endpoints={endpoints} put greeting hello");
+    println!("  etcdctl --endpoints={endpoints} get greeting");
+    println!("  etcdctl --endpoints={endpoints} endpoint status -w table");
+    println!("  curl -s http://127.0.0.1:2379/metrics | grep etcd_server_has_leader");
+    println!();
+    println!("Ctrl-C stops the cluster; run `keel playground` again to resume with the same data.");
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let exited = runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut poll = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok::<_, std::io::Error>(None),
+                _ = term.recv() => return Ok(None),
+                _ = poll.tick() => {
+                    for (i, child) in children.iter_mut().enumerate() {
+                        if let Some(status) = child.try_wait()? {
+                            return Ok(Some((MEMBERS[i].0, status)));
+                        }
+                    }
+                }
+            }
+        }
+    })?;
+    stop(&mut children);
+    match exited {
+        None => {
+            println!("keel playground stopped; data kept in {}", options.dir.display());
+            Ok(())
+        }
+        Some((name, status)) => {
+            bail!("member {name} exited ({status}); see {}/{name}.log", options.dir.display())
+        }
+    }
+}
+
+/// Waits until every member answers `/health` with a leader.
+fn wait_ready(children: &mut [Child]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_WAIT;
+    let mut ready = [false; MEMBERS.len()];
+    while !ready.iter().all(|r| *r) {
+        for (i, (name, client, _)) in MEMBERS.iter().enumerate() {
+            if let Some(status) = children[i].try_wait()? {
+                bail!("member {name} exited during startup ({status}); see its log");
+            }
+            ready[i] = ready[i] || healthy(*client);
+        }
+        if Instant::now() > deadline {
+            bail!("the members did not elect a leader within {READY_WAIT:?}; see their logs");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// A plain HTTP/1.1 GET of /health: no client library needed.
+pub fn healthy(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let request = format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.starts_with("HTTP/1.1 200") && response.contains("\"health\":\"true\"")
+}
+
+fn stop(children: &mut [Child]) {
+    // Everything a member acknowledged is already durable; stopping it needs no ceremony.
+    for child in children.iter_mut() {
+        let _ = child.kill();
+    }
+    for child in children.iter_mut() {
+        let _ = child.wait();
+    }
+}
