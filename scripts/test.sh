@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The integration tests drive real keel processes with the `etcd-client` crate, whose build
+# needs a system protoc (keel's own protobuf code does not: it uses protoc-bin-vendored).
+scripts/install-deps.sh protoc
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 scripts/check-layers.sh

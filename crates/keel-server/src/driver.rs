@@ -81,6 +81,8 @@ enum Waiter<S: StateMachine> {
 /// A proposal sent to the leader, waiting for the slot it took.
 struct Forwarding<S: StateMachine> {
     group: GroupId,
+    /// The member it was sent to.
+    to: NodeId,
     data: Bytes,
     reply: Reply<S::Response>,
     deadline: Instant,
@@ -172,6 +174,7 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
                 }
             }
             self.turn()?;
+            self.abandon_forwards_to_former_leaders();
             let mut proposals = Vec::new();
             self.hook.after_turn(&mut self.node, Instant::now(), &mut proposals);
             if !proposals.is_empty() {
@@ -223,7 +226,7 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
                 let frame = PeerFrame::Forward { group, request: id, data: data.clone() };
                 (self.send)(Outgoing::Frame { to: leader, frame });
                 let deadline = Instant::now() + self.tick * FORWARD_TIMEOUT_TICKS;
-                self.forwarding.insert(id, Forwarding { group, data, reply, deadline, hops: hops + 1 });
+                self.forwarding.insert(id, Forwarding { group, to: leader, data, reply, deadline, hops: hops + 1 });
             }
             Err(error) => reply(Err(RequestError::Refused(error))),
         }
@@ -270,6 +273,27 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
                 }
             }
             PeerFrame::Hello { .. } | PeerFrame::Messages(_) | PeerFrame::Attributes { .. } => {}
+        }
+    }
+
+    /// A proposal forwarded to a member that no longer leads (it died, or lost an election) may
+    /// never be answered: tell the client now rather than at the timeout, so it retries against
+    /// the new leader. Its outcome is unknown (the old leader may have replicated it), so it is
+    /// never re-sent on the client's behalf.
+    fn abandon_forwards_to_former_leaders(&mut self) {
+        if self.forwarding.is_empty() {
+            return;
+        }
+        let node = &self.node;
+        let abandoned: Vec<RequestId> = self
+            .forwarding
+            .iter()
+            .filter(|(_, f)| node.status(f.group).is_some_and(|s| s.leader != f.to))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in abandoned {
+            let forwarding = self.forwarding.remove(&id).expect("listed above");
+            (forwarding.reply)(Err(RequestError::Timeout));
         }
     }
 

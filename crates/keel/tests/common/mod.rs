@@ -1,0 +1,207 @@
+//! Real `keel server` processes on 127.0.0.1 for the integration tests: started from etcd's
+//! flags, killed with SIGKILL, restarted on their data.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use etcd_client::Client;
+
+/// Test timing: 50 ms heartbeats, 500 ms election timeout (etcd's ratio, 2× faster), so
+/// failovers in tests take a fraction of a second rather than two.
+pub const HEARTBEAT_MS: u64 = 50;
+pub const ELECTION_MS: u64 = 500;
+
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub child: Option<Child>,
+}
+
+impl Member {
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub members: Vec<Member>,
+    token: String,
+}
+
+fn free_port() -> u16 {
+    // Bound and released at once: another process could take it in between, which the
+    // readiness wait would then report.
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+impl Cluster {
+    pub fn start(name: &str, size: usize) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("keel-it-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test dir");
+        let members = (0..size)
+            .map(|i| Member {
+                name: format!("m{}", i + 1),
+                client_port: free_port(),
+                peer_port: free_port(),
+                child: None,
+            })
+            .collect();
+        let mut cluster = Cluster { dir, members, token: format!("keel-it-{name}") };
+        for i in 0..size {
+            cluster.spawn(i);
+        }
+        cluster.wait_ready();
+        cluster
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts member `i` (again) with etcd's flags on its data dir.
+    pub fn spawn(&mut self, i: usize) {
+        let cluster = self.initial_cluster();
+        let member = &self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{}.log", member.name)))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .arg("server")
+            .args(["--name", &member.name])
+            .args(["--data-dir", &self.dir.join(&member.name).to_string_lossy()])
+            .args(["--listen-client-urls", &member.endpoint()])
+            .args(["--advertise-client-urls", &member.endpoint()])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", member.peer_port)])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{}", member.peer_port)])
+            .args(["--initial-cluster", &cluster])
+            .args(["--initial-cluster-token", &self.token])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--heartbeat-interval", &HEARTBEAT_MS.to_string()])
+            .args(["--election-timeout", &ELECTION_MS.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start keel server");
+        self.members[i].child = Some(child);
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            child.kill().expect("kill -9");
+            child.wait().expect("reap");
+        }
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().filter(|m| m.child.is_some()).map(Member::endpoint).collect()
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{}.log", self.members[i].name))).unwrap_or_default()
+    }
+
+    /// Waits until every running member reports a leader.
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for (i, member) in self.members.iter().enumerate().filter(|(_, m)| m.child.is_some()) {
+            while !healthy(member.client_port) {
+                assert!(
+                    Instant::now() < deadline,
+                    "member {} never became healthy; log:\n{}",
+                    member.name,
+                    self.log(i)
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    pub async fn client(&self, i: usize) -> Client {
+        Client::connect([self.members[i].endpoint()], None).await.expect("connect")
+    }
+
+    /// The index of the member every running member agrees leads.
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut leaders = Vec::new();
+            for (i, member) in self.members.iter().enumerate().filter(|(_, m)| m.child.is_some()) {
+                if let Ok(mut client) = Client::connect([member.endpoint()], None).await {
+                    if let Ok(status) = client.status().await {
+                        leaders.push((i, status.leader(), status.header().map_or(0, |h| h.member_id())));
+                    }
+                }
+            }
+            let ids: Vec<u64> = leaders.iter().map(|l| l.1).collect();
+            if !ids.is_empty() && ids[0] != 0 && ids.iter().all(|&id| id == ids[0]) {
+                if let Some(&(i, _, _)) = leaders.iter().find(|l| l.2 == ids[0]) {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no agreed leader: {leaders:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn member_id(&self, i: usize) -> u64 {
+        let mut client = self.client(i).await;
+        client.status().await.expect("status").header().expect("header").member_id()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill9(i);
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub fn healthy(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let request = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.starts_with("HTTP/1.1 200")
+}
+
+/// Retries `op` until it succeeds (clients retry through elections too); panics after 20 s.
+pub async fn eventually<T, F, Fut>(what: &str, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match op().await {
+            Ok(value) => return value,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "{what}: still failing after 20 s: {error}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! etcd's API on a real 3-member keel cluster, driven by the Rust `etcd-client` crate exactly as
+//! an application would drive etcd.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, Cluster};
+use etcd_client::{
+    Compare, CompareOp, EventType, GetOptions, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
+    WatchOptions,
+};
+
+fn grpc_message(error: etcd_client::Error) -> (etcd_client::Error, String) {
+    let message = match &error {
+        etcd_client::Error::GRpcStatus(status) => status.message().to_string(),
+        other => other.to_string(),
+    };
+    (error, message)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_and_txn_work_through_every_member_with_etcds_errors() {
+    let cluster = Cluster::start("kv", 3);
+    let mut c1 = cluster.client(0).await;
+    let first = eventually("first put", || {
+        let mut c = c1.clone();
+        async move { c.put("/kv/a", "1", None).await }
+    })
+    .await;
+    let rev_a = first.header().expect("header").revision();
+    assert!(rev_a >= 2, "the first write takes revision 2 or later");
+    // Writes through followers are forwarded to the leader; reads on every member are
+    // linearizable, so each sees every write acknowledged before it.
+    for i in 0..3 {
+        let mut c = cluster.client(i).await;
+        let put = c.put(format!("/kv/m{i}"), format!("v{i}"), None).await.expect("put through member");
+        let got = c.get("/kv/", Some(GetOptions::new().with_prefix())).await.expect("prefix get");
+        assert_eq!(got.count(), i as i64 + 2, "member {i} sees every earlier write");
+        assert_eq!(got.header().expect("header").revision(), put.header().expect("header").revision());
+        let header = got.header().expect("header");
+        assert_ne!(header.cluster_id(), 0);
+        assert_ne!(header.member_id(), 0);
+        assert!(header.raft_term() >= 1);
+    }
+    // prev_kv and delete.
+    let put = c1.put("/kv/a", "2", Some(PutOptions::new().with_prev_key())).await.expect("put");
+    assert_eq!(put.prev_key().expect("prev kv").value(), b"1");
+    let deleted = c1.delete("/kv/m0", None).await.expect("delete");
+    assert_eq!(deleted.deleted(), 1);
+
+    // Txn: compare-and-swap, both branches.
+    let cas = |expect: &str, new: &str| {
+        Txn::new()
+            .when([Compare::value("/kv/a", CompareOp::Equal, expect)])
+            .and_then([TxnOp::put("/kv/a", new, None)])
+            .or_else([TxnOp::get("/kv/a", None)])
+    };
+    let won = c1.txn(cas("2", "3")).await.expect("txn");
+    assert!(won.succeeded());
+    let lost = c1.txn(cas("2", "4")).await.expect("txn");
+    assert!(!lost.succeeded());
+    match &lost.op_responses()[..] {
+        [TxnOpResponse::Get(get)] => assert_eq!(get.kvs()[0].value(), b"3"),
+        other => panic!("the failure branch's get: {other:?}"),
+    }
+
+    // Old revisions, compaction, and etcd's errors for compacted and future revisions.
+    let old = c1.get("/kv/a", Some(GetOptions::new().with_revision(rev_a))).await.expect("old revision");
+    assert_eq!(old.kvs()[0].value(), b"1");
+    let now = c1.get("/kv/a", None).await.expect("get").header().expect("header").revision();
+    c1.compact(now, None).await.expect("compact");
+    let (_, message) = grpc_message(c1.get("/kv/a", Some(GetOptions::new().with_revision(rev_a))).await.unwrap_err());
+    assert_eq!(message, "etcdserver: mvcc: required revision has been compacted");
+    let (_, message) =
+        grpc_message(c1.get("/kv/a", Some(GetOptions::new().with_revision(now + 1000))).await.unwrap_err());
+    assert_eq!(message, "etcdserver: mvcc: required revision is a future revision");
+
+    // Limits: refused whole, nothing written.
+    let big = vec![b'x'; 1_600_000];
+    let (_, message) = grpc_message(c1.put("/kv/big", big, None).await.unwrap_err());
+    assert_eq!(message, "etcdserver: request is too large");
+    let ops: Vec<TxnOp> = (0..129).map(|i| TxnOp::put(format!("/kv/many/{i}"), "x", None)).collect();
+    let (_, message) = grpc_message(c1.txn(Txn::new().and_then(ops)).await.unwrap_err());
+    assert_eq!(message, "etcdserver: too many operations in txn request");
+    let none = c1.get("/kv/many/", Some(GetOptions::new().with_prefix().with_count_only())).await.expect("get");
+    assert_eq!(none.count(), 0, "a refused txn wrote nothing");
+    assert_eq!(c1.get("/kv/big", None).await.expect("get").count(), 0);
+    let (_, message) =
+        grpc_message(c1.put("/kv/leased", "x", Some(PutOptions::new().with_lease(12345))).await.unwrap_err());
+    assert_eq!(message, "etcdserver: requested lease not found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_sees_live_events_and_replays_history_from_a_past_revision() {
+    let cluster = Cluster::start("watch", 3);
+    let mut writer = cluster.client(0).await;
+    let first = eventually("first put", || {
+        let mut c = writer.clone();
+        async move { c.put("/w/a", "1", None).await }
+    })
+    .await
+    .header()
+    .expect("header")
+    .revision();
+
+    // A live watch on a follower-or-leader, with prev_kv.
+    let mut watcher = cluster.client(1).await;
+    let mut stream =
+        watcher.watch("/w/", Some(WatchOptions::new().with_prefix().with_prev_key())).await.expect("watch");
+    let created = stream.message().await.expect("stream").expect("created response");
+    assert!(created.created());
+    writer.put("/w/a", "2", None).await.expect("put");
+    writer.delete("/w/a", None).await.expect("delete");
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let response = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("events arrive")
+            .expect("stream")
+            .expect("response");
+        for event in response.events() {
+            let kv = event.kv().expect("kv");
+            let prev = event.prev_kv().map(|p| p.value().to_vec());
+            seen.push((event.event_type(), kv.value().to_vec(), prev));
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (EventType::Put, b"2".to_vec(), Some(b"1".to_vec())),
+            (EventType::Delete, Vec::new(), Some(b"2".to_vec()))
+        ]
+    );
+
+    // From a past revision: history first, in order, then live.
+    let mut replay = cluster.client(2).await;
+    let mut stream =
+        replay.watch("/w/a", Some(WatchOptions::new().with_start_revision(first))).await.expect("watch from the past");
+    let mut kinds = Vec::new();
+    while kinds.len() < 3 {
+        let response = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("history arrives")
+            .expect("stream")
+            .expect("response");
+        kinds.extend(response.events().iter().map(|e| (e.event_type(), e.kv().expect("kv").mod_revision())));
+    }
+    assert_eq!(kinds[0], (EventType::Put, first));
+    assert_eq!(kinds.iter().map(|k| k.0).collect::<Vec<_>>(), vec![EventType::Put, EventType::Put, EventType::Delete]);
+    assert!(kinds.windows(2).all(|w| w[0].1 < w[1].1), "revisions increase: {kinds:?}");
+
+    // A watch from a compacted revision is cancelled with the compact revision.
+    let now = writer.put("/w/b", "x", None).await.expect("put").header().expect("header").revision();
+    writer.compact(now, None).await.expect("compact");
+    let mut stream = replay.watch("/w/a", Some(WatchOptions::new().with_start_revision(first))).await.expect("watch");
+    let mut compacted = None;
+    while compacted.is_none() {
+        let response = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("a response")
+            .expect("stream")
+            .expect("response");
+        if response.canceled() {
+            compacted = Some(response.compact_revision());
+        }
+    }
+    assert_eq!(compacted, Some(now));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_attach_keys_renew_expire_and_keep_their_ttl_across_a_leader_change() {
+    let cluster = Cluster::start("lease", 3);
+    let mut c = cluster.client(0).await;
+    let lease = eventually("grant", || {
+        let mut c = c.clone();
+        async move { c.lease_grant(30, None).await }
+    })
+    .await;
+    let id = lease.id();
+    assert_eq!(lease.ttl(), 30);
+    c.put("/l/key", "v", Some(PutOptions::new().with_lease(id))).await.expect("put with lease");
+    let ttl = c.lease_time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys())).await.expect("ttl");
+    assert_eq!(ttl.granted_ttl(), 30);
+    assert!(ttl.ttl() > 25 && ttl.ttl() <= 30, "remaining {}", ttl.ttl());
+    assert_eq!(ttl.keys(), [b"/l/key".to_vec()]);
+    let leases = c.leases().await.expect("leases");
+    assert!(leases.leases().iter().any(|l| l.id() == id));
+
+    // Keep-alive renews to the full TTL.
+    let (mut keeper, mut responses) = c.lease_keep_alive(id).await.expect("keep alive");
+    keeper.keep_alive().await.expect("send keep alive");
+    let renewed = responses.message().await.expect("stream").expect("response");
+    assert_eq!(renewed.ttl(), 30);
+
+    // The remaining TTL survives a leader change: etcd would reset it to 30.
+    let short = c.lease_grant(6, None).await.expect("grant").id();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let leader = cluster.leader().await;
+    let target = (leader + 1) % 3;
+    let target_id = cluster.member_id(target).await;
+    let mut to_leader = cluster.client(leader).await;
+    to_leader.move_leader(target_id).await.expect("move leader");
+    assert_eq!(cluster.leader().await, target);
+    let mut on_new_leader = cluster.client(target).await;
+    let left = on_new_leader.lease_time_to_live(short, None).await.expect("ttl").ttl();
+    assert!((1..=4).contains(&left), "6 s lease after 3 s and a leader change has {left} s left");
+
+    // Expiry: the leader revokes it and its keys go; TimeToLive then answers -1.
+    on_new_leader.put("/l/short", "v", Some(PutOptions::new().with_lease(short))).await.expect("put");
+    let gone = eventually("expiry", || {
+        let mut c = on_new_leader.clone();
+        async move {
+            let got = c.get("/l/short", None).await?;
+            if got.count() == 0 {
+                Ok(())
+            } else {
+                Err(etcd_client::Error::InvalidArgs("not expired yet".into()))
+            }
+        }
+    });
+    gone.await;
+    assert_eq!(on_new_leader.lease_time_to_live(short, None).await.expect("ttl").ttl(), -1);
+
+    // Revoke deletes the attached keys at once.
+    c.lease_revoke(id).await.expect("revoke");
+    assert_eq!(c.get("/l/key", None).await.expect("get").count(), 0);
+    let (_, message) = grpc_message(c.lease_revoke(id).await.unwrap_err());
+    assert_eq!(message, "etcdserver: requested lease not found");
+}
