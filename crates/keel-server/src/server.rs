@@ -17,6 +17,8 @@ use keel_api::etcdserverpb::{
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use keel_api::tonic;
+use keel_api::v3electionpb::election_server::ElectionServer;
+use keel_api::v3lockpb::lock_server::LockServer;
 use keel_codec::peer::PeerFrame;
 use keel_mvcc::{RedbBackend, Store, StoreOptions};
 use keel_node::{bootstrap, GroupWrite, Node, NodeConfig};
@@ -25,6 +27,7 @@ use keel_storage::{Disk, NodeStorage, RealDisk, StorageOptions};
 use thiserror::Error;
 
 use crate::api::cluster::ClusterService;
+use crate::api::concurrency::{ElectionService, LockService};
 use crate::api::kv::KvService;
 use crate::api::lease::LeaseService;
 use crate::api::maintenance::MaintenanceService;
@@ -270,7 +273,9 @@ async fn serve_clients(config: ServerConfig, shared: Arc<Shared>) -> Result<(), 
         .add_service(WatchServer::new(WatchService { shared: shared.clone() }).max_decoding_message_size(max_message))
         .add_service(LeaseServer::new(LeaseService { shared: shared.clone() }).max_decoding_message_size(max_message))
         .add_service(ClusterServer::new(ClusterService { shared: shared.clone() }))
-        .add_service(MaintenanceServer::new(MaintenanceService { shared: shared.clone() }));
+        .add_service(MaintenanceServer::new(MaintenanceService { shared: shared.clone() }))
+        .add_service(LockServer::new(LockService { shared: shared.clone() }))
+        .add_service(ElectionServer::new(ElectionService { shared: shared.clone() }));
     let app = routes.into_axum_router().merge(http::router(shared.clone()));
 
     let mut servers = Vec::new();

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,7 +111,26 @@ fn send_loop(
     // Connect right away, not at the first message: the hello and attributes tell the peer who
     // we are (its MemberList shows our client URLs) even before raft has anything to say to it.
     let mut stream: Option<TcpStream> = connect(cluster_id, me, to, addr, attributes.as_ref()).ok();
-    while let Ok(first) = queue.recv() {
+    loop {
+        let first = match queue.recv_timeout(backoff) {
+            Ok(first) => first,
+            Err(RecvTimeoutError::Disconnected) => return,
+            // Idle: keep trying to reach a peer we are not connected to, for the same reason.
+            Err(RecvTimeoutError::Timeout) => {
+                if stream.is_none() {
+                    match connect(cluster_id, me, to, addr, attributes.as_ref()) {
+                        Ok(connected) => {
+                            stream = Some(connected);
+                            backoff = BACKOFF_MIN;
+                        }
+                        Err(_) => backoff = (backoff * 2).min(BACKOFF_MAX),
+                    }
+                } else {
+                    backoff = BACKOFF_MAX;
+                }
+                continue;
+            }
+        };
         let mut batch = vec![first];
         batch.extend(queue.try_iter().take(MESSAGES_PER_FRAME_MAX - 1));
         if stream.is_none() {

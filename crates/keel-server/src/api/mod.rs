@@ -3,6 +3,7 @@
 //! wire types and errors (see [`crate::status`]).
 
 pub mod cluster;
+pub mod concurrency;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
