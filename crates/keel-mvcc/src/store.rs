@@ -264,7 +264,7 @@ impl<B: Backend> Store<B> {
     }
 
     /// Writes everything applied since the last commit, with the applied index, in one
-    /// backend transaction. Durable when this returns.
+    /// backend transaction. Durable when this returns (with every buffered commit before it).
     pub fn commit(&mut self) -> Result<(), StorageError> {
         self.check_poisoned()?;
         if self.pending.is_empty() && self.applied_index == self.durable_applied_index {
@@ -276,6 +276,23 @@ impl<B: Backend> Store<B> {
             return self.poison(e);
         }
         self.durable_applied_index = self.applied_index;
+        Ok(())
+    }
+
+    /// Like [`Store::commit`], without waiting for the disk: the backend holds the changes (so
+    /// pending memory stays small) but a crash may lose them, back to
+    /// [`Store::durable_applied_index`], which this does not advance. The host must be able to
+    /// replay from there (a raft log not yet truncated past it, or a snapshot).
+    pub fn commit_buffered(&mut self) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.stage_meta();
+        let batch = std::mem::take(&mut self.pending);
+        if let Err(e) = self.backend.commit_buffered(&batch) {
+            return self.poison(e);
+        }
         Ok(())
     }
 

@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -44,6 +45,39 @@ pub fn reply_to<T: Send + 'static>(sender: std::sync::mpsc::Sender<Result<T, Req
 /// Work for the driver thread that needs the node and the host's own state.
 pub type Inspect<S, H> = Box<dyn FnOnce(&mut Node<S>, &mut H) + Send>;
 
+/// Peer traffic waiting for the driver, kept apart from client requests: a heartbeat or vote
+/// must never queue behind thousands of client requests, or a busy member would miss election
+/// timeouts. The driver drains it at the start of every turn, before any client input.
+pub struct PeerInbox {
+    queue: std::sync::Mutex<std::collections::VecDeque<Incoming>>,
+}
+
+/// Messages the inbox holds before it drops new ones (raft retransmits what matters).
+const PEER_INBOX_MAX: usize = 65_536;
+
+impl Default for PeerInbox {
+    fn default() -> Self {
+        PeerInbox { queue: std::sync::Mutex::new(std::collections::VecDeque::new()) }
+    }
+}
+
+impl PeerInbox {
+    /// Queues `incoming`; returns whether the inbox was empty (the caller then wakes the driver
+    /// with [`Input::Wake`]).
+    pub fn push(&self, incoming: Incoming) -> bool {
+        let mut queue = self.queue.lock().expect("peer inbox lock");
+        let was_empty = queue.is_empty();
+        if queue.len() < PEER_INBOX_MAX {
+            queue.push_back(incoming);
+        }
+        was_empty
+    }
+
+    fn take(&self) -> std::collections::VecDeque<Incoming> {
+        std::mem::take(&mut *self.queue.lock().expect("peer inbox lock"))
+    }
+}
+
 pub enum Input<S: StateMachine, H = ()> {
     Propose {
         group: GroupId,
@@ -58,6 +92,8 @@ pub enum Input<S: StateMachine, H = ()> {
     Peer(Incoming),
     /// Runs on the driver thread between polls: status, serializable reads, watch registration.
     Inspect(Inspect<S, H>),
+    /// The peer inbox has something.
+    Wake,
 }
 
 /// The host's part of each turn, run on the driver thread after the node's writes are durable.
@@ -109,6 +145,7 @@ pub struct Driver<S: StateMachine, H: Hook<S> = ()> {
     node: Node<S>,
     storage: NodeStorage,
     inputs: Receiver<Input<S, H>>,
+    inbox: Arc<PeerInbox>,
     send: Box<dyn FnMut(Outgoing) + Send>,
     hook: H,
     tick: Duration,
@@ -124,6 +161,7 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
         node: Node<S>,
         storage: NodeStorage,
         inputs: Receiver<Input<S, H>>,
+        inbox: Arc<PeerInbox>,
         send: Box<dyn FnMut(Outgoing) + Send>,
         hook: H,
         tick: Duration,
@@ -138,6 +176,7 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
             node,
             storage,
             inputs,
+            inbox,
             send,
             hook,
             tick,
@@ -166,6 +205,10 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
                     self.next_tick += self.tick;
                 }
                 self.expire_forwards(now);
+            }
+            // Peers before clients.
+            for incoming in self.inbox.take() {
+                self.take(Input::Peer(incoming));
             }
             if let Some(input) = first {
                 self.take(input);
@@ -209,6 +252,7 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
                 }
             }
             Input::Inspect(inspect) => inspect(&mut self.node, &mut self.hook),
+            Input::Wake => {}
         }
     }
 

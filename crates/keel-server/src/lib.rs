@@ -21,6 +21,6 @@ pub mod transport;
 pub mod watch_hub;
 
 pub use config::{ClusterState, ConfigError, PeerUrl, ServerConfig};
-pub use driver::{persist, reply_to, Driver, Hook, Input, Reply};
+pub use driver::{persist, reply_to, Driver, Hook, Input, PeerInbox, Reply};
 pub use machine::{ApplyError, CommandResult, LeaseChange, MvccMachine};
 pub use transport::{start_listener, Incoming, Outgoing, PeerSender};

@@ -2,8 +2,12 @@
 //!
 //! Durability: every command is applied in memory as raft hands it out, and each poll's worth of
 //! commands is committed to redb in one transaction together with the applied raft index
-//! ([`StateMachine::flush`]). On restart the store's durable applied index is the group's applied
-//! index, so raft replays only the log tail after it — never the whole log.
+//! ([`StateMachine::flush`]). That commit does not wait for the disk: the raft log is already
+//! durable and holds every applied entry, so the store needs its own fsync only now and then
+//! ([`DURABLE_COMMIT_INTERVAL`]), to bound replay. On restart the store's durable applied index
+//! is the group's applied index, so raft replays only the log tail after it; if a snapshot has
+//! replaced the log beyond it, the store is restored from that snapshot first (see
+//! `keel_server::server`).
 
 use bytes::Bytes;
 use keel_mvcc::{ApplyOutcome, Backend, Command, MvccError, RangeRequest, RangeResponse, Response, Store};
@@ -24,6 +28,9 @@ pub enum ApplyError {
 }
 
 pub type CommandResult = Result<Response, ApplyError>;
+
+/// How often the store waits for the disk (etcd's backend commits every 100 ms too).
+pub const DURABLE_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A change to a lease's clock, as applied: the server's lease clock follows these on every
 /// member, so whichever member leads next already knows each lease's remaining time.
@@ -49,11 +56,26 @@ pub struct MvccMachine<B: Backend> {
     entries_handed: u64,
     fatal: Option<String>,
     lease_changes: Vec<LeaseChange>,
+    durable_interval: std::time::Duration,
+    last_durable_commit: std::time::Instant,
 }
 
 impl<B: Backend> MvccMachine<B> {
     pub fn new(store: Store<B>) -> MvccMachine<B> {
-        MvccMachine { store, applied_commands: 0, entries_handed: 0, fatal: None, lease_changes: Vec::new() }
+        MvccMachine::with_durable_interval(store, DURABLE_COMMIT_INTERVAL)
+    }
+
+    /// `interval` zero: every flush waits for the disk.
+    pub fn with_durable_interval(store: Store<B>, interval: std::time::Duration) -> MvccMachine<B> {
+        MvccMachine {
+            store,
+            applied_commands: 0,
+            entries_handed: 0,
+            fatal: None,
+            lease_changes: Vec::new(),
+            durable_interval: interval,
+            last_durable_commit: std::time::Instant::now(),
+        }
     }
 
     pub fn store(&self) -> &Store<B> {
@@ -142,7 +164,14 @@ impl<B: Backend> StateMachine for MvccMachine<B> {
     }
 
     fn flush(&mut self) {
-        if let Err(error) = self.store.commit() {
+        let now = std::time::Instant::now();
+        let result = if now.duration_since(self.last_durable_commit) >= self.durable_interval {
+            self.last_durable_commit = now;
+            self.store.commit()
+        } else {
+            self.store.commit_buffered()
+        };
+        if let Err(error) = result {
             self.fail(error);
         }
     }

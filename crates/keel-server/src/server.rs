@@ -34,7 +34,7 @@ use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::WatchService;
 use crate::api::{MemberInfo, Shared};
 use crate::config::{ClusterState, PeerUrl, ServerConfig};
-use crate::driver::{persist, Driver, Input};
+use crate::driver::{persist, Driver, Input, PeerInbox};
 use crate::hook::{Machine, ServerHook};
 use crate::metrics::Metrics;
 use crate::transport::{start_listener, Incoming, PeerSender};
@@ -117,6 +117,28 @@ pub fn membership(config: &ServerConfig) -> Result<Membership, ServerError> {
     Ok(Membership { me, cluster_id: ids::cluster_id(token, &ids), members, peer_addrs })
 }
 
+/// Opens the state machine's store, restored from the raft snapshot if a crash left it behind
+/// one. The store commits without fsync between its periodic durable commits, so a crash can
+/// take it back behind a snapshot that already replaced that part of the log: it must then start
+/// from the snapshot (the log after the snapshot replays the rest).
+pub fn open_store(db_path: &Path, snapshot: Option<&keel_raft::Snapshot>) -> Result<Store<RedbBackend>, ServerError> {
+    let backend = RedbBackend::open(db_path)?;
+    let mut store = Store::open(backend, StoreOptions::default())?;
+    if let Some(snapshot) = snapshot {
+        if store.durable_applied_index() < snapshot.meta.index {
+            tracing::info!(
+                store = store.durable_applied_index(),
+                snapshot = snapshot.meta.index,
+                "the store is behind the raft snapshot; restoring it from the snapshot"
+            );
+            store
+                .restore(&snapshot.data)
+                .map_err(|error| ServerError::Config(format!("restore the store from the raft snapshot: {error}")))?;
+        }
+    }
+    Ok(store)
+}
+
 /// Opens (or bootstraps) this member's WAL and store and builds its node.
 fn open_node(
     config: &ServerConfig,
@@ -152,9 +174,7 @@ fn open_node(
             RecoveredState { hard_state, entries, ..Default::default() }
         }
     };
-    let db_path = dir.join("db.redb");
-    let backend = RedbBackend::open(&db_path)?;
-    let store = Store::open(backend, StoreOptions::default())?;
+    let store = open_store(&dir.join("db.redb"), state.snapshot.as_ref())?;
     // The store's durable applied index: raft hands out only what comes after it.
     state.applied = state.applied.max(store.durable_applied_index());
     let mut node_config = NodeConfig::new(me);
@@ -192,6 +212,8 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     };
     let peers = PeerSender::start_with(membership.cluster_id, me, &membership.peer_addrs, Some(attributes));
     let peer_inputs = inputs.clone();
+    let inbox = Arc::new(PeerInbox::default());
+    let peer_inbox = inbox.clone();
     let peer_members = members.clone();
     let known: Vec<u64> = voters.clone();
     start_listener(
@@ -205,16 +227,19 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
                     member.client_urls = client_urls;
                 }
             }
-            // Blocking: a saturated driver slows its peers down rather than dropping their
-            // messages.
-            incoming => drop(peer_inputs.send(Input::Peer(incoming))),
+            incoming => {
+                if peer_inbox.push(incoming) {
+                    // A full client queue means the driver is busy and drains the inbox anyway.
+                    let _ = peer_inputs.try_send(Input::Wake);
+                }
+            }
         }),
     );
 
     // The driver.
     let hook = ServerHook::new(GROUP, hub.clone(), metrics.clone(), dir.join("db.redb"));
     let tick = Duration::from_millis(config.heartbeat_interval_ms.max(1));
-    let driver = Driver::new(node, storage, receiver, Box::new(move |out| peers.send_out(out)), hook, tick);
+    let driver = Driver::new(node, storage, receiver, inbox, Box::new(move |out| peers.send_out(out)), hook, tick);
     std::thread::Builder::new()
         .name("keel-driver".into())
         .spawn(move || {
@@ -282,6 +307,11 @@ async fn serve_clients(config: ServerConfig, shared: Arc<Shared>) -> Result<(), 
     for url in &config.listen_client_urls {
         let addr = resolve(url)?;
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(io(format!("listen on client URL {url}")))?;
+        // Small responses must leave at once: Nagle's algorithm against the client's delayed
+        // ACK would hold each one ~40 ms.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+            let _ = tcp.set_nodelay(true);
+        });
         let app = app.clone();
         servers.push(tokio::spawn(async move { axum::serve(listener, app).await }));
     }

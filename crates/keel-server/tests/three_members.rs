@@ -45,8 +45,15 @@ fn start_member(id: NodeId, dir: PathBuf, listener: TcpListener, addrs: &BTreeMa
         Arc::new(move |from| members.contains(&from)),
         Arc::new(move |incoming| drop(deliver_to.send(Input::Peer(incoming)))),
     );
-    let driver =
-        Driver::new(node, storage, receiver, Box::new(move |out| peers.send_out(out)), (), Duration::from_millis(10));
+    let driver = Driver::new(
+        node,
+        storage,
+        receiver,
+        Default::default(),
+        Box::new(move |out| peers.send_out(out)),
+        (),
+        Duration::from_millis(10),
+    );
     std::thread::spawn(move || driver.run());
     inputs
 }

@@ -100,6 +100,13 @@ pub trait Backend {
     /// Applies `batch` atomically and durably.
     fn commit(&mut self, batch: &WriteBatch) -> Result<(), StorageError>;
 
+    /// Applies `batch` atomically and visibly, but durable only once a later [`Backend::commit`]
+    /// returns: a crash before that loses it (and every buffered batch after the last durable
+    /// commit) as a whole. Saves the fsync for hosts that can replay what was lost.
+    fn commit_buffered(&mut self, batch: &WriteBatch) -> Result<(), StorageError> {
+        self.commit(batch)
+    }
+
     /// Replaces the whole content with `batch` atomically (snapshot restore).
     fn replace_all(&mut self, batch: &WriteBatch) -> Result<(), StorageError>;
 }

@@ -61,8 +61,11 @@ impl RedbBackend {
         table.len().map_err(backend_err)
     }
 
-    fn write(&self, batch: &WriteBatch, clear_first: bool) -> Result<(), StorageError> {
-        let txn = self.db.begin_write().map_err(backend_err)?;
+    fn write(&self, batch: &WriteBatch, clear_first: bool, durable: bool) -> Result<(), StorageError> {
+        let mut txn = self.db.begin_write().map_err(backend_err)?;
+        if !durable {
+            txn.set_durability(redb::Durability::None);
+        }
         if clear_first {
             txn.delete_table(REVISIONS).map_err(backend_err)?;
             txn.delete_table(LEASES).map_err(backend_err)?;
@@ -150,10 +153,14 @@ impl Backend for RedbBackend {
     }
 
     fn commit(&mut self, batch: &WriteBatch) -> Result<(), StorageError> {
-        self.write(batch, false)
+        self.write(batch, false, true)
+    }
+
+    fn commit_buffered(&mut self, batch: &WriteBatch) -> Result<(), StorageError> {
+        self.write(batch, false, false)
     }
 
     fn replace_all(&mut self, batch: &WriteBatch) -> Result<(), StorageError> {
-        self.write(batch, true)
+        self.write(batch, true, true)
     }
 }

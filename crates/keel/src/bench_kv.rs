@@ -1,0 +1,210 @@
+//! `keel bench kv`: a closed-loop load generator for any etcd v3 endpoint (keel or etcd), so
+//! both are measured by the same client with the same settings in the same run.
+//!
+//! Like etcd's `benchmark` tool: `--clients` concurrent requesters share `--conns` gRPC
+//! connections spread over the endpoints; each requester sends its next request when the last
+//! one is answered. Keys are drawn uniformly from `--keys`; values are `--value-bytes` long.
+//! Prints one line: operations, qps, and latency percentiles.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use keel_api::etcdserverpb::{self as pb, kv_client::KvClient};
+use keel_api::tonic::transport::{Channel, Endpoint};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Put,
+    /// Linearizable range of one key.
+    Get,
+    /// Serializable range of one key.
+    GetSerializable,
+    /// Compare-and-set on one key: compare its value, put on success.
+    Txn,
+    /// 80 % linearizable get, 20 % put.
+    Mixed,
+}
+
+struct Options {
+    endpoints: Vec<String>,
+    op: Op,
+    clients: usize,
+    conns: usize,
+    seconds: u64,
+    keys: u64,
+    value_bytes: usize,
+}
+
+fn parse(args: &[String]) -> anyhow::Result<Options> {
+    let mut opts = Options {
+        endpoints: vec!["127.0.0.1:2379".into()],
+        op: Op::Put,
+        clients: 16,
+        conns: 0,
+        seconds: 10,
+        keys: 10_000,
+        value_bytes: 256,
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--endpoints" => opts.endpoints = value.split(',').map(str::to_string).collect(),
+            "--op" => {
+                opts.op = match value.as_str() {
+                    "put" => Op::Put,
+                    "get" => Op::Get,
+                    "get-serializable" => Op::GetSerializable,
+                    "txn" => Op::Txn,
+                    "mixed" => Op::Mixed,
+                    other => bail!("unknown --op {other} (put, get, get-serializable, txn, mixed)"),
+                }
+            }
+            "--clients" => opts.clients = value.parse().context("--clients")?,
+            "--conns" => opts.conns = value.parse().context("--conns")?,
+            "--seconds" => opts.seconds = value.parse().context("--seconds")?,
+            "--keys" => opts.keys = value.parse().context("--keys")?,
+            "--value-bytes" => opts.value_bytes = value.parse().context("--value-bytes")?,
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    if opts.clients == 0 || opts.keys == 0 {
+        bail!("--clients and --keys must be positive");
+    }
+    if opts.conns == 0 {
+        // etcd's benchmark default is one connection; several spread load over the endpoints.
+        opts.conns = opts.endpoints.len().min(opts.clients);
+    }
+    Ok(opts)
+}
+
+/// xorshift64*: the key sequence needs no quality, only speed and no shared state.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+fn key(n: u64) -> Vec<u8> {
+    format!("bench/{n:08}").into_bytes()
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let opts = parse(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(bench(opts))
+}
+
+async fn bench(opts: Options) -> anyhow::Result<()> {
+    let mut channels = Vec::new();
+    for i in 0..opts.conns {
+        let endpoint = &opts.endpoints[i % opts.endpoints.len()];
+        let uri = if endpoint.contains("://") { endpoint.clone() } else { format!("http://{endpoint}") };
+        let channel =
+            Endpoint::from_shared(uri.clone())?.connect().await.with_context(|| format!("connect to {uri}"))?;
+        channels.push(channel);
+    }
+    let value = vec![b'v'; opts.value_bytes];
+    // Reads need something to read: fill every key once (not timed).
+    if matches!(opts.op, Op::Get | Op::GetSerializable | Op::Txn | Op::Mixed) {
+        let mut client = KvClient::new(channels[0].clone());
+        for n in 0..opts.keys {
+            client.put(pb::PutRequest { key: key(n), value: value.clone(), ..Default::default() }).await?;
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..opts.clients {
+        let channel: Channel = channels[c % channels.len()].clone();
+        let (stop, value, op, keys) = (stop.clone(), value.clone(), opts.op, opts.keys);
+        tasks.push(tokio::spawn(async move {
+            let mut client = KvClient::new(channel);
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (c as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03));
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            let mut errors = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let k = key(rng.next() % keys);
+                let op = match op {
+                    Op::Mixed if rng.next().is_multiple_of(5) => Op::Put,
+                    Op::Mixed => Op::Get,
+                    other => other,
+                };
+                let sent = Instant::now();
+                let result = match op {
+                    Op::Put => client
+                        .put(pb::PutRequest { key: k, value: value.clone(), ..Default::default() })
+                        .await
+                        .map(drop),
+                    Op::Get | Op::GetSerializable => client
+                        .range(pb::RangeRequest {
+                            key: k,
+                            serializable: op == Op::GetSerializable,
+                            ..Default::default()
+                        })
+                        .await
+                        .map(drop),
+                    Op::Txn | Op::Mixed => {
+                        let compare = pb::Compare {
+                            key: k.clone(),
+                            target: pb::compare::CompareTarget::Value as i32,
+                            result: pb::compare::CompareResult::Equal as i32,
+                            target_union: Some(pb::compare::TargetUnion::Value(value.clone())),
+                            ..Default::default()
+                        };
+                        let put = pb::RequestOp {
+                            request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                                key: k,
+                                value: value.clone(),
+                                ..Default::default()
+                            })),
+                        };
+                        client
+                            .txn(pb::TxnRequest { compare: vec![compare], success: vec![put], failure: Vec::new() })
+                            .await
+                            .map(drop)
+                    }
+                };
+                match result {
+                    Ok(()) => histogram.saturating_record(sent.elapsed().as_micros() as u64),
+                    Err(_) => errors += 1,
+                }
+            }
+            (histogram, errors)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(opts.seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut errors = 0;
+    for task in tasks {
+        let (histogram, task_errors) = task.await?;
+        total.add(&histogram)?;
+        errors += task_errors;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let ms = |q: f64| total.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "op={:?} clients={} conns={} ops={} errors={} qps={:.0} p50={:.2}ms p90={:.2}ms p99={:.2}ms p99.9={:.2}ms max={:.2}ms",
+        opts.op,
+        opts.clients,
+        opts.conns,
+        total.len(),
+        errors,
+        total.len() as f64 / elapsed,
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        ms(0.999),
+        total.max() as f64 / 1000.0
+    );
+    Ok(())
+}

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Throughput and latency, keel against etcd 3.4 (Debian's etcd-server), on this box, in one run:
+# the same 3-member loopback cluster started from the same etcd flags (etcd's default timing),
+# the same load generator (`keel bench kv`, a closed-loop etcd v3 client), the same loads.
+#
+#   scripts/bench-vs-etcd.sh [SECONDS]          default 10 s per load
+#
+# Loads (256 B values, 10,000 keys): put with 1, 16 and 256 clients; linearizable get with 16;
+# serializable get with 256; txn compare-and-set with 16; 80/20 get/put with 16.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_PER_LOAD=${1:-10}
+
+scripts/install-deps.sh etcd
+cargo build --release -p keel >/dev/null 2>&1
+KEEL="$PWD/target/release/keel"
+WORK=$(mktemp -d /tmp/keel-bench.XXXXXX)
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+CLUSTER="m1=http://127.0.0.1:51380,m2=http://127.0.0.1:52380,m3=http://127.0.0.1:53380"
+ENDPOINTS="127.0.0.1:51379,127.0.0.1:52379,127.0.0.1:53379"
+
+start_cluster() { # start_cluster NAME COMMAND...
+    local name=$1; shift
+    PIDS=()
+    for i in 1 2 3; do
+        "$@" --name "m$i" --data-dir "$WORK/$name/m$i" \
+            --listen-client-urls "http://127.0.0.1:5${i}379" --advertise-client-urls "http://127.0.0.1:5${i}379" \
+            --listen-peer-urls "http://127.0.0.1:5${i}380" --initial-advertise-peer-urls "http://127.0.0.1:5${i}380" \
+            --initial-cluster "$CLUSTER" --initial-cluster-state new --initial-cluster-token "bench-$name" \
+            >"$WORK/$name-m$i.log" 2>&1 &
+        PIDS+=($!)
+    done
+    for _ in $(seq 150); do
+        if ETCDCTL_API=3 etcdctl --endpoints="$ENDPOINTS" endpoint health >/dev/null 2>&1; then return 0; fi
+        sleep 0.2
+    done
+    echo "$name did not become healthy" >&2; tail -20 "$WORK/$name-m1.log" >&2; exit 1
+}
+
+stop_cluster() { for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done; PIDS=(); }
+
+compact() {
+    local rev
+    rev=$(ETCDCTL_API=3 etcdctl --endpoints="$ENDPOINTS" endpoint status -w json | python3 -c 'import json,sys; print(max(e["Status"]["header"]["revision"] for e in json.load(sys.stdin)))')
+    ETCDCTL_API=3 etcdctl --endpoints="$ENDPOINTS" compaction "$rev" >/dev/null 2>&1 || true
+}
+
+read -r -a LOADS <<< "${LOADS_OVERRIDE:-}"
+if [[ ${#LOADS[@]} -eq 0 ]]; then LOADS=("put 1" "put 16" "put 256" "get 16" "get-serializable 256" "txn 16" "mixed 16"); fi
+run_loads() { # run_loads NAME
+    for load in "${LOADS[@]}"; do
+        set -- $load
+        compact
+        line=$("$KEEL" bench kv --endpoints "$ENDPOINTS" --op "$1" --clients "$2" --conns "$(( $2 < 3 ? $2 : ($2 < 48 ? 3 : 16) ))" --seconds "$SECONDS_PER_LOAD")
+        echo "$NAME_OF_RUN $line" | tee -a "$WORK/results"
+    done
+}
+
+# ONLY=keel or ONLY=etcd runs one side (for quick iterations; comparisons need both).
+if [[ "${ONLY:-keel}" == keel ]]; then NAME_OF_RUN=keel; start_cluster keel "$KEEL" server; run_loads; stop_cluster; fi
+if [[ "${ONLY:-etcd}" == etcd ]]; then NAME_OF_RUN=etcd; start_cluster etcd etcd; run_loads; stop_cluster; fi
+
+echo
+python3 - "$WORK/results" <<'PY'
+import re, sys
+rows = {}
+for line in open(sys.argv[1]):
+    server, rest = line.split(" ", 1)
+    f = dict(re.findall(r"(\w[\w.]*)=([\w.]+)", rest))
+    key = (f["op"], int(f["clients"]))
+    rows.setdefault(key, {})[server] = f
+print(f"{'load':<26}{'keel qps':>10}{'etcd qps':>10}{'ratio':>7}{'keel p50':>10}{'etcd p50':>10}{'keel p99':>10}{'etcd p99':>10}")
+for (op, clients), r in rows.items():
+    k, e = r.get("keel"), r.get("etcd")
+    if not k or not e: continue
+    ratio = float(k["qps"]) / max(float(e["qps"]), 1)
+    print(f"{op+' x'+str(clients):<26}{k['qps']:>10}{e['qps']:>10}{ratio:>6.2f}x{k['p50']:>10}{e['p50']:>10}{k['p99']:>10}{e['p99']:>10}")
+PY
