@@ -48,7 +48,7 @@ compact() {
     ETCDCTL_API=3 etcdctl --endpoints="$ENDPOINTS" compaction "$rev" >/dev/null 2>&1 || true
 }
 
-read -r -a LOADS <<< "${LOADS_OVERRIDE:-}"
+IFS=, read -r -a LOADS <<< "${LOADS_OVERRIDE:-}"  # e.g. LOADS_OVERRIDE="put 16,get 16"
 if [[ ${#LOADS[@]} -eq 0 ]]; then LOADS=("put 1" "put 16" "put 256" "get 16" "get-serializable 256" "txn 16" "mixed 16"); fi
 run_loads() { # run_loads NAME
     for load in "${LOADS[@]}"; do

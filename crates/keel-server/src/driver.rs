@@ -206,15 +206,19 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
                 }
                 self.expire_forwards(now);
             }
-            // Peers before clients.
+            let mut inputs = Vec::new();
+            if let Some(input) = first {
+                inputs.push(input);
+                inputs.extend(self.inputs.try_iter().take(INPUTS_PER_TURN_MAX - 1));
+            }
+            // Peers before clients. The inbox is emptied only after every queued `Wake` is
+            // consumed: a message pushed after this point finds it empty and sends a fresh
+            // `Wake`, so none can sit here unseen until the next tick.
             for incoming in self.inbox.take() {
                 self.take(Input::Peer(incoming));
             }
-            if let Some(input) = first {
+            for input in inputs {
                 self.take(input);
-                for input in self.inputs.try_iter().take(INPUTS_PER_TURN_MAX - 1).collect::<Vec<_>>() {
-                    self.take(input);
-                }
             }
             self.turn()?;
             self.abandon_forwards_to_former_leaders();

@@ -30,7 +30,7 @@ pub enum ApplyError {
 pub type CommandResult = Result<Response, ApplyError>;
 
 /// How often the store waits for the disk (etcd's backend commits every 100 ms too).
-pub const DURABLE_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+pub const DURABLE_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100_000);
 
 /// A change to a lease's clock, as applied: the server's lease clock follows these on every
 /// member, so whichever member leads next already knows each lease's remaining time.
