@@ -13,7 +13,7 @@ SECONDS_PER_LOAD=${1:-10}
 
 scripts/install-deps.sh etcd
 cargo build --release -p keel >/dev/null 2>&1
-KEEL="$PWD/target/release/keel"
+KEEL="${CARGO_TARGET_DIR:-$PWD/target}/release/keel"
 WORK=$(mktemp -d /tmp/keel-bench.XXXXXX)
 PIDS=()
 cleanup() { for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }
