@@ -22,6 +22,7 @@ const KIND_MESSAGES: u8 = 2;
 const KIND_FORWARD: u8 = 3;
 const KIND_FORWARD_REPLY: u8 = 4;
 const KIND_ATTRIBUTES: u8 = 5;
+const KIND_FORWARD_CONF_CHANGE: u8 = 6;
 /// Most client URLs a member may advertise.
 pub const CLIENT_URLS_MAX: usize = 64;
 const OUTCOME_ACCEPTED: u8 = 1;
@@ -42,7 +43,10 @@ pub enum PeerFrame {
     /// The leader's answer to a [`PeerFrame::Forward`]. It is sent on the same connection before
     /// the appends that carry the entry, so the follower learns the slot before it applies it.
     ForwardReply { request: u64, outcome: ForwardOutcome },
-    /// Sent after the hello: the sender's name and client URLs, for `MemberList`.
+    /// A membership change that reached a follower, forwarded like [`PeerFrame::Forward`];
+    /// `change` is a [`keel_raft::ConfChange`]'s encoding.
+    ForwardConfChange { group: GroupId, request: u64, change: Bytes },
+    /// Sent after the hello: the sender's name and client URLs (for logs).
     Attributes { name: String, client_urls: Vec<String> },
 }
 
@@ -74,6 +78,9 @@ impl PeerFrame {
             }
             PeerFrame::Forward { group, request, data } => {
                 w.u8(KIND_FORWARD).u64(*group).u64(*request).bytes(data);
+            }
+            PeerFrame::ForwardConfChange { group, request, change } => {
+                w.u8(KIND_FORWARD_CONF_CHANGE).u64(*group).u64(*request).bytes(change);
             }
             PeerFrame::Attributes { name, client_urls } => {
                 w.u8(KIND_ATTRIBUTES).bytes(name.as_bytes());
@@ -116,6 +123,11 @@ impl PeerFrame {
             KIND_FORWARD => {
                 PeerFrame::Forward { group: r.u64("group")?, request: r.u64("request")?, data: r.bytes("command")? }
             }
+            KIND_FORWARD_CONF_CHANGE => PeerFrame::ForwardConfChange {
+                group: r.u64("group")?,
+                request: r.u64("request")?,
+                change: r.bytes("conf change")?,
+            },
             KIND_ATTRIBUTES => {
                 let name = String::from_utf8_lossy(&r.bytes("member name")?).into_owned();
                 let count = r.count("client url count", 4)?;
@@ -248,6 +260,7 @@ mod tests {
     fn frames_survive_any_split_of_the_stream() {
         let hello = PeerFrame::Hello { cluster_id: 0xabc, from: 1, to: 2 };
         let forward = PeerFrame::Forward { group: 3, request: 77, data: Bytes::from_static(b"put x") };
+        let conf = PeerFrame::ForwardConfChange { group: 3, request: 80, change: Bytes::from_static(b"\x01") };
         let replies = [
             PeerFrame::ForwardReply { request: 77, outcome: ForwardOutcome::Accepted { index: 9, term: 2 } },
             PeerFrame::ForwardReply { request: 78, outcome: ForwardOutcome::NotLeader { leader: 3 } },
@@ -258,6 +271,7 @@ mod tests {
         stream.extend(attributes.encode());
         stream.extend(batch().encode());
         stream.extend(forward.encode());
+        stream.extend(conf.encode());
         for reply in &replies {
             stream.extend(reply.encode());
         }
@@ -272,7 +286,7 @@ mod tests {
             while let Some(frame) = reader.next_frame().unwrap() {
                 got.push(frame);
             }
-            let mut want = vec![hello.clone(), attributes.clone(), batch(), forward.clone()];
+            let mut want = vec![hello.clone(), attributes.clone(), batch(), forward.clone(), conf.clone()];
             want.extend(replies.iter().cloned());
             assert_eq!(got, want, "split at {split}");
         }

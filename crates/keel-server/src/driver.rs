@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use keel_codec::peer::{ForwardOutcome, PeerFrame};
 use keel_node::{Answer, GroupWrite, Node, RequestError, RequestId, StateMachine};
-use keel_raft::{GroupId, NodeId, RaftError, NO_NODE};
+use keel_raft::{ConfChange, GroupId, NodeId, RaftError, NO_NODE};
 use keel_storage::{GroupPersist, NodeStorage, StorageError};
 
 use crate::transport::{Incoming, Outgoing};
@@ -89,6 +89,12 @@ pub enum Input<S: StateMachine, H = ()> {
         query: S::Query,
         reply: Reply<S::QueryResult>,
     },
+    /// A membership change; answered once applied.
+    ConfChange {
+        group: GroupId,
+        change: ConfChange,
+        reply: Reply<()>,
+    },
     Peer(Incoming),
     /// Runs on the driver thread between polls: status, serializable reads, watch registration.
     Inspect(Inspect<S, H>),
@@ -112,6 +118,13 @@ impl<S: StateMachine> Hook<S> for () {
 enum Waiter<S: StateMachine> {
     Propose(Reply<S::Response>),
     Read(Reply<S::QueryResult>),
+    ConfChange(Reply<()>),
+}
+
+/// What a forwarded proposal proposes.
+enum Proposal {
+    Command(Bytes),
+    ConfChange(ConfChange),
 }
 
 /// A proposal sent to the leader, waiting for the slot it took.
@@ -119,10 +132,21 @@ struct Forwarding<S: StateMachine> {
     group: GroupId,
     /// The member it was sent to.
     to: NodeId,
-    data: Bytes,
-    reply: Reply<S::Response>,
+    proposal: Proposal,
+    /// A `Propose` or `ConfChange` waiter.
+    waiter: Waiter<S>,
     deadline: Instant,
     hops: u8,
+}
+
+impl<S: StateMachine> Waiter<S> {
+    fn fail(self, error: RequestError) {
+        match self {
+            Waiter::Propose(reply) => reply(Err(error)),
+            Waiter::Read(reply) => reply(Err(error)),
+            Waiter::ConfChange(reply) => reply(Err(error)),
+        }
+    }
 }
 
 /// Writes one batch's groups to the WAL and makes them durable.
@@ -226,9 +250,9 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
             self.hook.after_turn(&mut self.node, Instant::now(), &mut proposals);
             if !proposals.is_empty() {
                 for (group, data) in proposals {
-                    let id = self.request_id();
-                    // Nobody waits: the hook sees the effect when the command applies.
-                    let _ = self.node.propose(group, id, data);
+                    // Nobody waits: the hook sees the effect when the command applies. Through
+                    // `propose`, so a follower's proposals are forwarded to the leader.
+                    self.propose(group, Proposal::Command(data), Waiter::Propose(Box::new(|_| {})), 0);
                 }
                 self.turn()?;
             }
@@ -245,7 +269,12 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
         match input {
             Input::Peer(Incoming::Raft(msg)) => self.node.step(msg),
             Input::Peer(Incoming::Frame { from, frame }) => self.on_frame(from, frame),
-            Input::Propose { group, data, reply } => self.propose(group, data, reply, 0),
+            Input::Propose { group, data, reply } => {
+                self.propose(group, Proposal::Command(data), Waiter::Propose(reply), 0)
+            }
+            Input::ConfChange { group, change, reply } => {
+                self.propose(group, Proposal::ConfChange(change), Waiter::ConfChange(reply), 0)
+            }
             Input::Read { group, query, reply } => {
                 let id = self.request_id();
                 match self.node.read(group, id, query) {
@@ -260,23 +289,33 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
         }
     }
 
-    fn propose(&mut self, group: GroupId, data: Bytes, reply: Reply<S::Response>, hops: u8) {
+    fn propose(&mut self, group: GroupId, proposal: Proposal, waiter: Waiter<S>, hops: u8) {
         let id = self.request_id();
-        match self.node.propose(group, id, data.clone()) {
+        let proposed = match &proposal {
+            Proposal::Command(data) => self.node.propose(group, id, data.clone()),
+            Proposal::ConfChange(change) => self.node.propose_conf_change(group, id, *change),
+        };
+        match proposed {
             Ok(_) => {
-                self.waiting.insert(id, Waiter::Propose(reply));
+                self.waiting.insert(id, waiter);
             }
             Err(RaftError::NotLeader { leader }) if leader != NO_NODE && leader != self.node.id() => {
                 if hops >= FORWARD_HOPS_MAX {
-                    reply(Err(RequestError::Refused(RaftError::NotLeader { leader })));
+                    waiter.fail(RequestError::Refused(RaftError::NotLeader { leader }));
                     return;
                 }
-                let frame = PeerFrame::Forward { group, request: id, data: data.clone() };
+                let frame = match &proposal {
+                    Proposal::Command(data) => PeerFrame::Forward { group, request: id, data: data.clone() },
+                    Proposal::ConfChange(change) => {
+                        PeerFrame::ForwardConfChange { group, request: id, change: change.encode() }
+                    }
+                };
                 (self.send)(Outgoing::Frame { to: leader, frame });
                 let deadline = Instant::now() + self.tick * FORWARD_TIMEOUT_TICKS;
-                self.forwarding.insert(id, Forwarding { group, to: leader, data, reply, deadline, hops: hops + 1 });
+                self.forwarding
+                    .insert(id, Forwarding { group, to: leader, proposal, waiter, deadline, hops: hops + 1 });
             }
-            Err(error) => reply(Err(RequestError::Refused(error))),
+            Err(error) => waiter.fail(RequestError::Refused(error)),
         }
     }
 
@@ -286,18 +325,16 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
                 let id = self.request_id();
                 // The proposal's outcome is the follower's business (it applies the entry too);
                 // here nobody waits for it.
-                let outcome = match self.node.propose(group, id, data) {
-                    Ok(index) => {
-                        let term = self.node.status(group).map_or(0, |s| s.hard_state.term);
-                        ForwardOutcome::Accepted { index, term }
-                    }
-                    Err(RaftError::Busy(_)) => ForwardOutcome::Busy,
-                    Err(_) => {
-                        ForwardOutcome::NotLeader { leader: self.node.status(group).map_or(NO_NODE, |s| s.leader) }
-                    }
+                let proposed = self.node.propose(group, id, data);
+                self.reply_to_forward(from, group, request, proposed);
+            }
+            PeerFrame::ForwardConfChange { group, request, change } => {
+                let id = self.request_id();
+                let proposed = match ConfChange::decode(&change) {
+                    Some(change) => self.node.propose_conf_change(group, id, change),
+                    None => Err(RaftError::InvalidConfChange("undecodable forwarded membership change")),
                 };
-                let frame = PeerFrame::ForwardReply { request, outcome };
-                (self.send)(Outgoing::Frame { to: from, frame });
+                self.reply_to_forward(from, group, request, proposed);
             }
             PeerFrame::ForwardReply { request, outcome } => {
                 let Some(forwarding) = self.forwarding.remove(&request) else { return };
@@ -305,23 +342,33 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
                     ForwardOutcome::Accepted { index, term } => {
                         match self.node.track(forwarding.group, request, index, term) {
                             Ok(()) => {
-                                self.waiting.insert(request, Waiter::Propose(forwarding.reply));
+                                self.waiting.insert(request, forwarding.waiter);
                             }
                             // Already applied here before the reply came: the outcome is unknown.
-                            Err(_) => (forwarding.reply)(Err(RequestError::Timeout)),
+                            Err(_) => forwarding.waiter.fail(RequestError::Timeout),
                         }
                     }
                     ForwardOutcome::NotLeader { .. } => {
                         // Our view of the leader may have moved on meanwhile: try again from here.
-                        self.propose(forwarding.group, forwarding.data, forwarding.reply, forwarding.hops)
+                        self.propose(forwarding.group, forwarding.proposal, forwarding.waiter, forwarding.hops)
                     }
-                    ForwardOutcome::Busy => {
-                        (forwarding.reply)(Err(RequestError::Refused(RaftError::Busy("proposals"))))
-                    }
+                    ForwardOutcome::Busy => forwarding.waiter.fail(RequestError::Refused(RaftError::Busy("proposals"))),
                 }
             }
             PeerFrame::Hello { .. } | PeerFrame::Messages(_) | PeerFrame::Attributes { .. } => {}
         }
+    }
+
+    fn reply_to_forward(&mut self, from: NodeId, group: GroupId, request: u64, proposed: Result<u64, RaftError>) {
+        let outcome = match proposed {
+            Ok(index) => {
+                let term = self.node.status(group).map_or(0, |s| s.hard_state.term);
+                ForwardOutcome::Accepted { index, term }
+            }
+            Err(RaftError::Busy(_)) => ForwardOutcome::Busy,
+            Err(_) => ForwardOutcome::NotLeader { leader: self.node.status(group).map_or(NO_NODE, |s| s.leader) },
+        };
+        (self.send)(Outgoing::Frame { to: from, frame: PeerFrame::ForwardReply { request, outcome } });
     }
 
     /// A proposal forwarded to a member that no longer leads (it died, or lost an election) may
@@ -341,7 +388,7 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
             .collect();
         for id in abandoned {
             let forwarding = self.forwarding.remove(&id).expect("listed above");
-            (forwarding.reply)(Err(RequestError::Timeout));
+            forwarding.waiter.fail(RequestError::Timeout);
         }
     }
 
@@ -350,7 +397,7 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
             self.forwarding.iter().filter(|(_, f)| f.deadline <= now).map(|(&id, _)| id).collect();
         for id in expired {
             let forwarding = self.forwarding.remove(&id).expect("listed above");
-            (forwarding.reply)(Err(RequestError::Timeout));
+            forwarding.waiter.fail(RequestError::Timeout);
         }
     }
 
@@ -383,6 +430,9 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
                     reply(Err(RequestError::Refused(RaftError::InvalidConfChange("not a command"))))
                 }
                 (Waiter::Read(reply), Ok(_)) => reply(Err(RequestError::Dropped)),
+                (Waiter::ConfChange(reply), Ok(Answer::Membership)) => reply(Ok(())),
+                (Waiter::ConfChange(reply), Ok(_)) => reply(Err(RequestError::Dropped)),
+                (Waiter::ConfChange(reply), Err(error)) => reply(Err(error)),
             }
         }
         let Some(write) = output.write else { return Ok(false) };

@@ -13,14 +13,28 @@ use keel_raft::{GroupId, Role};
 
 use crate::driver::Hook;
 use crate::lease_clock::LeaseClock;
-use crate::machine::MvccMachine;
+use crate::machine::{MemberCommand, MemberRecord, MvccMachine};
 use crate::metrics::Metrics;
+use crate::transport::PeerSender;
 use crate::watch_hub::WatchHub;
 
 pub type Machine = MvccMachine<RedbBackend>;
 
 /// How often the database file's size is read for metrics and Status.
 const DB_SIZE_REFRESH: Duration = Duration::from_secs(1);
+/// A member whose published name or client URLs are not (yet) in the member records proposes
+/// them again after this long.
+const PUBLISH_RETRY: Duration = Duration::from_secs(2);
+
+/// Keeps the transport in step with the replicated member records, and publishes this member's
+/// own name and client URLs into them (as etcd members publish their attributes).
+pub struct MembershipSync {
+    own: MemberRecord,
+    peers: Arc<PeerSender>,
+    /// Who the peer listener accepts.
+    member_ids: Arc<std::sync::RwLock<std::collections::BTreeSet<u64>>>,
+    last_publish: Option<Instant>,
+}
 
 pub struct ServerHook {
     pub group: GroupId,
@@ -31,6 +45,7 @@ pub struct ServerHook {
     last_role: Option<Role>,
     last_leader: u64,
     db_size_read: Option<Instant>,
+    membership: Option<MembershipSync>,
 }
 
 impl ServerHook {
@@ -44,7 +59,40 @@ impl ServerHook {
             last_role: None,
             last_leader: 0,
             db_size_read: None,
+            membership: None,
         }
+    }
+
+    pub fn with_membership(
+        mut self,
+        own: MemberRecord,
+        peers: Arc<PeerSender>,
+        member_ids: Arc<std::sync::RwLock<std::collections::BTreeSet<u64>>>,
+    ) -> ServerHook {
+        self.membership = Some(MembershipSync { own, peers, member_ids, last_publish: None });
+        self
+    }
+}
+
+impl MembershipSync {
+    fn after_turn(&mut self, machine: &mut Machine, has_leader: bool, now: Instant) -> Option<Bytes> {
+        let me = self.own.id;
+        if machine.take_members_changed() {
+            let members = machine.members();
+            self.peers.set_peers(&crate::server::peer_addresses(members, me));
+            let mut ids: std::collections::BTreeSet<u64> = members.keys().copied().collect();
+            ids.insert(me);
+            *self.member_ids.write().expect("member ids lock") = ids;
+        }
+        let recorded = machine.members().get(&me)?;
+        let published = recorded.name == self.own.name && recorded.client_urls == self.own.client_urls;
+        if published || !has_leader || self.last_publish.is_some_and(|at| now.duration_since(at) < PUBLISH_RETRY) {
+            return None;
+        }
+        self.last_publish = Some(now);
+        let publish =
+            MemberCommand::Publish { id: me, name: self.own.name.clone(), client_urls: self.own.client_urls.clone() };
+        Some(Bytes::from(publish.encode()))
     }
 }
 
@@ -52,6 +100,11 @@ impl Hook<Machine> for ServerHook {
     fn after_turn(&mut self, node: &mut Node<Machine>, now: Instant, propose: &mut Vec<(GroupId, Bytes)>) {
         let Some(status) = node.status(self.group) else { return };
         let Some(machine) = node.machine_mut(self.group) else { return };
+        if let Some(sync) = self.membership.as_mut() {
+            if let Some(publish) = sync.after_turn(machine, status.leader != 0, now) {
+                propose.push((self.group, publish));
+            }
+        }
         let changes = machine.take_lease_changes();
         let store = machine.store_mut();
         let events = store.take_events();

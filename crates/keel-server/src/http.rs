@@ -334,8 +334,11 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn member_list(State(shared): State<Arc<Shared>>) -> Response {
-    let members: Vec<Value> = ClusterService { shared: shared.clone() }
-        .members()
+    let members = match (ClusterService { shared: shared.clone() }).members().await {
+        Ok(members) => members,
+        Err(status) => return error_response(status),
+    };
+    let members: Vec<Value> = members
         .into_iter()
         .map(|m| {
             json!({
@@ -343,6 +346,7 @@ async fn member_list(State(shared): State<Arc<Shared>>) -> Response {
                 "name": m.name,
                 "peerURLs": m.peer_ur_ls,
                 "clientURLs": m.client_ur_ls,
+                "isLearner": m.is_learner,
             })
         })
         .collect();

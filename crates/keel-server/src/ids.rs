@@ -1,7 +1,7 @@
-//! Member and cluster ids, derived the way etcd derives them: from what the operator configured
-//! (the cluster token, each member's name and peer URLs), so every member computes the same ids
-//! with no coordination, and two clusters with different tokens never take each other's
-//! messages.
+//! Member and cluster ids, derived from what the operator configured (the cluster token and each
+//! member's peer URLs), so every member computes the same ids with no coordination: a member
+//! added later (`MemberAdd` names only its peer URLs) gets the id it will compute for itself when
+//! it starts. Two clusters with different tokens never take each other's messages.
 
 use crate::config::PeerUrl;
 
@@ -21,19 +21,17 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
 }
 
 /// A member's id: never 0 (raft's "nobody").
-pub fn member_id(token: &str, name: &str, peer_urls: &[PeerUrl]) -> u64 {
+pub fn member_id(token: &str, peer_urls: &[PeerUrl]) -> u64 {
     let mut urls: Vec<String> = peer_urls.iter().map(ToString::to_string).collect();
     urls.sort();
     let joined = urls.join(",");
-    fnv1a(&[b"keel-member", token.as_bytes(), name.as_bytes(), joined.as_bytes()]).max(1)
+    fnv1a(&[b"keel-member", token.as_bytes(), joined.as_bytes()]).max(1)
 }
 
-/// The cluster's id, from the token and every member's id.
-pub fn cluster_id(token: &str, member_ids: &[u64]) -> u64 {
-    let mut ids = member_ids.to_vec();
-    ids.sort_unstable();
-    let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
-    fnv1a(&[b"keel-cluster", token.as_bytes(), &bytes]).max(1)
+/// The cluster's id, from its token (so a member that joins later computes the same one; give
+/// every cluster its own `--initial-cluster-token`, as etcd asks).
+pub fn cluster_id(token: &str) -> u64 {
+    fnv1a(&[b"keel-cluster", token.as_bytes()]).max(1)
 }
 
 #[cfg(test)]
@@ -45,13 +43,11 @@ mod tests {
     }
 
     #[test]
-    fn ids_depend_on_token_name_and_urls() {
-        let a = member_id("t", "m1", &url(2380));
-        assert_eq!(a, member_id("t", "m1", &url(2380)), "stable");
-        assert_ne!(a, member_id("u", "m1", &url(2380)));
-        assert_ne!(a, member_id("t", "m2", &url(2380)));
-        assert_ne!(a, member_id("t", "m1", &url(2381)));
-        assert_ne!(cluster_id("t", &[1, 2]), cluster_id("u", &[1, 2]));
-        assert_eq!(cluster_id("t", &[2, 1]), cluster_id("t", &[1, 2]), "order-free");
+    fn ids_depend_on_token_and_urls() {
+        let a = member_id("t", &url(2380));
+        assert_eq!(a, member_id("t", &url(2380)), "stable");
+        assert_ne!(a, member_id("u", &url(2380)));
+        assert_ne!(a, member_id("t", &url(2381)));
+        assert_ne!(cluster_id("t"), cluster_id("u"));
     }
 }

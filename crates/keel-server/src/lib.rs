@@ -22,5 +22,5 @@ pub mod watch_hub;
 
 pub use config::{ClusterState, ConfigError, PeerUrl, ServerConfig};
 pub use driver::{persist, reply_to, Driver, Hook, Input, PeerInbox, Reply};
-pub use machine::{ApplyError, CommandResult, LeaseChange, MvccMachine};
+pub use machine::{Applied, ApplyError, CommandResult, LeaseChange, MemberCommand, MemberRecord, MvccMachine};
 pub use transport::{start_listener, Incoming, Outgoing, PeerSender};

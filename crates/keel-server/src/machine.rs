@@ -9,7 +9,11 @@
 //! replaced the log beyond it, the store is restored from that snapshot first (see
 //! `keel_server::server`).
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
 use bytes::Bytes;
+use keel_codec::{DecodeError, Reader, Writer};
 use keel_mvcc::{ApplyOutcome, Backend, Command, MvccError, RangeRequest, RangeResponse, Response, Store};
 use keel_node::StateMachine;
 use keel_raft::Index;
@@ -27,10 +31,211 @@ pub enum ApplyError {
     Fatal(String),
 }
 
-pub type CommandResult = Result<Response, ApplyError>;
+/// What an applied entry answers its proposer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// An etcd command's response.
+    Kv(Response),
+    /// A member record was written.
+    Members,
+}
+
+pub type CommandResult = Result<Applied, ApplyError>;
+
+/// Entries whose first byte is this hold a [`MemberCommand`], not an etcd command (those start
+/// with their format version, 1).
+pub const MEMBER_COMMAND_TAG: u8 = 0xa0;
+const MEMBER_ADD: u8 = 1;
+const MEMBER_REMOVE: u8 = 2;
+const MEMBER_PUBLISH: u8 = 3;
+const MEMBER_PROMOTE: u8 = 4;
+const MEMBER_UPDATE_PEERS: u8 = 5;
+/// Snapshots of this machine start with this, then the etcd store's snapshot and the members.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSM1\0";
+
+/// A member as the cluster records it (etcd's `Member`): replicated through the log, so every
+/// member lists the same members, and in snapshots, so a new member learns them too.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub id: u64,
+    /// Empty until the member has started and published it.
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub learner: bool,
+}
+
+/// A change to the member records. Each changes only what it names, so one never undoes
+/// another made meanwhile; all but `Add` are no-ops on an unknown member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberCommand {
+    /// Adds (or replaces) the record with this id.
+    Add(MemberRecord),
+    Remove(u64),
+    /// A running member's own name and client URLs.
+    Publish {
+        id: u64,
+        name: String,
+        client_urls: Vec<String>,
+    },
+    /// A learner became a voter.
+    Promote(u64),
+    UpdatePeers {
+        id: u64,
+        peer_urls: Vec<String>,
+    },
+}
+
+fn put_strings(w: &mut Writer, strings: &[String]) {
+    w.u32(u32::try_from(strings.len()).expect("fewer than 4G strings"));
+    for s in strings {
+        w.bytes(s.as_bytes());
+    }
+}
+
+fn get_strings(r: &mut Reader, what: &'static str) -> Result<Vec<String>, DecodeError> {
+    let count = r.count(what, 4)?;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        out.push(String::from_utf8_lossy(&r.bytes(what)?).into_owned());
+    }
+    Ok(out)
+}
+
+fn put_record(w: &mut Writer, m: &MemberRecord) {
+    w.u64(m.id).bytes(m.name.as_bytes());
+    put_strings(w, &m.peer_urls);
+    put_strings(w, &m.client_urls);
+    w.bool(m.learner);
+}
+
+fn get_record(r: &mut Reader) -> Result<MemberRecord, DecodeError> {
+    Ok(MemberRecord {
+        id: r.u64("member id")?,
+        name: String::from_utf8_lossy(&r.bytes("member name")?).into_owned(),
+        peer_urls: get_strings(r, "peer urls")?,
+        client_urls: get_strings(r, "client urls")?,
+        learner: r.bool("learner")?,
+    })
+}
+
+impl MemberCommand {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(MEMBER_COMMAND_TAG);
+        match self {
+            MemberCommand::Add(record) => {
+                w.u8(MEMBER_ADD);
+                put_record(&mut w, record);
+            }
+            MemberCommand::Remove(id) => {
+                w.u8(MEMBER_REMOVE).u64(*id);
+            }
+            MemberCommand::Publish { id, name, client_urls } => {
+                w.u8(MEMBER_PUBLISH).u64(*id).bytes(name.as_bytes());
+                put_strings(&mut w, client_urls);
+            }
+            MemberCommand::Promote(id) => {
+                w.u8(MEMBER_PROMOTE).u64(*id);
+            }
+            MemberCommand::UpdatePeers { id, peer_urls } => {
+                w.u8(MEMBER_UPDATE_PEERS).u64(*id);
+                put_strings(&mut w, peer_urls);
+            }
+        }
+        w.into_vec()
+    }
+
+    pub fn decode(data: &[u8]) -> Result<MemberCommand, DecodeError> {
+        let mut r = Reader::new(data);
+        if r.u8("member command tag")? != MEMBER_COMMAND_TAG {
+            return Err(r.error("member command tag", "not a member command"));
+        }
+        let command = match r.u8("member command kind")? {
+            MEMBER_ADD => MemberCommand::Add(get_record(&mut r)?),
+            MEMBER_REMOVE => MemberCommand::Remove(r.u64("member id")?),
+            MEMBER_PUBLISH => MemberCommand::Publish {
+                id: r.u64("member id")?,
+                name: String::from_utf8_lossy(&r.bytes("member name")?).into_owned(),
+                client_urls: get_strings(&mut r, "client urls")?,
+            },
+            MEMBER_PROMOTE => MemberCommand::Promote(r.u64("member id")?),
+            MEMBER_UPDATE_PEERS => {
+                MemberCommand::UpdatePeers { id: r.u64("member id")?, peer_urls: get_strings(&mut r, "peer urls")? }
+            }
+            other => return Err(r.error("member command kind", format!("unknown kind {other}"))),
+        };
+        r.finish("member command")?;
+        Ok(command)
+    }
+}
+
+/// Every member record, encoded (for snapshots and the members file).
+pub fn encode_members(members: &BTreeMap<u64, MemberRecord>) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.u32(u32::try_from(members.len()).expect("fewer than 4G members"));
+    for record in members.values() {
+        put_record(&mut w, record);
+    }
+    w.into_vec()
+}
+
+pub fn decode_members(data: &[u8]) -> Result<BTreeMap<u64, MemberRecord>, DecodeError> {
+    let mut r = Reader::new(data);
+    let count = r.count("member count", 8)?;
+    let mut members = BTreeMap::new();
+    for _ in 0..count {
+        let record = get_record(&mut r)?;
+        members.insert(record.id, record);
+    }
+    r.finish("members")?;
+    Ok(members)
+}
+
+/// Splits this machine's snapshot into the etcd store's snapshot and the member records (`None`
+/// for a bare store snapshot).
+pub fn split_snapshot(data: &[u8]) -> Result<(Bytes, Option<BTreeMap<u64, MemberRecord>>), DecodeError> {
+    let Some(rest) = data.strip_prefix(SNAPSHOT_MAGIC.as_slice()) else {
+        return Ok((Bytes::copy_from_slice(data), None));
+    };
+    let mut r = Reader::new(rest);
+    let store = r.bytes("store snapshot")?;
+    let members = decode_members(&r.bytes("members")?)?;
+    r.finish("machine snapshot")?;
+    Ok((store, Some(members)))
+}
+
+/// Writes the members file atomically: a crash leaves the old or the new file, never a mix.
+fn write_members_file(path: &std::path::Path, members: &BTreeMap<u64, MemberRecord>) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    let body = encode_members(members);
+    let mut framed = Vec::with_capacity(body.len() + 8);
+    keel_codec::frame::encode_frame(&mut framed, &body);
+    file.write_all(&framed)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Reads the members file; `None` if there is none. A damaged file is an error (with where).
+pub fn read_members_file(path: &std::path::Path) -> Result<Option<BTreeMap<u64, MemberRecord>>, String> {
+    let data = match std::fs::read(path) {
+        Ok(data) => data,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(format!("read {}: {error}", path.display())),
+    };
+    let (payload, _) = keel_codec::frame::decode_frame(&data, 0, data.len())
+        .map_err(|error| format!("{}: {error}", path.display()))?;
+    decode_members(payload).map(Some).map_err(|error| format!("{}: {error}", path.display()))
+}
 
 /// How often the store waits for the disk (etcd's backend commits every 100 ms too).
-pub const DURABLE_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100_000);
+pub const DURABLE_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A change to a lease's clock, as applied: the server's lease clock follows these on every
 /// member, so whichever member leads next already knows each lease's remaining time.
@@ -58,6 +263,10 @@ pub struct MvccMachine<B: Backend> {
     lease_changes: Vec<LeaseChange>,
     durable_interval: std::time::Duration,
     last_durable_commit: std::time::Instant,
+    members: BTreeMap<u64, MemberRecord>,
+    /// Where member records are kept (written at every change); `None` keeps them in memory.
+    members_path: Option<PathBuf>,
+    members_changed: bool,
 }
 
 impl<B: Backend> MvccMachine<B> {
@@ -75,7 +284,74 @@ impl<B: Backend> MvccMachine<B> {
             lease_changes: Vec::new(),
             durable_interval: interval,
             last_durable_commit: std::time::Instant::now(),
+            members: BTreeMap::new(),
+            members_path: None,
+            members_changed: false,
         }
+    }
+
+    /// Keeps member records in `path` (rewritten at every change), starting from `members`.
+    pub fn with_members(mut self, members: BTreeMap<u64, MemberRecord>, path: PathBuf) -> Self {
+        self.members = members;
+        self.members_path = Some(path);
+        self.members_changed = true;
+        self
+    }
+
+    pub fn members(&self) -> &BTreeMap<u64, MemberRecord> {
+        &self.members
+    }
+
+    /// Whether member records changed since the last call.
+    pub fn take_members_changed(&mut self) -> bool {
+        std::mem::take(&mut self.members_changed)
+    }
+
+    fn set_members(&mut self, members: BTreeMap<u64, MemberRecord>) {
+        self.members = members;
+        self.members_changed = true;
+        if let Some(path) = &self.members_path {
+            if let Err(error) = write_members_file(path, &self.members) {
+                self.fail(format!("write {}: {error}", path.display()));
+            }
+        }
+    }
+
+    fn apply_member_command(&mut self, index: Index, data: &Bytes) -> CommandResult {
+        let command = MemberCommand::decode(data).map_err(|error| ApplyError::Undecodable(error.to_string()));
+        if index > self.store.applied_index() {
+            if let Err(error) = self.store.advance_applied(index) {
+                return Err(self.fail(error));
+            }
+        }
+        // Every member command is idempotent: replaying it after a restart is harmless.
+        let mut members = self.members.clone();
+        match command? {
+            MemberCommand::Add(record) => {
+                members.insert(record.id, record);
+            }
+            MemberCommand::Remove(id) => {
+                members.remove(&id);
+            }
+            MemberCommand::Publish { id, name, client_urls } => {
+                if let Some(record) = members.get_mut(&id) {
+                    record.name = name;
+                    record.client_urls = client_urls;
+                }
+            }
+            MemberCommand::Promote(id) => {
+                if let Some(record) = members.get_mut(&id) {
+                    record.learner = false;
+                }
+            }
+            MemberCommand::UpdatePeers { id, peer_urls } => {
+                if let Some(record) = members.get_mut(&id) {
+                    record.peer_urls = peer_urls;
+                }
+            }
+        }
+        self.set_members(members);
+        Ok(Applied::Members)
     }
 
     pub fn store(&self) -> &Store<B> {
@@ -119,6 +395,9 @@ impl<B: Backend> StateMachine for MvccMachine<B> {
 
     fn apply(&mut self, index: Index, data: &Bytes) -> CommandResult {
         self.entries_handed += 1;
+        if data.first() == Some(&MEMBER_COMMAND_TAG) {
+            return self.apply_member_command(index, data);
+        }
         let command = match Command::decode(data) {
             Ok(command) => command,
             Err(error) => {
@@ -147,7 +426,7 @@ impl<B: Backend> StateMachine for MvccMachine<B> {
                         _ => {}
                     }
                 }
-                result.map_err(ApplyError::Client)
+                result.map(Applied::Kv).map_err(ApplyError::Client)
             }
             Ok(ApplyOutcome::Skipped) => Err(ApplyError::AlreadyApplied),
             Err(error) => Err(self.fail(error)),
@@ -181,12 +460,78 @@ impl<B: Backend> StateMachine for MvccMachine<B> {
     }
 
     fn snapshot(&self) -> Result<Bytes, String> {
-        self.store.snapshot().map(Bytes::from).map_err(|e| e.to_string())
+        let store = self.store.snapshot().map_err(|e| e.to_string())?;
+        let mut w = Writer::with_capacity(store.len() + 256);
+        w.bytes(&store).bytes(&encode_members(&self.members));
+        let mut out = SNAPSHOT_MAGIC.to_vec();
+        out.extend(w.into_vec());
+        Ok(Bytes::from(out))
     }
 
     fn restore(&mut self, data: &Bytes) {
-        if let Err(error) = self.store.restore(data) {
+        let (store, members) = match split_snapshot(data) {
+            Ok(parts) => parts,
+            Err(error) => {
+                self.fail(format!("undecodable snapshot: {error}"));
+                return;
+            }
+        };
+        if let Err(error) = self.store.restore(&store) {
             self.fail(error);
+            return;
         }
+        if let Some(members) = members {
+            self.set_members(members);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: u64) -> MemberRecord {
+        MemberRecord {
+            id,
+            name: format!("m{id}"),
+            peer_urls: vec![format!("http://127.0.0.1:{id}")],
+            client_urls: vec!["http://127.0.0.1:2379".into()],
+            learner: id % 2 == 0,
+        }
+    }
+
+    #[test]
+    fn member_commands_round_trip_and_garbage_is_an_error() {
+        let commands = [
+            MemberCommand::Add(record(7)),
+            MemberCommand::Remove(7),
+            MemberCommand::Publish { id: 7, name: "m7".into(), client_urls: vec!["http://x:1".into()] },
+            MemberCommand::Promote(7),
+            MemberCommand::UpdatePeers { id: 7, peer_urls: vec!["http://y:2".into()] },
+        ];
+        for command in commands {
+            let encoded = command.encode();
+            assert_eq!(encoded[0], MEMBER_COMMAND_TAG);
+            assert_eq!(MemberCommand::decode(&encoded), Ok(command.clone()));
+            for cut in 0..encoded.len() {
+                assert!(MemberCommand::decode(&encoded[..cut]).is_err(), "{command:?} cut at {cut}");
+            }
+        }
+        assert!(MemberCommand::decode(&[MEMBER_COMMAND_TAG, 99]).is_err());
+    }
+
+    #[test]
+    fn member_records_survive_the_snapshot_envelope() {
+        let members: BTreeMap<u64, MemberRecord> = [record(1), record(2)].into_iter().map(|r| (r.id, r)).collect();
+        let mut w = Writer::new();
+        w.bytes(b"store bytes").bytes(&encode_members(&members));
+        let mut snapshot = SNAPSHOT_MAGIC.to_vec();
+        snapshot.extend(w.into_vec());
+        let (store, decoded) = split_snapshot(&snapshot).expect("splits");
+        assert_eq!(&store[..], b"store bytes");
+        assert_eq!(decoded, Some(members));
+        // A bare store snapshot (from before member records) passes through whole.
+        let (store, decoded) = split_snapshot(b"KEELMVCC...").expect("bare");
+        assert_eq!((&store[..], decoded), (&b"KEELMVCC..."[..], None));
     }
 }

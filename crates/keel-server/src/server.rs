@@ -5,7 +5,7 @@
 //! (gRPC and HTTP on the client URLs) run on a tokio runtime and reach the driver through one
 //! bounded queue.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -32,14 +32,15 @@ use crate::api::kv::KvService;
 use crate::api::lease::LeaseService;
 use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::WatchService;
-use crate::api::{MemberInfo, Shared};
+use crate::api::Shared;
 use crate::config::{ClusterState, PeerUrl, ServerConfig};
 use crate::driver::{persist, Driver, Input, PeerInbox};
 use crate::hook::{Machine, ServerHook};
+use crate::machine::{read_members_file, split_snapshot, MemberRecord, MvccMachine};
 use crate::metrics::Metrics;
 use crate::transport::{start_listener, Incoming, PeerSender};
 use crate::watch_hub::{HeaderBase, WatchHub};
-use crate::{http, ids, machine::MvccMachine};
+use crate::{http, ids};
 
 /// The one raft group today (multi-raft placement comes later).
 pub const GROUP: u64 = 1;
@@ -67,7 +68,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
 }
 
 /// Resolves a URL's host, preferring IPv4 (as Go's resolver does for "localhost").
-fn resolve(url: &PeerUrl) -> Result<SocketAddr, ServerError> {
+pub fn resolve(url: &PeerUrl) -> Result<SocketAddr, ServerError> {
     let addrs: Vec<SocketAddr> =
         (url.host.as_str(), url.port).to_socket_addrs().map_err(io(format!("resolve {url}")))?.collect();
     addrs
@@ -78,43 +79,45 @@ fn resolve(url: &PeerUrl) -> Result<SocketAddr, ServerError> {
         .ok_or_else(|| ServerError::Config(format!("{url} resolves to no address")))
 }
 
-/// Who is in the cluster, as configured.
+/// Who is in the cluster, as configured by the flags.
 pub struct Membership {
     pub me: u64,
     pub cluster_id: u64,
-    pub members: BTreeMap<u64, MemberInfo>,
-    pub peer_addrs: BTreeMap<NodeId, SocketAddr>,
+    pub members: BTreeMap<u64, MemberRecord>,
 }
 
 pub fn membership(config: &ServerConfig) -> Result<Membership, ServerError> {
     let token = &config.initial_cluster_token;
     let mut members = BTreeMap::new();
-    let mut peer_addrs = BTreeMap::new();
     for (name, urls) in &config.initial_cluster {
-        let id = ids::member_id(token, name, urls);
-        let client_urls = if *name == config.name {
-            config.advertise_client_urls.iter().map(ToString::to_string).collect()
-        } else {
-            Vec::new() // learned from the member's own hello
-        };
-        members.insert(
-            id,
-            MemberInfo {
-                id,
-                name: name.clone(),
-                peer_urls: urls.iter().map(ToString::to_string).collect(),
-                client_urls,
-            },
-        );
-        peer_addrs.insert(id, resolve(&urls[0])?);
+        let id = ids::member_id(token, urls);
+        // Client URLs are not in the flags: each member publishes its own through the log once
+        // it runs, so every member's records agree.
+        let peer_urls = urls.iter().map(ToString::to_string).collect();
+        members.insert(id, MemberRecord { id, name: name.clone(), peer_urls, client_urls: Vec::new(), learner: false });
     }
     let me = members
         .values()
         .find(|m| m.name == config.name)
         .map(|m| m.id)
         .ok_or_else(|| ServerError::Config(format!("--name {} is not in --initial-cluster", config.name)))?;
-    let ids: Vec<u64> = members.keys().copied().collect();
-    Ok(Membership { me, cluster_id: ids::cluster_id(token, &ids), members, peer_addrs })
+    Ok(Membership { me, cluster_id: ids::cluster_id(token), members })
+}
+
+/// Where each member other than `me` listens for peers.
+pub fn peer_addresses(members: &BTreeMap<u64, MemberRecord>, me: u64) -> BTreeMap<NodeId, SocketAddr> {
+    let mut out = BTreeMap::new();
+    for record in members.values().filter(|m| m.id != me) {
+        let Some(url) = record.peer_urls.first() else { continue };
+        match PeerUrl::parse("peer-urls", url).map_err(|e| ServerError::Config(e.to_string())).and_then(|u| resolve(&u))
+        {
+            Ok(addr) => {
+                out.insert(record.id, addr);
+            }
+            Err(error) => tracing::warn!(member = %format!("{:x}", record.id), %error, "cannot reach a member"),
+        }
+    }
+    out
 }
 
 /// Opens the state machine's store, restored from the raft snapshot if a crash left it behind
@@ -131,8 +134,9 @@ pub fn open_store(db_path: &Path, snapshot: Option<&keel_raft::Snapshot>) -> Res
                 snapshot = snapshot.meta.index,
                 "the store is behind the raft snapshot; restoring it from the snapshot"
             );
+            let (store_snapshot, _) = split_snapshot(&snapshot.data).map_err(|e| ServerError::Config(e.to_string()))?;
             store
-                .restore(&snapshot.data)
+                .restore(&store_snapshot)
                 .map_err(|error| ServerError::Config(format!("restore the store from the raft snapshot: {error}")))?;
         }
     }
@@ -144,8 +148,9 @@ fn open_node(
     config: &ServerConfig,
     dir: &Path,
     me: u64,
-    voters: &[u64],
+    initial_members: &BTreeMap<u64, MemberRecord>,
 ) -> Result<(Node<Machine>, NodeStorage), ServerError> {
+    let voters: Vec<u64> = initial_members.keys().copied().collect();
     let wal_dir = dir.join("wal");
     std::fs::create_dir_all(&wal_dir).map_err(io(format!("create {}", wal_dir.display())))?;
     let disk: Arc<dyn Disk> = Arc::new(RealDisk::new(&wal_dir));
@@ -153,15 +158,11 @@ fn open_node(
     tracing::info!(?recovery, "write-ahead log recovered");
     let mut state = match groups.remove(&GROUP) {
         Some(group) => group.raft_state(),
+        // Joining a running cluster (after MemberAdd): start empty; the leader sends the log
+        // (or a snapshot), membership included.
+        None if config.initial_cluster_state == ClusterState::Existing => RecoveredState::default(),
         None => {
-            if config.initial_cluster_state == ClusterState::Existing {
-                return Err(ServerError::Config(
-                    "--initial-cluster-state existing with an empty data dir: joining a running cluster \
-                     (after MemberAdd) is not supported yet"
-                        .into(),
-                ));
-            }
-            let (hard_state, entries) = bootstrap(voters);
+            let (hard_state, entries) = bootstrap(&voters);
             persist(
                 &mut storage,
                 &[GroupWrite {
@@ -175,6 +176,17 @@ fn open_node(
         }
     };
     let store = open_store(&dir.join("db.redb"), state.snapshot.as_ref())?;
+    // Member records: the members file if this member has one, else the snapshot's, else the
+    // flags' (the log after either replays every change since).
+    let members_path = dir.join("members");
+    let snapshot_members = match &state.snapshot {
+        Some(snapshot) => split_snapshot(&snapshot.data).map_err(|e| ServerError::Config(e.to_string()))?.1,
+        None => None,
+    };
+    let members = match read_members_file(&members_path).map_err(ServerError::Config)? {
+        Some(members) => members,
+        None => snapshot_members.unwrap_or_else(|| initial_members.clone()),
+    };
     // The store's durable applied index: raft hands out only what comes after it.
     state.applied = state.applied.max(store.durable_applied_index());
     let mut node_config = NodeConfig::new(me);
@@ -183,7 +195,7 @@ fn open_node(
     let mut raft = Config::new(me, GROUP);
     raft.election_ticks =
         u32::try_from(config.election_timeout_ms / config.heartbeat_interval_ms.max(1)).unwrap_or(u32::MAX).max(2);
-    node.add_group(raft, state, MvccMachine::new(store))
+    node.add_group(raft, state, MvccMachine::new(store).with_members(members, members_path))
         .map_err(|error| ServerError::Config(format!("raft refused the recovered state: {error}")))?;
     Ok((node, storage))
 }
@@ -194,13 +206,15 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     let me = membership.me;
     let dir = PathBuf::from(&config.data_dir).join("member");
     std::fs::create_dir_all(&dir).map_err(io(format!("create data dir {}", dir.display())))?;
-    let voters: Vec<u64> = membership.members.keys().copied().collect();
-    let (node, storage) = open_node(&config, &dir, me, &voters)?;
+    let (node, storage) = open_node(&config, &dir, me, &membership.members)?;
+    let current_members = node.machine(GROUP).map(|m| m.members().clone()).unwrap_or_default();
 
     let metrics = Arc::new(Metrics::default());
     let base = HeaderBase { cluster_id: membership.cluster_id, member_id: me };
     let hub = Arc::new(Mutex::new(WatchHub::new(base)));
-    let members = Arc::new(Mutex::new(membership.members.clone()));
+    let member_ids: Arc<std::sync::RwLock<BTreeSet<u64>>> = Arc::new(std::sync::RwLock::new(
+        current_members.keys().copied().chain(membership.members.keys().copied()).collect(),
+    ));
     let (inputs, receiver) = mpsc::sync_channel::<Input<Machine, ServerHook>>(CLIENT_QUEUE_MAX);
 
     // Peers.
@@ -210,22 +224,21 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         name: config.name.clone(),
         client_urls: config.advertise_client_urls.iter().map(ToString::to_string).collect(),
     };
-    let peers = PeerSender::start_with(membership.cluster_id, me, &membership.peer_addrs, Some(attributes));
+    let mut addresses = peer_addresses(&membership.members, me);
+    addresses.extend(peer_addresses(&current_members, me));
+    let peers = Arc::new(PeerSender::start_with(membership.cluster_id, me, &addresses, Some(attributes)));
     let peer_inputs = inputs.clone();
     let inbox = Arc::new(PeerInbox::default());
     let peer_inbox = inbox.clone();
-    let peer_members = members.clone();
-    let known: Vec<u64> = voters.clone();
+    let known = member_ids.clone();
     start_listener(
         listener,
         membership.cluster_id,
         me,
-        Arc::new(move |id| known.contains(&id)),
+        Arc::new(move |id| known.read().expect("member ids lock").contains(&id)),
         Arc::new(move |incoming| match incoming {
-            Incoming::Frame { from, frame: PeerFrame::Attributes { client_urls, .. } } => {
-                if let Some(member) = peer_members.lock().expect("members lock").get_mut(&from) {
-                    member.client_urls = client_urls;
-                }
+            Incoming::Frame { from, frame: PeerFrame::Attributes { name, client_urls } } => {
+                tracing::debug!(peer = %format!("{from:x}"), %name, ?client_urls, "peer connected");
             }
             incoming => {
                 if peer_inbox.push(incoming) {
@@ -237,7 +250,18 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     );
 
     // The driver.
-    let hook = ServerHook::new(GROUP, hub.clone(), metrics.clone(), dir.join("db.redb"));
+    let own = MemberRecord {
+        id: me,
+        name: config.name.clone(),
+        peer_urls: config.initial_advertise_peer_urls.iter().map(ToString::to_string).collect(),
+        client_urls: config.advertise_client_urls.iter().map(ToString::to_string).collect(),
+        learner: false,
+    };
+    let hook = ServerHook::new(GROUP, hub.clone(), metrics.clone(), dir.join("db.redb")).with_membership(
+        own,
+        peers.clone(),
+        member_ids,
+    );
     let tick = Duration::from_millis(config.heartbeat_interval_ms.max(1));
     let driver = Driver::new(node, storage, receiver, inbox, Box::new(move |out| peers.send_out(out)), hook, tick);
     std::thread::Builder::new()
@@ -257,7 +281,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         group: GROUP,
         cluster_id: membership.cluster_id,
         member_id: me,
-        members,
+        token: config.initial_cluster_token.clone(),
         max_request_bytes: usize::try_from(config.max_request_bytes).unwrap_or(usize::MAX),
         max_txn_ops: usize::try_from(config.max_txn_ops).unwrap_or(usize::MAX),
         // etcd: 1.5 election timeouts, in whole seconds, rounded up.

@@ -27,6 +27,8 @@ pub const DUPLICATE_KEY: &str = "etcdserver: duplicate key given in txn request"
 pub const VALUE_PROVIDED: &str = "etcdserver: value is provided";
 pub const LEASE_PROVIDED: &str = "etcdserver: lease is provided";
 pub const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
+pub const PEER_URL_EXISTS: &str = "etcdserver: Peer URLs already exists";
+pub const NOT_LEARNER: &str = "etcdserver: can only promote a learner member";
 pub const NOT_CAPABLE: &str = "etcdserver: not capable";
 
 pub fn too_large() -> Status {

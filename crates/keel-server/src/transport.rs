@@ -49,9 +49,13 @@ pub const PEER_FRAME_BYTES_MAX: usize = 64 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Sends raft messages to peers; cheap to call from the driver (never blocks).
+/// Sends raft messages to peers; cheap to call from the driver (never blocks). Peers come and
+/// go with membership changes ([`PeerSender::set_peers`]).
 pub struct PeerSender {
-    queues: BTreeMap<NodeId, SyncSender<Outgoing>>,
+    cluster_id: u64,
+    me: NodeId,
+    attributes: Option<PeerFrame>,
+    queues: std::sync::Mutex<BTreeMap<NodeId, (SocketAddr, SyncSender<Outgoing>)>>,
 }
 
 impl PeerSender {
@@ -67,20 +71,28 @@ impl PeerSender {
         peers: &BTreeMap<NodeId, SocketAddr>,
         attributes: Option<PeerFrame>,
     ) -> PeerSender {
-        let mut queues = BTreeMap::new();
+        let sender = PeerSender { cluster_id, me, attributes, queues: std::sync::Mutex::new(BTreeMap::new()) };
+        sender.set_peers(peers);
+        sender
+    }
+
+    /// Makes the peer set exactly `peers` (this member excluded): new peers get a sender thread,
+    /// removed ones lose theirs (it ends once its queue is dropped), moved ones are restarted.
+    pub fn set_peers(&self, peers: &BTreeMap<NodeId, SocketAddr>) {
+        let mut queues = self.queues.lock().expect("peer queues lock");
+        queues.retain(|id, (addr, _)| peers.get(id) == Some(addr));
         for (&id, &addr) in peers {
-            if id == me {
+            if id == self.me || queues.contains_key(&id) {
                 continue;
             }
             let (queue, receiver) = mpsc::sync_channel(PEER_QUEUE_MAX);
-            let attributes = attributes.clone();
+            let (cluster_id, me, attributes) = (self.cluster_id, self.me, self.attributes.clone());
             std::thread::Builder::new()
                 .name(format!("keel-peer-{id:x}"))
                 .spawn(move || send_loop(cluster_id, me, id, addr, attributes, receiver))
                 .expect("spawn peer sender thread");
-            queues.insert(id, queue);
+            queues.insert(id, (addr, queue));
         }
-        PeerSender { queues }
     }
 
     pub fn send(&self, msg: Message) {
@@ -88,7 +100,8 @@ impl PeerSender {
     }
 
     pub fn send_out(&self, msg: Outgoing) {
-        let Some(queue) = self.queues.get(&msg.to()) else {
+        let queues = self.queues.lock().expect("peer queues lock");
+        let Some((_, queue)) = queues.get(&msg.to()) else {
             tracing::debug!(to = msg.to(), "dropping a message to an unknown peer");
             return;
         };

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use keel_mvcc::{Command, PutRequest, RangeRequest, RedbBackend, Response};
 use keel_node::{bootstrap, Answer, GroupWrite, Node, NodeConfig, OutcomeOf};
 use keel_raft::{Config, RecoveredState, Role};
-use keel_server::MvccMachine;
+use keel_server::{Applied, MvccMachine};
 use keel_storage::{Disk, NodeStorage, RealDisk, StorageOptions};
 
 const GROUP: u64 = 1;
@@ -99,7 +99,7 @@ impl Member {
         });
         self.node.propose(GROUP, id, Bytes::from(command.encode())).expect("leader accepts");
         match self.wait(id) {
-            Answer::Applied(Ok(Response::Put(put))) => put.revision,
+            Answer::Applied(Ok(Applied::Kv(Response::Put(put)))) => put.revision,
             other => panic!("unexpected answer {other:?}"),
         }
     }
@@ -198,7 +198,7 @@ fn the_driver_thread_serves_writes_and_reads_and_they_survive_a_restart() {
                 })
                 .expect("driver runs");
             match answer.recv().expect("driver answers") {
-                Ok(Ok(Response::Put(put))) => return put.revision,
+                Ok(Ok(Applied::Kv(Response::Put(put)))) => return put.revision,
                 Ok(other) => panic!("unexpected response {other:?}"),
                 Err(_) => std::thread::sleep(Duration::from_millis(2)),
             }

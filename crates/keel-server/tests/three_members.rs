@@ -11,7 +11,7 @@ use bytes::Bytes;
 use keel_mvcc::{Command, PutRequest, RangeRequest, RedbBackend, Response, Store, StoreOptions};
 use keel_node::{bootstrap, GroupWrite, Node, NodeConfig};
 use keel_raft::{Config, NodeId, RecoveredState};
-use keel_server::{persist, start_listener, Driver, Input, MvccMachine, PeerSender};
+use keel_server::{persist, start_listener, Applied, Driver, Input, MvccMachine, PeerSender};
 use keel_storage::{Disk, NodeStorage, RealDisk, StorageOptions};
 
 const GROUP: u64 = 1;
@@ -75,7 +75,7 @@ fn put(members: &[Inputs], key: &str, value: &str) -> i64 {
             })
             .expect("driver runs");
         match answer.recv_timeout(Duration::from_secs(5)) {
-            Ok(Ok(Ok(Response::Put(put)))) => return put.revision,
+            Ok(Ok(Ok(Applied::Kv(Response::Put(put))))) => return put.revision,
             Ok(Ok(other)) => panic!("unexpected response {other:?}"),
             // Not the leader (or no leader yet): try the next member, as a client would.
             Ok(Err(_)) | Err(_) => std::thread::sleep(Duration::from_millis(3)),

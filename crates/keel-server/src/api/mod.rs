@@ -9,7 +9,6 @@ pub mod lease;
 pub mod maintenance;
 pub mod watch;
 
-use std::collections::BTreeMap;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
@@ -18,25 +17,17 @@ use keel_api::etcdserverpb::ResponseHeader;
 use keel_api::tonic::Status;
 use keel_mvcc::{Command, RangeRequest, RangeResponse, Response};
 use keel_node::Node;
-use keel_raft::GroupId;
+use keel_raft::{ConfChange, GroupId};
 use tokio::sync::oneshot;
 
 use crate::driver::Input;
 use crate::hook::{Machine, ServerHook};
+use crate::machine::{Applied, MemberCommand};
 use crate::metrics::Metrics;
 use crate::status;
 use crate::watch_hub::WatchHub;
 
 pub type Inputs = SyncSender<Input<Machine, ServerHook>>;
-
-/// A member as `MemberList` shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MemberInfo {
-    pub id: u64,
-    pub name: String,
-    pub peer_urls: Vec<String>,
-    pub client_urls: Vec<String>,
-}
 
 /// What every service shares: the way into the driver, the member's identity and limits.
 pub struct Shared {
@@ -44,7 +35,8 @@ pub struct Shared {
     pub group: GroupId,
     pub cluster_id: u64,
     pub member_id: u64,
-    pub members: Arc<Mutex<BTreeMap<u64, MemberInfo>>>,
+    /// `--initial-cluster-token`: new members' ids derive from it.
+    pub token: String,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     /// Leases shorter than this are granted this TTL (etcd: 1.5 election timeouts, rounded up).
@@ -74,7 +66,18 @@ impl Shared {
     /// Replicates `command` and returns its applied response. Refused whole, before anything is
     /// proposed, if it is larger than `--max-request-bytes`.
     pub async fn propose(&self, command: &Command) -> Result<Response, Status> {
-        let data = Bytes::from(command.encode());
+        match self.propose_bytes(Bytes::from(command.encode())).await? {
+            Applied::Kv(response) => Ok(response),
+            Applied::Members => Err(Status::internal("etcdserver: a command was applied as a member record")),
+        }
+    }
+
+    /// Replicates a change to the member records.
+    pub async fn propose_members(&self, command: &MemberCommand) -> Result<(), Status> {
+        self.propose_bytes(Bytes::from(command.encode())).await.map(drop)
+    }
+
+    async fn propose_bytes(&self, data: Bytes) -> Result<Applied, Status> {
         if data.len() > self.max_request_bytes {
             return Err(status::too_large());
         }
@@ -82,8 +85,20 @@ impl Shared {
         let reply = Box::new(move |result| drop(tx.send(result)));
         self.submit(Input::Propose { group: self.group, data, reply })?;
         match rx.await {
-            Ok(Ok(Ok(response))) => Ok(response),
+            Ok(Ok(Ok(applied))) => Ok(applied),
             Ok(Ok(Err(error))) => Err(status::from_apply(&error)),
+            Ok(Err(error)) => Err(status::from_request(&error)),
+            Err(_) => Err(status::stopped()),
+        }
+    }
+
+    /// Replicates a raft membership change; returns once it is applied here.
+    pub async fn propose_conf_change(&self, change: ConfChange) -> Result<(), Status> {
+        let (tx, rx) = oneshot::channel();
+        let reply = Box::new(move |result| drop(tx.send(result)));
+        self.submit(Input::ConfChange { group: self.group, change, reply })?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(status::from_request(&error)),
             Err(_) => Err(status::stopped()),
         }

@@ -71,6 +71,26 @@ impl Cluster {
 
     /// Starts member `i` (again) with etcd's flags on its data dir.
     pub fn spawn(&mut self, i: usize) {
+        self.spawn_with_state(i, "new");
+    }
+
+    /// Adds a member slot (not started): for `MemberAdd`, then [`Cluster::spawn_joining`].
+    pub fn add_slot(&mut self) -> usize {
+        let name = format!("m{}", self.members.len() + 1);
+        self.members.push(Member { name, client_port: free_port(), peer_port: free_port(), child: None });
+        self.members.len() - 1
+    }
+
+    /// Starts member `i` to join the running cluster (`--initial-cluster-state existing`).
+    pub fn spawn_joining(&mut self, i: usize) {
+        self.spawn_with_state(i, "existing");
+    }
+
+    pub fn peer_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[i].peer_port)
+    }
+
+    fn spawn_with_state(&mut self, i: usize, state: &str) {
         let cluster = self.initial_cluster();
         let member = &self.members[i];
         let log = std::fs::OpenOptions::new()
@@ -88,7 +108,7 @@ impl Cluster {
             .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{}", member.peer_port)])
             .args(["--initial-cluster", &cluster])
             .args(["--initial-cluster-token", &self.token])
-            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-state", state])
             .args(["--heartbeat-interval", &HEARTBEAT_MS.to_string()])
             .args(["--election-timeout", &ELECTION_MS.to_string()])
             .stdin(Stdio::null())
