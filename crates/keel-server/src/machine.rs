@@ -496,7 +496,7 @@ mod tests {
             name: format!("m{id}"),
             peer_urls: vec![format!("http://127.0.0.1:{id}")],
             client_urls: vec!["http://127.0.0.1:2379".into()],
-            learner: id % 2 == 0,
+            learner: id.is_multiple_of(2),
         }
     }
 
