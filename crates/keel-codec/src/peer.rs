@@ -23,6 +23,7 @@ const KIND_FORWARD: u8 = 3;
 const KIND_FORWARD_REPLY: u8 = 4;
 const KIND_ATTRIBUTES: u8 = 5;
 const KIND_FORWARD_CONF_CHANGE: u8 = 6;
+const KIND_CHUNK: u8 = 7;
 /// Most client URLs a member may advertise.
 pub const CLIENT_URLS_MAX: usize = 64;
 const OUTCOME_ACCEPTED: u8 = 1;
@@ -46,6 +47,9 @@ pub enum PeerFrame {
     /// A membership change that reached a follower, forwarded like [`PeerFrame::Forward`];
     /// `change` is a [`keel_raft::ConfChange`]'s encoding.
     ForwardConfChange { group: GroupId, request: u64, change: Bytes },
+    /// A piece of an encoded frame too large to send whole (one carrying a snapshot): the pieces
+    /// of one frame follow each other on a connection, and the `last` one completes it.
+    Chunk { last: bool, bytes: Bytes },
     /// Sent after the hello: the sender's name and client URLs (for logs).
     Attributes { name: String, client_urls: Vec<String> },
 }
@@ -81,6 +85,9 @@ impl PeerFrame {
             }
             PeerFrame::ForwardConfChange { group, request, change } => {
                 w.u8(KIND_FORWARD_CONF_CHANGE).u64(*group).u64(*request).bytes(change);
+            }
+            PeerFrame::Chunk { last, bytes } => {
+                w.u8(KIND_CHUNK).bool(*last).bytes(bytes);
             }
             PeerFrame::Attributes { name, client_urls } => {
                 w.u8(KIND_ATTRIBUTES).bytes(name.as_bytes());
@@ -128,6 +135,7 @@ impl PeerFrame {
                 request: r.u64("request")?,
                 change: r.bytes("conf change")?,
             },
+            KIND_CHUNK => PeerFrame::Chunk { last: r.bool("last chunk")?, bytes: r.bytes("chunk")? },
             KIND_ATTRIBUTES => {
                 let name = String::from_utf8_lossy(&r.bytes("member name")?).into_owned();
                 let count = r.count("client url count", 4)?;
@@ -167,6 +175,63 @@ pub enum PeerRefusal {
     WrongTarget { me: NodeId, to: NodeId },
     #[error("the first frame of a peer connection must be a hello")]
     NoHello,
+}
+
+/// Appends `frame`'s encoding to `out`, split into [`PeerFrame::Chunk`]s of at most
+/// `chunk_bytes` when it is larger than that.
+pub fn encode_chunked(out: &mut Vec<u8>, frame: &PeerFrame, chunk_bytes: usize) {
+    let encoded = frame.encode();
+    if encoded.len() <= chunk_bytes {
+        out.extend(encoded);
+        return;
+    }
+    let pieces = encoded.chunks(chunk_bytes.max(1));
+    let count = pieces.len();
+    for (i, piece) in pieces.enumerate() {
+        out.extend(PeerFrame::Chunk { last: i + 1 == count, bytes: Bytes::copy_from_slice(piece) }.encode());
+    }
+}
+
+/// Reassembles chunked frames; bounded by `max_bytes` per frame.
+#[derive(Debug)]
+pub struct Reassembly {
+    buf: Vec<u8>,
+    max_bytes: usize,
+}
+
+impl Reassembly {
+    pub fn new(max_bytes: usize) -> Reassembly {
+        Reassembly { buf: Vec::new(), max_bytes }
+    }
+
+    /// Takes one chunk; the whole frame once its last chunk is in.
+    pub fn push(&mut self, last: bool, bytes: &[u8]) -> Result<Option<PeerFrame>, PeerStreamError> {
+        if self.buf.len() + bytes.len() > self.max_bytes {
+            let len = self.buf.len() + bytes.len();
+            self.buf.clear();
+            return Err(PeerStreamError::Frame(FrameError::TooLong { offset: 0, len, limit: self.max_bytes }));
+        }
+        self.buf.extend_from_slice(bytes);
+        if !last {
+            return Ok(None);
+        }
+        let whole = std::mem::take(&mut self.buf);
+        let mut reader = FrameReader::new(self.max_bytes);
+        reader.push(&whole);
+        match reader.next_frame()? {
+            Some(PeerFrame::Chunk { .. }) | None => Err(PeerStreamError::Decode(DecodeError {
+                what: "chunked frame",
+                offset: 0,
+                problem: "the chunks do not make one frame".into(),
+            })),
+            Some(frame) if reader.buf.is_empty() => Ok(Some(frame)),
+            Some(_) => Err(PeerStreamError::Decode(DecodeError {
+                what: "chunked frame",
+                offset: 0,
+                problem: "bytes after the frame".into(),
+            })),
+        }
+    }
 }
 
 /// Decides whether to accept a connection whose first frame is `hello`.
@@ -261,6 +326,7 @@ mod tests {
         let hello = PeerFrame::Hello { cluster_id: 0xabc, from: 1, to: 2 };
         let forward = PeerFrame::Forward { group: 3, request: 77, data: Bytes::from_static(b"put x") };
         let conf = PeerFrame::ForwardConfChange { group: 3, request: 80, change: Bytes::from_static(b"\x01") };
+        let chunk = PeerFrame::Chunk { last: false, bytes: Bytes::from_static(b"part") };
         let replies = [
             PeerFrame::ForwardReply { request: 77, outcome: ForwardOutcome::Accepted { index: 9, term: 2 } },
             PeerFrame::ForwardReply { request: 78, outcome: ForwardOutcome::NotLeader { leader: 3 } },
@@ -272,6 +338,7 @@ mod tests {
         stream.extend(batch().encode());
         stream.extend(forward.encode());
         stream.extend(conf.encode());
+        stream.extend(chunk.encode());
         for reply in &replies {
             stream.extend(reply.encode());
         }
@@ -286,10 +353,49 @@ mod tests {
             while let Some(frame) = reader.next_frame().unwrap() {
                 got.push(frame);
             }
-            let mut want = vec![hello.clone(), attributes.clone(), batch(), forward.clone(), conf.clone()];
+            let mut want =
+                vec![hello.clone(), attributes.clone(), batch(), forward.clone(), conf.clone(), chunk.clone()];
             want.extend(replies.iter().cloned());
             assert_eq!(got, want, "split at {split}");
         }
+    }
+
+    #[test]
+    fn a_large_frame_goes_in_chunks_and_comes_back_whole() {
+        let big = PeerFrame::Forward { group: 1, request: 2, data: Bytes::from(vec![7u8; 10_000]) };
+        let mut stream = Vec::new();
+        encode_chunked(&mut stream, &big, 1_000);
+        encode_chunked(&mut stream, &batch(), 1_000_000);
+        let mut reader = FrameReader::new(2_000);
+        reader.push(&stream);
+        let mut reassembly = Reassembly::new(20_000);
+        let mut got = Vec::new();
+        let mut chunks = 0;
+        while let Some(frame) = reader.next_frame().unwrap() {
+            match frame {
+                PeerFrame::Chunk { last, bytes } => {
+                    chunks += 1;
+                    got.extend(reassembly.push(last, &bytes).unwrap());
+                }
+                other => got.push(other),
+            }
+        }
+        assert!(chunks >= 10);
+        assert_eq!(got, vec![big.clone(), batch()]);
+        // Past its bound, reassembly refuses rather than grows.
+        let mut small = Reassembly::new(5_000);
+        let mut stream = Vec::new();
+        encode_chunked(&mut stream, &big, 1_000);
+        let mut reader = FrameReader::new(2_000);
+        reader.push(&stream);
+        let mut refused = false;
+        while let Some(PeerFrame::Chunk { last, bytes }) = reader.next_frame().unwrap() {
+            if small.push(last, &bytes).is_err() {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused);
     }
 
     #[test]

@@ -355,7 +355,10 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
                     ForwardOutcome::Busy => forwarding.waiter.fail(RequestError::Refused(RaftError::Busy("proposals"))),
                 }
             }
-            PeerFrame::Hello { .. } | PeerFrame::Messages(_) | PeerFrame::Attributes { .. } => {}
+            PeerFrame::Hello { .. }
+            | PeerFrame::Messages(_)
+            | PeerFrame::Attributes { .. }
+            | PeerFrame::Chunk { .. } => {}
         }
     }
 

@@ -12,7 +12,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_codec::peer::{check_hello, FrameReader, PeerFrame};
+use keel_codec::peer::{check_hello, encode_chunked, FrameReader, PeerFrame, Reassembly};
 use keel_raft::{Message, NodeId};
 
 /// What the node sends a peer: raft messages (coalesced into frames) or a frame of its own
@@ -44,8 +44,14 @@ pub enum Incoming {
 const PEER_QUEUE_MAX: usize = 4_096;
 /// Messages coalesced into one frame.
 const MESSAGES_PER_FRAME_MAX: usize = 512;
-/// Largest frame accepted from a peer.
-pub const PEER_FRAME_BYTES_MAX: usize = 64 << 20;
+/// Frames larger than this (a snapshot) go in chunks, so no single write or read is huge and
+/// the per-frame limit below stays small.
+pub const PEER_CHUNK_BYTES: usize = 1 << 20;
+/// Largest frame accepted from a peer in one piece.
+pub const PEER_FRAME_BYTES_MAX: usize = 4 << 20;
+/// Largest frame reassembled from chunks (a snapshot message): raft snapshots are held in memory
+/// whole today; streaming them from disk lifts this bound.
+pub const PEER_MESSAGE_BYTES_MAX: usize = 1 << 30;
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -168,14 +174,15 @@ fn send_loop(
                 Outgoing::Raft(msg) => messages.push(msg),
                 Outgoing::Frame { frame, .. } => {
                     if !messages.is_empty() {
-                        bytes.extend(PeerFrame::Messages(std::mem::take(&mut messages)).encode());
+                        let batch = PeerFrame::Messages(std::mem::take(&mut messages));
+                        encode_chunked(&mut bytes, &batch, PEER_CHUNK_BYTES);
                     }
-                    bytes.extend(frame.encode());
+                    encode_chunked(&mut bytes, &frame, PEER_CHUNK_BYTES);
                 }
             }
         }
         if !messages.is_empty() {
-            bytes.extend(PeerFrame::Messages(messages).encode());
+            encode_chunked(&mut bytes, &PeerFrame::Messages(messages), PEER_CHUNK_BYTES);
         }
         if let Some(connected) = stream.as_mut() {
             if let Err(error) = connected.write_all(&bytes) {
@@ -233,6 +240,7 @@ fn receive_loop(
 ) {
     let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
     let mut reader = FrameReader::new(PEER_FRAME_BYTES_MAX);
+    let mut reassembly = Reassembly::new(PEER_MESSAGE_BYTES_MAX);
     let mut buf = vec![0u8; 64 << 10];
     let mut from: Option<NodeId> = None;
     loop {
@@ -243,6 +251,14 @@ fn receive_loop(
         reader.push(&buf[..read]);
         loop {
             let frame = match reader.next_frame() {
+                Ok(Some(PeerFrame::Chunk { last, bytes })) => match reassembly.push(last, &bytes) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => continue,
+                    Err(error) => {
+                        tracing::warn!(%peer, %error, "closing a peer connection that sent a bad chunked frame");
+                        return;
+                    }
+                },
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(error) => {

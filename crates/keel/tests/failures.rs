@@ -91,3 +91,40 @@ async fn no_acknowledged_write_is_lost_after_kill_9_of_every_member() {
     eprintln!("{} acknowledged writes, {} keys after restart", acked.len(), present.len());
     assert!(lost.is_empty(), "{} acknowledged writes lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_missed_compacted_log_catches_up_from_a_chunked_snapshot() {
+    // A snapshot every 100 entries: the log a stopped member needs is gone by the time it returns.
+    let mut cluster = Cluster::start_with("snapshot", 3, &["--snapshot-count", "100"]);
+    let leader = cluster.leader().await;
+    let behind = (leader + 1) % 3;
+    cluster.kill9(behind);
+    let client = cluster.client(leader).await;
+    // 3 MiB of values: the snapshot crosses the wire in several 1 MiB chunks.
+    let value = vec![b'x'; 1024];
+    for n in 0..3_000 {
+        let key = format!("/s/{n:05}");
+        let value = value.clone();
+        eventually("write", || {
+            let mut c = client.clone();
+            let (key, value) = (key.clone(), value.clone());
+            async move { c.put(key, value, None).await }
+        })
+        .await;
+    }
+    cluster.spawn(behind);
+    cluster.wait_ready();
+    let mut returned = cluster.client(behind).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got =
+            returned.get("/s/", Some(GetOptions::new().with_prefix().with_count_only().with_serializable())).await;
+        if got.as_ref().is_ok_and(|g| g.count() == 3_000) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never caught up: {got:?}\n{}", cluster.log(behind));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = returned.get("/s/02999", Some(GetOptions::new().with_serializable())).await.expect("get");
+    assert_eq!(got.kvs()[0].value(), value.as_slice());
+}

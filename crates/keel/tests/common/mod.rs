@@ -32,6 +32,8 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub members: Vec<Member>,
     token: String,
+    /// More flags for every member.
+    extra: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -42,6 +44,10 @@ fn free_port() -> u16 {
 
 impl Cluster {
     pub fn start(name: &str, size: usize) -> Cluster {
+        Cluster::start_with(name, size, &[])
+    }
+
+    pub fn start_with(name: &str, size: usize, extra: &[&str]) -> Cluster {
         let dir = std::env::temp_dir().join(format!("keel-it-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("test dir");
@@ -53,7 +59,8 @@ impl Cluster {
                 child: None,
             })
             .collect();
-        let mut cluster = Cluster { dir, members, token: format!("keel-it-{name}") };
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut cluster = Cluster { dir, members, token: format!("keel-it-{name}"), extra };
         for i in 0..size {
             cluster.spawn(i);
         }
@@ -111,6 +118,7 @@ impl Cluster {
             .args(["--initial-cluster-state", state])
             .args(["--heartbeat-interval", &HEARTBEAT_MS.to_string()])
             .args(["--election-timeout", &ELECTION_MS.to_string()])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
