@@ -42,6 +42,8 @@ pub struct ServerHook {
     pub metrics: Arc<Metrics>,
     pub leases: LeaseClock,
     pub db_path: PathBuf,
+    /// `--quota-backend-bytes`: past it the NOSPACE alarm is raised.
+    pub quota_bytes: u64,
     last_role: Option<Role>,
     last_leader: u64,
     db_size_read: Option<Instant>,
@@ -56,6 +58,7 @@ impl ServerHook {
             metrics,
             leases: LeaseClock::default(),
             db_path,
+            quota_bytes: u64::MAX,
             last_role: None,
             last_leader: 0,
             db_size_read: None,
@@ -145,6 +148,15 @@ impl Hook<Machine> for ServerHook {
             self.db_size_read = Some(now);
             if let Ok(meta) = std::fs::metadata(&self.db_path) {
                 m.db_size.store(meta.len() as i64, Relaxed);
+                // As etcd: the alarm is raised once the database outgrows its quota and stays
+                // raised until an operator disarms it (after compacting and freeing space).
+                if meta.len() > self.quota_bytes && m.nospace_alarm.swap(1, Relaxed) == 0 {
+                    tracing::warn!(
+                        db_bytes = meta.len(),
+                        quota = self.quota_bytes,
+                        "NOSPACE alarm: database over quota; writes refused"
+                    );
+                }
             }
         }
     }

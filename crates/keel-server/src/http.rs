@@ -44,8 +44,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
-    // etcd: healthy when there is a leader (and no alarm).
-    if shared.metrics.leader() != 0 {
+    // etcd: healthy when there is a leader and no alarm.
+    if shared.metrics.nospace_alarm.load(std::sync::atomic::Ordering::Relaxed) == 1 {
+        json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"health": "false", "reason": "ALARM NOSPACE"}))
+    } else if shared.metrics.leader() != 0 {
         json_response(StatusCode::OK, json!({"health": "true", "reason": ""}))
     } else {
         json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"health": "false", "reason": "RAFT NO LEADER"}))

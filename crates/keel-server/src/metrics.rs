@@ -27,6 +27,8 @@ pub struct Metrics {
     pub leases: AtomicI64,
     pub watch_streams: AtomicI64,
     pub watchers: AtomicI64,
+    /// NOSPACE alarm raised: the database outgrew `--quota-backend-bytes` (1) or not (0).
+    pub nospace_alarm: AtomicU64,
     fsync_buckets: [AtomicU64; FSYNC_BUCKETS],
     fsync_count: AtomicU64,
     fsync_sum_nanos: AtomicU64,
@@ -116,6 +118,12 @@ impl Metrics {
             "The revision of the last compaction in store.",
             "gauge",
             self.compacted_revision.load(Relaxed).to_string(),
+        );
+        gauge(
+            "etcd_server_quota_backend_bytes_exceeded",
+            "Whether the NOSPACE alarm is raised on this member (1) or not (0).",
+            "gauge",
+            self.nospace_alarm.load(Relaxed).to_string(),
         );
         gauge("etcd_debugging_mvcc_keys_total", "Total number of keys.", "gauge", self.keys.load(Relaxed).to_string());
         gauge("etcd_debugging_lease_total", "The number of leases.", "gauge", self.leases.load(Relaxed).to_string());

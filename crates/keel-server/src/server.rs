@@ -257,11 +257,12 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         client_urls: config.advertise_client_urls.iter().map(ToString::to_string).collect(),
         learner: false,
     };
-    let hook = ServerHook::new(GROUP, hub.clone(), metrics.clone(), dir.join("db.redb")).with_membership(
+    let mut hook = ServerHook::new(GROUP, hub.clone(), metrics.clone(), dir.join("db.redb")).with_membership(
         own,
         peers.clone(),
         member_ids,
     );
+    hook.quota_bytes = config.quota_bytes();
     let tick = Duration::from_millis(config.heartbeat_interval_ms.max(1));
     let driver = Driver::new(node, storage, receiver, inbox, Box::new(move |out| peers.send_out(out)), hook, tick);
     std::thread::Builder::new()

@@ -30,6 +30,11 @@ pub const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
 pub const PEER_URL_EXISTS: &str = "etcdserver: Peer URLs already exists";
 pub const NOT_LEARNER: &str = "etcdserver: can only promote a learner member";
 pub const NOT_CAPABLE: &str = "etcdserver: not capable";
+pub const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
+
+pub fn no_space() -> Status {
+    Status::resource_exhausted(NO_SPACE)
+}
 
 pub fn too_large() -> Status {
     Status::invalid_argument(REQUEST_TOO_LARGE)

@@ -228,3 +228,31 @@ async fn leases_attach_keys_renew_expire_and_keep_their_ttl_across_a_leader_chan
     let (_, message) = grpc_message(c.lease_revoke(id).await.unwrap_err());
     assert_eq!(message, "etcdserver: requested lease not found");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_backend_quota_writes_are_refused_with_nospace_and_reads_and_deletes_go_on() {
+    let cluster = Cluster::start_with("quota", 3, &["--quota-backend-bytes", "3000000"]);
+    let mut c = cluster.client(0).await;
+    eventually("first put", || {
+        let mut c = c.clone();
+        async move { c.put("/q/first", "v", None).await }
+    })
+    .await;
+    let value = vec![b'q'; 8 * 1024];
+    let mut refusal = None;
+    for n in 0..4_000 {
+        match c.put(format!("/q/{n:05}"), value.clone(), None).await {
+            Ok(_) => continue,
+            Err(error) => {
+                refusal = Some(grpc_message(error).1);
+                break;
+            }
+        }
+    }
+    assert_eq!(refusal.as_deref(), Some("etcdserver: mvcc: database space exceeded"));
+    let alarms = c.alarm(etcd_client::AlarmAction::Get, etcd_client::AlarmType::None, None).await.expect("alarms");
+    assert!(alarms.alarms().iter().any(|a| a.alarm() == etcd_client::AlarmType::Nospace), "{alarms:?}");
+    // Reads and deletes still work: deleting is how an operator makes room.
+    assert_eq!(c.get("/q/first", None).await.expect("get").count(), 1);
+    c.delete("/q/", Some(etcd_client::DeleteOptions::new().with_prefix())).await.expect("delete under the alarm");
+}

@@ -30,6 +30,9 @@ impl MaintenanceService {
         if m.leader() == 0 {
             errors.push("etcdserver: no leader".to_string());
         }
+        if m.nospace_alarm.load(Relaxed) == 1 {
+            errors.push(format!("memberID:{} alarm:NOSPACE ", self.shared.member_id));
+        }
         pb::StatusResponse {
             header: Some(self.shared.header(m.revision())),
             version: API_VERSION.to_string(),
@@ -47,11 +50,31 @@ impl MaintenanceService {
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    async fn alarm(&self, _: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
-        // No alarm is raised yet (a full disk refuses writes with an error instead).
+    async fn alarm(&self, request: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
+        use pb::alarm_request::AlarmAction;
+        let request = request.into_inner();
+        let nospace = &self.shared.metrics.nospace_alarm;
+        let applies = request.alarm == pb::AlarmType::Nospace as i32
+            && (request.member_id == 0 || request.member_id == self.shared.member_id);
+        match AlarmAction::try_from(request.action) {
+            Ok(AlarmAction::Get) => {}
+            // Disarming takes effect at once; the next size check raises it again if the
+            // database is still over quota.
+            Ok(AlarmAction::Deactivate) if applies => nospace.store(0, Relaxed),
+            Ok(AlarmAction::Activate) if applies => nospace.store(1, Relaxed),
+            Ok(_) => {}
+            Err(_) => {
+                return Err(Status::invalid_argument(format!("etcdserver: unknown alarm action {}", request.action)))
+            }
+        }
+        let alarms = if nospace.load(Relaxed) == 1 {
+            vec![pb::AlarmMember { member_id: self.shared.member_id, alarm: pb::AlarmType::Nospace as i32 }]
+        } else {
+            Vec::new()
+        };
         Ok(Response::new(pb::AlarmResponse {
             header: Some(self.shared.header(self.shared.metrics.revision())),
-            alarms: Vec::new(),
+            alarms,
         }))
     }
 

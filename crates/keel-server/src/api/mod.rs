@@ -29,6 +29,21 @@ use crate::watch_hub::WatchHub;
 
 pub type Inputs = SyncSender<Input<Machine, ServerHook>>;
 
+/// Whether `command` may grow the database: refused while the NOSPACE alarm is raised (reads,
+/// deletes, revokes and compaction, which free space, still go through, as in etcd).
+fn grows(command: &Command) -> bool {
+    match command {
+        Command::Put(_) | Command::LeaseGrant { .. } => true,
+        Command::Txn(txn) => txn
+            .success
+            .iter()
+            .chain(&txn.failure)
+            .any(|op| matches!(op, keel_mvcc::RequestOp::Put(_) | keel_mvcc::RequestOp::Txn(_))),
+        Command::DeleteRange(_) | Command::Compact { .. } | Command::LeaseRevoke { .. } => false,
+        Command::LeaseCheckpoint { .. } => false,
+    }
+}
+
 /// What every service shares: the way into the driver, the member's identity and limits.
 pub struct Shared {
     pub inputs: Inputs,
@@ -66,6 +81,9 @@ impl Shared {
     /// Replicates `command` and returns its applied response. Refused whole, before anything is
     /// proposed, if it is larger than `--max-request-bytes`.
     pub async fn propose(&self, command: &Command) -> Result<Response, Status> {
+        if self.metrics.nospace_alarm.load(std::sync::atomic::Ordering::Relaxed) == 1 && grows(command) {
+            return Err(status::no_space());
+        }
         match self.propose_bytes(Bytes::from(command.encode())).await? {
             Applied::Kv(response) => Ok(response),
             Applied::Members => Err(Status::internal("etcdserver: a command was applied as a member record")),
