@@ -106,6 +106,18 @@ impl Command {
     }
 
     /// Decodes a command; malformed input is an error, never a panic.
+    /// The lease a command renews (a `LeaseCheckpoint`) and to what TTL, read without decoding
+    /// anything else: hosts check every proposal for this.
+    pub fn lease_renewal(input: &[u8]) -> Option<(i64, i64)> {
+        if input.get(1) != Some(&tag::LEASE_CHECKPOINT) {
+            return None;
+        }
+        match Command::decode(input) {
+            Ok(Command::LeaseCheckpoint { id, remaining_ttl_seconds }) => Some((id, remaining_ttl_seconds)),
+            _ => None,
+        }
+    }
+
     pub fn decode(input: &[u8]) -> Result<Command, DecodeError> {
         let mut r = Reader::new(input, "command");
         let version = r.u8()?;

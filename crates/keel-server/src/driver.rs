@@ -109,6 +109,8 @@ pub trait Hook<S: StateMachine>: Send {
     fn after_turn(&mut self, node: &mut Node<S>, now: Instant, propose: &mut Vec<(GroupId, Bytes)>);
     /// The WAL's latest fsync took `took` (for metrics).
     fn on_fsync(&mut self, _took: Duration) {}
+    /// This member's raft log took a command it proposed as leader (its own or a forwarded one).
+    fn on_proposed(&mut self, _data: &Bytes, _now: Instant) {}
 }
 
 impl<S: StateMachine> Hook<S> for () {
@@ -292,7 +294,13 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
     fn propose(&mut self, group: GroupId, proposal: Proposal, waiter: Waiter<S>, hops: u8) {
         let id = self.request_id();
         let proposed = match &proposal {
-            Proposal::Command(data) => self.node.propose(group, id, data.clone()),
+            Proposal::Command(data) => {
+                let proposed = self.node.propose(group, id, data.clone());
+                if proposed.is_ok() {
+                    self.hook.on_proposed(data, Instant::now());
+                }
+                proposed
+            }
             Proposal::ConfChange(change) => self.node.propose_conf_change(group, id, *change),
         };
         match proposed {
@@ -325,7 +333,10 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
                 let id = self.request_id();
                 // The proposal's outcome is the follower's business (it applies the entry too);
                 // here nobody waits for it.
-                let proposed = self.node.propose(group, id, data);
+                let proposed = self.node.propose(group, id, data.clone());
+                if proposed.is_ok() {
+                    self.hook.on_proposed(&data, Instant::now());
+                }
                 self.reply_to_forward(from, group, request, proposed);
             }
             PeerFrame::ForwardConfChange { group, request, change } => {

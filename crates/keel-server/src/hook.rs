@@ -44,6 +44,9 @@ pub struct ServerHook {
     pub db_path: PathBuf,
     /// `--quota-backend-bytes`: past it the NOSPACE alarm is raised.
     pub quota_bytes: u64,
+    /// A new leader's grace for every lease (the election timeout).
+    pub lease_grace: Duration,
+    restores_seen: u64,
     last_role: Option<Role>,
     last_leader: u64,
     db_size_read: Option<Instant>,
@@ -59,6 +62,8 @@ impl ServerHook {
             leases: LeaseClock::default(),
             db_path,
             quota_bytes: u64::MAX,
+            lease_grace: Duration::from_secs(1),
+            restores_seen: 0,
             last_role: None,
             last_leader: 0,
             db_size_read: None,
@@ -108,20 +113,37 @@ impl Hook<Machine> for ServerHook {
                 propose.push((self.group, publish));
             }
         }
+        if let Some(error) = machine.fatal_error() {
+            // What this member applied can no longer be kept in step with its log: stop, as on
+            // a WAL failure, rather than serve (and vote) from a broken state machine.
+            tracing::error!(%error, "state machine failed; stopping this member");
+            std::process::exit(1);
+        }
+        let restored = machine.restores() != self.restores_seen;
+        self.restores_seen = machine.restores();
         let changes = machine.take_lease_changes();
         let store = machine.store_mut();
         let events = store.take_events();
         let revision = store.current_revision();
         let compacted = store.compacted_revision();
-        self.hub.lock().expect("watch hub lock").publish(&events, revision, compacted, status.hard_state.term);
+        {
+            let mut hub = self.hub.lock().expect("watch hub lock");
+            if restored {
+                hub.mark_all_lagging();
+            }
+            hub.publish(&events, revision, compacted, status.hard_state.term);
+        }
 
         for change in changes {
             self.leases.apply(change, now);
         }
         let became_leader = status.role == Role::Leader && self.last_role != Some(Role::Leader);
-        if self.last_role.is_none() || became_leader {
+        if self.last_role.is_none() || became_leader || restored {
             // A snapshot may have brought leases this clock never saw applied.
             self.leases.reconcile(store.leases().into_iter().map(|l| (l.id, l.remaining_ttl)), now);
+        }
+        if became_leader {
+            self.leases.extend_all(now, self.lease_grace);
         }
         if status.role == Role::Leader {
             for id in self.leases.due(now) {
@@ -158,6 +180,14 @@ impl Hook<Machine> for ServerHook {
                     );
                 }
             }
+        }
+    }
+
+    fn on_proposed(&mut self, data: &Bytes, now: Instant) {
+        // A renewal counts from when it enters the leader's log, not when it applies: a revoke
+        // proposed after it would otherwise overtake a renewal the client is about to be told of.
+        if let Some((id, ttl_seconds)) = Command::lease_renewal(data) {
+            self.leases.renew_if_known(id, ttl_seconds, now);
         }
     }
 

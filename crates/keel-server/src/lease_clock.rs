@@ -37,6 +37,15 @@ impl LeaseClock {
         }
     }
 
+    /// A renewal entered the log: pushes a known lease's deadline out (an unknown one stays
+    /// unknown; its renewal will fail).
+    pub fn renew_if_known(&mut self, id: i64, ttl_seconds: i64, now: Instant) {
+        if let Some(deadline) = self.deadlines.get_mut(&id) {
+            *deadline = (*deadline).max(now + Duration::from_secs(ttl_seconds.max(0) as u64));
+            self.revoking.remove(&id);
+        }
+    }
+
     /// Makes the clock hold exactly `leases` (id, remaining TTL by the store): after a restart
     /// or an installed snapshot, a lease the clock has not seen starts from its remaining TTL.
     pub fn reconcile(&mut self, leases: impl Iterator<Item = (i64, i64)>, now: Instant) {
@@ -48,6 +57,16 @@ impl LeaseClock {
         }
         self.revoking.retain(|id, _| known.contains_key(id));
         self.deadlines = known;
+    }
+
+    /// A new leader gives every lease at least `grace` more (as etcd's lessor promotion does):
+    /// renewals the old leader acknowledged may still be on their way through the log, and
+    /// clients could not renew while there was no leader.
+    pub fn extend_all(&mut self, now: Instant, grace: Duration) {
+        for deadline in self.deadlines.values_mut() {
+            *deadline = (*deadline).max(now + grace);
+        }
+        self.revoking.clear();
     }
 
     /// Seconds left (rounded up; 0 once expired), or `None` for a lease the clock does not hold.
@@ -101,6 +120,19 @@ mod tests {
         assert_eq!(clock.due(start + Duration::from_secs(11)), vec![7]);
         clock.apply(LeaseChange::Revoked { id: 7 }, start + Duration::from_secs(11));
         assert!(clock.is_empty());
+    }
+
+    #[test]
+    fn a_new_leader_gives_every_lease_a_grace_period() {
+        let start = Instant::now();
+        let mut clock = LeaseClock::default();
+        clock.apply(LeaseChange::Started { id: 1, ttl_seconds: 1 }, start);
+        clock.apply(LeaseChange::Started { id: 2, ttl_seconds: 60 }, start);
+        let later = start + Duration::from_secs(2);
+        clock.extend_all(later, Duration::from_secs(3));
+        assert!(clock.due(later + Duration::from_secs(2)).is_empty(), "lease 1 got its grace");
+        assert_eq!(clock.due(later + Duration::from_secs(4)), vec![1]);
+        assert_eq!(clock.remaining_seconds(2, later), Some(58), "a later deadline is kept");
     }
 
     #[test]

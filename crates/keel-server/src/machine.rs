@@ -267,6 +267,8 @@ pub struct MvccMachine<B: Backend> {
     /// Where member records are kept (written at every change); `None` keeps them in memory.
     members_path: Option<PathBuf>,
     members_changed: bool,
+    /// Snapshots installed: each replaced the state (and skipped its events) wholesale.
+    restores: u64,
 }
 
 impl<B: Backend> MvccMachine<B> {
@@ -287,6 +289,7 @@ impl<B: Backend> MvccMachine<B> {
             members: BTreeMap::new(),
             members_path: None,
             members_changed: false,
+            restores: 0,
         }
     }
 
@@ -296,6 +299,11 @@ impl<B: Backend> MvccMachine<B> {
         self.members_path = Some(path);
         self.members_changed = true;
         self
+    }
+
+    /// How many snapshots replaced this machine's state so far.
+    pub fn restores(&self) -> u64 {
+        self.restores
     }
 
     pub fn members(&self) -> &BTreeMap<u64, MemberRecord> {
@@ -408,7 +416,16 @@ impl<B: Backend> StateMachine for MvccMachine<B> {
                 return Err(ApplyError::Undecodable(error.to_string()));
             }
         };
+        // A keep-alive is a checkpoint at the full TTL; the store ignores one for an unknown
+        // lease, but its sender must learn the lease is gone (decided here, at apply, the same
+        // way on every replica).
+        let renews_unknown_lease =
+            matches!(command, Command::LeaseCheckpoint { id, .. } if self.store.lease_ttl(id).is_none());
         match self.store.apply(index, &command) {
+            Ok(ApplyOutcome::Applied(_)) if renews_unknown_lease => {
+                self.applied_commands += 1;
+                Err(ApplyError::Client(MvccError::LeaseNotFound))
+            }
             Ok(ApplyOutcome::Applied(result)) => {
                 self.applied_commands += 1;
                 if result.is_ok() {
@@ -480,6 +497,7 @@ impl<B: Backend> StateMachine for MvccMachine<B> {
             self.fail(error);
             return;
         }
+        self.restores += 1;
         if let Some(members) = members {
             self.set_members(members);
         }
@@ -533,5 +551,31 @@ mod tests {
         // A bare store snapshot (from before member records) passes through whole.
         let (store, decoded) = split_snapshot(b"KEELMVCC...").expect("bare");
         assert_eq!((&store[..], decoded), (&b"KEELMVCC..."[..], None));
+    }
+}
+
+#[cfg(test)]
+mod lease_renewal_tests {
+    use keel_mvcc::{MemBackend, StoreOptions};
+
+    use super::*;
+
+    #[test]
+    fn renewing_a_lease_that_is_gone_is_an_error_on_every_replica() {
+        let store = Store::open(MemBackend::default(), StoreOptions::default()).expect("store");
+        let mut machine = MvccMachine::with_durable_interval(store, std::time::Duration::ZERO);
+        let command = |c: Command| Bytes::from(c.encode());
+        assert!(machine.apply(1, &command(Command::LeaseGrant { id: 5, ttl_seconds: 10 })).is_ok());
+        assert_eq!(
+            machine.apply(2, &command(Command::LeaseCheckpoint { id: 5, remaining_ttl_seconds: 10 })),
+            Ok(Applied::Kv(Response::LeaseCheckpoint { revision: 1 }))
+        );
+        assert!(machine.apply(3, &command(Command::LeaseRevoke { id: 5 })).is_ok());
+        // The keep-alive that lost the race with the revoke: its sender is told the lease is gone.
+        assert_eq!(
+            machine.apply(4, &command(Command::LeaseCheckpoint { id: 5, remaining_ttl_seconds: 10 })),
+            Err(ApplyError::Client(MvccError::LeaseNotFound))
+        );
+        assert_eq!(machine.store().applied_index(), 4, "the entry still consumed its index");
     }
 }

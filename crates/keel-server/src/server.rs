@@ -263,15 +263,25 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         member_ids,
     );
     hook.quota_bytes = config.quota_bytes();
+    hook.lease_grace = Duration::from_millis(config.election_timeout_ms);
     let tick = Duration::from_millis(config.heartbeat_interval_ms.max(1));
     let driver = Driver::new(node, storage, receiver, inbox, Box::new(move |out| peers.send_out(out)), hook, tick);
     std::thread::Builder::new()
         .name("keel-driver".into())
         .spawn(move || {
-            if let Err(error) = driver.run() {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| driver.run())) {
+                Ok(Ok(())) => {}
                 // What could not be made durable must not be acknowledged: stop the member.
-                tracing::error!(%error, "storage failed; stopping this member");
-                std::process::exit(1);
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "storage failed; stopping this member");
+                    std::process::exit(1);
+                }
+                // Without its driver a member can only answer "stopped": end the process so a
+                // supervisor restarts it (from its durable state).
+                Err(_) => {
+                    tracing::error!("the driver thread panicked; stopping this member");
+                    std::process::exit(1);
+                }
             }
         })
         .map_err(io("spawn the driver thread"))?;

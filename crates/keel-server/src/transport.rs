@@ -251,6 +251,11 @@ fn receive_loop(
         reader.push(&buf[..read]);
         loop {
             let frame = match reader.next_frame() {
+                // Only a member that said hello may make us hold a large frame in memory.
+                Ok(Some(PeerFrame::Chunk { .. })) if from.is_none() => {
+                    tracing::warn!(%peer, "refusing a peer connection that sent data before its hello");
+                    return;
+                }
                 Ok(Some(PeerFrame::Chunk { last, bytes })) => match reassembly.push(last, &bytes) {
                     Ok(Some(frame)) => frame,
                     Ok(None) => continue,

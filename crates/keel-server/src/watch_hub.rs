@@ -127,7 +127,8 @@ impl WatchHub {
 
     /// Adds a watcher from `start_revision` (0 = from the next change on).
     pub fn create(&mut self, stream: StreamId, watch_id: i64, spec: WatchSpec, start_revision: i64) -> Created {
-        if start_revision > 0 && start_revision <= self.compacted {
+        // As etcd: the compacted revision itself is still readable; only below it is gone.
+        if start_revision > 0 && start_revision < self.compacted {
             return Created::Compacted(self.compacted);
         }
         let (next_revision, lagging) = if start_revision <= 0 || start_revision > self.revision {
@@ -162,6 +163,16 @@ impl WatchHub {
         self.streams.get(&stream).map_or_else(Vec::new, |s| {
             s.watchers.iter().filter(|(_, w)| w.spec.progress_notify && !w.lagging).map(|(&id, _)| id).collect()
         })
+    }
+
+    /// The store was replaced by a snapshot: events in between were never seen here, so every
+    /// watcher catches up from history (or learns it was compacted away).
+    pub fn mark_all_lagging(&mut self) {
+        for stream in self.streams.values_mut() {
+            for watcher in stream.watchers.values_mut() {
+                watcher.lagging = true;
+            }
+        }
     }
 
     /// One turn's applied events (in revision order), with the store's revision after them.

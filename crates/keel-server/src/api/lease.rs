@@ -57,7 +57,8 @@ impl LeaseService {
         }
     }
 
-    /// Renews lease `id` to its full TTL; TTL 0 for a lease that does not exist (as etcd).
+    /// Renews lease `id` to its full TTL; TTL 0 for a lease that does not exist (as etcd). The
+    /// answer comes from the applied renewal: a lease revoked before it applies answers 0.
     pub async fn keep_alive_once(&self, id: i64) -> Result<pb::LeaseKeepAliveResponse, Status> {
         let group = self.shared.group;
         let granted = self
@@ -69,6 +70,7 @@ impl LeaseService {
             Some(granted) => {
                 match self.shared.propose(&Command::LeaseCheckpoint { id, remaining_ttl_seconds: granted }).await {
                     Ok(_) => granted,
+                    Err(error) if error.code() == tonic::Code::NotFound => 0,
                     Err(error) => return Err(error),
                 }
             }
