@@ -29,6 +29,7 @@ pub const CLIENT_URLS_MAX: usize = 64;
 const OUTCOME_ACCEPTED: u8 = 1;
 const OUTCOME_NOT_LEADER: u8 = 2;
 const OUTCOME_BUSY: u8 = 3;
+const OUTCOME_REFUSED: u8 = 4;
 /// The smallest encoded raft message (ids, term, type byte): bounds a hostile message count.
 const MESSAGE_MIN_BYTES: usize = 8 * 4 + 1;
 
@@ -63,6 +64,41 @@ pub enum ForwardOutcome {
     NotLeader { leader: NodeId },
     /// The leader's queue of pending proposals is full.
     Busy,
+    /// The leader refused it for a reason of its own ([`RefusalKind`]); nothing was proposed.
+    Refused(RefusalKind),
+}
+
+/// Why a leader refused a forwarded proposal (other than not leading or being busy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// Another membership change is still in flight.
+    ConfChangePending,
+    /// The membership change is not valid (e.g. it would remove the last voter).
+    InvalidConfChange,
+    /// Leadership is being handed over.
+    TransferInProgress,
+    Other,
+}
+
+impl RefusalKind {
+    fn code(self) -> u8 {
+        match self {
+            RefusalKind::ConfChangePending => 1,
+            RefusalKind::InvalidConfChange => 2,
+            RefusalKind::TransferInProgress => 3,
+            RefusalKind::Other => 4,
+        }
+    }
+
+    /// Unknown codes (from a newer peer) read as `Other`.
+    fn from_code(code: u8) -> RefusalKind {
+        match code {
+            1 => RefusalKind::ConfChangePending,
+            2 => RefusalKind::InvalidConfChange,
+            3 => RefusalKind::TransferInProgress,
+            _ => RefusalKind::Other,
+        }
+    }
 }
 
 impl PeerFrame {
@@ -102,6 +138,7 @@ impl PeerFrame {
                     ForwardOutcome::Accepted { index, term } => w.u8(OUTCOME_ACCEPTED).u64(index).u64(term),
                     ForwardOutcome::NotLeader { leader } => w.u8(OUTCOME_NOT_LEADER).u64(leader),
                     ForwardOutcome::Busy => w.u8(OUTCOME_BUSY),
+                    ForwardOutcome::Refused(kind) => w.u8(OUTCOME_REFUSED).u8(kind.code()),
                 };
             }
         }
@@ -154,6 +191,7 @@ impl PeerFrame {
                     OUTCOME_ACCEPTED => ForwardOutcome::Accepted { index: r.u64("index")?, term: r.u64("term")? },
                     OUTCOME_NOT_LEADER => ForwardOutcome::NotLeader { leader: r.u64("leader")? },
                     OUTCOME_BUSY => ForwardOutcome::Busy,
+                    OUTCOME_REFUSED => ForwardOutcome::Refused(RefusalKind::from_code(r.u8("refusal")?)),
                     other => return Err(r.error("forward outcome", format!("unknown outcome {other}"))),
                 };
                 PeerFrame::ForwardReply { request, outcome }
@@ -331,6 +369,7 @@ mod tests {
             PeerFrame::ForwardReply { request: 77, outcome: ForwardOutcome::Accepted { index: 9, term: 2 } },
             PeerFrame::ForwardReply { request: 78, outcome: ForwardOutcome::NotLeader { leader: 3 } },
             PeerFrame::ForwardReply { request: 79, outcome: ForwardOutcome::Busy },
+            PeerFrame::ForwardReply { request: 81, outcome: ForwardOutcome::Refused(RefusalKind::ConfChangePending) },
         ];
         let attributes = PeerFrame::Attributes { name: "m1".into(), client_urls: vec!["http://127.0.0.1:2379".into()] };
         let mut stream = hello.encode();

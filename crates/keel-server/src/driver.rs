@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use keel_codec::peer::{ForwardOutcome, PeerFrame};
+use keel_codec::peer::{ForwardOutcome, PeerFrame, RefusalKind};
 use keel_node::{Answer, GroupWrite, Node, RequestError, RequestId, StateMachine};
 use keel_raft::{ConfChange, GroupId, NodeId, RaftError, NO_NODE};
 use keel_storage::{GroupPersist, NodeStorage, StorageError};
@@ -364,6 +364,12 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
                         self.propose(forwarding.group, forwarding.proposal, forwarding.waiter, forwarding.hops)
                     }
                     ForwardOutcome::Busy => forwarding.waiter.fail(RequestError::Refused(RaftError::Busy("proposals"))),
+                    ForwardOutcome::Refused(kind) => forwarding.waiter.fail(RequestError::Refused(match kind {
+                        RefusalKind::ConfChangePending => RaftError::ConfChangePending,
+                        RefusalKind::InvalidConfChange => RaftError::InvalidConfChange("refused by the leader"),
+                        RefusalKind::TransferInProgress => RaftError::TransferInProgress,
+                        RefusalKind::Other => RaftError::InvalidConfig("refused by the leader"),
+                    })),
                 }
             }
             PeerFrame::Hello { .. }
@@ -380,7 +386,11 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
                 ForwardOutcome::Accepted { index, term }
             }
             Err(RaftError::Busy(_)) => ForwardOutcome::Busy,
-            Err(_) => ForwardOutcome::NotLeader { leader: self.node.status(group).map_or(NO_NODE, |s| s.leader) },
+            Err(RaftError::NotLeader { leader }) => ForwardOutcome::NotLeader { leader },
+            Err(RaftError::ConfChangePending) => ForwardOutcome::Refused(RefusalKind::ConfChangePending),
+            Err(RaftError::InvalidConfChange(_)) => ForwardOutcome::Refused(RefusalKind::InvalidConfChange),
+            Err(RaftError::TransferInProgress) => ForwardOutcome::Refused(RefusalKind::TransferInProgress),
+            Err(_) => ForwardOutcome::Refused(RefusalKind::Other),
         };
         (self.send)(Outgoing::Frame { to: from, frame: PeerFrame::ForwardReply { request, outcome } });
     }
