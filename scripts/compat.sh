@@ -505,6 +505,13 @@ run gw kv/deleterange "{\"key\": \"$(b64 gw/k)\"}"
 check "gateway /v3/kv/deleterange" "1" "$(js 'd["deleted"]' <<<"$OUT")"
 run gw kv/range "{\"key\": \"$(b64 gw/k)\"}"
 check "gateway range after delete has no kvs" "[False, '0']" "$(js '["kvs" in d, d.get("count", "0")]' <<<"$OUT")"
+# A txn through the gateway: compare-and-set (the key is absent: create revision 0), both ways.
+TXN="{\"compare\": [{\"key\": \"$(b64 gw/t)\", \"target\": \"CREATE\", \"result\": \"EQUAL\", \"create_revision\": \"0\"}], \"success\": [{\"request_put\": {\"key\": \"$(b64 gw/t)\", \"value\": \"$(b64 first)\"}}], \"failure\": [{\"request_range\": {\"key\": \"$(b64 gw/t)\"}}]}"
+run gw kv/txn "$TXN"
+check "gateway /v3/kv/txn success branch" "True" "$(js 'd.get("succeeded", False)' <<<"$OUT")"
+run gw kv/txn "$TXN"
+check "gateway /v3/kv/txn failure branch reads the value" "[False, '$(b64 first)']" \
+    "$(js '[d.get("succeeded", False), d["responses"][0]["response_range"]["kvs"][0]["value"]]' <<<"$OUT")"
 run curl -sS -m 20 "$GW/health"
 check "/health" "true" "$(js 'd["health"]' <<<"$OUT")"
 run curl -sS -m 20 "$GW/metrics"

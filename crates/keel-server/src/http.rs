@@ -33,6 +33,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v3/kv/put", post(kv_put))
         .route("/v3/kv/deleterange", post(kv_delete))
         .route("/v3/kv/compaction", post(kv_compact))
+        .route("/v3/kv/txn", post(kv_txn))
         .route("/v3/lease/grant", post(lease_grant))
         .route("/v3/lease/revoke", post(lease_revoke))
         .route("/v3/kv/lease/revoke", post(lease_revoke))
@@ -182,21 +183,7 @@ async fn kv_range(State(shared): State<Arc<Shared>>, body: Body) -> Response {
     respond(
         async {
             let m = parse(&body)?;
-            let request = pb::RangeRequest {
-                key: bytes_field(&m, "key")?,
-                range_end: bytes_field(&m, "range_end")?,
-                limit: int_field(&m, &["limit"])?,
-                revision: int_field(&m, &["revision"])?,
-                sort_order: enum_field(&m, "sort_order", &["NONE", "ASCEND", "DESCEND"])?,
-                sort_target: enum_field(&m, "sort_target", &["KEY", "VERSION", "CREATE", "MOD", "VALUE"])?,
-                serializable: bool_field(&m, "serializable"),
-                keys_only: bool_field(&m, "keys_only"),
-                count_only: bool_field(&m, "count_only"),
-                min_mod_revision: int_field(&m, &["min_mod_revision"])?,
-                max_mod_revision: int_field(&m, &["max_mod_revision"])?,
-                min_create_revision: int_field(&m, &["min_create_revision"])?,
-                max_create_revision: int_field(&m, &["max_create_revision"])?,
-            };
+            let request = range_from(&m)?;
             let response = KvService { shared }.range(request).await?;
             let mut out = Map::new();
             out.insert("header".into(), header_json(response.header));
@@ -254,6 +241,148 @@ async fn kv_delete(State(shared): State<Arc<Shared>>, body: Body) -> Response {
                 out.insert("prev_kvs".into(), Value::Array(response.prev_kvs.iter().map(kv_json).collect()));
             }
             Ok(Value::Object(out))
+        }
+        .await,
+    )
+}
+
+fn range_from(m: &Map<String, Value>) -> Result<pb::RangeRequest, Status> {
+    Ok(pb::RangeRequest {
+        key: bytes_field(m, "key")?,
+        range_end: bytes_field(m, "range_end")?,
+        limit: int_field(m, &["limit"])?,
+        revision: int_field(m, &["revision"])?,
+        sort_order: enum_field(m, "sort_order", &["NONE", "ASCEND", "DESCEND"])?,
+        sort_target: enum_field(m, "sort_target", &["KEY", "VERSION", "CREATE", "MOD", "VALUE"])?,
+        serializable: bool_field(m, "serializable"),
+        keys_only: bool_field(m, "keys_only"),
+        count_only: bool_field(m, "count_only"),
+        min_mod_revision: int_field(m, &["min_mod_revision"])?,
+        max_mod_revision: int_field(m, &["max_mod_revision"])?,
+        min_create_revision: int_field(m, &["min_create_revision"])?,
+        max_create_revision: int_field(m, &["max_create_revision"])?,
+    })
+}
+
+fn object<'a>(value: &'a Value, what: &str) -> Result<&'a Map<String, Value>, Status> {
+    value.as_object().ok_or_else(|| Status::invalid_argument(format!("{what} must be a JSON object")))
+}
+
+fn list<'a>(m: &'a Map<String, Value>, name: &str) -> Result<&'a [Value], Status> {
+    match m.get(name) {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(items)) => Ok(items),
+        Some(_) => Err(Status::invalid_argument(format!("{name} must be a list"))),
+    }
+}
+
+/// Nesting of txns inside txns accepted from JSON (the state machine bounds it again).
+const GATEWAY_TXN_DEPTH_MAX: usize = 8;
+
+fn txn_from(m: &Map<String, Value>, depth: usize) -> Result<pb::TxnRequest, Status> {
+    use pb::compare::TargetUnion;
+    if depth > GATEWAY_TXN_DEPTH_MAX {
+        return Err(Status::invalid_argument("etcdserver: txn nested too deeply"));
+    }
+    let mut compare = Vec::new();
+    for item in list(m, "compare")? {
+        let c = object(item, "a compare")?;
+        let target = enum_field(c, "target", &["VERSION", "CREATE", "MOD", "VALUE", "LEASE"])?;
+        let union = match target {
+            0 => Some(TargetUnion::Version(int_field(c, &["version"])?)),
+            1 => Some(TargetUnion::CreateRevision(int_field(c, &["create_revision"])?)),
+            2 => Some(TargetUnion::ModRevision(int_field(c, &["mod_revision"])?)),
+            3 => Some(TargetUnion::Value(bytes_field(c, "value")?)),
+            4 => Some(TargetUnion::Lease(int_field(c, &["lease"])?)),
+            _ => None,
+        };
+        compare.push(pb::Compare {
+            result: enum_field(c, "result", &["EQUAL", "GREATER", "LESS", "NOT_EQUAL"])?,
+            target,
+            key: bytes_field(c, "key")?,
+            target_union: union,
+            range_end: bytes_field(c, "range_end")?,
+        });
+    }
+    let ops = |name: &str| -> Result<Vec<pb::RequestOp>, Status> {
+        use pb::request_op::Request;
+        let mut out = Vec::new();
+        for item in list(m, name)? {
+            let op = object(item, "a txn operation")?;
+            let request = if let Some(r) = op.get("request_range") {
+                Request::RequestRange(range_from(object(r, "request_range")?)?)
+            } else if let Some(r) = op.get("request_put") {
+                let r = object(r, "request_put")?;
+                Request::RequestPut(pb::PutRequest {
+                    key: bytes_field(r, "key")?,
+                    value: bytes_field(r, "value")?,
+                    lease: int_field(r, &["lease"])?,
+                    prev_kv: bool_field(r, "prev_kv"),
+                    ignore_value: bool_field(r, "ignore_value"),
+                    ignore_lease: bool_field(r, "ignore_lease"),
+                })
+            } else if let Some(r) = op.get("request_delete_range") {
+                let r = object(r, "request_delete_range")?;
+                Request::RequestDeleteRange(pb::DeleteRangeRequest {
+                    key: bytes_field(r, "key")?,
+                    range_end: bytes_field(r, "range_end")?,
+                    prev_kv: bool_field(r, "prev_kv"),
+                })
+            } else if let Some(r) = op.get("request_txn") {
+                Request::RequestTxn(txn_from(object(r, "request_txn")?, depth + 1)?)
+            } else {
+                return Err(Status::invalid_argument("a txn operation names no request"));
+            };
+            out.push(pb::RequestOp { request: Some(request) });
+        }
+        Ok(out)
+    };
+    Ok(pb::TxnRequest { compare, success: ops("success")?, failure: ops("failure")? })
+}
+
+fn txn_json(response: &pb::TxnResponse) -> Value {
+    use pb::response_op::Response as Op;
+    let mut out = Map::new();
+    out.insert("header".into(), header_json(response.header));
+    if response.succeeded {
+        out.insert("succeeded".into(), Value::Bool(true));
+    }
+    let responses: Vec<Value> = response
+        .responses
+        .iter()
+        .map(|op| match &op.response {
+            Some(Op::ResponseRange(r)) => {
+                let mut range = Map::new();
+                range.insert("header".into(), header_json(r.header));
+                if !r.kvs.is_empty() {
+                    range.insert("kvs".into(), Value::Array(r.kvs.iter().map(kv_json).collect()));
+                }
+                put_int(&mut range, "count", r.count);
+                json!({"response_range": range})
+            }
+            Some(Op::ResponsePut(r)) => json!({"response_put": {"header": header_json(r.header)}}),
+            Some(Op::ResponseDeleteRange(r)) => {
+                let mut deleted = Map::new();
+                deleted.insert("header".into(), header_json(r.header));
+                put_int(&mut deleted, "deleted", r.deleted);
+                json!({"response_delete_range": deleted})
+            }
+            Some(Op::ResponseTxn(r)) => json!({"response_txn": txn_json(r)}),
+            None => json!({}),
+        })
+        .collect();
+    if !responses.is_empty() {
+        out.insert("responses".into(), Value::Array(responses));
+    }
+    Value::Object(out)
+}
+
+async fn kv_txn(State(shared): State<Arc<Shared>>, body: Body) -> Response {
+    respond(
+        async {
+            let request = txn_from(&parse(&body)?, 0)?;
+            let response = KvService { shared }.txn(request).await?;
+            Ok(txn_json(&response))
         }
         .await,
     )
