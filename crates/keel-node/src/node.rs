@@ -335,6 +335,14 @@ impl<S: StateMachine> Node<S> {
         Ok(())
     }
 
+    /// The host saw its connection from `peer` close: every group whose leader it was campaigns
+    /// soon rather than after a full election timeout.
+    pub fn report_peer_lost(&mut self, peer: NodeId) {
+        for group in self.groups.values_mut() {
+            group.raw.report_peer_lost(peer);
+        }
+    }
+
     pub fn transfer_leader(&mut self, group_id: GroupId, to: NodeId) -> Result<(), RaftError> {
         let group = self.groups.get_mut(&group_id).ok_or(RaftError::InvalidConfig("unknown group"))?;
         group.raw.transfer_leader(to)

@@ -195,6 +195,28 @@ impl Raft {
         self.uncommitted_bytes = 0;
     }
 
+    /// The host saw its connection from `peer` close (the peer's process is gone: a crash closes
+    /// its sockets at once). If `peer` is this follower's leader, the follower stops waiting out
+    /// the election timeout: it forgets the leader and campaigns (pre-vote first) within a
+    /// couple of ticks. Other followers that saw the same close grant that pre-vote; one that
+    /// still hears the leader refuses it, so a false alarm disrupts nothing.
+    ///
+    /// Ignored under lease reads: a lease relies on followers refusing votes for a full election
+    /// timeout after hearing from the leader, whatever else they see.
+    pub fn report_peer_lost(&mut self, peer: NodeId) {
+        if self.role != Role::Follower || peer == NO_NODE || self.leader != peer {
+            return;
+        }
+        if self.cfg.read_mode == ReadMode::LeaseBased {
+            return;
+        }
+        self.leader = NO_NODE;
+        // A tick or three from now, at random: followers that lost the same leader at the same
+        // instant should not split the vote.
+        let wait = self.rng.range(1, 4) as u32;
+        self.election_elapsed = self.randomized_election_timeout.saturating_sub(wait);
+    }
+
     fn reset_randomized_election_timeout(&mut self) {
         let base = self.cfg.election_ticks as u64;
         self.randomized_election_timeout = self.rng.range(base, 2 * base) as u32;
@@ -412,11 +434,14 @@ impl Raft {
                 let transfer = matches!(msg.body, MessageBody::Vote { transfer: true, .. });
                 // Leader stickiness: a member that heard from a leader within the election timeout
                 // ignores campaigns, so a flapping member cannot depose a healthy leader.
-                // A member that just (re)started may have heard from a leader a moment before it
-                // went down; it keeps that promise too, or a leader's lease would not survive the
-                // restart of a follower.
-                // (A member that never saw a term cannot have heard from a leader.)
-                let recently_started = self.term > 0 && self.ticks < self.cfg.election_ticks as u64;
+                // Under lease reads, a member that just (re)started may have heard from a leader a
+                // moment before it went down; it keeps that promise too, or a leader's lease would
+                // not survive the restart of a follower. (A member that never saw a term cannot
+                // have heard from a leader.) Without leases nothing relies on that promise, and
+                // keeping it would stall the election after a second failure soon after a restart.
+                let recently_started = self.cfg.read_mode == ReadMode::LeaseBased
+                    && self.term > 0
+                    && self.ticks < self.cfg.election_ticks as u64;
                 let heard_from_leader = self.leader != NO_NODE && self.election_elapsed < self.cfg.election_ticks;
                 let in_lease = self.cfg.check_quorum && (heard_from_leader || recently_started);
                 if in_lease && !transfer {

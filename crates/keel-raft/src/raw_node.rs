@@ -115,6 +115,12 @@ impl RawNode {
         self.raft.transfer_leader(to)
     }
 
+    /// The host saw `peer`'s connection close (its process is gone): a follower whose leader it
+    /// was campaigns (pre-vote first) within a few ticks instead of a whole election timeout.
+    pub fn report_peer_lost(&mut self, peer: NodeId) {
+        self.raft.report_peer_lost(peer);
+    }
+
     /// Starts an election now (used by tests and by a host that knows the leader is gone).
     pub fn campaign(&mut self) {
         self.raft.campaign(false);

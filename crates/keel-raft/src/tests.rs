@@ -17,10 +17,15 @@ struct Cluster {
 
 impl Cluster {
     fn new(ids: &[NodeId]) -> Cluster {
+        Cluster::with_config(ids, |_| {})
+    }
+
+    fn with_config(ids: &[NodeId], adjust: impl Fn(&mut Config)) -> Cluster {
         let conf = ConfState::with_voters(ids.iter().copied());
         let mut nodes = BTreeMap::new();
         for &id in ids {
-            let cfg = Config::new(id, 1);
+            let mut cfg = Config::new(id, 1);
+            adjust(&mut cfg);
             let recovered = RecoveredState { conf: conf.clone(), ..Default::default() };
             nodes.insert(id, RawNode::new(cfg, recovered).expect("valid config"));
         }
@@ -398,9 +403,18 @@ fn a_restarted_member_keeps_the_lease_promise_for_an_election_timeout() {
         conf: ConfState::with_voters([1, 2, 3]),
         ..Default::default()
     };
-    let mut node = RawNode::new(Config::new(3, 1), recovered).unwrap();
+    let mut lease_config = Config::new(3, 1);
+    lease_config.read_mode = ReadMode::LeaseBased;
+    let mut node = RawNode::new(lease_config, recovered.clone()).unwrap();
     let pre_vote =
         Message { group: 1, from: 2, to: 3, term: 4, body: MessageBody::PreVote { last_index: 0, last_term: 0 } };
+    // Under ReadIndex nothing relies on the promise: the restarted member grants at once.
+    let mut safe = RawNode::new(Config::new(3, 1), recovered).unwrap();
+    safe.step(pre_vote.clone());
+    let granted = safe
+        .ready()
+        .is_some_and(|r| r.messages.iter().any(|m| m.body == MessageBody::PreVoteResponse { reject: false }));
+    assert!(granted, "a ReadIndex member grants right after a restart");
     node.step(pre_vote.clone());
     assert!(node.ready().is_none_or(|r| r.messages.is_empty() && r.persisted_messages.is_empty()));
     for _ in 0..10 {
@@ -436,4 +450,54 @@ fn a_single_voter_leader_sends_nothing_before_its_new_term_is_durable() {
     // They go out with the Ready, once it is durable.
     assert!(ready.persisted_messages.iter().any(|m| m.to == 2 && matches!(m.body, MessageBody::Append { .. })));
     node.advance(ready.number());
+}
+
+#[test]
+fn followers_that_see_their_leader_go_elect_a_new_one_within_a_few_ticks() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    // Past the restart window in which members keep refusing votes anyway.
+    cluster.tick_all(12);
+    // Member 1's process dies: its connections close, and both followers are told.
+    cluster.isolate(1);
+    cluster.node(2).report_peer_lost(1);
+    cluster.node(3).report_peer_lost(1);
+    for _ in 0..4 {
+        for id in [2, 3] {
+            cluster.node(id).tick();
+        }
+        cluster.stabilize();
+    }
+    let leaders: Vec<NodeId> = cluster.leaders().into_iter().filter(|&id| id != 1).collect();
+    assert_eq!(leaders.len(), 1, "a new leader within 4 ticks, not an election timeout (10+)");
+}
+
+#[test]
+fn a_false_report_of_a_lost_leader_disrupts_nothing() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    // Only member 2 thinks the leader is gone (its connection was reset); 3 still hears it.
+    cluster.tick_all(12);
+    cluster.node(2).report_peer_lost(1);
+    cluster.tick_all(6);
+    assert_eq!(cluster.leaders(), vec![1]);
+    assert_eq!(cluster.node(1).status().hard_state.term, 1, "pre-vote kept the term");
+    assert_eq!(cluster.node(2).status().leader, 1, "member 2 follows the leader again");
+}
+
+#[test]
+fn under_lease_reads_a_lost_connection_does_not_shorten_the_wait() {
+    let mut cluster = Cluster::with_config(&[1, 2, 3], |cfg| cfg.read_mode = ReadMode::LeaseBased);
+    cluster.elect(1);
+    cluster.tick_all(12);
+    cluster.isolate(1);
+    cluster.node(2).report_peer_lost(1);
+    cluster.node(3).report_peer_lost(1);
+    for _ in 0..4 {
+        for id in [2, 3] {
+            cluster.node(id).tick();
+        }
+        cluster.stabilize();
+    }
+    assert!(cluster.leaders().iter().all(|&id| id == 1), "the lease promise holds for a full timeout");
 }

@@ -37,7 +37,13 @@ impl Outgoing {
 #[derive(Debug)]
 pub enum Incoming {
     Raft(Message),
-    Frame { from: NodeId, frame: PeerFrame },
+    Frame {
+        from: NodeId,
+        frame: PeerFrame,
+    },
+    /// A member's connection to us closed (its process died, or it reconnects): raft may stop
+    /// waiting for a leader that is gone (`Node::report_peer_lost`).
+    PeerLost(NodeId),
 }
 
 /// Messages queued per peer before new ones are dropped.
@@ -223,9 +229,13 @@ pub fn start_listener(
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 let (is_member, deliver) = (is_member.clone(), deliver.clone());
-                let _ = std::thread::Builder::new()
-                    .name("keel-peer-conn".into())
-                    .spawn(move || receive_loop(stream, cluster_id, me, &*is_member, &*deliver));
+                let _ = std::thread::Builder::new().name("keel-peer-conn".into()).spawn(move || {
+                    let mut accepted = None;
+                    receive_loop(stream, cluster_id, me, &*is_member, &*deliver, &mut accepted);
+                    if let Some(from) = accepted {
+                        deliver(Incoming::PeerLost(from));
+                    }
+                });
             }
         })
         .expect("spawn peer listener thread");
@@ -237,6 +247,7 @@ fn receive_loop(
     me: NodeId,
     is_member: &dyn Fn(NodeId) -> bool,
     deliver: &dyn Fn(Incoming),
+    accepted: &mut Option<NodeId>,
 ) {
     let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
     let mut reader = FrameReader::new(PEER_FRAME_BYTES_MAX);
@@ -273,7 +284,10 @@ fn receive_loop(
             };
             match from {
                 None => match check_hello(&frame, cluster_id, me, is_member) {
-                    Ok(id) => from = Some(id),
+                    Ok(id) => {
+                        from = Some(id);
+                        *accepted = Some(id);
+                    }
                     Err(refusal) => {
                         tracing::warn!(%peer, %refusal, "refusing a peer connection");
                         return;

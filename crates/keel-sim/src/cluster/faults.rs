@@ -63,6 +63,16 @@ impl Cluster {
         let restart = self.now + self.rng.range(20, 1_000);
         self.schedule(restart, Event::Restart { node: id });
         self.fault(format_args!("crash n{id} ({pending} unsynced records at risk), restart at {restart}"));
+        // A dead process's connections close: the others notice at once (as the server's
+        // transport reports a closed peer connection). Messages already in flight may still
+        // arrive afterwards, as they would from a socket's buffer.
+        for (&other, member) in self.members.iter_mut() {
+            if other != id && !member.paused {
+                if let Some(node) = member.node.as_mut() {
+                    node.report_peer_lost(id);
+                }
+            }
+        }
     }
 
     fn partition(&mut self) {
