@@ -271,7 +271,10 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
         match input {
             Input::Peer(Incoming::Raft(msg)) => self.node.step(msg),
             Input::Peer(Incoming::Frame { from, frame }) => self.on_frame(from, frame),
-            Input::Peer(Incoming::PeerLost(peer)) => self.node.report_peer_lost(peer),
+            Input::Peer(Incoming::PeerLost(peer)) => {
+                tracing::info!(peer = %format!("{peer:x}"), "a peer's connection closed");
+                self.node.report_peer_lost(peer)
+            }
             Input::Propose { group, data, reply } => {
                 self.propose(group, Proposal::Command(data), Waiter::Propose(reply), 0)
             }

@@ -154,6 +154,7 @@ impl Hook<Machine> for ServerHook {
         let m = &self.metrics;
         if status.leader != self.last_leader && status.leader != 0 {
             m.leader_changes.fetch_add(1, Relaxed);
+            tracing::info!(leader = %format!("{:x}", status.leader), term = status.hard_state.term, "leader elected");
         }
         self.last_leader = status.leader;
         self.last_role = Some(status.role);
