@@ -83,6 +83,24 @@ impl Cluster {
         }
     }
 
+    /// Ticks only `ids` (the others are dead or frozen), delivering after each tick.
+    fn tick_only(&mut self, ids: &[NodeId], ticks: u32) {
+        for _ in 0..ticks {
+            for &id in ids {
+                self.node(id).tick();
+            }
+            self.stabilize();
+        }
+    }
+
+    /// `leader`'s process dies: its connections close and each of `followers` is told.
+    fn leader_dies_and_followers_are_told(&mut self, leader: NodeId, followers: &[NodeId]) {
+        self.isolate(leader);
+        for &id in followers {
+            self.node(id).report_peer_lost(leader);
+        }
+    }
+
     fn leaders(&self) -> Vec<NodeId> {
         self.nodes.values().filter(|n| n.status().role == Role::Leader).map(|n| n.status().id).collect()
     }
@@ -458,16 +476,8 @@ fn followers_that_see_their_leader_go_elect_a_new_one_within_a_few_ticks() {
     cluster.elect(1);
     // Past the restart window in which members keep refusing votes anyway.
     cluster.tick_all(12);
-    // Member 1's process dies: its connections close, and both followers are told.
-    cluster.isolate(1);
-    cluster.node(2).report_peer_lost(1);
-    cluster.node(3).report_peer_lost(1);
-    for _ in 0..4 {
-        for id in [2, 3] {
-            cluster.node(id).tick();
-        }
-        cluster.stabilize();
-    }
+    cluster.leader_dies_and_followers_are_told(1, &[2, 3]);
+    cluster.tick_only(&[2, 3], 4);
     let leaders: Vec<NodeId> = cluster.leaders().into_iter().filter(|&id| id != 1).collect();
     assert_eq!(leaders.len(), 1, "a new leader within 4 ticks, not an election timeout (10+)");
 }
@@ -490,14 +500,7 @@ fn under_lease_reads_a_lost_connection_does_not_shorten_the_wait() {
     let mut cluster = Cluster::with_config(&[1, 2, 3], |cfg| cfg.read_mode = ReadMode::LeaseBased);
     cluster.elect(1);
     cluster.tick_all(12);
-    cluster.isolate(1);
-    cluster.node(2).report_peer_lost(1);
-    cluster.node(3).report_peer_lost(1);
-    for _ in 0..4 {
-        for id in [2, 3] {
-            cluster.node(id).tick();
-        }
-        cluster.stabilize();
-    }
+    cluster.leader_dies_and_followers_are_told(1, &[2, 3]);
+    cluster.tick_only(&[2, 3], 4);
     assert!(cluster.leaders().iter().all(|&id| id == 1), "the lease promise holds for a full timeout");
 }
