@@ -20,3 +20,6 @@
 mod node;
 
 pub use node::*;
+
+#[cfg(test)]
+mod tests;

@@ -2,8 +2,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 use keel_raft::{
-    ConfChange, Config, Entry, EntryKind, GroupId, HardState, Index, Message, NodeId, Plant, Plants, RaftError,
-    RawNode, Ready, RecoveredState, Role, Snapshot, SnapshotMeta, Status, Term,
+    ConfChange, ConfState, Config, Entry, EntryKind, GroupId, HardState, Index, Message, MessageBody, NodeId, Plant,
+    Plants, RaftError, RawNode, Ready, RecoveredState, Role, Snapshot, SnapshotMeta, Status, Term,
 };
 
 /// The replicated state machine of one group. Deterministic: the same entries in the same order
@@ -25,8 +25,18 @@ pub trait StateMachine {
     fn flush(&mut self) {}
     /// Answers a read against the current (applied) state.
     fn query(&self, query: &Self::Query) -> Self::QueryResult;
-    /// The whole state, for a snapshot. An error skips this snapshot (the log is kept).
+    /// The whole state, for a snapshot. An error skips this snapshot (the log is kept). A machine
+    /// that persists its own state ([`StateMachine::durable_index`]) is asked only when a
+    /// follower needs its state; its answer may be newer than the snapshot's index (see there).
     fn snapshot(&self) -> Result<Bytes, String>;
+    /// For a machine that keeps its own state on disk (etcd's backend and its consistent index):
+    /// the highest applied index that state holds durably, which never goes back, not even across
+    /// a crash. The log behind it is then compacted with snapshots that carry no data (as etcd's
+    /// raft snapshots do): the machine itself is the checkpoint. `None` (the default) for a
+    /// machine that lives in memory, whose snapshots carry its whole state.
+    fn durable_index(&self) -> Option<Index> {
+        None
+    }
     /// Replaces the whole state by a snapshot's.
     fn restore(&mut self, data: &Bytes);
 }
@@ -112,6 +122,9 @@ pub struct NodeConfig {
     pub id: NodeId,
     /// Take a snapshot (and compact the log) every this many applied entries.
     pub snapshot_interval_entries: u64,
+    /// Entries a persistent machine's snapshot keeps behind it in the log (etcd keeps 5,000), so
+    /// that a follower that fell briefly behind catches up from the log, not a whole snapshot.
+    pub catch_up_entries: u64,
     /// Ticks before an unanswered proposal or read is given up as [`RequestError::Timeout`].
     pub request_timeout_ticks: u64,
     /// Most proposals and reads waiting per group.
@@ -124,6 +137,7 @@ impl NodeConfig {
         NodeConfig {
             id,
             snapshot_interval_entries: 10_000,
+            catch_up_entries: 5_000,
             request_timeout_ticks: 50,
             max_pending_requests: 100_000,
             plants: Plants::NONE,
@@ -163,6 +177,14 @@ struct Group<S: StateMachine> {
     /// Snapshot from the leader written in the batch in flight; installed when durable.
     snapshot_to_install: Option<Snapshot>,
     role: Role,
+    /// The membership as of `applied`, and as of each membership change applied since the last
+    /// snapshot (keyed by the index it took effect at): a persistent machine's snapshot is taken
+    /// behind the applied index and must carry the membership *at its own index*.
+    confs: BTreeMap<Index, ConfState>,
+    /// The machine's state last handed to a follower, by the raft snapshot index it went out
+    /// under: raft re-sends a snapshot that seems lost, and the state must not be serialised
+    /// again each time.
+    outgoing_snapshot: Option<(Index, Bytes)>,
 }
 
 /// The initial log of a group created with `voters`: the same on every founding member, written
@@ -217,6 +239,7 @@ impl<S: StateMachine> Node<S> {
         let applied = raw.status().applied;
         let applied_term = raw.term_at(applied).unwrap_or(0);
         let role = raw.status().role;
+        let confs = BTreeMap::from([(applied, raw.status().conf)]);
         self.groups.insert(
             group,
             Group {
@@ -231,6 +254,8 @@ impl<S: StateMachine> Node<S> {
                 snapshot_in_flight: None,
                 snapshot_to_install: None,
                 role,
+                confs,
+                outgoing_snapshot: None,
             },
         );
         Ok(())
@@ -356,7 +381,11 @@ impl<S: StateMachine> Node<S> {
         let mut held = Vec::new();
         let mut must_sync = false;
         let ack_early = self.cfg.plants.is(Plant::AckBeforeDurable);
-        let snapshot_interval = self.cfg.snapshot_interval_entries;
+        let policy = SnapshotPolicy {
+            interval: self.cfg.snapshot_interval_entries,
+            catch_up: self.cfg.catch_up_entries,
+            beyond_durable: self.cfg.plants.is(Plant::CompactBeyondDurable),
+        };
         for (&group_id, group) in self.groups.iter_mut() {
             if !can_write {
                 out.messages.extend(group.raw.take_immediate_messages());
@@ -365,8 +394,7 @@ impl<S: StateMachine> Node<S> {
             let Some(ready) = group.raw.ready() else { continue };
             must_sync |= ready.must_sync;
             let number = ready.number();
-            let write =
-                handle_ready(group_id, group, ready, &mut out, &mut held, &mut self.outcomes, snapshot_interval);
+            let write = handle_ready(group_id, group, ready, &mut out, &mut held, &mut self.outcomes, policy);
             group.ready_in_flight = Some(number);
             writes.push(write);
         }
@@ -397,7 +425,37 @@ impl<S: StateMachine> Node<S> {
             self.advance_all();
         }
         out.outcomes.append(&mut self.outcomes);
+        self.attach_snapshot_data(&mut out.messages);
         out
+    }
+
+    /// Raft sends a follower its latest snapshot, which for a persistent machine holds no data:
+    /// the machine's current state goes with it instead. That state is at or past the snapshot's
+    /// index (it is at `applied`); the follower's machine then skips the entries it already
+    /// holds, as it does after a restart.
+    fn attach_snapshot_data(&mut self, messages: &mut [Message]) {
+        for msg in messages.iter_mut() {
+            let MessageBody::InstallSnapshot { snapshot } = &mut msg.body else { continue };
+            let Some(group) = self.groups.get_mut(&msg.group) else { continue };
+            if group.machine.durable_index().is_none() {
+                continue;
+            }
+            let index = snapshot.meta.index;
+            match &group.outgoing_snapshot {
+                Some((at, data)) if *at == index => snapshot.data = data.clone(),
+                _ => match group.machine.snapshot() {
+                    Ok(data) => {
+                        group.outgoing_snapshot = Some((index, data.clone()));
+                        snapshot.data = data;
+                    }
+                    Err(error) => {
+                        // The follower gets nothing usable; raft retries after a while.
+                        tracing::warn!(group = msg.group, %error, "state machine could not serialise its state");
+                        snapshot.data = Bytes::new();
+                    }
+                },
+            }
+        }
     }
 
     /// The host reports `WriteBatch` `id` durable: release what it held back.
@@ -407,6 +465,8 @@ impl<S: StateMachine> Node<S> {
         };
         assert_eq!(in_flight, id, "write {id} reported durable but {in_flight} is in flight");
         self.advance_all();
+        let mut held = held;
+        self.attach_snapshot_data(&mut held);
         held
     }
 
@@ -438,7 +498,7 @@ fn handle_ready<S: StateMachine>(
     out: &mut OutputOf<S>,
     held: &mut Vec<Message>,
     outcomes: &mut Vec<OutcomeOf<S>>,
-    snapshot_interval: u64,
+    policy: SnapshotPolicy,
 ) -> GroupWrite {
     out.messages.append(&mut ready.messages);
     held.append(&mut ready.persisted_messages);
@@ -473,7 +533,7 @@ fn handle_ready<S: StateMachine>(
         }
     }
     serve_reads(group_id, group, outcomes);
-    write.own_snapshot = maybe_snapshot(group, snapshot_interval);
+    write.own_snapshot = maybe_snapshot(group, policy);
     write
 }
 
@@ -488,6 +548,8 @@ fn install_snapshot<S: StateMachine>(
     group.applied = snapshot.meta.index;
     group.applied_term = snapshot.meta.term;
     group.last_snapshot_index = snapshot.meta.index;
+    group.confs = BTreeMap::from([(snapshot.meta.index, snapshot.meta.conf.clone())]);
+    group.outgoing_snapshot = None;
     // Proposals at or below the snapshot were decided by a log we never saw; their fate is
     // unknown to us.
     let decided: Vec<(Index, Term)> =
@@ -510,6 +572,12 @@ fn apply_entry<S: StateMachine>(
         EntryKind::Normal if !entry.data.is_empty() => Some(group.machine.apply(entry.index, &entry.data)),
         // A leader's no-op, or a membership change (applied to the membership by raft itself).
         _ => {
+            if entry.kind == EntryKind::ConfChange {
+                if let Some(change) = ConfChange::decode(&entry.data) {
+                    let latest = group.confs.last_key_value().map(|(_, conf)| conf.clone()).unwrap_or_default();
+                    group.confs.insert(entry.index, change.apply_to(&latest));
+                }
+            }
             group.machine.apply_empty(entry.index);
             None
         }
@@ -582,23 +650,61 @@ fn expire_requests<S: StateMachine>(
     });
 }
 
-/// Takes a snapshot of the applied state when enough entries were applied since the last one.
-/// It goes into this write; the log is compacted behind it once the write is durable.
-fn maybe_snapshot<S: StateMachine>(group: &mut Group<S>, interval: u64) -> Option<Snapshot> {
-    if group.applied < group.last_snapshot_index + interval || group.snapshot_in_flight.is_some() {
+/// When and where a group takes its own snapshots.
+#[derive(Clone, Copy)]
+struct SnapshotPolicy {
+    interval: u64,
+    catch_up: u64,
+    /// Planted bug: a persistent machine's snapshot is taken at the applied index, beyond what
+    /// the machine holds durably, so the log it still needs after a crash is compacted away.
+    beyond_durable: bool,
+}
+
+/// Takes a snapshot when enough entries were applied since the last one. It goes into this
+/// write; the log is compacted behind it once the write is durable.
+///
+/// An in-memory machine's snapshot is its whole state at the applied index. A persistent
+/// machine's holds no data: it only marks how far the log may be compacted, which is what the
+/// machine holds durably less `catch_up` entries kept for followers that are a little behind.
+fn maybe_snapshot<S: StateMachine>(group: &mut Group<S>, policy: SnapshotPolicy) -> Option<Snapshot> {
+    if group.snapshot_in_flight.is_some() {
         return None;
     }
-    let conf = group.raw.status().conf;
-    let meta = SnapshotMeta { index: group.applied, term: group.applied_term, conf };
-    let data = match group.machine.snapshot() {
-        Ok(data) => data,
-        Err(error) => {
-            tracing::warn!(index = group.applied, %error, "state machine could not take a snapshot; keeping the log");
-            return None;
+    let snapshot = match group.machine.durable_index() {
+        None => {
+            if group.applied < group.last_snapshot_index + policy.interval {
+                return None;
+            }
+            let conf = group.raw.status().conf;
+            let meta = SnapshotMeta { index: group.applied, term: group.applied_term, conf };
+            let data = match group.machine.snapshot() {
+                Ok(data) => data,
+                Err(error) => {
+                    tracing::warn!(index = group.applied, %error, "state machine could not take a snapshot; keeping the log");
+                    return None;
+                }
+            };
+            group.confs = BTreeMap::from([(group.applied, meta.conf.clone())]);
+            Snapshot { meta, data }
+        }
+        Some(durable) => {
+            let covered = if policy.beyond_durable { group.applied } else { durable.min(group.applied) };
+            // The membership is known from the first index in `confs` on (the applied index at
+            // start, or the last snapshot): no snapshot goes below it.
+            let known_from = group.confs.first_key_value().map_or(0, |(&index, _)| index);
+            let index = covered.saturating_sub(policy.catch_up).max(known_from);
+            if index > covered || index < group.last_snapshot_index + policy.interval {
+                return None;
+            }
+            let term = group.raw.term_at(index)?;
+            let conf = group.confs.range(..=index).next_back().map(|(_, conf)| conf.clone())?;
+            // Only the membership at the new snapshot and after it is needed from now on.
+            group.confs = group.confs.split_off(&index);
+            group.confs.insert(index, conf.clone());
+            Snapshot { meta: SnapshotMeta { index, term, conf }, data: Bytes::new() }
         }
     };
-    let snapshot = Snapshot { meta, data };
-    group.last_snapshot_index = group.applied;
+    group.last_snapshot_index = snapshot.meta.index;
     group.snapshot_in_flight = Some(snapshot.clone());
     Some(snapshot)
 }

@@ -15,11 +15,19 @@ pub enum Plant {
     AckBeforeDurable = 1 << 2,
     /// The leader answers ReadIndex without confirming it is still leader.
     ReadIndexWithoutQuorum = 1 << 3,
+    /// The host compacts the log behind a persistent state machine's applied index rather than
+    /// its durable one: after a crash the machine needs entries that are gone.
+    CompactBeyondDurable = 1 << 4,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 4] =
-        [Plant::CommitOldTerm, Plant::DoubleVote, Plant::AckBeforeDurable, Plant::ReadIndexWithoutQuorum];
+    pub const ALL: [Plant; 5] = [
+        Plant::CommitOldTerm,
+        Plant::DoubleVote,
+        Plant::AckBeforeDurable,
+        Plant::ReadIndexWithoutQuorum,
+        Plant::CompactBeyondDurable,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -27,6 +35,7 @@ impl Plant {
             Plant::DoubleVote => "double-vote",
             Plant::AckBeforeDurable => "ack-before-durable",
             Plant::ReadIndexWithoutQuorum => "read-index-without-quorum",
+            Plant::CompactBeyondDurable => "compact-beyond-durable",
         }
     }
 

@@ -103,6 +103,51 @@ pub struct ServerConfig {
     pub snapshot_count: u64,
     /// 0 means etcd's default of 2 GiB.
     pub quota_backend_bytes: u64,
+    /// WAL segments and snapshot files kept once obsolete (0: keep all), etcd's `--max-wals`
+    /// and `--max-snapshots`.
+    pub max_wals: u64,
+    pub max_snapshots: u64,
+    /// Entries kept in the log behind each snapshot for followers that fell a little behind
+    /// (etcd's `--experimental-snapshot-catchup-entries`).
+    pub snapshot_catchup_entries: u64,
+    pub auto_compaction: AutoCompaction,
+}
+
+/// `--auto-compaction-mode` and `--auto-compaction-retention`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AutoCompaction {
+    Off,
+    /// Keep this much history (by time).
+    Periodic(std::time::Duration),
+    /// Keep this many revisions.
+    Revision(u64),
+}
+
+/// Parses a Go duration as etcd's retention takes it ("1h", "30m", "90s", "1h30m", "500ms"); a
+/// bare number is hours, as in etcd.
+pub fn parse_retention_duration(text: &str) -> Option<std::time::Duration> {
+    let text = text.trim();
+    if let Ok(hours) = text.parse::<u64>() {
+        return Some(std::time::Duration::from_secs(hours.checked_mul(3600)?));
+    }
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
+        let value: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += std::time::Duration::try_from_secs_f64(value * seconds).ok()?;
+    }
+    Some(total)
 }
 
 /// Every flag, with etcd's default. `{name}` in a default is replaced by `--name`.
@@ -122,6 +167,11 @@ const FLAGS: &[(&str, &str)] = &[
     ("max-txn-ops", "128"),
     ("snapshot-count", "100000"),
     ("quota-backend-bytes", "0"),
+    ("max-wals", "5"),
+    ("max-snapshots", "5"),
+    ("experimental-snapshot-catchup-entries", "5000"),
+    ("auto-compaction-mode", "periodic"),
+    ("auto-compaction-retention", "0"),
 ];
 
 /// etcd's bounds: an election timeout of at most 50 s, and at least five heartbeats.
@@ -228,7 +278,39 @@ impl ServerConfig {
                 })
             }
         };
+        let retention = get("auto-compaction-retention");
+        let invalid_retention = |reason: &str| ConfigError::Invalid {
+            flag: "auto-compaction-retention",
+            value: retention.clone(),
+            reason: reason.to_string(),
+        };
+        let auto_compaction = match get("auto-compaction-mode").as_str() {
+            "periodic" => match parse_retention_duration(&retention) {
+                Some(period) if period.is_zero() => AutoCompaction::Off,
+                Some(period) => AutoCompaction::Periodic(period),
+                None => return Err(invalid_retention("expected a duration such as 1h, 30m or 90s (or hours)")),
+            },
+            "revision" => match retention.trim().parse::<u64>() {
+                Ok(0) => AutoCompaction::Off,
+                Ok(revisions) => AutoCompaction::Revision(revisions),
+                Err(_) => return Err(invalid_retention("expected a number of revisions")),
+            },
+            other => {
+                return Err(ConfigError::Invalid {
+                    flag: "auto-compaction-mode",
+                    value: other.to_string(),
+                    reason: "must be periodic or revision".into(),
+                })
+            }
+        };
         let config = ServerConfig {
+            max_wals: number("max-wals", &get("max-wals"))?,
+            max_snapshots: number("max-snapshots", &get("max-snapshots"))?,
+            snapshot_catchup_entries: number(
+                "experimental-snapshot-catchup-entries",
+                &get("experimental-snapshot-catchup-entries"),
+            )?,
+            auto_compaction,
             data_dir: get("data-dir"),
             listen_client_urls: PeerUrl::parse_list("listen-client-urls", &get("listen-client-urls"))?,
             advertise_client_urls: PeerUrl::parse_list("advertise-client-urls", &get("advertise-client-urls"))?,
@@ -325,10 +407,18 @@ impl ServerConfig {
             self.quota_backend_bytes
         }
     }
+
+    /// What compaction leaves of the obsolete WAL segments and snapshot files.
+    pub fn retention(&self) -> keel_host::Retention {
+        let count = |n: u64| if n == 0 { usize::MAX } else { usize::try_from(n).unwrap_or(usize::MAX) };
+        keel_host::Retention { wal_segments: count(self.max_wals), snapshots: count(self.max_snapshots) }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn parse(args: &[&str]) -> Result<ServerConfig, ConfigError> {
@@ -361,6 +451,25 @@ mod tests {
         assert_eq!(config.max_request_bytes, 1_572_864);
         assert_eq!(config.max_txn_ops, 128);
         assert_eq!(config.quota_bytes(), 2 << 30);
+    }
+
+    #[test]
+    fn retention_and_auto_compaction_take_etcds_forms() {
+        let config = parse(&[]).unwrap();
+        assert_eq!((config.max_wals, config.max_snapshots, config.snapshot_catchup_entries), (5, 5, 5_000));
+        assert_eq!(config.auto_compaction, AutoCompaction::Off);
+        let periodic = |retention: &str| {
+            parse(&["--auto-compaction-mode", "periodic", "--auto-compaction-retention", retention])
+                .map(|c| c.auto_compaction)
+        };
+        assert_eq!(periodic("1m"), Ok(AutoCompaction::Periodic(Duration::from_secs(60))));
+        assert_eq!(periodic("1h30m"), Ok(AutoCompaction::Periodic(Duration::from_secs(5_400))));
+        assert_eq!(periodic("2"), Ok(AutoCompaction::Periodic(Duration::from_secs(7_200))), "bare hours");
+        assert!(periodic("1 fortnight").is_err());
+        let revision = parse(&["--auto-compaction-mode=revision", "--auto-compaction-retention=1000"]).unwrap();
+        assert_eq!(revision.auto_compaction, AutoCompaction::Revision(1_000));
+        assert!(parse(&["--auto-compaction-mode=sometimes"]).is_err());
+        assert_eq!(parse(&["--max-wals=0"]).unwrap().retention().wal_segments, usize::MAX, "0 keeps every file");
     }
 
     #[test]

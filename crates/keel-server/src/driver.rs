@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use keel_codec::peer::{ForwardOutcome, PeerFrame, RefusalKind};
-use keel_node::{Answer, GroupWrite, Node, RequestError, RequestId, StateMachine};
+use keel_host::{Compactions, Retention};
+use keel_node::{Answer, Node, RequestError, RequestId, StateMachine};
 use keel_raft::{ConfChange, GroupId, NodeId, RaftError, NO_NODE};
-use keel_storage::{GroupPersist, NodeStorage, StorageError};
+use keel_storage::{NodeStorage, StorageError};
 
 use crate::transport::{Incoming, Outgoing};
 
@@ -109,6 +110,8 @@ pub trait Hook<S: StateMachine>: Send {
     fn after_turn(&mut self, node: &mut Node<S>, now: Instant, propose: &mut Vec<(GroupId, Bytes)>);
     /// The WAL's latest fsync took `took` (for metrics).
     fn on_fsync(&mut self, _took: Duration) {}
+    /// Compaction removed obsolete WAL segments or snapshot files.
+    fn on_compacted(&mut self, _removed: keel_host::Removed) {}
     /// This member's raft log took a command it proposed as leader (its own or a forwarded one).
     fn on_proposed(&mut self, _data: &Bytes, _now: Instant) {}
 }
@@ -151,25 +154,11 @@ impl<S: StateMachine> Waiter<S> {
     }
 }
 
-/// Writes one batch's groups to the WAL and makes them durable.
-pub fn persist(storage: &mut NodeStorage, writes: &[GroupWrite]) -> Result<(), StorageError> {
-    let parts: Vec<GroupPersist> = writes
-        .iter()
-        .map(|w| GroupPersist {
-            group: w.group,
-            hard_state: w.hard_state,
-            installed_snapshot: w.installed_snapshot.as_ref(),
-            own_snapshot: w.own_snapshot.as_ref(),
-            entries: &w.entries,
-        })
-        .collect();
-    storage.write(&parts)?;
-    storage.sync()
-}
-
 pub struct Driver<S: StateMachine, H: Hook<S> = ()> {
     node: Node<S>,
     storage: NodeStorage,
+    compactions: Compactions,
+    retention: Retention,
     inputs: Receiver<Input<S, H>>,
     inbox: Arc<PeerInbox>,
     send: Box<dyn FnMut(Outgoing) + Send>,
@@ -201,6 +190,8 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
         Driver {
             node,
             storage,
+            compactions: Compactions::default(),
+            retention: Retention::ETCD,
             inputs,
             inbox,
             send,
@@ -211,6 +202,13 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
             waiting: BTreeMap::new(),
             forwarding: BTreeMap::new(),
         }
+    }
+
+    /// Keeps `retention` of the obsolete WAL segments and snapshot files (etcd's defaults
+    /// otherwise).
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// Runs until every input sender is gone. A storage error stops the node: what it could
@@ -465,10 +463,16 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
         }
         let Some(write) = output.write else { return Ok(false) };
         let started = Instant::now();
-        persist(&mut self.storage, &write.groups)?;
+        keel_host::persist(&mut self.storage, &write.groups)?;
+        self.compactions.written(&write);
         self.hook.on_fsync(started.elapsed());
         for msg in self.node.on_write_durable(write.id) {
             (self.send)(Outgoing::Raft(msg));
+        }
+        // After the release: removing files is not on the acknowledgement's path.
+        let removed = self.compactions.durable(&mut self.storage, self.retention)?;
+        if removed != keel_host::Removed::default() {
+            self.hook.on_compacted(removed);
         }
         Ok(true)
     }

@@ -11,6 +11,7 @@ use keel_mvcc::{Command, RedbBackend};
 use keel_node::Node;
 use keel_raft::{GroupId, Role};
 
+use crate::auto_compaction::AutoCompactor;
 use crate::driver::Hook;
 use crate::lease_clock::LeaseClock;
 use crate::machine::{MemberCommand, MemberRecord, MvccMachine};
@@ -51,6 +52,7 @@ pub struct ServerHook {
     last_leader: u64,
     db_size_read: Option<Instant>,
     membership: Option<MembershipSync>,
+    pub auto_compaction: AutoCompactor,
 }
 
 impl ServerHook {
@@ -68,6 +70,7 @@ impl ServerHook {
             last_leader: 0,
             db_size_read: None,
             membership: None,
+            auto_compaction: AutoCompactor::new(crate::config::AutoCompaction::Off),
         }
     }
 
@@ -121,6 +124,13 @@ impl Hook<Machine> for ServerHook {
         }
         let restored = machine.restores() != self.restores_seen;
         self.restores_seen = machine.restores();
+        if restored {
+            tracing::info!(
+                applied = machine.store().applied_index(),
+                revision = machine.store().current_revision(),
+                "installed a snapshot from the leader"
+            );
+        }
         let changes = machine.take_lease_changes();
         let store = machine.store_mut();
         let events = store.take_events();
@@ -149,6 +159,10 @@ impl Hook<Machine> for ServerHook {
             for id in self.leases.due(now) {
                 propose.push((self.group, Bytes::from(Command::LeaseRevoke { id }.encode())));
             }
+        }
+        if let Some(revision) = self.auto_compaction.observe(now, revision, compacted, status.role == Role::Leader) {
+            tracing::info!(revision, "auto-compaction: compacting history");
+            propose.push((self.group, Bytes::from(Command::Compact { revision }.encode())));
         }
 
         let m = &self.metrics;
@@ -194,5 +208,10 @@ impl Hook<Machine> for ServerHook {
 
     fn on_fsync(&mut self, took: Duration) {
         self.metrics.observe_fsync(took);
+    }
+
+    fn on_compacted(&mut self, removed: keel_host::Removed) {
+        self.metrics.wal_segments_removed.fetch_add(removed.wal_segments as u64, Relaxed);
+        self.metrics.snapshot_files_removed.fetch_add(removed.snapshot_files as u64, Relaxed);
     }
 }

@@ -6,6 +6,7 @@
 //! ([`http`]) on the client URLs, put together by [`server::run`].
 
 pub mod api;
+pub mod auto_compaction;
 pub mod config;
 pub mod convert;
 pub mod driver;
@@ -21,6 +22,6 @@ pub mod transport;
 pub mod watch_hub;
 
 pub use config::{ClusterState, ConfigError, PeerUrl, ServerConfig};
-pub use driver::{persist, reply_to, Driver, Hook, Input, PeerInbox, Reply};
+pub use driver::{reply_to, Driver, Hook, Input, PeerInbox, Reply};
 pub use machine::{Applied, ApplyError, CommandResult, LeaseChange, MemberCommand, MemberRecord, MvccMachine};
 pub use transport::{start_listener, Incoming, Outgoing, PeerSender};

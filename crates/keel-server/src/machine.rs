@@ -476,6 +476,12 @@ impl<B: Backend> StateMachine for MvccMachine<B> {
         self.store.range(query)
     }
 
+    /// The store's durably committed applied index (etcd's consistent index): the store is the
+    /// checkpoint, so the log is compacted behind it with snapshots that carry no data.
+    fn durable_index(&self) -> Option<Index> {
+        Some(self.store.durable_applied_index())
+    }
+
     fn snapshot(&self) -> Result<Bytes, String> {
         let store = self.store.snapshot().map_err(|e| e.to_string())?;
         let mut w = Writer::with_capacity(store.len() + 256);

@@ -29,6 +29,9 @@ pub struct Metrics {
     pub watchers: AtomicI64,
     /// NOSPACE alarm raised: the database outgrew `--quota-backend-bytes` (1) or not (0).
     pub nospace_alarm: AtomicU64,
+    /// Obsolete WAL segments and snapshot files compaction removed.
+    pub wal_segments_removed: AtomicU64,
+    pub snapshot_files_removed: AtomicU64,
     fsync_buckets: [AtomicU64; FSYNC_BUCKETS],
     fsync_count: AtomicU64,
     fsync_sum_nanos: AtomicU64,
@@ -100,6 +103,18 @@ impl Metrics {
             "The total number of failed proposals seen.",
             "counter",
             self.proposals_failed.load(Relaxed).to_string(),
+        );
+        gauge(
+            "keel_wal_segments_removed_total",
+            "WAL segments removed once snapshots covered them.",
+            "counter",
+            self.wal_segments_removed.load(Relaxed).to_string(),
+        );
+        gauge(
+            "keel_snapshot_files_removed_total",
+            "Snapshot files removed once newer ones were durable.",
+            "counter",
+            self.snapshot_files_removed.load(Relaxed).to_string(),
         );
         gauge(
             "etcd_mvcc_db_total_size_in_bytes",

@@ -21,7 +21,7 @@ use keel_api::v3electionpb::election_server::ElectionServer;
 use keel_api::v3lockpb::lock_server::LockServer;
 use keel_codec::peer::PeerFrame;
 use keel_mvcc::{RedbBackend, Store, StoreOptions};
-use keel_node::{bootstrap, GroupWrite, Node, NodeConfig};
+use keel_node::{Node, NodeConfig};
 use keel_raft::{Config, NodeId, RecoveredState};
 use keel_storage::{Disk, NodeStorage, RealDisk, StorageOptions};
 use thiserror::Error;
@@ -34,7 +34,7 @@ use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::WatchService;
 use crate::api::Shared;
 use crate::config::{ClusterState, PeerUrl, ServerConfig};
-use crate::driver::{persist, Driver, Input, PeerInbox};
+use crate::driver::{Driver, Input, PeerInbox};
 use crate::hook::{Machine, ServerHook};
 use crate::machine::{read_members_file, split_snapshot, MemberRecord, MvccMachine};
 use crate::metrics::Metrics;
@@ -162,16 +162,9 @@ fn open_node(
         // (or a snapshot), membership included.
         None if config.initial_cluster_state == ClusterState::Existing => RecoveredState::default(),
         None => {
-            let (hard_state, entries) = bootstrap(&voters);
-            persist(
-                &mut storage,
-                &[GroupWrite {
-                    group: GROUP,
-                    hard_state: Some(hard_state),
-                    entries: entries.clone(),
-                    ..Default::default()
-                }],
-            )?;
+            let founding = keel_host::bootstrap_write(GROUP, &voters);
+            keel_host::persist(&mut storage, std::slice::from_ref(&founding))?;
+            let (hard_state, entries) = keel_host::bootstrapped(&founding);
             RecoveredState { hard_state, entries, ..Default::default() }
         }
     };
@@ -191,6 +184,7 @@ fn open_node(
     state.applied = state.applied.max(store.durable_applied_index());
     let mut node_config = NodeConfig::new(me);
     node_config.snapshot_interval_entries = config.snapshot_count.max(1);
+    node_config.catch_up_entries = config.snapshot_catchup_entries;
     let mut node = Node::new(node_config);
     let mut raft = Config::new(me, GROUP);
     raft.election_ticks =
@@ -265,7 +259,9 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     hook.quota_bytes = config.quota_bytes();
     hook.lease_grace = Duration::from_millis(config.election_timeout_ms);
     let tick = Duration::from_millis(config.heartbeat_interval_ms.max(1));
-    let driver = Driver::new(node, storage, receiver, inbox, Box::new(move |out| peers.send_out(out)), hook, tick);
+    hook.auto_compaction = crate::auto_compaction::AutoCompactor::new(config.auto_compaction);
+    let driver = Driver::new(node, storage, receiver, inbox, Box::new(move |out| peers.send_out(out)), hook, tick)
+        .with_retention(config.retention());
     std::thread::Builder::new()
         .name("keel-driver".into())
         .spawn(move || {

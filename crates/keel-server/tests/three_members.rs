@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use keel_mvcc::{Command, PutRequest, RangeRequest, RedbBackend, Response, Store, StoreOptions};
-use keel_node::{bootstrap, GroupWrite, Node, NodeConfig};
+use keel_node::{Node, NodeConfig};
 use keel_raft::{Config, NodeId, RecoveredState};
-use keel_server::{persist, start_listener, Applied, Driver, Input, MvccMachine, PeerSender};
+use keel_server::{start_listener, Applied, Driver, Input, MvccMachine, PeerSender};
 use keel_storage::{Disk, NodeStorage, RealDisk, StorageOptions};
 
 const GROUP: u64 = 1;
@@ -23,12 +23,9 @@ fn start_member(id: NodeId, dir: PathBuf, listener: TcpListener, addrs: &BTreeMa
     let disk: Arc<dyn Disk> = Arc::new(RealDisk::new(&dir));
     let (mut storage, _, _) = NodeStorage::open(disk, StorageOptions::new()).expect("storage opens");
     let voters: Vec<NodeId> = addrs.keys().copied().collect();
-    let (hard_state, entries) = bootstrap(&voters);
-    persist(
-        &mut storage,
-        &[GroupWrite { group: GROUP, hard_state: Some(hard_state), entries: entries.clone(), ..Default::default() }],
-    )
-    .expect("bootstrap");
+    let founding = keel_host::bootstrap_write(GROUP, &voters);
+    keel_host::persist(&mut storage, std::slice::from_ref(&founding)).expect("bootstrap");
+    let (hard_state, entries) = keel_host::bootstrapped(&founding);
     let store =
         Store::open(RedbBackend::open(dir.join("db.redb")).expect("redb"), StoreOptions::default()).expect("store");
     let mut node = Node::new(NodeConfig::new(id));

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use keel_check::{KvInput, KvOutput, Operation};
-use keel_node::{bootstrap, Answer, Node, NodeConfig, Outcome, RequestError};
+use keel_host::{Compactions, Retention};
+use keel_node::{Answer, Node, NodeConfig, Outcome, RequestError};
 use keel_raft::{
     ConfChange, Config, GroupId, Message, MessageBody, NodeId, Plant, Plants, RaftError, RecoveredState, Role,
     SplitMix64,
@@ -17,9 +18,9 @@ use keel_raft::{
 
 use crate::disk::DurableModel;
 use crate::invariants::Invariants;
-use crate::kv::{self, KvMachine};
+use crate::kv::{self, KvDisk, KvMachine};
 use crate::swarm::Swarm;
-use keel_storage::{GroupPersist, NodeStorage, SimDisk, StorageOptions};
+use keel_storage::{NodeStorage, SimDisk, StorageOptions};
 
 /// Simulated time in milliseconds.
 pub type Time = u64;
@@ -109,7 +110,9 @@ struct Member {
     /// The oracle of what this member made durable.
     durable: DurableModel,
     /// Snapshots in the write in flight: once durable, the WAL and snapshot files behind them go.
-    snapshots_in_flight: Vec<(GroupId, u64)>,
+    compactions: Compactions,
+    /// What each group's persistent state machine holds durably (kept across crashes).
+    machine_disks: BTreeMap<GroupId, Arc<std::sync::Mutex<KvDisk>>>,
     incarnation: u64,
     paused: bool,
     paused_at: Time,
@@ -221,16 +224,11 @@ impl Cluster {
             let (mut storage, _, _) =
                 NodeStorage::open(Arc::new(disk.clone()), storage_options()).expect("a fresh disk opens");
             for group in self.group_ids() {
-                let (hard_state, entries) = bootstrap(&ids);
-                let part = GroupPersist {
-                    group,
-                    hard_state: Some(hard_state),
-                    installed_snapshot: None,
-                    own_snapshot: None,
-                    entries: &entries,
-                };
-                storage.write(&[part]).expect("bootstrap write");
-                durable.write(part.records());
+                let founding = [keel_host::bootstrap_write(group, &ids)];
+                keel_host::write(&mut storage, &founding).expect("bootstrap write");
+                for part in keel_host::parts(&founding) {
+                    durable.write(part.records());
+                }
             }
             storage.sync().expect("bootstrap sync");
             durable.fsync();
@@ -252,7 +250,8 @@ impl Cluster {
             storage: None,
             disk,
             durable,
-            snapshots_in_flight: Vec::new(),
+            compactions: Compactions::default(),
+            machine_disks: BTreeMap::new(),
             incarnation: 0,
             paused: false,
             paused_at: 0,
@@ -273,6 +272,8 @@ impl Cluster {
         let snapshot_interval = self.swarm.snapshot_interval_entries;
         let lease_reads = self.swarm.lease_reads;
         let check_quorum = self.swarm.check_quorum;
+        let (persistent, durable_every, catch_up) =
+            (self.swarm.persistent_machine, self.swarm.durable_every_flushes, self.swarm.catch_up_entries);
         let member = self.members.get_mut(&id).expect("member exists");
         let (storage, mut recovered) = match NodeStorage::open(Arc::new(member.disk.clone()), storage_options()) {
             Ok((storage, groups, _)) => (storage, groups),
@@ -292,14 +293,33 @@ impl Cluster {
         let mut node_cfg = NodeConfig::new(id);
         node_cfg.plants = plants;
         node_cfg.snapshot_interval_entries = snapshot_interval;
+        node_cfg.catch_up_entries = catch_up;
         node_cfg.request_timeout_ticks = 100;
         let mut node = Node::new(node_cfg);
         for &group in &member.groups {
-            let state = recovered.remove(&group).map_or_else(RecoveredState::default, |g| g.raft_state());
-            let mut machine = KvMachine::default();
-            if let Some(snapshot) = &state.snapshot {
+            let mut state = recovered.remove(&group).map_or_else(RecoveredState::default, |g| g.raft_state());
+            let mut machine = if persistent {
+                let disk = member.machine_disks.entry(group).or_default().clone();
+                KvMachine::persistent(disk, durable_every)
+            } else {
+                KvMachine::default()
+            };
+            if let Some(snapshot) = state.snapshot.as_ref().filter(|s| s.meta.index > machine.applied_index) {
+                // What the server does at start (`open_store`): a store behind the snapshot is
+                // restored from it. A persistent machine's own snapshots carry no data, so its
+                // durable state must never fall behind one: the log it would need is gone.
+                if persistent && snapshot.data.is_empty() {
+                    self.invariants.violation(format!(
+                        "n{id} g{group}: the state machine holds index {} durably but the log was compacted to {}: \
+                         the entries between are lost",
+                        machine.applied_index, snapshot.meta.index
+                    ));
+                    return;
+                }
                 keel_node::StateMachine::restore(&mut machine, &snapshot.data);
             }
+            // As the server: raft hands out only what comes after the machine's durable state.
+            state.applied = state.applied.max(machine.applied_index);
             let mut cfg = Config::new(id, group);
             cfg.seed = seed
                 ^ id.wrapping_mul(0x9E37_79B9)
@@ -438,28 +458,15 @@ impl Cluster {
             for group_write in &write.groups {
                 self.invariants.on_write(id, group_write, node);
             }
-            let parts: Vec<GroupPersist> = write
-                .groups
-                .iter()
-                .map(|w| GroupPersist {
-                    group: w.group,
-                    hard_state: w.hard_state,
-                    installed_snapshot: w.installed_snapshot.as_ref(),
-                    own_snapshot: w.own_snapshot.as_ref(),
-                    entries: &w.entries,
-                })
-                .collect();
             let storage = member.storage.as_mut().expect("a running member has its storage");
-            if let Err(error) = storage.write(&parts) {
+            if let Err(error) = keel_host::write(storage, &write.groups) {
                 self.invariants.violation(format!("n{id}: WAL write failed: {error}"));
                 return;
             }
-            for part in &parts {
+            for part in keel_host::parts(&write.groups) {
                 member.durable.write(part.records());
-                for snapshot in part.installed_snapshot.iter().chain(part.own_snapshot.iter()) {
-                    member.snapshots_in_flight.push((part.group, snapshot.meta.index));
-                }
             }
+            member.compactions.written(write);
             let incarnation = member.incarnation;
             let delay = self.rng.range(1, self.swarm.fsync_ms_max + 1);
             self.schedule(self.now + delay, Event::FsyncDone { node: id, incarnation, write: write.id });
@@ -495,12 +502,11 @@ impl Cluster {
             return;
         }
         member.durable.fsync();
-        for (group, index) in std::mem::take(&mut member.snapshots_in_flight) {
-            if let Err(error) = storage.compact(group, index) {
-                self.invariants.violation(format!("n{id}: removing obsolete WAL segments failed: {error}"));
-            }
-        }
         let msgs = member.node.as_mut().expect("checked").on_write_durable(write);
+        // The server's order: release what the write held back, then remove obsolete files.
+        if let Err(error) = member.compactions.durable(storage, Retention::MINIMAL) {
+            self.invariants.violation(format!("n{id}: removing obsolete WAL segments failed: {error}"));
+        }
         self.invariants.on_durable(id, &self.members[&id].durable);
         for msg in msgs {
             self.send(msg);

@@ -59,12 +59,58 @@ pub fn decode_output(input: &KvInput, result: &[u8]) -> Option<KvOutput> {
     })
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct KvMachine {
     pub data: BTreeMap<u64, u64>,
     /// (index, command hash) of every command applied since the last drain: the simulator
     /// checks that every member applies the same command at each index.
     pub applied: Vec<(Index, u64)>,
+    /// The last index whose command is in `data`.
+    pub applied_index: Index,
+    /// Set for a machine that keeps its state on disk, as keel's etcd machine does on redb.
+    pub persistence: Option<Persistence>,
+}
+
+/// What a persistent machine holds durably: survives its member's crashes (the simulator keeps
+/// the other end of the handle).
+#[derive(Clone, Debug, Default)]
+pub struct KvDisk {
+    pub index: Index,
+    pub data: BTreeMap<u64, u64>,
+}
+
+/// A persistent machine writes its state durably at every `every`-th flush only (the server's
+/// store commits durably every 100 ms, not at every apply): after a crash it is back at the last
+/// durable write, behind what it had applied, and the log must still hold what comes after.
+#[derive(Clone, Debug)]
+pub struct Persistence {
+    pub disk: std::sync::Arc<std::sync::Mutex<KvDisk>>,
+    pub every: u32,
+    flushes: u32,
+}
+
+impl KvMachine {
+    /// A persistent machine, started from what its disk holds.
+    pub fn persistent(disk: std::sync::Arc<std::sync::Mutex<KvDisk>>, every: u32) -> KvMachine {
+        let (index, data) = {
+            let held = disk.lock().expect("machine disk");
+            (held.index, held.data.clone())
+        };
+        KvMachine {
+            data,
+            applied: Vec::new(),
+            applied_index: index,
+            persistence: Some(Persistence { disk, every: every.max(1), flushes: 0 }),
+        }
+    }
+
+    fn write_durably(&mut self) {
+        if let Some(persistence) = &self.persistence {
+            let mut disk = persistence.disk.lock().expect("machine disk");
+            disk.index = self.applied_index;
+            disk.data = self.data.clone();
+        }
+    }
 }
 
 pub fn hash_bytes(data: &[u8]) -> u64 {
@@ -84,6 +130,12 @@ impl StateMachine for KvMachine {
 
     fn apply(&mut self, index: Index, data: &Bytes) -> Bytes {
         self.applied.push((index, hash_bytes(data)));
+        if index <= self.applied_index {
+            // Already in the state (restored from disk or from a newer snapshot): as keel's
+            // store does, skip it. Its proposer is gone (a restart or another member's log).
+            return Bytes::new();
+        }
+        self.applied_index = index;
         let key = read_u64(data, 1);
         match (data.first().copied(), key) {
             (Some(TAG_PUT), Some(key)) => {
@@ -127,8 +179,25 @@ impl StateMachine for KvMachine {
         }
     }
 
+    fn apply_empty(&mut self, index: Index) {
+        self.applied_index = self.applied_index.max(index);
+    }
+
+    fn flush(&mut self) {
+        let Some(persistence) = self.persistence.as_mut() else { return };
+        persistence.flushes += 1;
+        if persistence.flushes.is_multiple_of(persistence.every) {
+            self.write_durably();
+        }
+    }
+
+    fn durable_index(&self) -> Option<Index> {
+        self.persistence.as_ref().map(|p| p.disk.lock().expect("machine disk").index)
+    }
+
     fn snapshot(&self) -> Result<Bytes, String> {
-        let mut out = Vec::with_capacity(self.data.len() * 16);
+        let mut out = Vec::with_capacity(8 + self.data.len() * 16);
+        push_u64(&mut out, self.applied_index);
         for (key, value) in &self.data {
             push_u64(&mut out, *key);
             push_u64(&mut out, *value);
@@ -138,10 +207,13 @@ impl StateMachine for KvMachine {
 
     fn restore(&mut self, data: &Bytes) {
         self.data.clear();
-        for chunk in data.chunks_exact(16) {
+        self.applied_index = read_u64(data, 0).unwrap_or(0);
+        for chunk in data.get(8..).unwrap_or_default().chunks_exact(16) {
             let key = read_u64(chunk, 0).expect("16-byte chunk");
             let value = read_u64(chunk, 8).expect("16-byte chunk");
             self.data.insert(key, value);
         }
+        // A persistent machine replaces its store durably before it is used (as redb does).
+        self.write_durably();
     }
 }

@@ -37,6 +37,14 @@ pub struct Swarm {
     pub lease_reads: bool,
     /// How long a client waits for an answer before it counts the outcome as unknown.
     pub client_timeout_ms: u64,
+    /// The state machine keeps its state on disk (as the etcd machine on redb does): snapshots
+    /// carry no data, the log is compacted behind the machine's durable index, and a follower
+    /// that needs a snapshot gets the machine's current state.
+    pub persistent_machine: bool,
+    /// A persistent machine writes durably every this many flushes.
+    pub durable_every_flushes: u32,
+    /// Entries kept behind a persistent machine's snapshot for lagging followers.
+    pub catch_up_entries: u64,
 }
 
 fn maybe(rng: &mut SplitMix64, ppm_max: u64) -> u64 {
@@ -74,6 +82,9 @@ impl Swarm {
             writes_only: true,
             retarget_percent: 0,
             check_quorum: true,
+            persistent_machine: false,
+            durable_every_flushes: 1,
+            catch_up_entries: 0,
         }
     }
 
@@ -100,6 +111,9 @@ impl Swarm {
             writes_only: false,
             retarget_percent: [5, 15, 50][rng.range(0, 3) as usize],
             check_quorum: rng.range(0, 4) != 0,
+            persistent_machine: rng.range(0, 2) == 0,
+            durable_every_flushes: rng.range(1, 9) as u32,
+            catch_up_entries: [0, 3, 20, 100][rng.range(0, 4) as usize],
         };
         // Lease reads are only safe behind check-quorum (keel-raft refuses the combination).
         swarm.check_quorum |= swarm.lease_reads;

@@ -20,7 +20,7 @@ pub mod snapshot;
 pub mod wal;
 
 pub use disk::{Disk, DiskFile, RealDisk};
-pub use node_storage::{GroupPersist, NodeStorage, RecoveredGroup, StorageError, StorageOptions};
+pub use node_storage::{GroupPersist, NodeStorage, RecoveredGroup, Retention, StorageError, StorageOptions};
 #[cfg(feature = "sim")]
 pub use sim_disk::SimDisk;
 pub use snapshot::{SnapshotError, SnapshotStore};

@@ -155,8 +155,38 @@ impl NodeStorage {
 
     /// After a snapshot is durable: drop WAL segments and older snapshot files it made obsolete.
     pub fn compact(&mut self, group: GroupId, snapshot_index: u64) -> Result<(), StorageError> {
-        self.wal.remove_obsolete_segments()?;
-        self.snapshots.remove_older(group, snapshot_index)?;
-        Ok(())
+        self.compact_keeping(group, snapshot_index, Retention::MINIMAL).map(|_| ())
+    }
+
+    /// Like [`NodeStorage::compact`], keeping what `retention` asks for. Returns the WAL segments
+    /// and snapshot files removed.
+    pub fn compact_keeping(
+        &mut self,
+        group: GroupId,
+        snapshot_index: u64,
+        retention: Retention,
+    ) -> Result<(usize, usize), StorageError> {
+        let segments = self.wal.remove_obsolete_segments_keeping(retention.wal_segments)?;
+        let snapshots =
+            self.snapshots.remove_older_keeping(group, snapshot_index, retention.snapshots.saturating_sub(1))?;
+        Ok((segments, snapshots))
     }
 }
+
+/// How many obsolete files compaction leaves (etcd's `--max-wals` and `--max-snapshots`, 5 each
+/// by default): only files that durable state no longer needs are ever removed, and of those the
+/// newest are kept up to these counts, the needed ones included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub wal_segments: usize,
+    pub snapshots: usize,
+}
+
+impl Retention {
+    /// Only what recovery needs.
+    pub const MINIMAL: Retention = Retention { wal_segments: 1, snapshots: 1 };
+    /// etcd's defaults.
+    pub const ETCD: Retention = Retention { wal_segments: 5, snapshots: 5 };
+}
+
+impl NodeStorage {}

@@ -134,16 +134,33 @@ impl SnapshotStore {
 
     /// Removes snapshots of `group` older than `keep_index`.
     pub fn remove_older(&self, group: GroupId, keep_index: u64) -> Result<(), SnapshotError> {
+        self.remove_older_keeping(group, keep_index, 0).map(|_| ())
+    }
+
+    /// Removes snapshots of `group` older than `keep_index` but the newest `keep_older` of them
+    /// (etcd's `--max-snapshots` counts the current one too). Returns how many files went.
+    pub fn remove_older_keeping(
+        &self,
+        group: GroupId,
+        keep_index: u64,
+        keep_older: usize,
+    ) -> Result<usize, SnapshotError> {
         let prefix = format!("{group:016x}-");
+        let mut older = Vec::new();
         for name in self.disk.list(&self.dir).map_err(|e| io_error(&self.dir, e))? {
             let Some(rest) = name.strip_prefix(&prefix).and_then(|r| r.strip_suffix(".snap")) else { continue };
             let index = rest.split('-').next().and_then(|h| u64::from_str_radix(h, 16).ok());
-            if index.is_some_and(|index| index < keep_index) {
-                let path = join(&self.dir, &name);
-                self.disk.remove(&path).map_err(|e| io_error(&path, e))?;
+            if let Some(index) = index.filter(|&index| index < keep_index) {
+                older.push((index, name));
             }
         }
-        Ok(())
+        older.sort();
+        let remove = older.len().saturating_sub(keep_older);
+        for (_, name) in &older[..remove] {
+            let path = join(&self.dir, name);
+            self.disk.remove(&path).map_err(|e| io_error(&path, e))?;
+        }
+        Ok(remove)
     }
 }
 

@@ -638,8 +638,14 @@ impl Wal {
     /// the middle of a group's log; the snapshot marker (in a later segment, or repeated in the
     /// checkpoint at the start of one) closes the gap.
     pub fn remove_obsolete_segments(&mut self) -> Result<usize, WalError> {
+        self.remove_obsolete_segments_keeping(1)
+    }
+
+    /// Like [`Wal::remove_obsolete_segments`], but keeps at least `keep` segments (etcd's
+    /// `--max-wals`: old segments help an operator look back; 0 or 1 keeps only what is needed).
+    pub fn remove_obsolete_segments_keeping(&mut self, keep: usize) -> Result<usize, WalError> {
         let mut removed = 0;
-        while self.segments.len() > 1 {
+        while self.segments.len() > keep.max(1) {
             let oldest = &self.segments[0];
             let covered = oldest.max_index.iter().all(|(group, max)| {
                 self.durable_checkpoint

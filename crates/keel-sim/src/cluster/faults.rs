@@ -56,7 +56,7 @@ impl Cluster {
         let pending = member.durable.pending_count();
         member.disk.crash(crash_seed);
         member.storage = None;
-        member.snapshots_in_flight.clear();
+        member.compactions.forget();
         member.node = None;
         member.paused = false;
         member.held.clear();
