@@ -67,14 +67,19 @@ fn check_provided(t: &TxnRequest) -> Result<(), MvccError> {
 }
 
 /// Delete ranges in etcd's interval semantics: `[key, end)` with an empty end meaning a
-/// single key. Note: etcd treats the `"\0"` end literally here (not as "to the end"), so a
-/// delete with `range_end = "\0"` overlaps no put; kept as is for fidelity.
+/// single key and `"\0"` meaning every key from `key` on. etcd 3.4 up to main read `"\0"`
+/// literally here, so `[Delete(a.."\0"), Put(b, ignore_value)]` passed the check and then
+/// crashed every member at apply (etcd issue 22445; fixed as here by etcd PR 22395).
 #[derive(Debug, Default, Clone)]
 struct Deletes(Vec<(Bytes, Bytes)>);
 
 impl Deletes {
     fn intersects(&self, k: &Bytes) -> bool {
-        self.0.iter().any(|(s, e)| if e.is_empty() { s == k } else { s <= k && k < e })
+        self.0.iter().any(|(s, e)| match e.as_ref() {
+            [] => s == k,
+            [0] => s <= k,
+            _ => s <= k && k < e,
+        })
     }
 }
 
@@ -148,8 +153,17 @@ impl<B: Backend> Store<B> {
         let responses = match self.exec(&mut w, t, &path) {
             Ok(r) => r,
             Err(MvccError::Storage(e)) => return Err(e.into()),
-            // The prechecks above cover every client error the ops can raise.
-            Err(other) => panic!("txn precheck missed {other}"),
+            Err(other) => {
+                // The prechecks above cover every client error the ops can raise; if one is
+                // missed anyway, the ops before it are already in the index. Every replica got
+                // here the same way, so it ends the same way on each: the partial write stands
+                // at one revision and the client gets the error. Never a panic, which would
+                // replay at every restart and take the whole cluster down for good.
+                debug_assert!(false, "txn precheck missed {other}");
+                tracing::error!(error = %other, "txn precheck missed an error; the txn applied in part");
+                self.finish_write(w);
+                return Err(other);
+            }
         };
         self.finish_write(w);
         let mut resp = TxnResponse { revision: self.current_revision, succeeded: path.succeeded, responses };
@@ -205,14 +219,25 @@ impl<B: Backend> Store<B> {
     /// etcd `checkRequestPut` over the path: ignore_* need an existing key, a lease must
     /// be granted. Checked before any write, so a failing txn changes nothing.
     fn check_puts(&self, t: &TxnRequest, path: &TxnPath) -> Result<(), MvccError> {
+        // Deletes earlier on the path, in execution order: a put that needs its key to exist
+        // must not follow one that removes it (the interval check refuses that already; this
+        // keeps the precheck exact on its own, since `exec` cannot roll back).
+        let mut deleted = Deletes::default();
         for_each_op_on_path(t, path, &mut |op| {
-            if let RequestOp::Put(p) = op {
-                if (p.ignore_value || p.ignore_lease) && self.get_kv(&p.key, self.current_revision)?.is_none() {
-                    return Err(MvccError::KeyNotFound);
+            match op {
+                RequestOp::Put(p) => {
+                    // etcd's order: the lease first, then the key.
+                    if p.lease != 0 && !self.leases.contains_key(&p.lease) {
+                        return Err(MvccError::LeaseNotFound);
+                    }
+                    if (p.ignore_value || p.ignore_lease)
+                        && (deleted.intersects(&p.key) || self.get_kv(&p.key, self.current_revision)?.is_none())
+                    {
+                        return Err(MvccError::KeyNotFound);
+                    }
                 }
-                if p.lease != 0 && !self.leases.contains_key(&p.lease) {
-                    return Err(MvccError::LeaseNotFound);
-                }
+                RequestOp::DeleteRange(d) => deleted.0.push((d.key.clone(), d.range_end.clone())),
+                _ => {}
             }
             Ok(())
         })
@@ -225,7 +250,10 @@ impl<B: Backend> Store<B> {
                 if q.revision > 0 && q.revision > self.current_revision {
                     return Err(MvccError::FutureRevision);
                 }
-                if q.revision > 0 && q.revision < self.compacted_revision {
+                // etcd's `checkRange` compares any non-zero revision with the compacted one, so a
+                // negative revision in a txn is refused as compacted (alone, a Range reads at
+                // the current revision).
+                if q.revision != 0 && q.revision < self.compacted_revision {
                     return Err(MvccError::Compacted);
                 }
             }
@@ -294,7 +322,11 @@ mod tests {
         assert!(check_intervals(&[nested(vec![put(b"a")], vec![put(b"a")])]).is_ok());
         assert_eq!(check_intervals(&[nested(vec![put(b"a")], vec![]), put(b"a")]).map(|_| ()), dup);
         assert_eq!(check_intervals(&[nested(vec![del(b"a", b"")], vec![]), put(b"a")]).map(|_| ()), dup);
-        // etcd quirk: "\0" as a delete's end is not "to the end" in this check
-        assert!(check_intervals(&[del(b"a", b"\0"), put(b"b")]).is_ok());
+        // "\0" as a delete's end is "every key from here on" (etcd read it literally up to
+        // 2026 and crashed at apply, issue 22445).
+        assert_eq!(check_intervals(&[del(b"a", b"\0"), put(b"b")]).map(|_| ()), dup);
+        assert_eq!(check_intervals(&[del(b"", b"\0"), put(b"b")]).map(|_| ()), dup);
+        assert!(check_intervals(&[del(b"c", b"\0"), put(b"b")]).is_ok());
+        assert_eq!(check_intervals(&[nested(vec![del(b"a", b"\0")], vec![]), put(b"zz")]).map(|_| ()), dup);
     }
 }

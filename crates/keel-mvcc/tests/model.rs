@@ -131,12 +131,11 @@ impl Model {
             let mut puts = std::collections::BTreeSet::new();
             for o in ops.iter() {
                 if let RequestOp::Put(p) = o {
-                    let in_del = dels.iter().any(|d| {
-                        if d.range_end.is_empty() {
-                            d.key == p.key
-                        } else {
-                            d.key <= p.key && p.key < d.range_end
-                        }
+                    // "\0" as the end: every key from `key` on (etcd PR 22395).
+                    let in_del = dels.iter().any(|d| match d.range_end.as_ref() {
+                        [] => d.key == p.key,
+                        [0] => d.key <= p.key,
+                        _ => d.key <= p.key && p.key < d.range_end,
                     });
                     if !puts.insert(p.key.clone()) || in_del {
                         return Err(MvccError::DuplicateKey);

@@ -8,12 +8,17 @@ use keel_api::mvccpb;
 use keel_api::tonic::Status;
 use keel_mvcc as mvcc;
 
+/// etcd's `ErrGRPCInvalidSortOption`: clients map the message back to a typed error.
+fn invalid_sort_option() -> Status {
+    Status::invalid_argument("etcdserver: invalid sort option")
+}
+
 pub fn range_request(r: pb::RangeRequest) -> Result<mvcc::RangeRequest, Status> {
     let sort_order = match r.sort_order {
         0 => mvcc::SortOrder::None,
         1 => mvcc::SortOrder::Ascend,
         2 => mvcc::SortOrder::Descend,
-        other => return Err(Status::invalid_argument(format!("etcdserver: invalid sort order {other}"))),
+        _ => return Err(invalid_sort_option()),
     };
     let sort_target = match r.sort_target {
         0 => mvcc::SortTarget::Key,
@@ -21,7 +26,7 @@ pub fn range_request(r: pb::RangeRequest) -> Result<mvcc::RangeRequest, Status> 
         2 => mvcc::SortTarget::Create,
         3 => mvcc::SortTarget::Mod,
         4 => mvcc::SortTarget::Value,
-        other => return Err(Status::invalid_argument(format!("etcdserver: invalid sort target {other}"))),
+        _ => return Err(invalid_sort_option()),
     };
     Ok(mvcc::RangeRequest {
         key: Bytes::from(r.key),
@@ -99,7 +104,7 @@ fn request_op(op: pb::RequestOp) -> Result<mvcc::RequestOp, Status> {
         Some(Request::RequestPut(r)) => Ok(mvcc::RequestOp::Put(put_request(r))),
         Some(Request::RequestDeleteRange(r)) => Ok(mvcc::RequestOp::DeleteRange(delete_request(r))),
         Some(Request::RequestTxn(r)) => Ok(mvcc::RequestOp::Txn(txn_request(r)?)),
-        None => Err(Status::invalid_argument("etcdserver: a txn operation has no request")),
+        None => Err(Status::invalid_argument("etcdserver: key not found")),
     }
 }
 
@@ -111,21 +116,34 @@ pub fn txn_request(r: pb::TxnRequest) -> Result<mvcc::TxnRequest, Status> {
     })
 }
 
-/// The largest of a txn's compare list and branches, nested txns included: etcd's
-/// `--max-txn-ops` bounds each list on its own.
-pub fn txn_ops(r: &pb::TxnRequest) -> usize {
+/// etcd's `checkTxnRequest`, before anything is proposed: the compare list and each branch may
+/// hold `max_ops` entries, a nested txn only what its parent left of that budget; no compare or
+/// op may have an empty key; an op must name a request. Nesting deeper than the command format
+/// carries ([`mvcc::MAX_TXN_DEPTH`]) is refused as too many operations, never proposed.
+pub fn check_txn(r: &pb::TxnRequest, max_ops: usize) -> Result<(), Status> {
+    check_txn_at(r, max_ops, 1)
+}
+
+fn check_txn_at(r: &pb::TxnRequest, max_ops: usize, depth: usize) -> Result<(), Status> {
     use pb::request_op::Request;
-    let nested = r
-        .success
-        .iter()
-        .chain(&r.failure)
-        .filter_map(|op| match &op.request {
-            Some(Request::RequestTxn(txn)) => Some(txn_ops(txn)),
-            _ => None,
-        })
-        .max()
-        .unwrap_or(0);
-    r.compare.len().max(r.success.len()).max(r.failure.len()).max(nested)
+    let used = r.compare.len().max(r.success.len()).max(r.failure.len());
+    if used > max_ops || depth > mvcc::MAX_TXN_DEPTH {
+        return Err(crate::status::too_many_ops());
+    }
+    if r.compare.iter().any(|c| c.key.is_empty()) {
+        return Err(crate::status::empty_key());
+    }
+    for op in r.success.iter().chain(&r.failure) {
+        match &op.request {
+            Some(Request::RequestRange(q)) if q.key.is_empty() => return Err(crate::status::empty_key()),
+            Some(Request::RequestPut(p)) if p.key.is_empty() => return Err(crate::status::empty_key()),
+            Some(Request::RequestDeleteRange(d)) if d.key.is_empty() => return Err(crate::status::empty_key()),
+            Some(Request::RequestTxn(nested)) => check_txn_at(nested, max_ops - used, depth + 1)?,
+            Some(_) => {}
+            None => return Err(Status::invalid_argument("etcdserver: key not found")),
+        }
+    }
+    Ok(())
 }
 
 pub fn kv(kv: mvcc::KeyValue) -> mvccpb::KeyValue {
@@ -182,4 +200,49 @@ pub fn txn_response(r: mvcc::TxnResponse, header: pb::ResponseHeader) -> pb::Txn
         })
         .collect();
     pb::TxnResponse { header: Some(header), succeeded: r.succeeded, responses }
+}
+
+#[cfg(test)]
+mod check_txn_tests {
+    use keel_api::tonic::Code;
+
+    use super::*;
+
+    fn put(key: &str) -> pb::RequestOp {
+        pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn nested(success: Vec<pb::RequestOp>) -> pb::RequestOp {
+        pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestTxn(pb::TxnRequest { success, ..Default::default() })),
+        }
+    }
+
+    fn refusal(txn: pb::TxnRequest, max_ops: usize) -> Option<(Code, String)> {
+        check_txn(&txn, max_ops).err().map(|status| (status.code(), status.message().to_string()))
+    }
+
+    #[test]
+    fn the_checks_before_proposing_are_etcds() {
+        let ok = |success: Vec<pb::RequestOp>| pb::TxnRequest { success, ..Default::default() };
+        assert_eq!(refusal(ok(vec![put("a"), nested(vec![put("b")])]), 3), None);
+        // The nested txn gets what its parent left: 3 - 2 = 1.
+        let too_many = (Code::InvalidArgument, "etcdserver: too many operations in txn request".to_string());
+        assert_eq!(refusal(ok(vec![put("a"), nested(vec![put("b"), put("c")])]), 3), Some(too_many.clone()));
+        let empty_key = (Code::InvalidArgument, "etcdserver: key is not provided".to_string());
+        assert_eq!(refusal(ok(vec![nested(vec![put("")])]), 128), Some(empty_key));
+        let no_request = (Code::InvalidArgument, "etcdserver: key not found".to_string());
+        assert_eq!(refusal(ok(vec![pb::RequestOp { request: None }]), 128), Some(no_request));
+        // Deeper than the command format carries, even with a huge budget.
+        let mut deep = ok(vec![put("a")]);
+        for _ in 0..mvcc::MAX_TXN_DEPTH {
+            deep = ok(vec![nested(deep.success)]);
+        }
+        assert_eq!(refusal(deep, usize::MAX), Some(too_many));
+    }
 }

@@ -55,9 +55,7 @@ impl KvService {
     }
 
     pub async fn txn(&self, request: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
-        if convert::txn_ops(&request) > self.shared.max_txn_ops {
-            return Err(status::too_many_ops());
-        }
+        convert::check_txn(&request, self.shared.max_txn_ops)?;
         let txn = convert::txn_request(request)?;
         match self.shared.propose(&Command::Txn(txn)).await? {
             Applied::Txn(txn) => {
