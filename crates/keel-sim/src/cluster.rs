@@ -18,7 +18,8 @@ use keel_raft::{
 
 use crate::disk::DurableModel;
 use crate::invariants::Invariants;
-use crate::kv::{self, KvDisk, KvMachine};
+use crate::kv::KvMachine;
+use crate::machine::{EtcdMachine, MachineDisk, SimMachine};
 use crate::swarm::Swarm;
 use keel_storage::{NodeStorage, SimDisk, StorageOptions};
 
@@ -103,7 +104,7 @@ impl Ord for Scheduled {
 }
 
 struct Member {
-    node: Option<Node<KvMachine>>,
+    node: Option<Node<SimMachine>>,
     /// The real WAL and snapshot files, on the byte-level simulated disk.
     storage: Option<NodeStorage>,
     disk: SimDisk,
@@ -112,7 +113,7 @@ struct Member {
     /// Snapshots in the write in flight: once durable, the WAL and snapshot files behind them go.
     compactions: Compactions,
     /// What each group's persistent state machine holds durably (kept across crashes).
-    machine_disks: BTreeMap<GroupId, Arc<std::sync::Mutex<KvDisk>>>,
+    machine_disks: BTreeMap<GroupId, MachineDisk>,
     incarnation: u64,
     paused: bool,
     paused_at: Time,
@@ -272,8 +273,12 @@ impl Cluster {
         let snapshot_interval = self.swarm.snapshot_interval_entries;
         let lease_reads = self.swarm.lease_reads;
         let check_quorum = self.swarm.check_quorum;
-        let (persistent, durable_every, catch_up) =
-            (self.swarm.persistent_machine, self.swarm.durable_every_flushes, self.swarm.catch_up_entries);
+        let (persistent, durable_every, catch_up, etcd) = (
+            self.swarm.persistent_machine,
+            self.swarm.durable_every_flushes,
+            self.swarm.catch_up_entries,
+            self.swarm.etcd_machine,
+        );
         let member = self.members.get_mut(&id).expect("member exists");
         let (storage, mut recovered) = match NodeStorage::open(Arc::new(member.disk.clone()), storage_options()) {
             Ok((storage, groups, _)) => (storage, groups),
@@ -298,13 +303,15 @@ impl Cluster {
         let mut node = Node::new(node_cfg);
         for &group in &member.groups {
             let mut state = recovered.remove(&group).map_or_else(RecoveredState::default, |g| g.raft_state());
-            let mut machine = if persistent {
-                let disk = member.machine_disks.entry(group).or_default().clone();
-                KvMachine::persistent(disk, durable_every)
+            let disk = member.machine_disks.entry(group).or_default();
+            let mut machine = if etcd {
+                SimMachine::Etcd(Box::new(EtcdMachine::open(disk.etcd.clone(), durable_every)))
+            } else if persistent {
+                SimMachine::Kv(KvMachine::persistent(disk.kv.clone(), durable_every))
             } else {
-                KvMachine::default()
+                SimMachine::Kv(KvMachine::default())
             };
-            if let Some(snapshot) = state.snapshot.as_ref().filter(|s| s.meta.index > machine.applied_index) {
+            if let Some(snapshot) = state.snapshot.as_ref().filter(|s| s.meta.index > machine.applied_index()) {
                 // What the server does at start (`open_store`): a store behind the snapshot is
                 // restored from it. A persistent machine's own snapshots carry no data, so its
                 // durable state must never fall behind one: the log it would need is gone.
@@ -312,14 +319,15 @@ impl Cluster {
                     self.invariants.violation(format!(
                         "n{id} g{group}: the state machine holds index {} durably but the log was compacted to {}: \
                          the entries between are lost",
-                        machine.applied_index, snapshot.meta.index
+                        machine.applied_index(),
+                        snapshot.meta.index
                     ));
                     return;
                 }
                 keel_node::StateMachine::restore(&mut machine, &snapshot.data);
             }
             // As the server: raft hands out only what comes after the machine's durable state.
-            state.applied = state.applied.max(machine.applied_index);
+            state.applied = state.applied.max(machine.applied_index());
             let mut cfg = Config::new(id, group);
             cfg.seed = seed
                 ^ id.wrapping_mul(0x9E37_79B9)
@@ -477,7 +485,7 @@ impl Cluster {
             let groups: Vec<GroupId> = member.groups.iter().copied().collect();
             groups
                 .into_iter()
-                .map(|g| (g, node.machine_mut(g).map_or_else(Vec::new, |m| std::mem::take(&mut m.applied))))
+                .map(|g| (g, node.machine_mut(g).map_or_else(Vec::new, SimMachine::take_applied)))
                 .collect()
         };
         for (group, entries) in applied {

@@ -21,7 +21,8 @@ use keel_node::{GroupWrite, Node};
 use keel_raft::{GroupId, HardState, Index, Message, MessageBody, NodeId, Role, Term, NO_NODE};
 
 use crate::disk::DurableModel;
-use crate::kv::{hash_bytes, KvMachine};
+use crate::kv::hash_bytes;
+use crate::machine::SimMachine;
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Seen {
@@ -81,7 +82,7 @@ impl Invariants {
     }
 
     /// Log matching, checked on every entry any member writes.
-    pub fn on_write(&mut self, id: NodeId, write: &GroupWrite, node: &Node<KvMachine>) {
+    pub fn on_write(&mut self, id: NodeId, write: &GroupWrite, node: &Node<SimMachine>) {
         let group = write.group;
         let mut prev_term = write.entries.first().and_then(|first| node.raw(group)?.term_at(first.index - 1));
         for entry in &write.entries {
@@ -212,7 +213,7 @@ impl Invariants {
         &mut self,
         id: NodeId,
         incarnation: u64,
-        node: &Node<KvMachine>,
+        node: &Node<SimMachine>,
         disks: &BTreeMap<NodeId, &DurableModel>,
     ) {
         let groups: Vec<GroupId> = node.group_ids().collect();
@@ -227,7 +228,7 @@ impl Invariants {
         &mut self,
         id: NodeId,
         incarnation: u64,
-        node: &Node<KvMachine>,
+        node: &Node<SimMachine>,
         group: GroupId,
         disks: &BTreeMap<NodeId, &DurableModel>,
     ) {

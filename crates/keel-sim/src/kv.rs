@@ -132,8 +132,8 @@ impl StateMachine for KvMachine {
         self.applied.push((index, hash_bytes(data)));
         if index <= self.applied_index {
             // Already in the state (restored from disk or from a newer snapshot): as keel's
-            // store does, skip it. Its proposer is gone (a restart or another member's log).
-            return Bytes::new();
+            // store does, skip it; its answer is unknown.
+            return Bytes::from_static(crate::machine::SKIPPED);
         }
         self.applied_index = index;
         let key = read_u64(data, 1);

@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod disk;
 pub mod invariants;
 pub mod kv;
+pub mod machine;
 pub mod swarm;
 
 pub use cluster::{Cluster, RunOptions, RunReport};

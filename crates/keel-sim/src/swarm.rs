@@ -45,6 +45,9 @@ pub struct Swarm {
     pub durable_every_flushes: u32,
     /// Entries kept behind a persistent machine's snapshot for lagging followers.
     pub catch_up_entries: u64,
+    /// The members run the server's etcd machine (keel-mvcc on a memory backend) instead of the
+    /// toy KV machine; it persists its own state, so `persistent_machine` holds too.
+    pub etcd_machine: bool,
 }
 
 fn maybe(rng: &mut SplitMix64, ppm_max: u64) -> u64 {
@@ -85,6 +88,7 @@ impl Swarm {
             persistent_machine: false,
             durable_every_flushes: 1,
             catch_up_entries: 0,
+            etcd_machine: false,
         }
     }
 
@@ -114,7 +118,9 @@ impl Swarm {
             persistent_machine: rng.range(0, 2) == 0,
             durable_every_flushes: rng.range(1, 9) as u32,
             catch_up_entries: [0, 3, 20, 100][rng.range(0, 4) as usize],
+            etcd_machine: rng.range(0, 2) == 0,
         };
+        swarm.persistent_machine |= swarm.etcd_machine;
         // Lease reads are only safe behind check-quorum (keel-raft refuses the combination).
         swarm.check_quorum |= swarm.lease_reads;
         swarm

@@ -2,6 +2,8 @@
 //! redirects, times out, and records invoke/complete times for the linearizability check.
 
 use super::*;
+use crate::kv;
+use crate::machine::{SimMachine, SKIPPED};
 
 impl Cluster {
     pub(super) fn drive_clients(&mut self) {
@@ -87,9 +89,10 @@ impl Cluster {
         let Some(node) = self.members.get_mut(&id).and_then(|m| m.node.as_mut()) else {
             return; // the member is down: the client will time out
         };
+        let encoded = SimMachine::encode(self.swarm.etcd_machine, &input);
         let result = match input {
-            KvInput::Get { .. } => node.read(group, request, kv::encode(&input)),
-            _ => node.propose(group, request, kv::encode(&input)).map(|_| ()),
+            KvInput::Get { .. } => node.read(group, request, encoded),
+            _ => node.propose(group, request, encoded).map(|_| ()),
         };
         let refusal = match result {
             Ok(()) => return,
@@ -125,6 +128,9 @@ impl Cluster {
         self.clients[client].next_op_at = self.now + think_ms;
         let input = self.history[op].input.clone();
         match result {
+            // The machine already held the entry (a restart or a newer snapshot got there
+            // first): it took effect, with an answer nobody knows.
+            Ok(bytes) if bytes.as_ref() == SKIPPED => self.finish_unknown(op),
             Ok(bytes) => match kv::decode_output(&input, &bytes) {
                 Some(output) => {
                     self.history[op].output = output;

@@ -2,6 +2,7 @@
 //! write and read, then check the whole client history for linearizability.
 
 use super::*;
+use crate::machine::SimMachine;
 
 impl Cluster {
     pub(super) fn liveness_phase(&mut self) {
@@ -60,7 +61,7 @@ impl Cluster {
         let Some(leader) = self.leader_of(group) else { return false };
         let Some(node) = self.members[&leader].node.as_ref() else { return false };
         let Some(status) = node.status(group) else { return false };
-        let leader_state = node.machine(group).map(|m| m.data.clone());
+        let leader_state = node.machine(group).map(SimMachine::state);
         if status.hard_state.commit != status.last_index || status.applied != status.last_index {
             return false;
         }
@@ -71,7 +72,7 @@ impl Cluster {
             s.leader == leader
                 && s.applied == status.last_index
                 && s.hard_state.term == status.hard_state.term
-                && other.machine(group).map(|m| m.data.clone()) == leader_state
+                && other.machine(group).map(SimMachine::state) == leader_state
         })
     }
 

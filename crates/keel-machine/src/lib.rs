@@ -1,0 +1,610 @@
+//! # keel-machine — the etcd state machine of a raft group
+//!
+//! keel-mvcc's store (on redb in the server, on memory in the simulator), the lease clock's
+//! changes and the member records, as keel-node's [`StateMachine`]. Its own crate so that the
+//! deterministic simulator runs exactly what the server runs.
+//!
+//! Durability: every command is applied in memory as raft hands it out, and each poll's worth of
+//! commands is committed to redb in one transaction together with the applied raft index
+//! ([`StateMachine::flush`]). That commit does not wait for the disk: the raft log is already
+//! durable and holds every applied entry, so the store needs its own fsync only now and then
+//! ([`DURABLE_COMMIT_INTERVAL`]), to bound replay. On restart the store's durable applied index
+//! is the group's applied index, so raft replays only the log tail after it; if a snapshot has
+//! replaced the log beyond it, the store is restored from that snapshot first (see
+//! `keel_server::server`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use keel_codec::{DecodeError, Reader, Writer};
+use keel_mvcc::{ApplyOutcome, Backend, Command, MvccError, RangeRequest, RangeResponse, Response, Store};
+use keel_node::StateMachine;
+use keel_raft::Index;
+
+/// Why a command produced no response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApplyError {
+    /// The client's error (etcd's message, e.g. "mvcc: required revision has been compacted").
+    Client(MvccError),
+    /// The entry does not hold a command this version understands.
+    Undecodable(String),
+    /// The entry was already applied before a restart (its effect is in the store).
+    AlreadyApplied,
+    /// The backend failed; the store refuses everything until it is reopened.
+    Fatal(String),
+}
+
+/// What an applied entry answers its proposer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// An etcd command's response.
+    Kv(Response),
+    /// A member record was written.
+    Members,
+}
+
+pub type CommandResult = Result<Applied, ApplyError>;
+
+/// Entries whose first byte is this hold a [`MemberCommand`], not an etcd command (those start
+/// with their format version, 1).
+pub const MEMBER_COMMAND_TAG: u8 = 0xa0;
+const MEMBER_ADD: u8 = 1;
+const MEMBER_REMOVE: u8 = 2;
+const MEMBER_PUBLISH: u8 = 3;
+const MEMBER_PROMOTE: u8 = 4;
+const MEMBER_UPDATE_PEERS: u8 = 5;
+/// Snapshots of this machine start with this, then the etcd store's snapshot and the members.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSM1\0";
+
+/// A member as the cluster records it (etcd's `Member`): replicated through the log, so every
+/// member lists the same members, and in snapshots, so a new member learns them too.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub id: u64,
+    /// Empty until the member has started and published it.
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub learner: bool,
+}
+
+/// A change to the member records. Each changes only what it names, so one never undoes
+/// another made meanwhile; all but `Add` are no-ops on an unknown member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberCommand {
+    /// Adds (or replaces) the record with this id.
+    Add(MemberRecord),
+    Remove(u64),
+    /// A running member's own name and client URLs.
+    Publish {
+        id: u64,
+        name: String,
+        client_urls: Vec<String>,
+    },
+    /// A learner became a voter.
+    Promote(u64),
+    UpdatePeers {
+        id: u64,
+        peer_urls: Vec<String>,
+    },
+}
+
+fn put_strings(w: &mut Writer, strings: &[String]) {
+    w.u32(u32::try_from(strings.len()).expect("fewer than 4G strings"));
+    for s in strings {
+        w.bytes(s.as_bytes());
+    }
+}
+
+fn get_strings(r: &mut Reader, what: &'static str) -> Result<Vec<String>, DecodeError> {
+    let count = r.count(what, 4)?;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        out.push(String::from_utf8_lossy(&r.bytes(what)?).into_owned());
+    }
+    Ok(out)
+}
+
+fn put_record(w: &mut Writer, m: &MemberRecord) {
+    w.u64(m.id).bytes(m.name.as_bytes());
+    put_strings(w, &m.peer_urls);
+    put_strings(w, &m.client_urls);
+    w.bool(m.learner);
+}
+
+fn get_record(r: &mut Reader) -> Result<MemberRecord, DecodeError> {
+    Ok(MemberRecord {
+        id: r.u64("member id")?,
+        name: String::from_utf8_lossy(&r.bytes("member name")?).into_owned(),
+        peer_urls: get_strings(r, "peer urls")?,
+        client_urls: get_strings(r, "client urls")?,
+        learner: r.bool("learner")?,
+    })
+}
+
+impl MemberCommand {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(MEMBER_COMMAND_TAG);
+        match self {
+            MemberCommand::Add(record) => {
+                w.u8(MEMBER_ADD);
+                put_record(&mut w, record);
+            }
+            MemberCommand::Remove(id) => {
+                w.u8(MEMBER_REMOVE).u64(*id);
+            }
+            MemberCommand::Publish { id, name, client_urls } => {
+                w.u8(MEMBER_PUBLISH).u64(*id).bytes(name.as_bytes());
+                put_strings(&mut w, client_urls);
+            }
+            MemberCommand::Promote(id) => {
+                w.u8(MEMBER_PROMOTE).u64(*id);
+            }
+            MemberCommand::UpdatePeers { id, peer_urls } => {
+                w.u8(MEMBER_UPDATE_PEERS).u64(*id);
+                put_strings(&mut w, peer_urls);
+            }
+        }
+        w.into_vec()
+    }
+
+    pub fn decode(data: &[u8]) -> Result<MemberCommand, DecodeError> {
+        let mut r = Reader::new(data);
+        if r.u8("member command tag")? != MEMBER_COMMAND_TAG {
+            return Err(r.error("member command tag", "not a member command"));
+        }
+        let command = match r.u8("member command kind")? {
+            MEMBER_ADD => MemberCommand::Add(get_record(&mut r)?),
+            MEMBER_REMOVE => MemberCommand::Remove(r.u64("member id")?),
+            MEMBER_PUBLISH => MemberCommand::Publish {
+                id: r.u64("member id")?,
+                name: String::from_utf8_lossy(&r.bytes("member name")?).into_owned(),
+                client_urls: get_strings(&mut r, "client urls")?,
+            },
+            MEMBER_PROMOTE => MemberCommand::Promote(r.u64("member id")?),
+            MEMBER_UPDATE_PEERS => {
+                MemberCommand::UpdatePeers { id: r.u64("member id")?, peer_urls: get_strings(&mut r, "peer urls")? }
+            }
+            other => return Err(r.error("member command kind", format!("unknown kind {other}"))),
+        };
+        r.finish("member command")?;
+        Ok(command)
+    }
+}
+
+/// Every member record, encoded (for snapshots and the members file).
+pub fn encode_members(members: &BTreeMap<u64, MemberRecord>) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.u32(u32::try_from(members.len()).expect("fewer than 4G members"));
+    for record in members.values() {
+        put_record(&mut w, record);
+    }
+    w.into_vec()
+}
+
+pub fn decode_members(data: &[u8]) -> Result<BTreeMap<u64, MemberRecord>, DecodeError> {
+    let mut r = Reader::new(data);
+    let count = r.count("member count", 8)?;
+    let mut members = BTreeMap::new();
+    for _ in 0..count {
+        let record = get_record(&mut r)?;
+        members.insert(record.id, record);
+    }
+    r.finish("members")?;
+    Ok(members)
+}
+
+/// Splits this machine's snapshot into the etcd store's snapshot and the member records (`None`
+/// for a bare store snapshot).
+pub fn split_snapshot(data: &[u8]) -> Result<(Bytes, Option<BTreeMap<u64, MemberRecord>>), DecodeError> {
+    let Some(rest) = data.strip_prefix(SNAPSHOT_MAGIC.as_slice()) else {
+        return Ok((Bytes::copy_from_slice(data), None));
+    };
+    let mut r = Reader::new(rest);
+    let store = r.bytes("store snapshot")?;
+    let members = decode_members(&r.bytes("members")?)?;
+    r.finish("machine snapshot")?;
+    Ok((store, Some(members)))
+}
+
+/// Writes the members file atomically: a crash leaves the old or the new file, never a mix.
+fn write_members_file(path: &std::path::Path, members: &BTreeMap<u64, MemberRecord>) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    let body = encode_members(members);
+    let mut framed = Vec::with_capacity(body.len() + 8);
+    keel_codec::frame::encode_frame(&mut framed, &body);
+    file.write_all(&framed)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Reads the members file; `None` if there is none. A damaged file is an error (with where).
+pub fn read_members_file(path: &std::path::Path) -> Result<Option<BTreeMap<u64, MemberRecord>>, String> {
+    let data = match std::fs::read(path) {
+        Ok(data) => data,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(format!("read {}: {error}", path.display())),
+    };
+    let (payload, _) = keel_codec::frame::decode_frame(&data, 0, data.len())
+        .map_err(|error| format!("{}: {error}", path.display()))?;
+    decode_members(payload).map(Some).map_err(|error| format!("{}: {error}", path.display()))
+}
+
+/// How often the store waits for the disk (etcd's backend commits every 100 ms too).
+pub const DURABLE_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A change to a lease's clock, as applied: the server's lease clock follows these on every
+/// member, so whichever member leads next already knows each lease's remaining time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseChange {
+    /// Granted, or renewed by a keep-alive (a checkpoint at the full TTL): expires `ttl` seconds
+    /// from when this member applied it.
+    Started {
+        id: i64,
+        ttl_seconds: i64,
+    },
+    Revoked {
+        id: i64,
+    },
+}
+
+pub struct MvccMachine<B: Backend> {
+    store: Store<B>,
+    /// Commands applied by this process (not skipped as already applied).
+    applied_commands: u64,
+    /// Entries raft handed to this machine, commands or not, skipped or not: after a restart this
+    /// shows how much of the log was replayed.
+    entries_handed: u64,
+    fatal: Option<String>,
+    lease_changes: Vec<LeaseChange>,
+    durable_interval: std::time::Duration,
+    last_durable_commit: std::time::Instant,
+    /// Durable every this many flushes instead of by time (deterministic: the simulator's).
+    durable_every_flushes: Option<u32>,
+    flushes: u64,
+    members: BTreeMap<u64, MemberRecord>,
+    /// Where member records are kept (written at every change); `None` keeps them in memory.
+    members_path: Option<PathBuf>,
+    members_changed: bool,
+    /// Snapshots installed: each replaced the state (and skipped its events) wholesale.
+    restores: u64,
+}
+
+impl<B: Backend> MvccMachine<B> {
+    pub fn new(store: Store<B>) -> MvccMachine<B> {
+        MvccMachine::with_durable_interval(store, DURABLE_COMMIT_INTERVAL)
+    }
+
+    /// `interval` zero: every flush waits for the disk.
+    pub fn with_durable_interval(store: Store<B>, interval: std::time::Duration) -> MvccMachine<B> {
+        MvccMachine {
+            store,
+            applied_commands: 0,
+            entries_handed: 0,
+            fatal: None,
+            lease_changes: Vec::new(),
+            durable_interval: interval,
+            last_durable_commit: std::time::Instant::now(),
+            durable_every_flushes: None,
+            flushes: 0,
+            members: BTreeMap::new(),
+            members_path: None,
+            members_changed: false,
+            restores: 0,
+        }
+    }
+
+    /// Every `flushes`-th flush waits for the disk; the others do not. No clock is read, so a
+    /// simulated run replays exactly.
+    pub fn with_durable_every(store: Store<B>, flushes: u32) -> MvccMachine<B> {
+        let mut machine = MvccMachine::with_durable_interval(store, std::time::Duration::ZERO);
+        machine.durable_every_flushes = Some(flushes.max(1));
+        machine
+    }
+
+    /// Keeps member records in `path` (rewritten at every change), starting from `members`.
+    pub fn with_members(mut self, members: BTreeMap<u64, MemberRecord>, path: PathBuf) -> Self {
+        self.members = members;
+        self.members_path = Some(path);
+        self.members_changed = true;
+        self
+    }
+
+    /// How many snapshots replaced this machine's state so far.
+    pub fn restores(&self) -> u64 {
+        self.restores
+    }
+
+    pub fn members(&self) -> &BTreeMap<u64, MemberRecord> {
+        &self.members
+    }
+
+    /// Whether member records changed since the last call.
+    pub fn take_members_changed(&mut self) -> bool {
+        std::mem::take(&mut self.members_changed)
+    }
+
+    fn set_members(&mut self, members: BTreeMap<u64, MemberRecord>) {
+        self.members = members;
+        self.members_changed = true;
+        if let Some(path) = &self.members_path {
+            if let Err(error) = write_members_file(path, &self.members) {
+                self.fail(format!("write {}: {error}", path.display()));
+            }
+        }
+    }
+
+    fn apply_member_command(&mut self, index: Index, data: &Bytes) -> CommandResult {
+        let command = MemberCommand::decode(data).map_err(|error| ApplyError::Undecodable(error.to_string()));
+        if index > self.store.applied_index() {
+            if let Err(error) = self.store.advance_applied(index) {
+                return Err(self.fail(error));
+            }
+        }
+        // Every member command is idempotent: replaying it after a restart is harmless.
+        let mut members = self.members.clone();
+        match command? {
+            MemberCommand::Add(record) => {
+                members.insert(record.id, record);
+            }
+            MemberCommand::Remove(id) => {
+                members.remove(&id);
+            }
+            MemberCommand::Publish { id, name, client_urls } => {
+                if let Some(record) = members.get_mut(&id) {
+                    record.name = name;
+                    record.client_urls = client_urls;
+                }
+            }
+            MemberCommand::Promote(id) => {
+                if let Some(record) = members.get_mut(&id) {
+                    record.learner = false;
+                }
+            }
+            MemberCommand::UpdatePeers { id, peer_urls } => {
+                if let Some(record) = members.get_mut(&id) {
+                    record.peer_urls = peer_urls;
+                }
+            }
+        }
+        self.set_members(members);
+        Ok(Applied::Members)
+    }
+
+    pub fn store(&self) -> &Store<B> {
+        &self.store
+    }
+
+    pub fn store_mut(&mut self) -> &mut Store<B> {
+        &mut self.store
+    }
+
+    /// Lease grants, renewals and revokes applied since the last call.
+    pub fn take_lease_changes(&mut self) -> Vec<LeaseChange> {
+        std::mem::take(&mut self.lease_changes)
+    }
+
+    pub fn applied_commands(&self) -> u64 {
+        self.applied_commands
+    }
+
+    pub fn entries_handed(&self) -> u64 {
+        self.entries_handed
+    }
+
+    /// The backend failed: nothing more can be applied until the node restarts.
+    pub fn fatal_error(&self) -> Option<&str> {
+        self.fatal.as_deref()
+    }
+
+    fn fail(&mut self, error: impl ToString) -> ApplyError {
+        let text = error.to_string();
+        tracing::error!(error = %text, "state machine backend failed");
+        self.fatal.get_or_insert(text.clone());
+        ApplyError::Fatal(text)
+    }
+}
+
+impl<B: Backend> StateMachine for MvccMachine<B> {
+    type Response = CommandResult;
+    type Query = RangeRequest;
+    type QueryResult = Result<RangeResponse, MvccError>;
+
+    fn apply(&mut self, index: Index, data: &Bytes) -> CommandResult {
+        self.entries_handed += 1;
+        if data.first() == Some(&MEMBER_COMMAND_TAG) {
+            return self.apply_member_command(index, data);
+        }
+        let command = match Command::decode(data) {
+            Ok(command) => command,
+            Err(error) => {
+                // Still consumes the index, so every replica stays at the same applied index.
+                if let Err(error) = self.store.advance_applied(index) {
+                    return Err(self.fail(error));
+                }
+                return Err(ApplyError::Undecodable(error.to_string()));
+            }
+        };
+        // A keep-alive is a checkpoint at the full TTL; the store ignores one for an unknown
+        // lease, but its sender must learn the lease is gone (decided here, at apply, the same
+        // way on every replica).
+        let renews_unknown_lease =
+            matches!(command, Command::LeaseCheckpoint { id, .. } if self.store.lease_ttl(id).is_none());
+        match self.store.apply(index, &command) {
+            Ok(ApplyOutcome::Applied(_)) if renews_unknown_lease => {
+                self.applied_commands += 1;
+                Err(ApplyError::Client(MvccError::LeaseNotFound))
+            }
+            Ok(ApplyOutcome::Applied(result)) => {
+                self.applied_commands += 1;
+                if result.is_ok() {
+                    match command {
+                        Command::LeaseGrant { id, ttl_seconds } => {
+                            self.lease_changes.push(LeaseChange::Started { id, ttl_seconds })
+                        }
+                        // A checkpoint of an unknown lease is a no-op (as in etcd).
+                        Command::LeaseCheckpoint { id, remaining_ttl_seconds }
+                            if self.store.lease_ttl(id).is_some() =>
+                        {
+                            self.lease_changes.push(LeaseChange::Started { id, ttl_seconds: remaining_ttl_seconds })
+                        }
+                        Command::LeaseRevoke { id } => self.lease_changes.push(LeaseChange::Revoked { id }),
+                        _ => {}
+                    }
+                }
+                result.map(Applied::Kv).map_err(ApplyError::Client)
+            }
+            Ok(ApplyOutcome::Skipped) => Err(ApplyError::AlreadyApplied),
+            Err(error) => Err(self.fail(error)),
+        }
+    }
+
+    fn apply_empty(&mut self, index: Index) {
+        self.entries_handed += 1;
+        if index > self.store.applied_index() {
+            if let Err(error) = self.store.advance_applied(index) {
+                self.fail(error);
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        self.flushes += 1;
+        let durable = match self.durable_every_flushes {
+            Some(every) => self.flushes.is_multiple_of(u64::from(every)),
+            None => {
+                let now = std::time::Instant::now();
+                let due = now.duration_since(self.last_durable_commit) >= self.durable_interval;
+                if due {
+                    self.last_durable_commit = now;
+                }
+                due
+            }
+        };
+        let result = if durable { self.store.commit() } else { self.store.commit_buffered() };
+        if let Err(error) = result {
+            self.fail(error);
+        }
+    }
+
+    fn query(&self, query: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        self.store.range(query)
+    }
+
+    /// The store's durably committed applied index (etcd's consistent index): the store is the
+    /// checkpoint, so the log is compacted behind it with snapshots that carry no data.
+    fn durable_index(&self) -> Option<Index> {
+        Some(self.store.durable_applied_index())
+    }
+
+    fn snapshot(&self) -> Result<Bytes, String> {
+        let store = self.store.snapshot().map_err(|e| e.to_string())?;
+        let mut w = Writer::with_capacity(store.len() + 256);
+        w.bytes(&store).bytes(&encode_members(&self.members));
+        let mut out = SNAPSHOT_MAGIC.to_vec();
+        out.extend(w.into_vec());
+        Ok(Bytes::from(out))
+    }
+
+    fn restore(&mut self, data: &Bytes) {
+        let (store, members) = match split_snapshot(data) {
+            Ok(parts) => parts,
+            Err(error) => {
+                self.fail(format!("undecodable snapshot: {error}"));
+                return;
+            }
+        };
+        if let Err(error) = self.store.restore(&store) {
+            self.fail(error);
+            return;
+        }
+        self.restores += 1;
+        if let Some(members) = members {
+            self.set_members(members);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: u64) -> MemberRecord {
+        MemberRecord {
+            id,
+            name: format!("m{id}"),
+            peer_urls: vec![format!("http://127.0.0.1:{id}")],
+            client_urls: vec!["http://127.0.0.1:2379".into()],
+            learner: id.is_multiple_of(2),
+        }
+    }
+
+    #[test]
+    fn member_commands_round_trip_and_garbage_is_an_error() {
+        let commands = [
+            MemberCommand::Add(record(7)),
+            MemberCommand::Remove(7),
+            MemberCommand::Publish { id: 7, name: "m7".into(), client_urls: vec!["http://x:1".into()] },
+            MemberCommand::Promote(7),
+            MemberCommand::UpdatePeers { id: 7, peer_urls: vec!["http://y:2".into()] },
+        ];
+        for command in commands {
+            let encoded = command.encode();
+            assert_eq!(encoded[0], MEMBER_COMMAND_TAG);
+            assert_eq!(MemberCommand::decode(&encoded), Ok(command.clone()));
+            for cut in 0..encoded.len() {
+                assert!(MemberCommand::decode(&encoded[..cut]).is_err(), "{command:?} cut at {cut}");
+            }
+        }
+        assert!(MemberCommand::decode(&[MEMBER_COMMAND_TAG, 99]).is_err());
+    }
+
+    #[test]
+    fn member_records_survive_the_snapshot_envelope() {
+        let members: BTreeMap<u64, MemberRecord> = [record(1), record(2)].into_iter().map(|r| (r.id, r)).collect();
+        let mut w = Writer::new();
+        w.bytes(b"store bytes").bytes(&encode_members(&members));
+        let mut snapshot = SNAPSHOT_MAGIC.to_vec();
+        snapshot.extend(w.into_vec());
+        let (store, decoded) = split_snapshot(&snapshot).expect("splits");
+        assert_eq!(&store[..], b"store bytes");
+        assert_eq!(decoded, Some(members));
+        // A bare store snapshot (from before member records) passes through whole.
+        let (store, decoded) = split_snapshot(b"KEELMVCC...").expect("bare");
+        assert_eq!((&store[..], decoded), (&b"KEELMVCC..."[..], None));
+    }
+}
+
+#[cfg(test)]
+mod lease_renewal_tests {
+    use keel_mvcc::{MemBackend, StoreOptions};
+
+    use super::*;
+
+    #[test]
+    fn renewing_a_lease_that_is_gone_is_an_error_on_every_replica() {
+        let store = Store::open(MemBackend::default(), StoreOptions::default()).expect("store");
+        let mut machine = MvccMachine::with_durable_interval(store, std::time::Duration::ZERO);
+        let command = |c: Command| Bytes::from(c.encode());
+        assert!(machine.apply(1, &command(Command::LeaseGrant { id: 5, ttl_seconds: 10 })).is_ok());
+        assert_eq!(
+            machine.apply(2, &command(Command::LeaseCheckpoint { id: 5, remaining_ttl_seconds: 10 })),
+            Ok(Applied::Kv(Response::LeaseCheckpoint { revision: 1 }))
+        );
+        assert!(machine.apply(3, &command(Command::LeaseRevoke { id: 5 })).is_ok());
+        // The keep-alive that lost the race with the revoke: its sender is told the lease is gone.
+        assert_eq!(
+            machine.apply(4, &command(Command::LeaseCheckpoint { id: 5, remaining_ttl_seconds: 10 })),
+            Err(ApplyError::Client(MvccError::LeaseNotFound))
+        );
+        assert_eq!(machine.store().applied_index(), 4, "the entry still consumed its index");
+    }
+}
