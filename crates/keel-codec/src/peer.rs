@@ -24,6 +24,8 @@ const KIND_FORWARD_REPLY: u8 = 4;
 const KIND_ATTRIBUTES: u8 = 5;
 const KIND_FORWARD_CONF_CHANGE: u8 = 6;
 const KIND_CHUNK: u8 = 7;
+const KIND_FILE_CHUNK: u8 = 8;
+const KIND_FILE_END: u8 = 9;
 /// Most client URLs a member may advertise.
 pub const CLIENT_URLS_MAX: usize = 64;
 const OUTCOME_ACCEPTED: u8 = 1;
@@ -53,6 +55,12 @@ pub enum PeerFrame {
     Chunk { last: bool, bytes: Bytes },
     /// Sent after the hello: the sender's name and client URLs (for logs).
     Attributes { name: String, client_urls: Vec<String> },
+    /// A piece of a file streamed on a connection of its own (a store for a follower's
+    /// snapshot): the receiver writes it to disk at `offset`, never holding the file in memory.
+    FileChunk { offset: u64, bytes: Bytes },
+    /// The streamed file is complete: `size` bytes with this CRC-32C. The raft message that
+    /// needs the file follows on the same connection.
+    FileEnd { size: u64, crc: u32 },
 }
 
 /// What became of a forwarded proposal.
@@ -125,6 +133,12 @@ impl PeerFrame {
             PeerFrame::Chunk { last, bytes } => {
                 w.u8(KIND_CHUNK).bool(*last).bytes(bytes);
             }
+            PeerFrame::FileChunk { offset, bytes } => {
+                w.u8(KIND_FILE_CHUNK).u64(*offset).bytes(bytes);
+            }
+            PeerFrame::FileEnd { size, crc } => {
+                w.u8(KIND_FILE_END).u64(*size).u32(*crc);
+            }
             PeerFrame::Attributes { name, client_urls } => {
                 w.u8(KIND_ATTRIBUTES).bytes(name.as_bytes());
                 w.u32(u32::try_from(client_urls.len()).expect("fewer than 4G urls"));
@@ -173,6 +187,8 @@ impl PeerFrame {
                 change: r.bytes("conf change")?,
             },
             KIND_CHUNK => PeerFrame::Chunk { last: r.bool("last chunk")?, bytes: r.bytes("chunk")? },
+            KIND_FILE_CHUNK => PeerFrame::FileChunk { offset: r.u64("file offset")?, bytes: r.bytes("file chunk")? },
+            KIND_FILE_END => PeerFrame::FileEnd { size: r.u64("file size")?, crc: r.u32("file crc")? },
             KIND_ATTRIBUTES => {
                 let name = String::from_utf8_lossy(&r.bytes("member name")?).into_owned();
                 let count = r.count("client url count", 4)?;
@@ -365,6 +381,10 @@ mod tests {
         let forward = PeerFrame::Forward { group: 3, request: 77, data: Bytes::from_static(b"put x") };
         let conf = PeerFrame::ForwardConfChange { group: 3, request: 80, change: Bytes::from_static(b"\x01") };
         let chunk = PeerFrame::Chunk { last: false, bytes: Bytes::from_static(b"part") };
+        let file = [
+            PeerFrame::FileChunk { offset: 4096, bytes: Bytes::from_static(b"store bytes") },
+            PeerFrame::FileEnd { size: 4107, crc: 0xdead_beef },
+        ];
         let replies = [
             PeerFrame::ForwardReply { request: 77, outcome: ForwardOutcome::Accepted { index: 9, term: 2 } },
             PeerFrame::ForwardReply { request: 78, outcome: ForwardOutcome::NotLeader { leader: 3 } },
@@ -378,7 +398,7 @@ mod tests {
         stream.extend(forward.encode());
         stream.extend(conf.encode());
         stream.extend(chunk.encode());
-        for reply in &replies {
+        for reply in file.iter().chain(&replies) {
             stream.extend(reply.encode());
         }
         for split in 0..stream.len() {
@@ -394,7 +414,7 @@ mod tests {
             }
             let mut want =
                 vec![hello.clone(), attributes.clone(), batch(), forward.clone(), conf.clone(), chunk.clone()];
-            want.extend(replies.iter().cloned());
+            want.extend(file.iter().chain(&replies).cloned());
             assert_eq!(got, want, "split at {split}");
         }
     }

@@ -14,7 +14,8 @@
 //! `keel_server::server`).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use keel_codec::{DecodeError, Reader, Writer};
@@ -56,6 +57,59 @@ const MEMBER_PROMOTE: u8 = 4;
 const MEMBER_UPDATE_PEERS: u8 = 5;
 /// Snapshots of this machine start with this, then the etcd store's snapshot and the members.
 const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSM1\0";
+/// A snapshot that names a store file instead of holding the state (see [`FileTicket`]).
+const FILE_TICKET_MAGIC: &[u8; 8] = b"KEELFIL1";
+/// The meta key under which a store file sent to a follower carries the member records, so
+/// that they arrive with the data they belong to, in one file, installed at once.
+pub const MEMBERS_META_KEY: &str = "keel.members";
+
+/// A snapshot's data when the state travels as a file: the leader's machine writes a copy of
+/// its store (from a consistent view, on another thread), the transport streams the file to the
+/// follower in chunks and hands the follower's raft a ticket naming the received file, and the
+/// follower's machine installs it by renaming it over its store. No side holds the state in
+/// memory, and its size is bounded only by the disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileTicket {
+    /// The store's applied index in the file (at or past the snapshot's index).
+    pub applied: Index,
+    pub size: u64,
+    pub path: String,
+}
+
+impl FileTicket {
+    pub fn encode(&self) -> Bytes {
+        let mut w = Writer::new();
+        w.u64(self.applied).u64(self.size).bytes(self.path.as_bytes());
+        let mut out = FILE_TICKET_MAGIC.to_vec();
+        out.extend(w.into_vec());
+        Bytes::from(out)
+    }
+
+    /// `None` unless `data` is a ticket (a state snapshot is not).
+    pub fn decode(data: &[u8]) -> Option<FileTicket> {
+        let rest = data.strip_prefix(FILE_TICKET_MAGIC.as_slice())?;
+        let mut r = Reader::new(rest);
+        let applied = r.u64("ticket applied").ok()?;
+        let size = r.u64("ticket size").ok()?;
+        let path = String::from_utf8(r.bytes("ticket path").ok()?.to_vec()).ok()?;
+        r.finish("file ticket").ok()?;
+        Some(FileTicket { applied, size, path })
+    }
+}
+
+/// The store copy being written (or written) for followers that need a snapshot.
+struct Outgoing {
+    applied: Index,
+    path: PathBuf,
+    /// `None` while the copy is being written; then its size, or why it failed.
+    done: Arc<Mutex<Option<Result<u64, String>>>>,
+    /// When it was last handed out: a copy nobody asked for in [`OUTGOING_KEEP`] is removed
+    /// (it is as large as the store).
+    last_used: std::time::Instant,
+}
+
+/// How long an unused store copy for followers is kept.
+const OUTGOING_KEEP: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A member as the cluster records it (etcd's `Member`): replicated through the log, so every
 /// member lists the same members, and in snapshots, so a new member learns them too.
@@ -276,6 +330,9 @@ pub struct MvccMachine<B: Backend> {
     members_changed: bool,
     /// Snapshots installed: each replaced the state (and skipped its events) wholesale.
     restores: u64,
+    /// Where store copies for followers are written; `None` sends the state in the snapshot.
+    snapshot_dir: Option<PathBuf>,
+    outgoing: Mutex<Option<Outgoing>>,
 }
 
 impl<B: Backend> MvccMachine<B> {
@@ -299,6 +356,8 @@ impl<B: Backend> MvccMachine<B> {
             members_path: None,
             members_changed: false,
             restores: 0,
+            snapshot_dir: None,
+            outgoing: Mutex::new(None),
         }
     }
 
@@ -316,6 +375,107 @@ impl<B: Backend> MvccMachine<B> {
         self.members_path = Some(path);
         self.members_changed = true;
         self
+    }
+
+    /// A follower that needs a snapshot gets a copy of the store written as a file in `dir`
+    /// and streamed by the transport (see [`FileTicket`]), when the backend is a file.
+    pub fn with_snapshot_dir(mut self, dir: PathBuf) -> Self {
+        self.snapshot_dir = Some(dir);
+        self
+    }
+
+    /// Starts (or reports on) the store copy for a follower's snapshot at `at_least`.
+    /// `Ok(None)`: the backend is not a file; send the state itself.
+    fn store_copy(&self, dir: &Path, at_least: Index) -> Result<Option<Bytes>, String> {
+        let mut outgoing = self.outgoing.lock().expect("outgoing snapshot lock");
+        if let Some(current) = outgoing.as_mut() {
+            if current.applied >= at_least {
+                current.last_used = std::time::Instant::now();
+                let done = current.done.lock().expect("copy state lock").clone();
+                return match done {
+                    None => Err(format!("the store copy at {} is still being written", current.applied)),
+                    Some(Ok(size)) => Ok(Some(
+                        FileTicket {
+                            applied: current.applied,
+                            size,
+                            path: current.path.to_string_lossy().into_owned(),
+                        }
+                        .encode(),
+                    )),
+                    Some(Err(error)) => {
+                        let _ = std::fs::remove_file(&current.path);
+                        *outgoing = None;
+                        Err(error)
+                    }
+                };
+            }
+            // Too old for this snapshot (a copy being written finishes into a file nobody
+            // uses; the next copy's start removes it).
+            let _ = std::fs::remove_file(&current.path);
+            *outgoing = None;
+        }
+        let Some(copy) = self.store.begin_copy().map_err(|e| e.to_string())? else { return Ok(None) };
+        let applied = self.store.applied_index();
+        let path = dir.join(format!("outgoing-{applied:016x}.db"));
+        for stale in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if stale.file_name().to_string_lossy().starts_with("outgoing-") {
+                let _ = std::fs::remove_file(stale.path());
+            }
+        }
+        let done = Arc::new(Mutex::new(None));
+        let members = encode_members(&self.members);
+        let (target, report) = (path.clone(), done.clone());
+        std::thread::Builder::new()
+            .name("keel-store-copy".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                let result = copy.write_file(&target, &[(MEMBERS_META_KEY, members)]).map_err(|e| e.to_string());
+                match &result {
+                    Ok(size) => tracing::info!(
+                        applied,
+                        bytes = size,
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "wrote a store copy for a follower's snapshot"
+                    ),
+                    Err(error) => tracing::warn!(%error, "could not write a store copy for a follower"),
+                }
+                *report.lock().expect("copy state lock") = Some(result);
+            })
+            .map_err(|e| format!("spawn the store copy thread: {e}"))?;
+        *outgoing = Some(Outgoing { applied, path, done, last_used: std::time::Instant::now() });
+        Err(format!("started a store copy at {applied}"))
+    }
+
+    /// Removes a store copy for followers that nobody asked for lately.
+    fn expire_store_copy(&self) {
+        let mut outgoing = self.outgoing.lock().expect("outgoing snapshot lock");
+        let expired = outgoing.as_ref().is_some_and(|current| {
+            current.last_used.elapsed() >= OUTGOING_KEEP && current.done.lock().expect("copy state lock").is_some()
+        });
+        if expired {
+            if let Some(current) = outgoing.take() {
+                let _ = std::fs::remove_file(&current.path);
+            }
+        }
+    }
+
+    /// Installs a received store file; its member records come with it.
+    fn install_file(&mut self, ticket: &FileTicket) {
+        if let Err(error) = self.store.install_file(Path::new(&ticket.path)) {
+            self.fail(format!("install the received store {}: {error}", ticket.path));
+            return;
+        }
+        self.restores += 1;
+        match self.store.backend().load_meta() {
+            Ok(meta) => {
+                if let Some(members) = meta.get(MEMBERS_META_KEY).and_then(|m| decode_members(m).ok()) {
+                    self.set_members(members);
+                }
+            }
+            Err(error) => {
+                self.fail(error);
+            }
+        }
     }
 
     /// How many snapshots replaced this machine's state so far.
@@ -490,6 +650,9 @@ impl<B: Backend> StateMachine for MvccMachine<B> {
             }
         };
         let result = if durable { self.store.commit() } else { self.store.commit_buffered() };
+        if durable && self.durable_every_flushes.is_none() {
+            self.expire_store_copy();
+        }
         if let Err(error) = result {
             self.fail(error);
         }
@@ -505,7 +668,12 @@ impl<B: Backend> StateMachine for MvccMachine<B> {
         Some(self.store.durable_applied_index())
     }
 
-    fn snapshot(&self) -> Result<Bytes, String> {
+    fn snapshot(&self, at_least: Index) -> Result<Bytes, String> {
+        if let Some(dir) = &self.snapshot_dir {
+            if let Some(ticket) = self.store_copy(dir, at_least)? {
+                return Ok(ticket);
+            }
+        }
         let store = self.store.snapshot().map_err(|e| e.to_string())?;
         let mut w = Writer::with_capacity(store.len() + 256);
         w.bytes(&store).bytes(&encode_members(&self.members));
@@ -515,6 +683,10 @@ impl<B: Backend> StateMachine for MvccMachine<B> {
     }
 
     fn restore(&mut self, data: &Bytes) {
+        if let Some(ticket) = FileTicket::decode(data) {
+            self.install_file(&ticket);
+            return;
+        }
         let (store, members) = match split_snapshot(data) {
             Ok(parts) => parts,
             Err(error) => {

@@ -10,6 +10,9 @@ use crate::range::KeyRange;
 use crate::revision::Revision;
 use crate::store::{HashKv, Store, SCAN_CHUNK};
 
+/// Records one history step may read for each event it may return.
+const SCANNED_PER_EVENT_MAX: usize = 16;
+
 /// A bounded slice of history, for watchers catching up in steps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventBatch {
@@ -45,12 +48,23 @@ impl<B: Backend> Store<B> {
         let end = Revision::after_main(self.current_revision);
         let mut cursor = Revision::new(start_revision.max(1), 0);
         let mut events = Vec::new();
+        // Bounded by what is read, not only by what matches: a watcher of a rare key must not
+        // scan all of history in one step (the caller runs on the driver thread).
+        let scan_max = max_events.saturating_mul(SCANNED_PER_EVENT_MAX).max(SCAN_CHUNK);
+        let mut scanned = 0usize;
+        let mut last_main = None;
         loop {
             let (chunk, next) = self.scan_merged(cursor, end, SCAN_CHUNK)?;
             for (rev, bytes) in chunk {
                 if events.len() >= max_events && events.last().is_some_and(|e: &Event| e.kv.mod_revision != rev.main) {
                     return Ok(EventBatch { events, next_revision: rev.main });
                 }
+                // Only between revisions, so a revision's events are never split.
+                if scanned >= scan_max && last_main.is_some_and(|main| main != rev.main) {
+                    return Ok(EventBatch { events, next_revision: rev.main });
+                }
+                scanned += 1;
+                last_main = Some(rev.main);
                 let rec = StoredRecord::decode(&bytes).map_err(StorageError::from)?;
                 if !range.contains(&rec.kv.key) || !self.is_live(rev, &rec.kv.key) {
                     continue;

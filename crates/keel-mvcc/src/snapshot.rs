@@ -103,6 +103,28 @@ impl<B: Backend> Store<B> {
         Ok(out)
     }
 
+    /// A consistent copy of the committed state for another thread to write out as a file
+    /// ([`crate::redb_backend::StoreCopy::write_file`]); `None` when the backend is not a file.
+    /// Refused while applied changes are not yet committed: the copy must hold exactly
+    /// [`Store::applied_index`].
+    pub fn begin_copy(&self) -> Result<Option<crate::redb_backend::StoreCopy>, StorageError> {
+        if !self.pending.is_empty() {
+            return Err(StorageError::Backend("applied changes are not committed yet".into()));
+        }
+        self.backend.begin_copy()
+    }
+
+    /// Replaces the whole state by a database file a [`crate::redb_backend::StoreCopy`] wrote
+    /// (and a follower received): the file is renamed into place and the store reloads from it.
+    pub fn install_file(&mut self, incoming: &std::path::Path) -> Result<(), SnapshotError> {
+        let result = self.backend.install_file(incoming).and_then(|()| self.load());
+        if let Err(e) = result {
+            self.pending = WriteBatch::default();
+            return Err(SnapshotError::Storage(self.poison_error(e)));
+        }
+        Ok(())
+    }
+
     /// Replaces the whole state with a snapshot's (one backend transaction), dropping
     /// pending changes and undrained events. Malformed bytes leave the store unchanged.
     pub fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {

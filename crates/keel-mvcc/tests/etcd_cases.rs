@@ -504,6 +504,31 @@ fn events_since_reads_history<B: Backend>(mut db: Db<B>) {
     assert_eq!(db.s.events_since(5, b"\0", b"\0").unwrap().len(), 1);
 }
 
+/// A watcher of a rare key catches up in steps bounded by the history read, not only by the
+/// events found: one step must never scan all of history (it runs on the driver thread).
+fn history_steps_are_bounded_by_records_read<B: Backend>(mut db: Db<B>) {
+    for _ in 0..5_000 {
+        db.put("busy", "x");
+    }
+    db.put("rare", "1");
+    let current = db.s.current_revision();
+    let first = db.s.events_batch(2, b"rare", b"", 1, false).unwrap();
+    assert!(first.events.is_empty());
+    assert!(first.next_revision < current / 2, "one step read {} revisions", first.next_revision);
+    let mut next = first.next_revision;
+    let mut found = Vec::new();
+    for _ in 0..100 {
+        let batch = db.s.events_batch(next, b"rare", b"", 1, false).unwrap();
+        assert!(batch.next_revision > next, "steps make progress");
+        found.extend(batch.events.into_iter().map(|e| e.kv.mod_revision));
+        next = batch.next_revision;
+        if next > current {
+            break;
+        }
+    }
+    assert_eq!(found, [current], "the rare key's one event, once");
+}
+
 fn hash_kv_and_snapshot<B: Backend>(mut db: Db<B>) {
     let mut other = common::mem_db();
     let cmds = [
@@ -607,6 +632,7 @@ on_both_backends!(
     lease_checkpoint,
     events_with_prev_kv,
     events_since_reads_history,
+    history_steps_are_bounded_by_records_read,
     hash_kv_and_snapshot,
     replay_is_idempotent,
     txn_nesting_is_bounded,

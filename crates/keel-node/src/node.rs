@@ -25,10 +25,13 @@ pub trait StateMachine {
     fn flush(&mut self) {}
     /// Answers a read against the current (applied) state.
     fn query(&self, query: &Self::Query) -> Self::QueryResult;
-    /// The whole state, for a snapshot. An error skips this snapshot (the log is kept). A machine
-    /// that persists its own state ([`StateMachine::durable_index`]) is asked only when a
-    /// follower needs its state; its answer may be newer than the snapshot's index (see there).
-    fn snapshot(&self) -> Result<Bytes, String>;
+    /// The whole state, for a snapshot at index `at_least`. An error skips this snapshot (the
+    /// log is kept; a follower waiting for it is sent nothing and raft retries later). A
+    /// machine that persists its own state ([`StateMachine::durable_index`]) is asked only
+    /// when a follower needs its state; its answer may hold a newer state than `at_least` (see
+    /// there), and may be a ticket the host's transport resolves (a file it streams) rather
+    /// than the state itself.
+    fn snapshot(&self, at_least: Index) -> Result<Bytes, String>;
     /// For a machine that keeps its own state on disk (etcd's backend and its consistent index):
     /// the highest applied index that state holds durably, which never goes back, not even across
     /// a crash. The log behind it is then compacted with snapshots that carry no data (as etcd's
@@ -181,10 +184,6 @@ struct Group<S: StateMachine> {
     /// snapshot (keyed by the index it took effect at): a persistent machine's snapshot is taken
     /// behind the applied index and must carry the membership *at its own index*.
     confs: BTreeMap<Index, ConfState>,
-    /// The machine's state last handed to a follower, by the raft snapshot index it went out
-    /// under: raft re-sends a snapshot that seems lost, and the state must not be serialised
-    /// again each time.
-    outgoing_snapshot: Option<(Index, Bytes)>,
 }
 
 /// The initial log of a group created with `voters`: the same on every founding member, written
@@ -255,7 +254,6 @@ impl<S: StateMachine> Node<S> {
                 snapshot_to_install: None,
                 role,
                 confs,
-                outgoing_snapshot: None,
             },
         );
         Ok(())
@@ -433,29 +431,28 @@ impl<S: StateMachine> Node<S> {
     /// the machine's current state goes with it instead. That state is at or past the snapshot's
     /// index (it is at `applied`); the follower's machine then skips the entries it already
     /// holds, as it does after a restart.
-    fn attach_snapshot_data(&mut self, messages: &mut [Message]) {
-        for msg in messages.iter_mut() {
-            let MessageBody::InstallSnapshot { snapshot } = &mut msg.body else { continue };
-            let Some(group) = self.groups.get_mut(&msg.group) else { continue };
+    fn attach_snapshot_data(&mut self, messages: &mut Vec<Message>) {
+        messages.retain_mut(|msg| {
+            let MessageBody::InstallSnapshot { snapshot } = &mut msg.body else { return true };
+            let Some(group) = self.groups.get_mut(&msg.group) else { return true };
             if group.machine.durable_index().is_none() {
-                continue;
+                return true;
             }
-            let index = snapshot.meta.index;
-            match &group.outgoing_snapshot {
-                Some((at, data)) if *at == index => snapshot.data = data.clone(),
-                _ => match group.machine.snapshot() {
-                    Ok(data) => {
-                        group.outgoing_snapshot = Some((index, data.clone()));
-                        snapshot.data = data;
-                    }
-                    Err(error) => {
-                        // The follower gets nothing usable; raft retries after a while.
-                        tracing::warn!(group = msg.group, %error, "state machine could not serialise its state");
-                        snapshot.data = Bytes::new();
-                    }
-                },
+            // Asked at every send: a machine with a costly state keeps its own copy (the etcd
+            // machine writes a store file once and hands out tickets to it).
+            match group.machine.snapshot(snapshot.meta.index) {
+                Ok(data) => {
+                    snapshot.data = data;
+                    true
+                }
+                Err(error) => {
+                    // Not sent: a snapshot without the state must never reach a follower. Raft
+                    // sends it again after a while.
+                    tracing::debug!(group = msg.group, %error, "the state for a follower's snapshot is not ready");
+                    false
+                }
             }
-        }
+        });
     }
 
     /// The host reports `WriteBatch` `id` durable: release what it held back.
@@ -549,7 +546,6 @@ fn install_snapshot<S: StateMachine>(
     group.applied_term = snapshot.meta.term;
     group.last_snapshot_index = snapshot.meta.index;
     group.confs = BTreeMap::from([(snapshot.meta.index, snapshot.meta.conf.clone())]);
-    group.outgoing_snapshot = None;
     // Proposals at or below the snapshot were decided by a log we never saw; their fate is
     // unknown to us.
     let decided: Vec<(Index, Term)> =
@@ -677,7 +673,7 @@ fn maybe_snapshot<S: StateMachine>(group: &mut Group<S>, policy: SnapshotPolicy)
             }
             let conf = group.raw.status().conf;
             let meta = SnapshotMeta { index: group.applied, term: group.applied_term, conf };
-            let data = match group.machine.snapshot() {
+            let data = match group.machine.snapshot(group.applied) {
                 Ok(data) => data,
                 Err(error) => {
                     tracing::warn!(index = group.applied, %error, "state machine could not take a snapshot; keeping the log");

@@ -377,7 +377,9 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
             PeerFrame::Hello { .. }
             | PeerFrame::Messages(_)
             | PeerFrame::Attributes { .. }
-            | PeerFrame::Chunk { .. } => {}
+            | PeerFrame::Chunk { .. }
+            | PeerFrame::FileChunk { .. }
+            | PeerFrame::FileEnd { .. } => {}
         }
     }
 

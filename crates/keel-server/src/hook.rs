@@ -148,8 +148,10 @@ impl Hook<Machine> for ServerHook {
             self.leases.apply(change, now);
         }
         let became_leader = status.role == Role::Leader && self.last_role != Some(Role::Leader);
-        if self.last_role.is_none() || became_leader || restored {
-            // A snapshot may have brought leases this clock never saw applied.
+        if restored {
+            // The snapshot replaced log this clock never saw: start every lease afresh.
+            self.leases.restart_all(store.leases().into_iter().map(|l| (l.id, l.remaining_ttl)), now);
+        } else if self.last_role.is_none() || became_leader {
             self.leases.reconcile(store.leases().into_iter().map(|l| (l.id, l.remaining_ttl)), now);
         }
         if became_leader {

@@ -59,6 +59,17 @@ impl LeaseClock {
         self.deadlines = known;
     }
 
+    /// An installed snapshot replaced the store: what this clock learnt from the log before it
+    /// may be stale (renewals in the part of the log the snapshot replaced never reached this
+    /// member), so every lease restarts from the remaining TTL the store holds, counted from
+    /// now. Keeping a stale deadline would let this member, once it leads, revoke a lease its
+    /// client kept alive.
+    pub fn restart_all(&mut self, leases: impl Iterator<Item = (i64, i64)>, now: Instant) {
+        self.deadlines =
+            leases.map(|(id, remaining)| (id, now + Duration::from_secs(remaining.max(0) as u64))).collect();
+        self.revoking.clear();
+    }
+
     /// A new leader gives every lease at least `grace` more (as etcd's lessor promotion does):
     /// renewals the old leader acknowledged may still be on their way through the log, and
     /// clients could not renew while there was no leader.
@@ -133,6 +144,20 @@ mod tests {
         assert!(clock.due(later + Duration::from_secs(2)).is_empty(), "lease 1 got its grace");
         assert_eq!(clock.due(later + Duration::from_secs(4)), vec![1]);
         assert_eq!(clock.remaining_seconds(2, later), Some(58), "a later deadline is kept");
+    }
+
+    #[test]
+    fn after_a_snapshot_install_every_lease_restarts_from_its_remaining_ttl() {
+        let start = Instant::now();
+        let mut clock = LeaseClock::default();
+        // Seen granted with 10 s, then this member fell behind: the renewals went by in log it
+        // never applied, and a snapshot brought the store's remaining TTL (10 s again).
+        clock.apply(LeaseChange::Started { id: 1, ttl_seconds: 10 }, start);
+        let later = start + Duration::from_secs(30);
+        clock.restart_all([(1, 10), (2, 4)].into_iter(), later);
+        assert!(clock.due(later).is_empty(), "a lease its client kept alive would be revoked");
+        assert_eq!(clock.remaining_seconds(1, later), Some(10));
+        assert_eq!(clock.remaining_seconds(2, later), Some(4));
     }
 
     #[test]

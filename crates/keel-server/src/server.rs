@@ -36,9 +36,9 @@ use crate::api::Shared;
 use crate::config::{ClusterState, PeerUrl, ServerConfig};
 use crate::driver::{Driver, Input, PeerInbox};
 use crate::hook::{Machine, ServerHook};
-use crate::machine::{read_members_file, split_snapshot, MemberRecord, MvccMachine};
+use crate::machine::{read_members_file, split_snapshot, FileTicket, MemberRecord, MvccMachine};
 use crate::metrics::Metrics;
-use crate::transport::{start_listener, Incoming, PeerSender};
+use crate::transport::{start_listener_with_files, Incoming, PeerSender};
 use crate::watch_hub::{HeaderBase, WatchHub};
 use crate::{http, ids};
 
@@ -134,13 +134,47 @@ pub fn open_store(db_path: &Path, snapshot: Option<&keel_raft::Snapshot>) -> Res
                 snapshot = snapshot.meta.index,
                 "the store is behind the raft snapshot; restoring it from the snapshot"
             );
-            let (store_snapshot, _) = split_snapshot(&snapshot.data).map_err(|e| ServerError::Config(e.to_string()))?;
-            store
-                .restore(&store_snapshot)
-                .map_err(|error| ServerError::Config(format!("restore the store from the raft snapshot: {error}")))?;
+            if let Some(ticket) = FileTicket::decode(&snapshot.data) {
+                // A store file received from the leader, made durable before its snapshot
+                // record; the crash came before it was renamed into place.
+                store.install_file(Path::new(&ticket.path)).map_err(|error| {
+                    ServerError::Config(format!("install the received store file {}: {error}", ticket.path))
+                })?;
+            } else if snapshot.data.is_empty() {
+                return Err(ServerError::Config(format!(
+                    "the store (durable to index {}) is behind the log's snapshot at {}, which holds no data: \
+                     the store file was replaced or lost",
+                    store.durable_applied_index(),
+                    snapshot.meta.index
+                )));
+            } else {
+                let (store_snapshot, _) =
+                    split_snapshot(&snapshot.data).map_err(|e| ServerError::Config(e.to_string()))?;
+                store.restore(&store_snapshot).map_err(|error| {
+                    ServerError::Config(format!("restore the store from the raft snapshot: {error}"))
+                })?;
+            }
         }
     }
     Ok(store)
+}
+
+/// Where store files for snapshots are written (copies for followers) and received (from the
+/// leader). Once the store is open (a received file a crash left uninstalled is installed by
+/// then), whatever is left there is a left-over and goes.
+pub fn snapshot_files_dir(member_dir: &Path) -> PathBuf {
+    member_dir.join("snap-db")
+}
+
+fn clean_snapshot_files(dir: &Path) -> Result<(), ServerError> {
+    std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+    for entry in std::fs::read_dir(dir).map_err(io(format!("list {}", dir.display())))?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".tmp") || name.starts_with("outgoing-") || name.starts_with("received-") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
 }
 
 /// Opens (or bootstraps) this member's WAL and store and builds its node.
@@ -168,7 +202,9 @@ fn open_node(
             RecoveredState { hard_state, entries, ..Default::default() }
         }
     };
+    std::fs::create_dir_all(snapshot_files_dir(dir)).map_err(io("create the snapshot files dir"))?;
     let store = open_store(&dir.join("db.redb"), state.snapshot.as_ref())?;
+    clean_snapshot_files(&snapshot_files_dir(dir))?;
     // Member records: the members file if this member has one, else the snapshot's, else the
     // flags' (the log after either replays every change since).
     let members_path = dir.join("members");
@@ -189,7 +225,9 @@ fn open_node(
     let mut raft = Config::new(me, GROUP);
     raft.election_ticks =
         u32::try_from(config.election_timeout_ms / config.heartbeat_interval_ms.max(1)).unwrap_or(u32::MAX).max(2);
-    node.add_group(raft, state, MvccMachine::new(store).with_members(members, members_path))
+    let machine =
+        MvccMachine::new(store).with_members(members, members_path).with_snapshot_dir(snapshot_files_dir(dir));
+    node.add_group(raft, state, machine)
         .map_err(|error| ServerError::Config(format!("raft refused the recovered state: {error}")))?;
     Ok((node, storage))
 }
@@ -225,7 +263,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     let inbox = Arc::new(PeerInbox::default());
     let peer_inbox = inbox.clone();
     let known = member_ids.clone();
-    start_listener(
+    start_listener_with_files(
         listener,
         membership.cluster_id,
         me,
@@ -241,6 +279,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
                 }
             }
         }),
+        Some(snapshot_files_dir(&dir)),
     );
 
     // The driver.

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_codec::peer::{check_hello, encode_chunked, FrameReader, PeerFrame, Reassembly};
-use keel_raft::{Message, NodeId};
+use keel_raft::{Message, MessageBody, NodeId};
+
+use crate::machine::FileTicket;
 
 /// What the node sends a peer: raft messages (coalesced into frames) or a frame of its own
 /// (a forwarded proposal, a reply to one). Both share the peer's queue, so they leave in order.
@@ -55,9 +57,15 @@ const MESSAGES_PER_FRAME_MAX: usize = 512;
 pub const PEER_CHUNK_BYTES: usize = 1 << 20;
 /// Largest frame accepted from a peer in one piece.
 pub const PEER_FRAME_BYTES_MAX: usize = 4 << 20;
-/// Largest frame reassembled from chunks (a snapshot message): raft snapshots are held in memory
-/// whole today; streaming them from disk lifts this bound.
+/// Largest frame reassembled from chunks (a snapshot message of a machine that sends its state
+/// in the message; the etcd store goes as a streamed file instead, see [`stream_file`]).
 pub const PEER_MESSAGE_BYTES_MAX: usize = 1 << 30;
+/// Bytes of a streamed file per frame.
+const FILE_CHUNK_BYTES: usize = 1 << 20;
+/// Largest file a peer may stream to us (a store copy).
+const FILE_BYTES_MAX: u64 = 1 << 40;
+/// A streamed file's connection gives up when the other side stalls this long.
+const FILE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -68,6 +76,9 @@ pub struct PeerSender {
     me: NodeId,
     attributes: Option<PeerFrame>,
     queues: std::sync::Mutex<BTreeMap<NodeId, (SocketAddr, SyncSender<Outgoing>)>>,
+    /// Peers a store file is being streamed to: one transfer per peer at a time, and raft's
+    /// retries of the same snapshot are dropped while it runs.
+    streaming: Arc<std::sync::Mutex<std::collections::BTreeSet<NodeId>>>,
 }
 
 impl PeerSender {
@@ -83,7 +94,13 @@ impl PeerSender {
         peers: &BTreeMap<NodeId, SocketAddr>,
         attributes: Option<PeerFrame>,
     ) -> PeerSender {
-        let sender = PeerSender { cluster_id, me, attributes, queues: std::sync::Mutex::new(BTreeMap::new()) };
+        let sender = PeerSender {
+            cluster_id,
+            me,
+            attributes,
+            queues: std::sync::Mutex::new(BTreeMap::new()),
+            streaming: Arc::default(),
+        };
         sender.set_peers(peers);
         sender
     }
@@ -112,6 +129,14 @@ impl PeerSender {
     }
 
     pub fn send_out(&self, msg: Outgoing) {
+        if let Outgoing::Raft(message) = &msg {
+            if let MessageBody::InstallSnapshot { snapshot } = &message.body {
+                if let Some(ticket) = FileTicket::decode(&snapshot.data) {
+                    self.start_stream(message.clone(), ticket);
+                    return;
+                }
+            }
+        }
         let queues = self.queues.lock().expect("peer queues lock");
         let Some((_, queue)) = queues.get(&msg.to()) else {
             tracing::debug!(to = msg.to(), "dropping a message to an unknown peer");
@@ -122,6 +147,67 @@ impl PeerSender {
             Err(TrySendError::Full(_)) => tracing::debug!("peer queue full; dropping a message (raft retries)"),
         }
     }
+}
+
+impl PeerSender {
+    /// Streams the store file a snapshot names to its follower on a connection of its own (TCP
+    /// is the flow control: the copy goes no faster than the follower writes it), then the
+    /// snapshot message itself. Heartbeats and appends keep their own connection meanwhile.
+    fn start_stream(&self, message: Message, ticket: FileTicket) {
+        let to = message.to;
+        let Some(addr) = self.queues.lock().expect("peer queues lock").get(&to).map(|(addr, _)| *addr) else { return };
+        if !self.streaming.lock().expect("streaming lock").insert(to) {
+            return; // a transfer to this peer is under way; raft asks again if it fails
+        }
+        let (cluster_id, me, streaming) = (self.cluster_id, self.me, self.streaming.clone());
+        let spawned = std::thread::Builder::new().name(format!("keel-snap-{to:x}")).spawn(move || {
+            let started = std::time::Instant::now();
+            match stream_file(cluster_id, me, to, addr, &message, &ticket) {
+                Ok(bytes) => tracing::info!(
+                    peer = %format!("{to:x}"),
+                    bytes,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "streamed a store file for a snapshot"
+                ),
+                Err(error) => tracing::warn!(peer = %format!("{to:x}"), %error, "streaming a store file failed"),
+            }
+            streaming.lock().expect("streaming lock").remove(&to);
+        });
+        if spawned.is_err() {
+            self.streaming.lock().expect("streaming lock").remove(&to);
+        }
+    }
+}
+
+/// The leader's side of a streamed snapshot: hello, the file in chunks read from disk, its end
+/// with size and checksum, then the raft message. Returns the bytes sent.
+pub fn stream_file(
+    cluster_id: u64,
+    me: NodeId,
+    to: NodeId,
+    addr: SocketAddr,
+    message: &Message,
+    ticket: &FileTicket,
+) -> std::io::Result<u64> {
+    let mut file = std::fs::File::open(&ticket.path)?;
+    let mut stream = connect(cluster_id, me, to, addr, None)?;
+    stream.set_write_timeout(Some(FILE_STALL_TIMEOUT))?;
+    let mut buf = vec![0u8; FILE_CHUNK_BYTES];
+    let (mut offset, mut crc) = (0u64, 0u32);
+    loop {
+        let read = file.read(&mut buf)?;
+        if read == 0 {
+            break;
+        }
+        crc = crc32c::crc32c_append(crc, &buf[..read]);
+        let chunk = PeerFrame::FileChunk { offset, bytes: bytes::Bytes::copy_from_slice(&buf[..read]) };
+        stream.write_all(&chunk.encode())?;
+        offset += read as u64;
+    }
+    stream.write_all(&PeerFrame::FileEnd { size: offset, crc }.encode())?;
+    stream.write_all(&PeerFrame::Messages(vec![message.clone()]).encode())?;
+    stream.flush()?;
+    Ok(offset)
 }
 
 fn send_loop(
@@ -216,6 +302,8 @@ fn connect(
 }
 
 /// Accepts peer connections on `listener` and hands every accepted message to `deliver`.
+/// Files peers stream (store copies for snapshots) are received into `files_dir`; without one
+/// they are refused.
 pub fn start_listener(
     listener: TcpListener,
     cluster_id: u64,
@@ -223,16 +311,32 @@ pub fn start_listener(
     is_member: Arc<dyn Fn(NodeId) -> bool + Send + Sync>,
     deliver: Arc<dyn Fn(Incoming) + Send + Sync>,
 ) {
+    start_listener_with_files(listener, cluster_id, me, is_member, deliver, None)
+}
+
+/// [`start_listener`], receiving streamed files into `files_dir`.
+pub fn start_listener_with_files(
+    listener: TcpListener,
+    cluster_id: u64,
+    me: NodeId,
+    is_member: Arc<dyn Fn(NodeId) -> bool + Send + Sync>,
+    deliver: Arc<dyn Fn(Incoming) + Send + Sync>,
+    files_dir: Option<std::path::PathBuf>,
+) {
     std::thread::Builder::new()
         .name("keel-peer-listener".into())
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                let (is_member, deliver) = (is_member.clone(), deliver.clone());
+                let (is_member, deliver, files_dir) = (is_member.clone(), deliver.clone(), files_dir.clone());
                 let _ = std::thread::Builder::new().name("keel-peer-conn".into()).spawn(move || {
-                    let mut accepted = None;
-                    receive_loop(stream, cluster_id, me, &*is_member, &*deliver, &mut accepted);
-                    if let Some(from) = accepted {
+                    let mut conn = Connection { accepted: None, files_dir, incoming: None, received: None };
+                    receive_loop(stream, cluster_id, me, &*is_member, &*deliver, &mut conn);
+                    if let Some(incoming) = conn.incoming.take() {
+                        let _ = std::fs::remove_file(&incoming.path);
+                    }
+                    // A file's own connection ending says nothing about the peer's health.
+                    if let (Some(from), None) = (conn.accepted, conn.received.as_ref()) {
                         deliver(Incoming::PeerLost(from));
                     }
                 });
@@ -241,13 +345,99 @@ pub fn start_listener(
         .expect("spawn peer listener thread");
 }
 
+/// One accepted connection's state.
+struct Connection {
+    accepted: Option<NodeId>,
+    files_dir: Option<std::path::PathBuf>,
+    /// A file being received.
+    incoming: Option<IncomingFile>,
+    /// The file received whole on this connection: (path, size).
+    received: Option<(std::path::PathBuf, u64)>,
+}
+
+struct IncomingFile {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    written: u64,
+    crc: u32,
+}
+
+fn unique_suffix() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_nanos())
+}
+
+impl Connection {
+    fn file_chunk(&mut self, from: NodeId, offset: u64, bytes: &[u8]) -> Result<(), String> {
+        let Some(dir) = &self.files_dir else { return Err("this member receives no files".into()) };
+        if self.received.is_some() {
+            return Err("a second file on one connection".into());
+        }
+        if self.incoming.is_none() {
+            let path = dir.join(format!("incoming-{from:016x}-{}.tmp", unique_suffix()));
+            let file = std::fs::File::create(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
+            self.incoming = Some(IncomingFile { file, path, written: 0, crc: 0 });
+        }
+        let incoming = self.incoming.as_mut().expect("created above");
+        if offset != incoming.written {
+            return Err(format!("chunk at {offset}, expected {}", incoming.written));
+        }
+        if incoming.written + bytes.len() as u64 > FILE_BYTES_MAX {
+            return Err(format!("file over {FILE_BYTES_MAX} bytes"));
+        }
+        incoming.file.write_all(bytes).map_err(|e| format!("write {}: {e}", incoming.path.display()))?;
+        incoming.written += bytes.len() as u64;
+        incoming.crc = crc32c::crc32c_append(incoming.crc, bytes);
+        Ok(())
+    }
+
+    /// The file is complete: checked, made durable and renamed to where a snapshot may use it.
+    fn file_end(&mut self, from: NodeId, size: u64, crc: u32) -> Result<(), String> {
+        let Some(incoming) = self.incoming.take() else { return Err("a file end without a file".into()) };
+        let fail = |problem: String| {
+            let _ = std::fs::remove_file(&incoming.path);
+            Err(problem)
+        };
+        if incoming.written != size || incoming.crc != crc {
+            return fail(format!(
+                "file of {} bytes crc {:#x}, announced {size} crc {crc:#x}",
+                incoming.written, incoming.crc
+            ));
+        }
+        if let Err(error) = incoming.file.sync_all() {
+            return fail(format!("sync {}: {error}", incoming.path.display()));
+        }
+        let dir = self.files_dir.as_ref().expect("checked at the first chunk");
+        let path = dir.join(format!("received-{from:016x}-{}.db", unique_suffix()));
+        if let Err(error) = std::fs::rename(&incoming.path, &path) {
+            return fail(format!("rename {}: {error}", incoming.path.display()));
+        }
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| format!("sync {}: {e}", dir.display()))?;
+        self.received = Some((path, size));
+        Ok(())
+    }
+
+    /// A snapshot naming a file is delivered only with the file this connection received, and
+    /// then names that file: a peer can never make us install a path of its choosing.
+    fn resolve_ticket(&self, mut msg: Message) -> Option<Message> {
+        if let MessageBody::InstallSnapshot { snapshot } = &mut msg.body {
+            if let Some(ticket) = FileTicket::decode(&snapshot.data) {
+                let (path, size) = self.received.as_ref()?;
+                let local =
+                    FileTicket { applied: ticket.applied, size: *size, path: path.to_string_lossy().into_owned() };
+                snapshot.data = local.encode();
+            }
+        }
+        Some(msg)
+    }
+}
+
 fn receive_loop(
     mut stream: TcpStream,
     cluster_id: u64,
     me: NodeId,
     is_member: &dyn Fn(NodeId) -> bool,
     deliver: &dyn Fn(Incoming),
-    accepted: &mut Option<NodeId>,
+    conn: &mut Connection,
 ) {
     let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
     let mut reader = FrameReader::new(PEER_FRAME_BYTES_MAX);
@@ -286,7 +476,7 @@ fn receive_loop(
                 None => match check_hello(&frame, cluster_id, me, is_member) {
                     Ok(id) => {
                         from = Some(id);
-                        *accepted = Some(id);
+                        conn.accepted = Some(id);
                     }
                     Err(refusal) => {
                         tracing::warn!(%peer, %refusal, "refusing a peer connection");
@@ -297,7 +487,22 @@ fn receive_loop(
                     PeerFrame::Messages(messages) => {
                         // A peer speaks only for itself and only to us.
                         for msg in messages.into_iter().filter(|m| m.from == id && m.to == me) {
-                            deliver(Incoming::Raft(msg));
+                            match conn.resolve_ticket(msg) {
+                                Some(msg) => deliver(Incoming::Raft(msg)),
+                                None => tracing::warn!(%peer, "dropping a snapshot that names a file never received"),
+                            }
+                        }
+                    }
+                    PeerFrame::FileChunk { offset, bytes } => {
+                        if let Err(error) = conn.file_chunk(id, offset, &bytes) {
+                            tracing::warn!(%peer, %error, "closing a peer connection streaming a bad file");
+                            return;
+                        }
+                    }
+                    PeerFrame::FileEnd { size, crc } => {
+                        if let Err(error) = conn.file_end(id, size, crc) {
+                            tracing::warn!(%peer, %error, "closing a peer connection streaming a bad file");
+                            return;
                         }
                     }
                     PeerFrame::Hello { .. } => {

@@ -257,7 +257,10 @@ impl WatchHub {
                     continue; // still full: try again on the next step
                 }
             }
-            watcher.next_revision = batch.next_revision;
+            // Never backwards: a watcher created for a future revision stays there, whatever
+            // the store went through meanwhile (a snapshot install makes every watcher lag,
+            // and history then ends below its start).
+            watcher.next_revision = watcher.next_revision.max(batch.next_revision);
             if watcher.next_revision > current {
                 watcher.lagging = false;
             }
@@ -278,4 +281,65 @@ fn to_wire(event: &Event, with_prev_kv: bool) -> keel_api::mvccpb::Event {
         event.prev_kv = None;
     }
     convert::event(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use keel_mvcc::{Command, MemBackend, PutRequest, StoreOptions};
+
+    use super::*;
+
+    fn put(store: &mut Store<MemBackend>, index: u64, key: &str) {
+        let put = PutRequest {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::from_static(b"v"),
+            ..Default::default()
+        };
+        store.apply(index, &Command::Put(put)).expect("apply");
+        store.commit().expect("commit");
+    }
+
+    fn spec(key: &str) -> WatchSpec {
+        WatchSpec {
+            key: key.as_bytes().to_vec(),
+            range_end: b"\0".to_vec(),
+            prev_kv: false,
+            no_put: false,
+            no_delete: false,
+            progress_notify: false,
+        }
+    }
+
+    fn revisions(receiver: &mut tokio::sync::mpsc::Receiver<Result<WatchResponse, Status>>) -> Vec<i64> {
+        let mut out = Vec::new();
+        while let Ok(Ok(response)) = receiver.try_recv() {
+            out.extend(response.events.iter().filter_map(|e| e.kv.as_ref()).map(|kv| kv.mod_revision));
+        }
+        out
+    }
+
+    #[test]
+    fn a_watch_from_a_future_revision_gets_nothing_earlier_even_after_a_snapshot_install() {
+        let mut store = keel_mvcc::Store::open(MemBackend::default(), StoreOptions::default()).expect("store");
+        for index in 1..=5 {
+            put(&mut store, index, "/a");
+        }
+        let mut hub = WatchHub::new(HeaderBase::default());
+        hub.publish(&store.take_events(), store.current_revision(), store.compacted_revision(), 1);
+        let (sender, mut receiver) = tokio::sync::mpsc::channel(STREAM_QUEUE_MAX);
+        let stream = hub.open_stream(sender);
+        assert!(matches!(hub.create(stream, 1, spec("/"), 10), Created::Ok));
+        // A snapshot install: every watcher lags and catches up from history, which ends at 6.
+        hub.mark_all_lagging();
+        hub.catch_up(stream, &store);
+        for index in 6..=12 {
+            put(&mut store, index, "/a");
+            hub.publish(&store.take_events(), store.current_revision(), store.compacted_revision(), 1);
+            hub.catch_up(stream, &store);
+        }
+        let got = revisions(&mut receiver);
+        assert_eq!(got.first(), Some(&10), "events before the start revision were sent: {got:?}");
+        assert_eq!(got, (10..=13).collect::<Vec<_>>());
+    }
 }

@@ -207,10 +207,10 @@ impl StateMachine for SimMachine {
         }
     }
 
-    fn snapshot(&self) -> Result<Bytes, String> {
+    fn snapshot(&self, at_least: Index) -> Result<Bytes, String> {
         match self {
-            SimMachine::Kv(m) => m.snapshot(),
-            SimMachine::Etcd(m) => m.inner.snapshot(),
+            SimMachine::Kv(m) => m.snapshot(at_least),
+            SimMachine::Etcd(m) => m.inner.snapshot(at_least),
         }
     }
 

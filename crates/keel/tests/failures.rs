@@ -93,7 +93,7 @@ async fn no_acknowledged_write_is_lost_after_kill_9_of_every_member() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_that_missed_compacted_log_catches_up_from_a_chunked_snapshot() {
+async fn a_member_that_missed_compacted_log_catches_up_from_a_streamed_store_file() {
     // A snapshot every 100 entries, keeping only 10 behind it for followers that lag: the log a
     // stopped member needs is gone by the time it returns.
     let mut cluster = Cluster::start_with(
@@ -105,7 +105,7 @@ async fn a_member_that_missed_compacted_log_catches_up_from_a_chunked_snapshot()
     let behind = (leader + 1) % 3;
     cluster.kill9(behind);
     let client = cluster.client(leader).await;
-    // 3 MiB of values: the snapshot crosses the wire in several 1 MiB chunks.
+    // 3 MiB of values: the store file crosses the wire in several 1 MiB chunks.
     let value = vec![b'x'; 1024];
     for n in 0..3_000 {
         let key = format!("/s/{n:05}");
@@ -135,5 +135,9 @@ async fn a_member_that_missed_compacted_log_catches_up_from_a_chunked_snapshot()
     assert!(
         cluster.log(behind).contains("installed a snapshot from the leader"),
         "caught up from the log, not a snapshot: the test no longer tests what it names"
+    );
+    assert!(
+        (0..3).filter(|&i| i != behind).any(|i| cluster.log(i).contains("streamed a store file for a snapshot")),
+        "the store did not travel as a streamed file"
     );
 }

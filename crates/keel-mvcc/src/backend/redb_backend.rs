@@ -23,8 +23,82 @@ fn backend_err(e: impl Into<redb::Error>) -> StorageError {
 
 /// A redb-backed store file.
 pub struct RedbBackend {
-    db: Database,
+    /// `None` only for the instant [`Backend::install_file`] swaps the file.
+    db: Option<Database>,
     path: PathBuf,
+}
+
+/// Rows copied per write transaction when a store is copied to a new file: bounds the memory a
+/// copy of any size takes.
+const COPY_ROWS_PER_TXN: usize = 50_000;
+
+/// A consistent view of a store's committed content (a redb read transaction, which pins it),
+/// to be written to a new database file on another thread: the leader's side of a streamed
+/// snapshot. Nothing is held in memory but what one batch of rows needs.
+pub struct StoreCopy {
+    txn: redb::ReadTransaction,
+}
+
+impl StoreCopy {
+    /// Writes the view as a complete database file at `to` (through a temporary file, renamed
+    /// into place once durable), with `extra_meta` added to its meta table. Returns its size.
+    pub fn write_file(self, to: &Path, extra_meta: &[(&str, Vec<u8>)]) -> Result<u64, StorageError> {
+        let tmp = to.with_extension("tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let out = Database::create(&tmp).map_err(backend_err)?;
+        let revisions = self.txn.open_table(REVISIONS).map_err(backend_err)?;
+        let mut rows = revisions.iter().map_err(backend_err)?;
+        loop {
+            let mut write = out.begin_write().map_err(backend_err)?;
+            write.set_durability(redb::Durability::None);
+            let mut copied = 0;
+            {
+                let mut table = write.open_table(REVISIONS).map_err(backend_err)?;
+                for row in rows.by_ref() {
+                    let (k, v) = row.map_err(backend_err)?;
+                    table.insert(k.value(), v.value()).map_err(backend_err)?;
+                    copied += 1;
+                    if copied == COPY_ROWS_PER_TXN {
+                        break;
+                    }
+                }
+            }
+            write.commit().map_err(backend_err)?;
+            if copied < COPY_ROWS_PER_TXN {
+                break;
+            }
+        }
+        // Leases and meta last, in the one durable transaction: a file without its meta is
+        // never taken for a store.
+        let write = out.begin_write().map_err(backend_err)?;
+        {
+            let mut table = write.open_table(LEASES).map_err(backend_err)?;
+            for row in self.txn.open_table(LEASES).map_err(backend_err)?.iter().map_err(backend_err)? {
+                let (k, v) = row.map_err(backend_err)?;
+                table.insert(k.value(), v.value()).map_err(backend_err)?;
+            }
+            let mut table = write.open_table(META).map_err(backend_err)?;
+            for row in self.txn.open_table(META).map_err(backend_err)?.iter().map_err(backend_err)? {
+                let (k, v) = row.map_err(backend_err)?;
+                table.insert(k.value(), v.value()).map_err(backend_err)?;
+            }
+            for (k, v) in extra_meta {
+                table.insert(*k, v.as_slice()).map_err(backend_err)?;
+            }
+        }
+        write.commit().map_err(backend_err)?;
+        drop(out);
+        std::fs::rename(&tmp, to).map_err(|e| StorageError::Backend(format!("rename {}: {e}", tmp.display())))?;
+        sync_parent(to)?;
+        std::fs::metadata(to).map(|m| m.len()).map_err(|e| StorageError::Backend(format!("{}: {e}", to.display())))
+    }
+}
+
+fn sync_parent(path: &Path) -> Result<(), StorageError> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StorageError::Backend(format!("sync {}: {e}", dir.display())))
 }
 
 impl std::fmt::Debug for RedbBackend {
@@ -46,7 +120,11 @@ impl RedbBackend {
             txn.open_table(META).map_err(backend_err)?;
         }
         txn.commit().map_err(backend_err)?;
-        Ok(RedbBackend { db, path })
+        Ok(RedbBackend { db: Some(db), path })
+    }
+
+    fn db(&self) -> Result<&Database, StorageError> {
+        self.db.as_ref().ok_or_else(|| StorageError::Backend("the database file is being replaced".into()))
     }
 
     /// The database file.
@@ -56,13 +134,13 @@ impl RedbBackend {
 
     /// Number of stored revisions.
     pub fn revision_count(&self) -> Result<u64, StorageError> {
-        let txn = self.db.begin_read().map_err(backend_err)?;
+        let txn = self.db()?.begin_read().map_err(backend_err)?;
         let table = txn.open_table(REVISIONS).map_err(backend_err)?;
         table.len().map_err(backend_err)
     }
 
     fn write(&self, batch: &WriteBatch, clear_first: bool, durable: bool) -> Result<(), StorageError> {
-        let mut txn = self.db.begin_write().map_err(backend_err)?;
+        let mut txn = self.db()?.begin_write().map_err(backend_err)?;
         if !durable {
             txn.set_durability(redb::Durability::None);
         }
@@ -97,7 +175,7 @@ impl RedbBackend {
 
 impl Backend for RedbBackend {
     fn get_revisions(&self, revs: &[Revision]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
-        let txn = self.db.begin_read().map_err(backend_err)?;
+        let txn = self.db()?.begin_read().map_err(backend_err)?;
         let table = txn.open_table(REVISIONS).map_err(backend_err)?;
         let mut out = Vec::with_capacity(revs.len());
         for rev in revs {
@@ -116,7 +194,7 @@ impl Backend for RedbBackend {
         if from >= to || limit == 0 {
             return Ok(Vec::new());
         }
-        let txn = self.db.begin_read().map_err(backend_err)?;
+        let txn = self.db()?.begin_read().map_err(backend_err)?;
         let table = txn.open_table(REVISIONS).map_err(backend_err)?;
         let (lo, hi) = (from.to_key(), to.to_key());
         let mut out = Vec::new();
@@ -131,7 +209,7 @@ impl Backend for RedbBackend {
     }
 
     fn load_leases(&self) -> Result<Vec<(i64, Vec<u8>)>, StorageError> {
-        let txn = self.db.begin_read().map_err(backend_err)?;
+        let txn = self.db()?.begin_read().map_err(backend_err)?;
         let table = txn.open_table(LEASES).map_err(backend_err)?;
         let mut out = Vec::new();
         for item in table.iter().map_err(backend_err)? {
@@ -142,7 +220,7 @@ impl Backend for RedbBackend {
     }
 
     fn load_meta(&self) -> Result<BTreeMap<String, Vec<u8>>, StorageError> {
-        let txn = self.db.begin_read().map_err(backend_err)?;
+        let txn = self.db()?.begin_read().map_err(backend_err)?;
         let table = txn.open_table(META).map_err(backend_err)?;
         let mut out = BTreeMap::new();
         for item in table.iter().map_err(backend_err)? {
@@ -162,5 +240,23 @@ impl Backend for RedbBackend {
 
     fn replace_all(&mut self, batch: &WriteBatch) -> Result<(), StorageError> {
         self.write(batch, true, true)
+    }
+
+    fn begin_copy(&self) -> Result<Option<StoreCopy>, StorageError> {
+        Ok(Some(StoreCopy { txn: self.db()?.begin_read().map_err(backend_err)? }))
+    }
+
+    /// Closes the database, renames `incoming` over its file (atomic: a crash leaves the old
+    /// file or the new one) and opens that.
+    fn install_file(&mut self, incoming: &Path) -> Result<(), StorageError> {
+        // Opening checks the file is a database before the old one is given up.
+        drop(Database::open(incoming).map_err(backend_err)?);
+        self.db = None;
+        let renamed = std::fs::rename(incoming, &self.path)
+            .map_err(|e| StorageError::Backend(format!("rename {} over the store: {e}", incoming.display())));
+        let synced = renamed.and_then(|()| sync_parent(&self.path));
+        // Whatever happened, the file at `path` (old or new) is opened again.
+        self.db = Some(Database::create(&self.path).map_err(backend_err)?);
+        synced
     }
 }

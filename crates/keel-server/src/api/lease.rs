@@ -61,6 +61,14 @@ impl LeaseService {
     /// answer comes from the applied renewal: a lease revoked before it applies answers 0.
     pub async fn keep_alive_once(&self, id: i64) -> Result<pb::LeaseKeepAliveResponse, Status> {
         let group = self.shared.group;
+        if self.shared.metrics.is_leader.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            // A follower's store may not have applied the grant yet (or be far behind): ask the
+            // leader how far the log is committed and wait until that is applied here, so a
+            // live lease is never answered "TTL 0", which would end its client's session.
+            self.shared
+                .read(keel_mvcc::RangeRequest { key: "\0".into(), limit: 1, count_only: true, ..Default::default() })
+                .await?;
+        }
         let granted = self
             .shared
             .inspect(move |node, _| node.machine(group).and_then(|m| m.store().lease_ttl(id)).map(|l| l.granted_ttl))

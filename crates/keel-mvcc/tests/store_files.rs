@@ -1,0 +1,85 @@
+//! A store copied to a file from a consistent view (the leader's side of a streamed snapshot)
+//! and installed by renaming it over another store (the follower's side).
+
+mod common;
+
+use bytes::Bytes;
+use common::TempPath;
+use keel_mvcc::*;
+
+fn put(store: &mut Store<RedbBackend>, index: u64, key: &str, value: &str) {
+    let put = PutRequest {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+        ..Default::default()
+    };
+    assert!(matches!(store.apply(index, &Command::Put(put)), Ok(ApplyOutcome::Applied(Ok(_)))));
+}
+
+fn everything(store: &Store<RedbBackend>) -> Vec<(Bytes, Bytes, i64)> {
+    let all =
+        RangeRequest { key: Bytes::from_static(b"\0"), range_end: Bytes::from_static(b"\0"), ..Default::default() };
+    store.range(&all).expect("range").kvs.into_iter().map(|kv| (kv.key, kv.value, kv.mod_revision)).collect()
+}
+
+#[test]
+fn a_copy_holds_exactly_the_state_when_it_began_and_installs_whole_elsewhere() {
+    let (leader_path, follower_path, copy_path) =
+        (TempPath::new("leader"), TempPath::new("follower"), TempPath::new("copy"));
+    let mut leader =
+        Store::open(RedbBackend::open(&leader_path.0).expect("redb"), StoreOptions::default()).expect("open");
+    for i in 1..=1_999u64 {
+        put(&mut leader, i, &format!("k{:04}", i % 700), &format!("v{i}"));
+        if i % 100 == 0 {
+            leader.commit_buffered().expect("commit");
+        }
+    }
+    assert!(leader.begin_copy().is_err(), "refused while applied changes are uncommitted");
+    leader.commit_buffered().expect("commit");
+    leader.apply(2_000, &Command::Compact { revision: 1_000 }).expect("compact");
+    leader.commit_buffered().expect("commit");
+    let at_copy = everything(&leader);
+    let (revision, applied) = (leader.current_revision(), leader.applied_index());
+    let copy = leader.begin_copy().expect("copy").expect("a file backend copies");
+    // Writes go on while the copy is written: the copy keeps the state it began with.
+    for i in 2_002..=2_100u64 {
+        put(&mut leader, i, "later", "x");
+    }
+    leader.commit_buffered().expect("commit");
+    let size = copy.write_file(&copy_path.0, &[("keel.extra", b"members".to_vec())]).expect("write the copy");
+    assert!(size > 0);
+
+    let mut follower =
+        Store::open(RedbBackend::open(&follower_path.0).expect("redb"), StoreOptions::default()).expect("open");
+    put(&mut follower, 1, "stale", "y");
+    follower.commit().expect("commit");
+    follower.install_file(&copy_path.0).expect("install");
+    assert!(!copy_path.0.exists(), "the copy was renamed into place");
+    assert_eq!(everything(&follower), at_copy);
+    assert_eq!((follower.current_revision(), follower.applied_index()), (revision, applied));
+    assert_eq!(follower.durable_applied_index(), applied, "installed durably");
+    assert_eq!(follower.compacted_revision(), 1_000);
+    assert_eq!(follower.hash_kv(revision).expect("hash").hash, leader.hash_kv(revision).expect("hash").hash);
+    let meta = follower.backend().load_meta().expect("meta");
+    assert_eq!(meta.get("keel.extra").map(Vec::as_slice), Some(b"members".as_slice()));
+    // And it serves on: the next entries apply on top.
+    put(&mut follower, applied + 1, "next", "z");
+    follower.commit().expect("commit");
+    drop(follower);
+    let reopened =
+        Store::open(RedbBackend::open(&follower_path.0).expect("redb"), StoreOptions::default()).expect("open");
+    assert_eq!(reopened.applied_index(), applied + 1, "the installed file is the store from now on");
+}
+
+#[test]
+fn a_file_that_is_not_a_store_is_refused_and_the_store_is_kept() {
+    let (path, bogus) = (TempPath::new("keep"), TempPath::new("bogus"));
+    let mut store = Store::open(RedbBackend::open(&path.0).expect("redb"), StoreOptions::default()).expect("open");
+    put(&mut store, 1, "a", "1");
+    store.commit().expect("commit");
+    std::fs::write(&bogus.0, b"not a database").expect("write");
+    assert!(store.install_file(&bogus.0).is_err());
+    drop(store);
+    let reopened = Store::open(RedbBackend::open(&path.0).expect("redb"), StoreOptions::default()).expect("open");
+    assert_eq!(everything(&reopened).len(), 1, "the old store is intact");
+}
