@@ -42,12 +42,15 @@ L=$(leader); B=$(( L % 3 + 1 ))
 echo "leader m$L; stopping m$B"
 kill -9 "${PIDS[$((B - 1))]}"; PIDS[$((B - 1))]=0
 
-# 32 KiB values over enough keys that the store outgrows GIB (history is not compacted).
-VALUES=$(( GIB * 32768 ))
+# 32 KiB values over enough keys that the store keeps growing (history is not compacted),
+# until the leader's store file holds GIB.
 UP="127.0.0.1:5${L}379"
-echo "writing ~${GIB} GiB while m$B is down"
-"$KEEL" bench kv --endpoints "$UP" --op put --clients 32 --conns 8 --keys "$VALUES" --value-bytes 32768 \
-    --seconds "${WRITE_SECONDS:-240}" | sed 's/^/  load: /'
+echo "writing until the leader's store file holds ${GIB} GiB, with m$B down"
+"$KEEL" bench kv --endpoints "$UP" --op put --clients 32 --conns 8 --keys 1000000 --value-bytes 32768 \
+    --seconds 3600 >"$WORK/load" &
+LOAD=$!
+while [ "$(stat -c %s "$WORK/m$L/member/db.redb")" -lt $(( GIB << 30 )) ]; do sleep 1; done
+kill -INT "$LOAD" 2>/dev/null || true; kill "$LOAD" 2>/dev/null || true; wait "$LOAD" 2>/dev/null || true
 du -sh "$WORK"/m*/member/db.redb | sed 's/^/  /'
 
 echo "restarting m$B with writes going on"
@@ -64,7 +67,7 @@ T1=$(date +%s.%N)
 wait "$FG"
 echo "  foreground during catch-up: $(cat "$WORK/foreground")"
 echo "  m$B installed the snapshot $(python3 -c "print(round($T1-$T0,1))") s after it restarted"
-grep -h "wrote a store copy\|streamed a store file" "$WORK/m$L.log" | sed 's/^/  leader: /'
+grep -h "streamed the store" "$WORK/m$L.log" | sed 's/^/  leader: /'
 grep -h "installed a snapshot" "$WORK/m$B.log" | sed 's/^/  follower: /'
 echo "  peak RSS: leader m$L $(peak_mb "${PIDS[$((L - 1))]}") MB, returning m$B $(peak_mb "${PIDS[$((B - 1))]}") MB"
 du -sh "$WORK"/m*/member/db.redb | sed 's/^/  /'

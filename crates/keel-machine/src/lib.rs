@@ -17,6 +17,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use keel_mvcc::redb_backend::StoreCopy;
+
 use bytes::Bytes;
 use keel_codec::{DecodeError, Reader, Writer};
 use keel_mvcc::{ApplyOutcome, Backend, Command, MvccError, RangeRequest, RangeResponse, Response, Store};
@@ -63,23 +65,85 @@ const FILE_TICKET_MAGIC: &[u8; 8] = b"KEELFIL1";
 /// that they arrive with the data they belong to, in one file, installed at once.
 pub const MEMBERS_META_KEY: &str = "keel.members";
 
-/// A snapshot's data when the state travels as a file: the leader's machine writes a copy of
-/// its store (from a consistent view, on another thread), the transport streams the file to the
-/// follower in chunks and hands the follower's raft a ticket naming the received file, and the
-/// follower's machine installs it by renaming it over its store. No side holds the state in
-/// memory, and its size is bounded only by the disk.
+/// A snapshot's data when the state travels as a stream: the leader's machine opens a
+/// consistent view of its store and hands raft a ticket naming it ([`SnapshotOutbox`]); the
+/// transport streams the view's rows to the follower on a connection of its own (as etcd
+/// streams its bolt file from a read transaction), the follower builds a database file from
+/// them and its raft gets a ticket naming that file; the follower's machine installs it by
+/// renaming it over its store. No side holds the state in memory, and its size is bounded only
+/// by the disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileTicket {
-    /// The store's applied index in the file (at or past the snapshot's index).
+    /// The store's applied index in the view (at or past the snapshot's index).
     pub applied: Index,
-    pub size: u64,
+    /// On the leader: the view's number in its [`SnapshotOutbox`]; on the follower: 0.
+    pub source: u64,
+    /// On the follower: the received file; on the leader: empty.
     pub path: String,
+}
+
+/// Views of the store handed out for followers' snapshots, waiting for the transport to take
+/// and stream them, and the streams under way. Shared by the machine (which opens views) and
+/// the transport (which streams them).
+///
+/// While a stream runs, and for [`STREAM_GRACE`] after, the log is not compacted past its
+/// view's index (as etcd pauses compaction while it sends a snapshot): the follower needs the
+/// entries right after it to catch up.
+#[derive(Default)]
+pub struct SnapshotOutbox {
+    views: Mutex<BTreeMap<u64, OutboxView>>,
+    next: std::sync::atomic::AtomicU64,
+    /// Streams by view number: the view's index, and when the stream ended (`None`: running).
+    streams: Mutex<BTreeMap<u64, (Index, Option<std::time::Instant>)>>,
+}
+
+/// A view waiting in the outbox: its applied index, the view, the encoded member records.
+pub type OutboxView = (Index, StoreCopy, Vec<u8>);
+
+/// Views waiting for the transport; older ones are dropped (a read view pins the store's pages).
+const OUTBOX_VIEWS_MAX: usize = 4;
+/// How long after a stream the log stays uncompacted past its view.
+pub const STREAM_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl SnapshotOutbox {
+    fn register(&self, applied: Index, view: StoreCopy, members: Vec<u8>) -> u64 {
+        let source = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let mut views = self.views.lock().expect("outbox lock");
+        views.insert(source, (applied, view, members));
+        while views.len() > OUTBOX_VIEWS_MAX {
+            views.pop_first();
+        }
+        source
+    }
+
+    /// Takes view `source` to stream it, with the member records that go with it.
+    pub fn take(&self, source: u64) -> Option<OutboxView> {
+        let taken = self.views.lock().expect("outbox lock").remove(&source);
+        if let Some((applied, _, _)) = &taken {
+            self.streams.lock().expect("outbox lock").insert(source, (*applied, None));
+        }
+        taken
+    }
+
+    /// The stream of view `source` ended (delivered or not).
+    pub fn stream_ended(&self, source: u64) {
+        if let Some(stream) = self.streams.lock().expect("outbox lock").get_mut(&source) {
+            stream.1 = Some(std::time::Instant::now());
+        }
+    }
+
+    /// The index the log must not be compacted past, while streams run or lately ran.
+    pub fn compaction_floor(&self) -> Option<Index> {
+        let mut streams = self.streams.lock().expect("outbox lock");
+        streams.retain(|_, (_, ended)| ended.is_none_or(|at| at.elapsed() < STREAM_GRACE));
+        streams.values().map(|(applied, _)| *applied).min()
+    }
 }
 
 impl FileTicket {
     pub fn encode(&self) -> Bytes {
         let mut w = Writer::new();
-        w.u64(self.applied).u64(self.size).bytes(self.path.as_bytes());
+        w.u64(self.applied).u64(self.source).bytes(self.path.as_bytes());
         let mut out = FILE_TICKET_MAGIC.to_vec();
         out.extend(w.into_vec());
         Bytes::from(out)
@@ -90,26 +154,12 @@ impl FileTicket {
         let rest = data.strip_prefix(FILE_TICKET_MAGIC.as_slice())?;
         let mut r = Reader::new(rest);
         let applied = r.u64("ticket applied").ok()?;
-        let size = r.u64("ticket size").ok()?;
+        let source = r.u64("ticket source").ok()?;
         let path = String::from_utf8(r.bytes("ticket path").ok()?.to_vec()).ok()?;
         r.finish("file ticket").ok()?;
-        Some(FileTicket { applied, size, path })
+        Some(FileTicket { applied, source, path })
     }
 }
-
-/// The store copy being written (or written) for followers that need a snapshot.
-struct Outgoing {
-    applied: Index,
-    path: PathBuf,
-    /// `None` while the copy is being written; then its size, or why it failed.
-    done: Arc<Mutex<Option<Result<u64, String>>>>,
-    /// When it was last handed out: a copy nobody asked for in [`OUTGOING_KEEP`] is removed
-    /// (it is as large as the store).
-    last_used: std::time::Instant,
-}
-
-/// How long an unused store copy for followers is kept.
-const OUTGOING_KEEP: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A member as the cluster records it (etcd's `Member`): replicated through the log, so every
 /// member lists the same members, and in snapshots, so a new member learns them too.
@@ -330,9 +380,9 @@ pub struct MvccMachine<B: Backend> {
     members_changed: bool,
     /// Snapshots installed: each replaced the state (and skipped its events) wholesale.
     restores: u64,
-    /// Where store copies for followers are written; `None` sends the state in the snapshot.
-    snapshot_dir: Option<PathBuf>,
-    outgoing: Mutex<Option<Outgoing>>,
+    /// Where views of the store for followers' snapshots go; `None` sends the state in the
+    /// snapshot itself.
+    outbox: Option<Arc<SnapshotOutbox>>,
 }
 
 impl<B: Backend> MvccMachine<B> {
@@ -356,8 +406,7 @@ impl<B: Backend> MvccMachine<B> {
             members_path: None,
             members_changed: false,
             restores: 0,
-            snapshot_dir: None,
-            outgoing: Mutex::new(None),
+            outbox: None,
         }
     }
 
@@ -377,86 +426,11 @@ impl<B: Backend> MvccMachine<B> {
         self
     }
 
-    /// A follower that needs a snapshot gets a copy of the store written as a file in `dir`
-    /// and streamed by the transport (see [`FileTicket`]), when the backend is a file.
-    pub fn with_snapshot_dir(mut self, dir: PathBuf) -> Self {
-        self.snapshot_dir = Some(dir);
+    /// A follower that needs a snapshot gets the store streamed from a consistent view (see
+    /// [`FileTicket`]), when the backend is a file.
+    pub fn with_snapshot_outbox(mut self, outbox: Arc<SnapshotOutbox>) -> Self {
+        self.outbox = Some(outbox);
         self
-    }
-
-    /// Starts (or reports on) the store copy for a follower's snapshot at `at_least`.
-    /// `Ok(None)`: the backend is not a file; send the state itself.
-    fn store_copy(&self, dir: &Path, at_least: Index) -> Result<Option<Bytes>, String> {
-        let mut outgoing = self.outgoing.lock().expect("outgoing snapshot lock");
-        if let Some(current) = outgoing.as_mut() {
-            if current.applied >= at_least {
-                current.last_used = std::time::Instant::now();
-                let done = current.done.lock().expect("copy state lock").clone();
-                return match done {
-                    None => Err(format!("the store copy at {} is still being written", current.applied)),
-                    Some(Ok(size)) => Ok(Some(
-                        FileTicket {
-                            applied: current.applied,
-                            size,
-                            path: current.path.to_string_lossy().into_owned(),
-                        }
-                        .encode(),
-                    )),
-                    Some(Err(error)) => {
-                        let _ = std::fs::remove_file(&current.path);
-                        *outgoing = None;
-                        Err(error)
-                    }
-                };
-            }
-            // Too old for this snapshot (a copy being written finishes into a file nobody
-            // uses; the next copy's start removes it).
-            let _ = std::fs::remove_file(&current.path);
-            *outgoing = None;
-        }
-        let Some(copy) = self.store.begin_copy().map_err(|e| e.to_string())? else { return Ok(None) };
-        let applied = self.store.applied_index();
-        let path = dir.join(format!("outgoing-{applied:016x}.db"));
-        for stale in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            if stale.file_name().to_string_lossy().starts_with("outgoing-") {
-                let _ = std::fs::remove_file(stale.path());
-            }
-        }
-        let done = Arc::new(Mutex::new(None));
-        let members = encode_members(&self.members);
-        let (target, report) = (path.clone(), done.clone());
-        std::thread::Builder::new()
-            .name("keel-store-copy".into())
-            .spawn(move || {
-                let started = std::time::Instant::now();
-                let result = copy.write_file(&target, &[(MEMBERS_META_KEY, members)]).map_err(|e| e.to_string());
-                match &result {
-                    Ok(size) => tracing::info!(
-                        applied,
-                        bytes = size,
-                        took_ms = started.elapsed().as_millis() as u64,
-                        "wrote a store copy for a follower's snapshot"
-                    ),
-                    Err(error) => tracing::warn!(%error, "could not write a store copy for a follower"),
-                }
-                *report.lock().expect("copy state lock") = Some(result);
-            })
-            .map_err(|e| format!("spawn the store copy thread: {e}"))?;
-        *outgoing = Some(Outgoing { applied, path, done, last_used: std::time::Instant::now() });
-        Err(format!("started a store copy at {applied}"))
-    }
-
-    /// Removes a store copy for followers that nobody asked for lately.
-    fn expire_store_copy(&self) {
-        let mut outgoing = self.outgoing.lock().expect("outgoing snapshot lock");
-        let expired = outgoing.as_ref().is_some_and(|current| {
-            current.last_used.elapsed() >= OUTGOING_KEEP && current.done.lock().expect("copy state lock").is_some()
-        });
-        if expired {
-            if let Some(current) = outgoing.take() {
-                let _ = std::fs::remove_file(&current.path);
-            }
-        }
     }
 
     /// Installs a received store file; its member records come with it.
@@ -650,9 +624,6 @@ impl<B: Backend> StateMachine for MvccMachine<B> {
             }
         };
         let result = if durable { self.store.commit() } else { self.store.commit_buffered() };
-        if durable && self.durable_every_flushes.is_none() {
-            self.expire_store_copy();
-        }
         if let Err(error) = result {
             self.fail(error);
         }
@@ -668,10 +639,17 @@ impl<B: Backend> StateMachine for MvccMachine<B> {
         Some(self.store.durable_applied_index())
     }
 
+    fn compaction_floor(&self) -> Option<Index> {
+        self.outbox.as_ref().and_then(|outbox| outbox.compaction_floor())
+    }
+
     fn snapshot(&self, at_least: Index) -> Result<Bytes, String> {
-        if let Some(dir) = &self.snapshot_dir {
-            if let Some(ticket) = self.store_copy(dir, at_least)? {
-                return Ok(ticket);
+        if let Some(outbox) = &self.outbox {
+            if let Some(view) = self.store.begin_copy().map_err(|e| e.to_string())? {
+                let applied = self.store.applied_index();
+                debug_assert!(applied >= at_least, "a view at {applied} for a snapshot at {at_least}");
+                let source = outbox.register(applied, view, encode_members(&self.members));
+                return Ok(FileTicket { applied, source, path: String::new() }.encode());
             }
         }
         let store = self.store.snapshot().map_err(|e| e.to_string())?;

@@ -103,8 +103,8 @@ impl<B: Backend> Store<B> {
         Ok(out)
     }
 
-    /// A consistent copy of the committed state for another thread to write out as a file
-    /// ([`crate::redb_backend::StoreCopy::write_file`]); `None` when the backend is not a file.
+    /// A consistent view of the committed state for another thread to stream
+    /// ([`crate::redb_backend::StoreCopy::write_rows`]); `None` when the backend is not a file.
     /// Refused while applied changes are not yet committed: the copy must hold exactly
     /// [`Store::applied_index`].
     pub fn begin_copy(&self) -> Result<Option<crate::redb_backend::StoreCopy>, StorageError> {
@@ -114,8 +114,9 @@ impl<B: Backend> Store<B> {
         self.backend.begin_copy()
     }
 
-    /// Replaces the whole state by a database file a [`crate::redb_backend::StoreCopy`] wrote
-    /// (and a follower received): the file is renamed into place and the store reloads from it.
+    /// Replaces the whole state by a database file a follower built from a streamed
+    /// [`crate::redb_backend::StoreCopy`] ([`crate::redb_backend::RowReceiver`]): the file is
+    /// renamed into place and the store reloads from it.
     pub fn install_file(&mut self, incoming: &std::path::Path) -> Result<(), SnapshotError> {
         let result = self.backend.install_file(incoming).and_then(|()| self.load());
         if let Err(e) = result {

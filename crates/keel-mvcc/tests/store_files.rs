@@ -1,10 +1,12 @@
-//! A store copied to a file from a consistent view (the leader's side of a streamed snapshot)
-//! and installed by renaming it over another store (the follower's side).
+//! A store streamed from a consistent view (the leader's side of a snapshot), received into a
+//! new file in pieces of any size, and installed by renaming it over another store (the
+//! follower's side).
 
 mod common;
 
 use bytes::Bytes;
 use common::TempPath;
+use keel_mvcc::redb_backend::RowReceiver;
 use keel_mvcc::*;
 
 fn put(store: &mut Store<RedbBackend>, index: u64, key: &str, value: &str) {
@@ -46,8 +48,15 @@ fn a_copy_holds_exactly_the_state_when_it_began_and_installs_whole_elsewhere() {
         put(&mut leader, i, "later", "x");
     }
     leader.commit_buffered().expect("commit");
-    let size = copy.write_file(&copy_path.0, &[("keel.extra", b"members".to_vec())]).expect("write the copy");
-    assert!(size > 0);
+    assert_eq!(copy.applied_index().expect("applied"), applied);
+    let mut stream = Vec::new();
+    copy.write_rows(&mut stream, &[("keel.extra", b"members".to_vec())]).expect("stream the copy");
+    // Received in pieces that cut rows anywhere.
+    let mut receiver = RowReceiver::create(&copy_path.0).expect("receiver");
+    for piece in stream.chunks(7_919) {
+        receiver.push(piece).expect("push");
+    }
+    receiver.finish(&copy_path.0).expect("finish");
 
     let mut follower =
         Store::open(RedbBackend::open(&follower_path.0).expect("redb"), StoreOptions::default()).expect("open");
@@ -82,4 +91,32 @@ fn a_file_that_is_not_a_store_is_refused_and_the_store_is_kept() {
     drop(store);
     let reopened = Store::open(RedbBackend::open(&path.0).expect("redb"), StoreOptions::default()).expect("open");
     assert_eq!(everything(&reopened).len(), 1, "the old store is intact");
+}
+
+#[test]
+fn a_cut_or_garbled_stream_is_an_error_and_leaves_no_file() {
+    let (source, target) = (TempPath::new("source"), TempPath::new("target"));
+    let mut store = Store::open(RedbBackend::open(&source.0).expect("redb"), StoreOptions::default()).expect("open");
+    for i in 1..=50 {
+        put(&mut store, i, &format!("k{i}"), "v");
+    }
+    store.commit().expect("commit");
+    let mut stream = Vec::new();
+    store.begin_copy().expect("copy").expect("file").write_rows(&mut stream, &[]).expect("rows");
+    // Cut short: refused at the end.
+    let mut receiver = RowReceiver::create(&target.0).expect("receiver");
+    receiver.push(&stream[..stream.len() / 2]).expect("push");
+    assert!(receiver.finish(&target.0).is_err());
+    assert!(!target.0.exists());
+    // Garbage anywhere: an error, never a panic.
+    for cut in (0..stream.len()).step_by(97) {
+        let mut garbled = stream.clone();
+        garbled[cut] ^= 0xa5;
+        let mut receiver = RowReceiver::create(&target.0).expect("receiver");
+        let pushed = receiver.push(&garbled);
+        if pushed.is_ok() {
+            let _ = receiver.finish(&target.0);
+        }
+        let _ = std::fs::remove_file(&target.0);
+    }
 }

@@ -40,6 +40,11 @@ pub trait StateMachine {
     fn durable_index(&self) -> Option<Index> {
         None
     }
+    /// An index a persistent machine needs the log kept from for now (a follower is being sent
+    /// its state as of there and will need the entries after it): no snapshot goes past it.
+    fn compaction_floor(&self) -> Option<Index> {
+        None
+    }
     /// Replaces the whole state by a snapshot's.
     fn restore(&mut self, data: &Bytes);
 }
@@ -685,6 +690,7 @@ fn maybe_snapshot<S: StateMachine>(group: &mut Group<S>, policy: SnapshotPolicy)
         }
         Some(durable) => {
             let covered = if policy.beyond_durable { group.applied } else { durable.min(group.applied) };
+            let covered = group.machine.compaction_floor().map_or(covered, |floor| covered.min(floor));
             // The membership is known from the first index in `confs` on (the applied index at
             // start, or the last snapshot): no snapshot goes below it.
             let known_from = group.confs.first_key_value().map_or(0, |(&index, _)| index);

@@ -36,7 +36,7 @@ use crate::api::Shared;
 use crate::config::{ClusterState, PeerUrl, ServerConfig};
 use crate::driver::{Driver, Input, PeerInbox};
 use crate::hook::{Machine, ServerHook};
-use crate::machine::{read_members_file, split_snapshot, FileTicket, MemberRecord, MvccMachine};
+use crate::machine::{read_members_file, split_snapshot, FileTicket, MemberRecord, MvccMachine, SnapshotOutbox};
 use crate::metrics::Metrics;
 use crate::transport::{start_listener_with_files, Incoming, PeerSender};
 use crate::watch_hub::{HeaderBase, WatchHub};
@@ -159,9 +159,9 @@ pub fn open_store(db_path: &Path, snapshot: Option<&keel_raft::Snapshot>) -> Res
     Ok(store)
 }
 
-/// Where store files for snapshots are written (copies for followers) and received (from the
-/// leader). Once the store is open (a received file a crash left uninstalled is installed by
-/// then), whatever is left there is a left-over and goes.
+/// Where stores streamed from the leader for snapshots are received. Once the store is open (a
+/// received file a crash left uninstalled is installed by then), whatever is left there is a
+/// left-over and goes.
 pub fn snapshot_files_dir(member_dir: &Path) -> PathBuf {
     member_dir.join("snap-db")
 }
@@ -183,6 +183,7 @@ fn open_node(
     dir: &Path,
     me: u64,
     initial_members: &BTreeMap<u64, MemberRecord>,
+    outbox: Arc<SnapshotOutbox>,
 ) -> Result<(Node<Machine>, NodeStorage), ServerError> {
     let voters: Vec<u64> = initial_members.keys().copied().collect();
     let wal_dir = dir.join("wal");
@@ -225,8 +226,7 @@ fn open_node(
     let mut raft = Config::new(me, GROUP);
     raft.election_ticks =
         u32::try_from(config.election_timeout_ms / config.heartbeat_interval_ms.max(1)).unwrap_or(u32::MAX).max(2);
-    let machine =
-        MvccMachine::new(store).with_members(members, members_path).with_snapshot_dir(snapshot_files_dir(dir));
+    let machine = MvccMachine::new(store).with_members(members, members_path).with_snapshot_outbox(outbox);
     node.add_group(raft, state, machine)
         .map_err(|error| ServerError::Config(format!("raft refused the recovered state: {error}")))?;
     Ok((node, storage))
@@ -238,7 +238,8 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     let me = membership.me;
     let dir = PathBuf::from(&config.data_dir).join("member");
     std::fs::create_dir_all(&dir).map_err(io(format!("create data dir {}", dir.display())))?;
-    let (node, storage) = open_node(&config, &dir, me, &membership.members)?;
+    let outbox = Arc::new(SnapshotOutbox::default());
+    let (node, storage) = open_node(&config, &dir, me, &membership.members, outbox.clone())?;
     let current_members = node.machine(GROUP).map(|m| m.members().clone()).unwrap_or_default();
 
     let metrics = Arc::new(Metrics::default());
@@ -258,7 +259,8 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     };
     let mut addresses = peer_addresses(&membership.members, me);
     addresses.extend(peer_addresses(&current_members, me));
-    let peers = Arc::new(PeerSender::start_with(membership.cluster_id, me, &addresses, Some(attributes)));
+    let peers =
+        Arc::new(PeerSender::start_with(membership.cluster_id, me, &addresses, Some(attributes)).with_outbox(outbox));
     let peer_inputs = inputs.clone();
     let inbox = Arc::new(PeerInbox::default());
     let peer_inbox = inbox.clone();

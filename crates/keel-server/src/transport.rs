@@ -15,7 +15,7 @@ use std::time::Duration;
 use keel_codec::peer::{check_hello, encode_chunked, FrameReader, PeerFrame, Reassembly};
 use keel_raft::{Message, MessageBody, NodeId};
 
-use crate::machine::FileTicket;
+use crate::machine::{FileTicket, SnapshotOutbox, MEMBERS_META_KEY};
 
 /// What the node sends a peer: raft messages (coalesced into frames) or a frame of its own
 /// (a forwarded proposal, a reply to one). Both share the peer's queue, so they leave in order.
@@ -58,11 +58,11 @@ pub const PEER_CHUNK_BYTES: usize = 1 << 20;
 /// Largest frame accepted from a peer in one piece.
 pub const PEER_FRAME_BYTES_MAX: usize = 4 << 20;
 /// Largest frame reassembled from chunks (a snapshot message of a machine that sends its state
-/// in the message; the etcd store goes as a streamed file instead, see [`stream_file`]).
+/// in the message; the etcd store is streamed instead, see [`stream_rows`]).
 pub const PEER_MESSAGE_BYTES_MAX: usize = 1 << 30;
-/// Bytes of a streamed file per frame.
+/// Bytes of a streamed store per frame.
 const FILE_CHUNK_BYTES: usize = 1 << 20;
-/// Largest file a peer may stream to us (a store copy).
+/// Largest store a peer may stream to us.
 const FILE_BYTES_MAX: u64 = 1 << 40;
 /// A streamed file's connection gives up when the other side stalls this long.
 const FILE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -76,9 +76,11 @@ pub struct PeerSender {
     me: NodeId,
     attributes: Option<PeerFrame>,
     queues: std::sync::Mutex<BTreeMap<NodeId, (SocketAddr, SyncSender<Outgoing>)>>,
-    /// Peers a store file is being streamed to: one transfer per peer at a time, and raft's
-    /// retries of the same snapshot are dropped while it runs.
+    /// Peers a store is being streamed to: one transfer per peer at a time, and raft's retries
+    /// of the same snapshot are dropped while it runs.
     streaming: Arc<std::sync::Mutex<std::collections::BTreeSet<NodeId>>>,
+    /// Where the machine leaves the store views snapshots name.
+    outbox: Option<Arc<SnapshotOutbox>>,
 }
 
 impl PeerSender {
@@ -100,6 +102,7 @@ impl PeerSender {
             attributes,
             queues: std::sync::Mutex::new(BTreeMap::new()),
             streaming: Arc::default(),
+            outbox: None,
         };
         sender.set_peers(peers);
         sender
@@ -122,6 +125,12 @@ impl PeerSender {
                 .expect("spawn peer sender thread");
             queues.insert(id, (addr, queue));
         }
+    }
+
+    /// Streams the store views snapshots name from `outbox`.
+    pub fn with_outbox(mut self, outbox: Arc<SnapshotOutbox>) -> Self {
+        self.outbox = Some(outbox);
+        self
     }
 
     pub fn send(&self, msg: Message) {
@@ -150,64 +159,115 @@ impl PeerSender {
 }
 
 impl PeerSender {
-    /// Streams the store file a snapshot names to its follower on a connection of its own (TCP
-    /// is the flow control: the copy goes no faster than the follower writes it), then the
+    /// Streams the store view a snapshot names to its follower on a connection of its own (TCP
+    /// is the flow control: the rows go no faster than the follower writes them), then the
     /// snapshot message itself. Heartbeats and appends keep their own connection meanwhile.
     fn start_stream(&self, message: Message, ticket: FileTicket) {
         let to = message.to;
-        let Some(addr) = self.queues.lock().expect("peer queues lock").get(&to).map(|(addr, _)| *addr) else { return };
+        // Taken whatever happens next, so a view never outlives its one chance.
+        let Some((applied, view, members)) = self.outbox.as_ref().and_then(|outbox| outbox.take(ticket.source)) else {
+            return;
+        };
+        let outbox = self.outbox.clone().expect("taken from it above");
+        let Some(addr) = self.queues.lock().expect("peer queues lock").get(&to).map(|(addr, _)| *addr) else {
+            outbox.stream_ended(ticket.source);
+            return;
+        };
         if !self.streaming.lock().expect("streaming lock").insert(to) {
+            outbox.stream_ended(ticket.source);
             return; // a transfer to this peer is under way; raft asks again if it fails
         }
         let (cluster_id, me, streaming) = (self.cluster_id, self.me, self.streaming.clone());
+        let source = ticket.source;
         let spawned = std::thread::Builder::new().name(format!("keel-snap-{to:x}")).spawn(move || {
             let started = std::time::Instant::now();
-            match stream_file(cluster_id, me, to, addr, &message, &ticket) {
+            let rows = StoreRows { view, members };
+            match stream_rows(cluster_id, me, to, addr, &message, &rows) {
                 Ok(bytes) => tracing::info!(
                     peer = %format!("{to:x}"),
+                    applied,
                     bytes,
                     took_ms = started.elapsed().as_millis() as u64,
-                    "streamed a store file for a snapshot"
+                    "streamed the store for a snapshot"
                 ),
-                Err(error) => tracing::warn!(peer = %format!("{to:x}"), %error, "streaming a store file failed"),
+                Err(error) => tracing::warn!(peer = %format!("{to:x}"), %error, "streaming the store failed"),
             }
+            outbox.stream_ended(source);
             streaming.lock().expect("streaming lock").remove(&to);
         });
         if spawned.is_err() {
             self.streaming.lock().expect("streaming lock").remove(&to);
+            if let Some(outbox) = &self.outbox {
+                outbox.stream_ended(source);
+            }
         }
     }
 }
 
-/// The leader's side of a streamed snapshot: hello, the file in chunks read from disk, its end
-/// with size and checksum, then the raft message. Returns the bytes sent.
-pub fn stream_file(
+/// A store view and the member records that go with it.
+struct StoreRows {
+    view: keel_mvcc::redb_backend::StoreCopy,
+    members: Vec<u8>,
+}
+
+/// Cuts a byte stream into [`PeerFrame::FileChunk`]s on a socket, keeping its size and CRC.
+struct ChunkWriter<'a> {
+    stream: &'a mut TcpStream,
+    buf: Vec<u8>,
+    offset: u64,
+    crc: u32,
+}
+
+impl ChunkWriter<'_> {
+    fn emit(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.crc = crc32c::crc32c_append(self.crc, &self.buf);
+        let bytes = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(FILE_CHUNK_BYTES)));
+        let len = bytes.len() as u64;
+        self.stream.write_all(&PeerFrame::FileChunk { offset: self.offset, bytes }.encode())?;
+        self.offset += len;
+        Ok(())
+    }
+}
+
+impl Write for ChunkWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= FILE_CHUNK_BYTES {
+            self.emit()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.emit()
+    }
+}
+
+/// The leader's side of a streamed snapshot: hello, the store's rows in chunks, their end with
+/// size and checksum, then the raft message. Returns the bytes sent.
+fn stream_rows(
     cluster_id: u64,
     me: NodeId,
     to: NodeId,
     addr: SocketAddr,
     message: &Message,
-    ticket: &FileTicket,
+    rows: &StoreRows,
 ) -> std::io::Result<u64> {
-    let mut file = std::fs::File::open(&ticket.path)?;
     let mut stream = connect(cluster_id, me, to, addr, None)?;
     stream.set_write_timeout(Some(FILE_STALL_TIMEOUT))?;
-    let mut buf = vec![0u8; FILE_CHUNK_BYTES];
-    let (mut offset, mut crc) = (0u64, 0u32);
-    loop {
-        let read = file.read(&mut buf)?;
-        if read == 0 {
-            break;
-        }
-        crc = crc32c::crc32c_append(crc, &buf[..read]);
-        let chunk = PeerFrame::FileChunk { offset, bytes: bytes::Bytes::copy_from_slice(&buf[..read]) };
-        stream.write_all(&chunk.encode())?;
-        offset += read as u64;
-    }
-    stream.write_all(&PeerFrame::FileEnd { size: offset, crc }.encode())?;
+    let mut writer = ChunkWriter { stream: &mut stream, buf: Vec::with_capacity(FILE_CHUNK_BYTES), offset: 0, crc: 0 };
+    rows.view
+        .write_rows(&mut writer, &[(MEMBERS_META_KEY, rows.members.clone())])
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    writer.flush()?;
+    let (size, crc) = (writer.offset, writer.crc);
+    stream.write_all(&PeerFrame::FileEnd { size, crc }.encode())?;
     stream.write_all(&PeerFrame::Messages(vec![message.clone()]).encode())?;
     stream.flush()?;
-    Ok(offset)
+    Ok(size)
 }
 
 fn send_loop(
@@ -332,9 +392,8 @@ pub fn start_listener_with_files(
                 let _ = std::thread::Builder::new().name("keel-peer-conn".into()).spawn(move || {
                     let mut conn = Connection { accepted: None, files_dir, incoming: None, received: None };
                     receive_loop(stream, cluster_id, me, &*is_member, &*deliver, &mut conn);
-                    if let Some(incoming) = conn.incoming.take() {
-                        let _ = std::fs::remove_file(&incoming.path);
-                    }
+                    // An unfinished stream's receiver removes its partial file when dropped.
+                    drop(conn.incoming.take());
                     // A file's own connection ending says nothing about the peer's health.
                     if let (Some(from), None) = (conn.accepted, conn.received.as_ref()) {
                         deliver(Incoming::PeerLost(from));
@@ -351,12 +410,12 @@ struct Connection {
     files_dir: Option<std::path::PathBuf>,
     /// A file being received.
     incoming: Option<IncomingFile>,
-    /// The file received whole on this connection: (path, size).
-    received: Option<(std::path::PathBuf, u64)>,
+    /// The store received whole on this connection.
+    received: Option<std::path::PathBuf>,
 }
 
 struct IncomingFile {
-    file: std::fs::File,
+    rows: keel_mvcc::redb_backend::RowReceiver,
     path: std::path::PathBuf,
     written: u64,
     crc: u32,
@@ -373,9 +432,11 @@ impl Connection {
             return Err("a second file on one connection".into());
         }
         if self.incoming.is_none() {
-            let path = dir.join(format!("incoming-{from:016x}-{}.tmp", unique_suffix()));
-            let file = std::fs::File::create(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
-            self.incoming = Some(IncomingFile { file, path, written: 0, crc: 0 });
+            // The rows build `received-….tmp`, renamed to `.db` once complete and checked.
+            let path = dir.join(format!("received-{from:016x}-{}.db", unique_suffix()));
+            let rows = keel_mvcc::redb_backend::RowReceiver::create(&path)
+                .map_err(|e| format!("create {}: {e}", path.display()))?;
+            self.incoming = Some(IncomingFile { rows, path, written: 0, crc: 0 });
         }
         let incoming = self.incoming.as_mut().expect("created above");
         if offset != incoming.written {
@@ -384,35 +445,25 @@ impl Connection {
         if incoming.written + bytes.len() as u64 > FILE_BYTES_MAX {
             return Err(format!("file over {FILE_BYTES_MAX} bytes"));
         }
-        incoming.file.write_all(bytes).map_err(|e| format!("write {}: {e}", incoming.path.display()))?;
+        incoming.rows.push(bytes).map_err(|e| format!("receive {}: {e}", incoming.path.display()))?;
         incoming.written += bytes.len() as u64;
         incoming.crc = crc32c::crc32c_append(incoming.crc, bytes);
         Ok(())
     }
 
-    /// The file is complete: checked, made durable and renamed to where a snapshot may use it.
-    fn file_end(&mut self, from: NodeId, size: u64, crc: u32) -> Result<(), String> {
+    /// The stream is complete: checked, made durable and renamed to where a snapshot may use it.
+    fn file_end(&mut self, size: u64, crc: u32) -> Result<(), String> {
         let Some(incoming) = self.incoming.take() else { return Err("a file end without a file".into()) };
-        let fail = |problem: String| {
-            let _ = std::fs::remove_file(&incoming.path);
-            Err(problem)
-        };
         if incoming.written != size || incoming.crc != crc {
-            return fail(format!(
-                "file of {} bytes crc {:#x}, announced {size} crc {crc:#x}",
+            // Dropping the receiver removes its partial file.
+            return Err(format!(
+                "a stream of {} bytes crc {:#x}, announced {size} crc {crc:#x}",
                 incoming.written, incoming.crc
             ));
         }
-        if let Err(error) = incoming.file.sync_all() {
-            return fail(format!("sync {}: {error}", incoming.path.display()));
-        }
-        let dir = self.files_dir.as_ref().expect("checked at the first chunk");
-        let path = dir.join(format!("received-{from:016x}-{}.db", unique_suffix()));
-        if let Err(error) = std::fs::rename(&incoming.path, &path) {
-            return fail(format!("rename {}: {error}", incoming.path.display()));
-        }
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| format!("sync {}: {e}", dir.display()))?;
-        self.received = Some((path, size));
+        let path = incoming.path;
+        incoming.rows.finish(&path).map_err(|e| format!("finish {}: {e}", path.display()))?;
+        self.received = Some(path);
         Ok(())
     }
 
@@ -421,9 +472,9 @@ impl Connection {
     fn resolve_ticket(&self, mut msg: Message) -> Option<Message> {
         if let MessageBody::InstallSnapshot { snapshot } = &mut msg.body {
             if let Some(ticket) = FileTicket::decode(&snapshot.data) {
-                let (path, size) = self.received.as_ref()?;
+                let path = self.received.as_ref()?;
                 let local =
-                    FileTicket { applied: ticket.applied, size: *size, path: path.to_string_lossy().into_owned() };
+                    FileTicket { applied: ticket.applied, source: 0, path: path.to_string_lossy().into_owned() };
                 snapshot.data = local.encode();
             }
         }
@@ -500,7 +551,7 @@ fn receive_loop(
                         }
                     }
                     PeerFrame::FileEnd { size, crc } => {
-                        if let Err(error) = conn.file_end(id, size, crc) {
+                        if let Err(error) = conn.file_end(size, crc) {
                             tracing::warn!(%peer, %error, "closing a peer connection streaming a bad file");
                             return;
                         }

@@ -137,7 +137,7 @@ async fn a_member_that_missed_compacted_log_catches_up_from_a_streamed_store_fil
         "caught up from the log, not a snapshot: the test no longer tests what it names"
     );
     assert!(
-        (0..3).filter(|&i| i != behind).any(|i| cluster.log(i).contains("streamed a store file for a snapshot")),
+        (0..3).filter(|&i| i != behind).any(|i| cluster.log(i).contains("streamed the store for a snapshot")),
         "the store did not travel as a streamed file"
     );
 }

@@ -110,14 +110,14 @@ pub trait Backend {
     /// Replaces the whole content with `batch` atomically (snapshot restore).
     fn replace_all(&mut self, batch: &WriteBatch) -> Result<(), StorageError>;
 
-    /// A consistent view of the committed content that another thread can write out as a
-    /// database file (a streamed snapshot's source); `None` for a backend that is not a file.
+    /// A consistent view of the committed content that another thread can stream (a
+    /// snapshot's source); `None` for a backend that is not a file.
     fn begin_copy(&self) -> Result<Option<redb_backend::StoreCopy>, StorageError> {
         Ok(None)
     }
 
-    /// Replaces the whole content by a database file written by [`redb_backend::StoreCopy`]
-    /// (a streamed snapshot, received), atomically.
+    /// Replaces the whole content by a database file built from a streamed
+    /// [`redb_backend::StoreCopy`] ([`redb_backend::RowReceiver`]), atomically.
     fn install_file(&mut self, incoming: &std::path::Path) -> Result<(), StorageError> {
         Err(StorageError::Backend(format!("this backend cannot install {}", incoming.display())))
     }

@@ -28,69 +28,187 @@ pub struct RedbBackend {
     path: PathBuf,
 }
 
-/// Rows copied per write transaction when a store is copied to a new file: bounds the memory a
-/// copy of any size takes.
-const COPY_ROWS_PER_TXN: usize = 50_000;
+/// Largest row a stream may carry (a key and a value within etcd's request limits, with room).
+const ROW_BYTES_MAX: usize = 64 << 20;
+
+const ROW_END: u8 = 0;
+const ROW_REVISION: u8 = 1;
+const ROW_LEASE: u8 = 2;
+const ROW_META: u8 = 3;
 
 /// A consistent view of a store's committed content (a redb read transaction, which pins it),
-/// to be written to a new database file on another thread: the leader's side of a streamed
-/// snapshot. Nothing is held in memory but what one batch of rows needs.
+/// to be streamed on another thread: the leader's side of a snapshot, as etcd streams its bolt
+/// file from a read transaction. Only one row at a time is in memory.
+///
+/// The stream: rows `[table u8][key len u32][key][value len u32][value]` (big-endian lengths),
+/// revisions first, then leases and meta, then `[0]`. The receiver ([`RowReceiver`]) builds a
+/// database file from it.
 pub struct StoreCopy {
     txn: redb::ReadTransaction,
 }
 
+fn put_row(out: &mut impl std::io::Write, table: u8, key: &[u8], value: &[u8]) -> std::io::Result<()> {
+    out.write_all(&[table])?;
+    out.write_all(&(key.len() as u32).to_be_bytes())?;
+    out.write_all(key)?;
+    out.write_all(&(value.len() as u32).to_be_bytes())?;
+    out.write_all(value)
+}
+
 impl StoreCopy {
-    /// Writes the view as a complete database file at `to` (through a temporary file, renamed
-    /// into place once durable), with `extra_meta` added to its meta table. Returns its size.
-    pub fn write_file(self, to: &Path, extra_meta: &[(&str, Vec<u8>)]) -> Result<u64, StorageError> {
-        let tmp = to.with_extension("tmp");
+    /// The applied raft index of the view.
+    pub fn applied_index(&self) -> Result<u64, StorageError> {
+        let meta = self.txn.open_table(META).map_err(backend_err)?;
+        let value = meta.get(crate::backend::META_APPLIED_INDEX).map_err(backend_err)?;
+        Ok(value.and_then(|v| <[u8; 8]>::try_from(v.value()).ok()).map_or(0, u64::from_be_bytes))
+    }
+
+    /// Writes every row of the view to `out`, with `extra_meta` added to the meta rows.
+    pub fn write_rows(
+        &self,
+        out: &mut impl std::io::Write,
+        extra_meta: &[(&str, Vec<u8>)],
+    ) -> Result<(), StorageError> {
+        let io = |e: std::io::Error| StorageError::Backend(format!("stream the store: {e}"));
+        for row in self.txn.open_table(REVISIONS).map_err(backend_err)?.iter().map_err(backend_err)? {
+            let (k, v) = row.map_err(backend_err)?;
+            put_row(out, ROW_REVISION, k.value(), v.value()).map_err(io)?;
+        }
+        for row in self.txn.open_table(LEASES).map_err(backend_err)?.iter().map_err(backend_err)? {
+            let (k, v) = row.map_err(backend_err)?;
+            put_row(out, ROW_LEASE, &k.value().to_be_bytes(), v.value()).map_err(io)?;
+        }
+        for row in self.txn.open_table(META).map_err(backend_err)?.iter().map_err(backend_err)? {
+            let (k, v) = row.map_err(backend_err)?;
+            put_row(out, ROW_META, k.value().as_bytes(), v.value()).map_err(io)?;
+        }
+        for (k, v) in extra_meta {
+            put_row(out, ROW_META, k.as_bytes(), v).map_err(io)?;
+        }
+        out.write_all(&[ROW_END]).map_err(io)
+    }
+}
+
+/// Bytes of rows gathered before they are written in one transaction.
+const RECEIVE_BATCH_BYTES: usize = 8 << 20;
+
+/// The follower's side of a streamed store: rows in, a database file out, in transactions of
+/// bounded size so a store of any size takes bounded memory. Total over hostile input: a
+/// malformed stream is an error, never a panic.
+pub struct RowReceiver {
+    db: Option<Database>,
+    tmp: PathBuf,
+    buf: Vec<u8>,
+    /// Rows parsed and not yet written: (table, key, value).
+    batch: Vec<(u8, Vec<u8>, Vec<u8>)>,
+    batch_bytes: usize,
+    ended: bool,
+}
+
+impl RowReceiver {
+    /// Starts a database at `path` + `.tmp`.
+    pub fn create(path: &Path) -> Result<RowReceiver, StorageError> {
+        let tmp = path.with_extension("tmp");
         let _ = std::fs::remove_file(&tmp);
-        let out = Database::create(&tmp).map_err(backend_err)?;
-        let revisions = self.txn.open_table(REVISIONS).map_err(backend_err)?;
-        let mut rows = revisions.iter().map_err(backend_err)?;
-        loop {
-            let mut write = out.begin_write().map_err(backend_err)?;
+        let db = Database::create(&tmp).map_err(backend_err)?;
+        Ok(RowReceiver { db: Some(db), tmp, buf: Vec::new(), batch: Vec::new(), batch_bytes: 0, ended: false })
+    }
+
+    /// Takes the next bytes of the stream.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        self.buf.extend_from_slice(bytes);
+        let mut at = 0;
+        while let Some(&table) = self.buf.get(at) {
+            if self.ended {
+                return Err(StorageError::Backend("bytes after the end of a streamed store".into()));
+            }
+            if table == ROW_END {
+                self.ended = true;
+                at += 1;
+                continue;
+            }
+            if !matches!(table, ROW_REVISION | ROW_LEASE | ROW_META) {
+                return Err(StorageError::Backend(format!("unknown streamed table {table}")));
+            }
+            let rest = &self.buf[at..];
+            let len_at =
+                |i: usize| rest.get(i..i + 4).map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize);
+            let Some(key_len) = len_at(1) else { break };
+            if key_len > ROW_BYTES_MAX {
+                return Err(StorageError::Backend(format!("a streamed key of {key_len} bytes")));
+            }
+            let Some(value_len) = len_at(5 + key_len) else { break };
+            if value_len > ROW_BYTES_MAX {
+                return Err(StorageError::Backend(format!("a streamed value of {value_len} bytes")));
+            }
+            let row_len = 9 + key_len + value_len;
+            if rest.len() < row_len {
+                break;
+            }
+            self.batch.push((table, rest[5..5 + key_len].to_vec(), rest[9 + key_len..row_len].to_vec()));
+            self.batch_bytes += row_len;
+            at += row_len;
+            if self.batch_bytes >= RECEIVE_BATCH_BYTES {
+                self.write_batch(false)?;
+            }
+        }
+        self.buf.drain(..at);
+        Ok(())
+    }
+
+    fn write_batch(&mut self, durable: bool) -> Result<(), StorageError> {
+        let db = self.db.as_ref().ok_or_else(|| StorageError::Backend("receiver closed".into()))?;
+        let mut write = db.begin_write().map_err(backend_err)?;
+        if !durable {
             write.set_durability(redb::Durability::None);
-            let mut copied = 0;
-            {
-                let mut table = write.open_table(REVISIONS).map_err(backend_err)?;
-                for row in rows.by_ref() {
-                    let (k, v) = row.map_err(backend_err)?;
-                    table.insert(k.value(), v.value()).map_err(backend_err)?;
-                    copied += 1;
-                    if copied == COPY_ROWS_PER_TXN {
-                        break;
+        }
+        {
+            let mut revisions = write.open_table(REVISIONS).map_err(backend_err)?;
+            let mut leases = write.open_table(LEASES).map_err(backend_err)?;
+            let mut meta = write.open_table(META).map_err(backend_err)?;
+            for (table, key, value) in self.batch.drain(..) {
+                match table {
+                    ROW_REVISION => {
+                        revisions.insert(key.as_slice(), value.as_slice()).map_err(backend_err)?;
+                    }
+                    ROW_LEASE => {
+                        let id = <[u8; 8]>::try_from(key.as_slice())
+                            .map_err(|_| StorageError::Backend("a streamed lease id is not 8 bytes".into()))?;
+                        leases.insert(i64::from_be_bytes(id), value.as_slice()).map_err(backend_err)?;
+                    }
+                    _ => {
+                        let key = std::str::from_utf8(&key)
+                            .map_err(|_| StorageError::Backend("a streamed meta key is not UTF-8".into()))?;
+                        meta.insert(key, value.as_slice()).map_err(backend_err)?;
                     }
                 }
             }
-            write.commit().map_err(backend_err)?;
-            if copied < COPY_ROWS_PER_TXN {
-                break;
-            }
-        }
-        // Leases and meta last, in the one durable transaction: a file without its meta is
-        // never taken for a store.
-        let write = out.begin_write().map_err(backend_err)?;
-        {
-            let mut table = write.open_table(LEASES).map_err(backend_err)?;
-            for row in self.txn.open_table(LEASES).map_err(backend_err)?.iter().map_err(backend_err)? {
-                let (k, v) = row.map_err(backend_err)?;
-                table.insert(k.value(), v.value()).map_err(backend_err)?;
-            }
-            let mut table = write.open_table(META).map_err(backend_err)?;
-            for row in self.txn.open_table(META).map_err(backend_err)?.iter().map_err(backend_err)? {
-                let (k, v) = row.map_err(backend_err)?;
-                table.insert(k.value(), v.value()).map_err(backend_err)?;
-            }
-            for (k, v) in extra_meta {
-                table.insert(*k, v.as_slice()).map_err(backend_err)?;
-            }
         }
         write.commit().map_err(backend_err)?;
-        drop(out);
-        std::fs::rename(&tmp, to).map_err(|e| StorageError::Backend(format!("rename {}: {e}", tmp.display())))?;
-        sync_parent(to)?;
-        std::fs::metadata(to).map(|m| m.len()).map_err(|e| StorageError::Backend(format!("{}: {e}", to.display())))
+        self.batch_bytes = 0;
+        Ok(())
+    }
+
+    /// The stream ended: the file is made durable and renamed to `path`.
+    pub fn finish(mut self, path: &Path) -> Result<(), StorageError> {
+        if !self.ended || !self.buf.is_empty() {
+            return Err(StorageError::Backend("the streamed store ended early".into()));
+        }
+        // One durable commit covers every batch before it; the tables exist even when empty.
+        self.write_batch(true)?;
+        drop(self.db.take());
+        std::fs::rename(&self.tmp, path)
+            .map_err(|e| StorageError::Backend(format!("rename {}: {e}", self.tmp.display())))?;
+        sync_parent(path)
+    }
+}
+
+impl Drop for RowReceiver {
+    fn drop(&mut self) {
+        // Not finished: the partial file goes.
+        if self.db.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 
