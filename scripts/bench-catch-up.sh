@@ -43,16 +43,18 @@ echo "leader m$L; stopping m$B"
 kill -9 "${PIDS[$((B - 1))]}"; PIDS[$((B - 1))]=0
 
 # 32 KiB values over enough keys that the store keeps growing (history is not compacted),
-# until the leader's store file holds GIB.
+# until the leader's store holds GIB of values.
 UP="127.0.0.1:5${L}379"
-echo "writing until the leader's store file holds ${GIB} GiB, with m$B down"
+revision() { curl -s "http://$UP/metrics" | awk '/^etcd_debugging_mvcc_current_revision/ {print $2}'; }
+echo "writing until the store holds ${GIB} GiB of values, with m$B down"
 "$KEEL" bench kv --endpoints "$UP" --op put --clients 32 --conns 8 --keys 1000000 --value-bytes 32768 \
     --seconds 3600 >"$WORK/load" &
 LOAD=$!
-while [ "$(stat -c %s "$WORK/m$L/member/db.redb")" -lt $(( GIB << 30 )) ]; do sleep 1; done
+while [ "$(( $(revision) * 32768 ))" -lt $(( GIB << 30 )) ]; do sleep 1; done
 kill -INT "$LOAD" 2>/dev/null || true; kill "$LOAD" 2>/dev/null || true; wait "$LOAD" 2>/dev/null || true
 du -sh "$WORK"/m*/member/db.redb | sed 's/^/  /'
 
+echo "  leader m$L resident before the catch-up: $(awk '/VmRSS/ {print int($2/1024)}' "/proc/${PIDS[$((L - 1))]}/status") MB (peak so far $(peak_mb "${PIDS[$((L - 1))]}") MB)"
 echo "restarting m$B with writes going on"
 start "$B"
 T0=$(date +%s.%N)

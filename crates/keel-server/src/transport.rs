@@ -64,6 +64,8 @@ pub const PEER_MESSAGE_BYTES_MAX: usize = 1 << 30;
 const FILE_CHUNK_BYTES: usize = 1 << 20;
 /// Largest store a peer may stream to us.
 const FILE_BYTES_MAX: u64 = 1 << 40;
+/// After a completed stream, the same peer gets no other for this long (it is installing).
+const RESTREAM_AFTER: Duration = Duration::from_secs(10);
 /// A streamed file's connection gives up when the other side stalls this long.
 const FILE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
@@ -79,6 +81,10 @@ pub struct PeerSender {
     /// Peers a store is being streamed to: one transfer per peer at a time, and raft's retries
     /// of the same snapshot are dropped while it runs.
     streaming: Arc<std::sync::Mutex<std::collections::BTreeSet<NodeId>>>,
+    /// When a stream to each peer last completed: the follower is installing it (renaming the
+    /// file and loading its index takes a while for a big store), so raft's retries meanwhile
+    /// are dropped too, for [`RESTREAM_AFTER`].
+    streamed: Arc<std::sync::Mutex<BTreeMap<NodeId, std::time::Instant>>>,
     /// Where the machine leaves the store views snapshots name.
     outbox: Option<Arc<SnapshotOutbox>>,
 }
@@ -102,6 +108,7 @@ impl PeerSender {
             attributes,
             queues: std::sync::Mutex::new(BTreeMap::new()),
             streaming: Arc::default(),
+            streamed: Arc::default(),
             outbox: None,
         };
         sender.set_peers(peers);
@@ -173,23 +180,29 @@ impl PeerSender {
             outbox.stream_ended(ticket.source);
             return;
         };
-        if !self.streaming.lock().expect("streaming lock").insert(to) {
+        let installing =
+            self.streamed.lock().expect("streamed lock").get(&to).is_some_and(|at| at.elapsed() < RESTREAM_AFTER);
+        if installing || !self.streaming.lock().expect("streaming lock").insert(to) {
             outbox.stream_ended(ticket.source);
             return; // a transfer to this peer is under way; raft asks again if it fails
         }
-        let (cluster_id, me, streaming) = (self.cluster_id, self.me, self.streaming.clone());
+        let (cluster_id, me, streaming, streamed) =
+            (self.cluster_id, self.me, self.streaming.clone(), self.streamed.clone());
         let source = ticket.source;
         let spawned = std::thread::Builder::new().name(format!("keel-snap-{to:x}")).spawn(move || {
             let started = std::time::Instant::now();
             let rows = StoreRows { view, members };
             match stream_rows(cluster_id, me, to, addr, &message, &rows) {
-                Ok(bytes) => tracing::info!(
+                Ok(bytes) => {
+                    streamed.lock().expect("streamed lock").insert(to, std::time::Instant::now());
+                    tracing::info!(
                     peer = %format!("{to:x}"),
                     applied,
                     bytes,
                     took_ms = started.elapsed().as_millis() as u64,
                     "streamed the store for a snapshot"
-                ),
+                    )
+                }
                 Err(error) => tracing::warn!(peer = %format!("{to:x}"), %error, "streaming the store failed"),
             }
             outbox.stream_ended(source);

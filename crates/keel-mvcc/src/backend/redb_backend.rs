@@ -91,6 +91,8 @@ impl StoreCopy {
 
 /// Bytes of rows gathered before they are written in one transaction.
 const RECEIVE_BATCH_BYTES: usize = 8 << 20;
+/// The receiving database's page cache.
+const RECEIVE_CACHE_BYTES: usize = 32 << 20;
 
 /// The follower's side of a streamed store: rows in, a database file out, in transactions of
 /// bounded size so a store of any size takes bounded memory. Total over hostile input: a
@@ -110,7 +112,8 @@ impl RowReceiver {
     pub fn create(path: &Path) -> Result<RowReceiver, StorageError> {
         let tmp = path.with_extension("tmp");
         let _ = std::fs::remove_file(&tmp);
-        let db = Database::create(&tmp).map_err(backend_err)?;
+        // A small page cache: the file is written once, front to back, never read here.
+        let db = Database::builder().set_cache_size(RECEIVE_CACHE_BYTES).create(&tmp).map_err(backend_err)?;
         Ok(RowReceiver { db: Some(db), tmp, buf: Vec::new(), batch: Vec::new(), batch_bytes: 0, ended: false })
     }
 
