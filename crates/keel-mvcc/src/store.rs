@@ -146,49 +146,46 @@ impl<B: Backend> Store<B> {
     }
 
     fn rebuild_index(&mut self) -> Result<(), StorageError> {
-        let end = Revision::after_main(i64::MAX - 1);
-        let mut cursor = Revision::ZERO;
-        loop {
-            let chunk = self.backend.scan_revisions(cursor, end, SCAN_CHUNK)?;
-            let Some(&(last, _)) = chunk.last() else {
-                break;
+        let (current, compacted) = (self.current_revision, self.compacted_revision);
+        let index = &mut self.index;
+        self.backend.for_each_revision(&mut |rev, bytes| {
+            let rec = StoredRecord::decode_header(bytes)?;
+            if rev.main > current {
+                return Err(DecodeError::new(
+                    "stored revision",
+                    0,
+                    format!("revision {} above current revision {current}", rev.main),
+                )
+                .into());
+            }
+            // Most keys have many revisions: allocate the key once, on its first.
+            let ki = match index.get_mut(rec.key) {
+                Some(ki) => ki,
+                None => index.entry(Bytes::copy_from_slice(rec.key)).or_default(),
             };
-            for (rev, bytes) in &chunk {
-                let rec = StoredRecord::decode(bytes)?;
-                if rev.main > self.current_revision {
+            if rec.tombstone {
+                // An interrupted compaction deletes a key's dead revisions oldest first, so it
+                // can leave a tombstone whose puts are gone: skip it.
+                if !ki.tombstone(rev) && rev.main > compacted {
                     return Err(DecodeError::new(
                         "stored revision",
                         0,
-                        format!("revision {} above current revision {}", rev.main, self.current_revision),
+                        format!("tombstone at {}/{} for a key that is not alive", rev.main, rev.sub),
                     )
                     .into());
                 }
-                let ki = self.index.entry(rec.kv.key.clone()).or_default();
-                if rec.tombstone {
-                    // An interrupted compaction deletes a key's dead revisions oldest
-                    // first, so it can leave a tombstone whose puts are gone: skip it.
-                    if !ki.tombstone(*rev) && rev.main > self.compacted_revision {
-                        return Err(DecodeError::new(
-                            "stored revision",
-                            0,
-                            format!("tombstone at {}/{} for a key that is not alive", rev.main, rev.sub),
-                        )
-                        .into());
-                    }
-                    ki.lease = 0;
-                } else {
-                    ki.restore_put(*rev, rec.kv.create_revision, rec.kv.version);
-                    ki.lease = rec.kv.lease;
-                }
+                ki.lease = 0;
+            } else {
+                ki.restore_put(rev, rec.create_revision, rec.version);
+                ki.lease = rec.lease;
             }
-            if chunk.len() < SCAN_CHUNK {
-                break;
-            }
-            cursor = Revision::new(last.main, last.sub + 1);
-        }
+            Ok(())
+        })?;
         // A compaction interrupted before its backend deletion finished left dead revisions.
         let at = self.compacted_revision;
-        self.index.retain(|_, ki| !ki.compact(at));
+        if at > 0 {
+            self.index.retain(|_, ki| !ki.compact(at));
+        }
         for (key, ki) in &mut self.index {
             if ki.lease == 0 {
                 continue;

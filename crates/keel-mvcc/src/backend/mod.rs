@@ -79,6 +79,9 @@ impl WriteBatch {
 ///
 /// Implementations must make [`Backend::commit`] atomic (all of a batch or none of it,
 /// also across a crash) and durable when it returns.
+/// Called with each stored revision and its record, in revision order.
+pub type RevisionVisitor<'a> = dyn FnMut(Revision, &[u8]) -> Result<(), StorageError> + 'a;
+
 pub trait Backend {
     /// Reads the records of `revs`, in the same order; `None` where absent.
     fn get_revisions(&self, revs: &[Revision]) -> Result<Vec<Option<Vec<u8>>>, StorageError>;
@@ -90,6 +93,27 @@ pub trait Backend {
         to: Revision,
         limit: usize,
     ) -> Result<Vec<(Revision, Vec<u8>)>, StorageError>;
+
+    /// Calls `visit` with every record in revision order, without copying them out (one pass of
+    /// a start-up's index rebuild). The default goes through [`Backend::scan_revisions`].
+    fn for_each_revision(
+        &self,
+        visit: &mut RevisionVisitor<'_>,
+    ) -> Result<(), StorageError> {
+        const CHUNK: usize = 1024;
+        let end = Revision::after_main(i64::MAX - 1);
+        let mut cursor = Revision::ZERO;
+        loop {
+            let chunk = self.scan_revisions(cursor, end, CHUNK)?;
+            for (rev, bytes) in &chunk {
+                visit(*rev, bytes)?;
+            }
+            match chunk.last() {
+                Some(&(last, _)) if chunk.len() == CHUNK => cursor = Revision::new(last.main, last.sub + 1),
+                _ => return Ok(()),
+            }
+        }
+    }
 
     /// Every lease record.
     fn load_leases(&self) -> Result<Vec<(i64, Vec<u8>)>, StorageError>;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{Backend, WriteBatch};
+use super::{Backend, RevisionVisitor, WriteBatch};
 use crate::error::StorageError;
 use crate::revision::Revision;
 
@@ -327,6 +327,19 @@ impl Backend for RedbBackend {
             }
         }
         Ok(out)
+    }
+
+    fn for_each_revision(
+        &self,
+        visit: &mut RevisionVisitor<'_>,
+    ) -> Result<(), StorageError> {
+        let txn = self.db()?.begin_read().map_err(backend_err)?;
+        let table = txn.open_table(REVISIONS).map_err(backend_err)?;
+        for item in table.iter().map_err(backend_err)? {
+            let (k, v) = item.map_err(backend_err)?;
+            visit(Revision::from_key(k.value())?, v.value())?;
+        }
+        Ok(())
     }
 
     fn load_leases(&self) -> Result<Vec<(i64, Vec<u8>)>, StorageError> {
