@@ -75,13 +75,13 @@ impl WriteBatch {
     }
 }
 
+/// Called with each stored revision and its record, in revision order.
+pub type RevisionVisitor<'a> = dyn FnMut(Revision, &[u8]) -> Result<(), StorageError> + 'a;
+
 /// Durable storage for the store's tables.
 ///
 /// Implementations must make [`Backend::commit`] atomic (all of a batch or none of it,
 /// also across a crash) and durable when it returns.
-/// Called with each stored revision and its record, in revision order.
-pub type RevisionVisitor<'a> = dyn FnMut(Revision, &[u8]) -> Result<(), StorageError> + 'a;
-
 pub trait Backend {
     /// Reads the records of `revs`, in the same order; `None` where absent.
     fn get_revisions(&self, revs: &[Revision]) -> Result<Vec<Option<Vec<u8>>>, StorageError>;
