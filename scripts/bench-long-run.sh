@@ -21,33 +21,11 @@ scripts/install-deps.sh etcd
 cargo build --release -p keel >/dev/null 2>&1
 KEEL="${CARGO_TARGET_DIR:-$PWD/target}/release/keel"
 WORK=$(mktemp -d /tmp/keel-longrun.XXXXXX)
-PIDS=()
+source scripts/bench-cluster.sh
 cleanup() { for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"; }
 trap cleanup EXIT
-
-CLUSTER="m1=http://127.0.0.1:51380,m2=http://127.0.0.1:52380,m3=http://127.0.0.1:53380"
-ENDPOINTS="127.0.0.1:51379,127.0.0.1:52379,127.0.0.1:53379"
-
-start_cluster() { # start_cluster NAME COMMAND...
-    local name=$1; shift
-    PIDS=()
-    for i in 1 2 3; do
-        "$@" --name "m$i" --data-dir "$WORK/$name/m$i" \
-            --listen-client-urls "http://127.0.0.1:5${i}379" --advertise-client-urls "http://127.0.0.1:5${i}379" \
-            --listen-peer-urls "http://127.0.0.1:5${i}380" --initial-advertise-peer-urls "http://127.0.0.1:5${i}380" \
-            --initial-cluster "$CLUSTER" --initial-cluster-state new --initial-cluster-token "longrun-$name" \
-            --snapshot-count 2000 --auto-compaction-mode periodic --auto-compaction-retention 1m \
-            >"$WORK/$name-m$i.log" 2>&1 &
-        PIDS+=($!)
-    done
-    for _ in $(seq 150); do
-        if ETCDCTL_API=3 etcdctl --endpoints="$ENDPOINTS" endpoint health >/dev/null 2>&1; then return 0; fi
-        sleep 0.2
-    done
-    echo "$name did not become healthy" >&2; tail -20 "$WORK/$name-m1.log" >&2; exit 1
-}
-
-stop_cluster() { for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done; PIDS=(); }
+# What an operator runs with: snapshots every 2,000 entries, history kept for a minute.
+LONG_RUN_FLAGS=(--snapshot-count 2000 --auto-compaction-mode periodic --auto-compaction-retention 1m)
 
 largest_dir_mb() { du -sm "$WORK/$1"/m* | sort -n | tail -1 | cut -f1; }
 files_in_largest() { local d; d=$(du -sm "$WORK/$1"/m* | sort -n | tail -1 | cut -f2); find "$d" -type f | wc -l; }
@@ -55,8 +33,8 @@ max_rss_mb() { local max=0 rss; for pid in "${PIDS[@]}"; do rss=$(awk '/VmRSS/ {
 
 for server in $SERVERS; do
     case $server in
-        etcd) start_cluster etcd etcd ;;
-        keel) start_cluster keel "$KEEL" server ;;
+        etcd) start_cluster etcd etcd "${LONG_RUN_FLAGS[@]}" ;;
+        keel) start_cluster keel "$KEEL" server "${LONG_RUN_FLAGS[@]}" ;;
         *) echo "unknown server $server" >&2; exit 2 ;;
     esac
     for round in $(seq "$ROUNDS"); do

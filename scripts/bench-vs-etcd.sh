@@ -15,32 +15,9 @@ scripts/install-deps.sh etcd
 cargo build --release -p keel >/dev/null 2>&1
 KEEL="${CARGO_TARGET_DIR:-$PWD/target}/release/keel"
 WORK=$(mktemp -d /tmp/keel-bench.XXXXXX)
-PIDS=()
+source scripts/bench-cluster.sh
 cleanup() { for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
-
-CLUSTER="m1=http://127.0.0.1:51380,m2=http://127.0.0.1:52380,m3=http://127.0.0.1:53380"
-ENDPOINTS="127.0.0.1:51379,127.0.0.1:52379,127.0.0.1:53379"
-
-start_cluster() { # start_cluster NAME COMMAND...
-    local name=$1; shift
-    PIDS=()
-    for i in 1 2 3; do
-        "$@" --name "m$i" --data-dir "$WORK/$name/m$i" \
-            --listen-client-urls "http://127.0.0.1:5${i}379" --advertise-client-urls "http://127.0.0.1:5${i}379" \
-            --listen-peer-urls "http://127.0.0.1:5${i}380" --initial-advertise-peer-urls "http://127.0.0.1:5${i}380" \
-            --initial-cluster "$CLUSTER" --initial-cluster-state new --initial-cluster-token "bench-$name" \
-            >"$WORK/$name-m$i.log" 2>&1 &
-        PIDS+=($!)
-    done
-    for _ in $(seq 150); do
-        if ETCDCTL_API=3 etcdctl --endpoints="$ENDPOINTS" endpoint health >/dev/null 2>&1; then return 0; fi
-        sleep 0.2
-    done
-    echo "$name did not become healthy" >&2; tail -20 "$WORK/$name-m1.log" >&2; exit 1
-}
-
-stop_cluster() { for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done; PIDS=(); }
 
 compact() {
     local rev

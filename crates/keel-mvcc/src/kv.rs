@@ -82,25 +82,26 @@ impl StoredRecord {
     /// What the key index needs of a record, read in place (no copy of the key or value):
     /// rebuilding the index of a million keys at start reads every record once.
     pub(crate) fn decode_header(input: &[u8]) -> Result<RecordHeader<'_>, DecodeError> {
-        let mut r = Reader::new(input, "stored kv record");
-        let version = r.u8()?;
-        if version != RECORD_V1 {
-            return Err(r.err(format!("unknown record version {version}")));
-        }
-        let flags = r.u8()?;
-        if flags & !FLAG_TOMBSTONE != 0 {
-            return Err(r.err(format!("unknown flags {flags:#x}")));
-        }
-        let create_revision = r.i64()?;
-        let _mod_revision = r.i64()?;
-        let version = r.i64()?;
-        let lease = r.i64()?;
-        let key_len = r.u32()? as usize;
-        let key = r.take(key_len)?;
-        Ok(RecordHeader { key, create_revision, version, lease, tombstone: flags & FLAG_TOMBSTONE != 0 })
+        Ok(Self::decode_parts(input)?.0)
     }
 
     pub(crate) fn decode(input: &[u8]) -> Result<Self, DecodeError> {
+        let (header, mod_revision, value) = Self::decode_parts(input)?;
+        Ok(StoredRecord {
+            kv: KeyValue {
+                key: Bytes::copy_from_slice(header.key),
+                create_revision: header.create_revision,
+                mod_revision,
+                version: header.version,
+                value: Bytes::copy_from_slice(value),
+                lease: header.lease,
+            },
+            tombstone: header.tombstone,
+        })
+    }
+
+    /// The header, the mod revision and the value, borrowed from `input`.
+    fn decode_parts(input: &[u8]) -> Result<(RecordHeader<'_>, i64, &[u8]), DecodeError> {
         let mut r = Reader::new(input, "stored kv record");
         let version = r.u8()?;
         if version != RECORD_V1 {
@@ -112,14 +113,12 @@ impl StoredRecord {
         }
         let create_revision = r.i64()?;
         let mod_revision = r.i64()?;
-        let kv_version = r.i64()?;
+        let version = r.i64()?;
         let lease = r.i64()?;
-        let key = r.bytes()?;
-        let value = Bytes::copy_from_slice(r.rest());
-        Ok(StoredRecord {
-            kv: KeyValue { key, create_revision, mod_revision, version: kv_version, value, lease },
-            tombstone: flags & FLAG_TOMBSTONE != 0,
-        })
+        let key_len = r.u32()? as usize;
+        let key = r.take(key_len)?;
+        let header = RecordHeader { key, create_revision, version, lease, tombstone: flags & FLAG_TOMBSTONE != 0 };
+        Ok((header, mod_revision, r.rest()))
     }
 }
 

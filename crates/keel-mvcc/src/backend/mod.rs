@@ -96,10 +96,7 @@ pub trait Backend {
 
     /// Calls `visit` with every record in revision order, without copying them out (one pass of
     /// a start-up's index rebuild). The default goes through [`Backend::scan_revisions`].
-    fn for_each_revision(
-        &self,
-        visit: &mut RevisionVisitor<'_>,
-    ) -> Result<(), StorageError> {
+    fn for_each_revision(&self, visit: &mut RevisionVisitor<'_>) -> Result<(), StorageError> {
         const CHUNK: usize = 1024;
         let end = Revision::after_main(i64::MAX - 1);
         let mut cursor = Revision::ZERO;

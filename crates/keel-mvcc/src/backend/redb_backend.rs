@@ -329,10 +329,7 @@ impl Backend for RedbBackend {
         Ok(out)
     }
 
-    fn for_each_revision(
-        &self,
-        visit: &mut RevisionVisitor<'_>,
-    ) -> Result<(), StorageError> {
+    fn for_each_revision(&self, visit: &mut RevisionVisitor<'_>) -> Result<(), StorageError> {
         let txn = self.db()?.begin_read().map_err(backend_err)?;
         let table = txn.open_table(REVISIONS).map_err(backend_err)?;
         for item in table.iter().map_err(backend_err)? {
