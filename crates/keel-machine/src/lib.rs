@@ -278,6 +278,22 @@ impl MemberCommand {
     }
 }
 
+/// Received stores are named `received-<from>-<nanos>.db`: once one is installed, those received
+/// before it can never be (raft takes only newer snapshots) and go. Later ones may still be on
+/// their way to raft and stay.
+fn remove_older_received(installed: &Path) {
+    fn received_at(name: &str) -> Option<u128> {
+        name.strip_prefix("received-")?.strip_suffix(".db")?.rsplit('-').next()?.parse().ok()
+    }
+    let Some(installed_at) = installed.file_name().and_then(|n| received_at(&n.to_string_lossy())) else { return };
+    let Some(dir) = installed.parent() else { return };
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if received_at(&entry.file_name().to_string_lossy()).is_some_and(|at| at < installed_at) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Every member record, encoded (for snapshots and the members file).
 pub fn encode_members(members: &BTreeMap<u64, MemberRecord>) -> Vec<u8> {
     let mut w = Writer::new();
@@ -440,6 +456,7 @@ impl<B: Backend> MvccMachine<B> {
             return;
         }
         self.restores += 1;
+        remove_older_received(Path::new(&ticket.path));
         match self.store.backend().load_meta() {
             Ok(meta) => {
                 if let Some(members) = meta.get(MEMBERS_META_KEY).and_then(|m| decode_members(m).ok()) {
@@ -715,6 +732,34 @@ mod tests {
             }
         }
         assert!(MemberCommand::decode(&[MEMBER_COMMAND_TAG, 99]).is_err());
+    }
+
+    #[test]
+    fn installing_a_received_store_removes_only_those_received_before_it() {
+        let dir = std::env::temp_dir().join(format!("keel-machine-received-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        for name in ["received-00000000000000aa-100.db", "received-00000000000000aa-300.db", "other.db"] {
+            std::fs::write(dir.join(name), b"x").expect("write");
+        }
+        // The installed one was renamed over the store already; only its name is left.
+        remove_older_received(&dir.join("received-00000000000000bb-200.db"));
+        let mut left: Vec<String> =
+            std::fs::read_dir(&dir).expect("list").flatten().map(|e| e.file_name().to_string_lossy().into()).collect();
+        left.sort();
+        assert_eq!(left, ["other.db", "received-00000000000000aa-300.db"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_file_ticket_round_trips_and_nothing_else_reads_as_one() {
+        let ticket = FileTicket { applied: 99, source: 3, path: "/data/snap-db/received-1-2.db".into() };
+        assert_eq!(FileTicket::decode(&ticket.encode()), Some(ticket.clone()));
+        let encoded = ticket.encode();
+        for cut in 0..encoded.len() {
+            assert_eq!(FileTicket::decode(&encoded[..cut]), None);
+        }
+        assert_eq!(FileTicket::decode(b"KEELSM1\0rest"), None);
+        assert_eq!(FileTicket::decode(b""), None);
     }
 
     #[test]

@@ -403,12 +403,13 @@ pub fn start_listener_with_files(
                 let Ok(stream) = stream else { continue };
                 let (is_member, deliver, files_dir) = (is_member.clone(), deliver.clone(), files_dir.clone());
                 let _ = std::thread::Builder::new().name("keel-peer-conn".into()).spawn(move || {
-                    let mut conn = Connection { accepted: None, files_dir, incoming: None, received: None };
+                    let mut conn =
+                        Connection { accepted: None, files_dir, incoming: None, received: None, streamed: false };
                     receive_loop(stream, cluster_id, me, &*is_member, &*deliver, &mut conn);
                     // An unfinished stream's receiver removes its partial file when dropped.
                     drop(conn.incoming.take());
-                    // A file's own connection ending says nothing about the peer's health.
-                    if let (Some(from), None) = (conn.accepted, conn.received.as_ref()) {
+                    // A stream's own connection ending says nothing about the peer's health.
+                    if let (Some(from), false) = (conn.accepted, conn.streamed) {
                         deliver(Incoming::PeerLost(from));
                     }
                 });
@@ -425,6 +426,8 @@ struct Connection {
     incoming: Option<IncomingFile>,
     /// The store received whole on this connection.
     received: Option<std::path::PathBuf>,
+    /// This connection carries a stream (not the peer's raft traffic).
+    streamed: bool,
 }
 
 struct IncomingFile {
@@ -440,6 +443,7 @@ fn unique_suffix() -> u128 {
 
 impl Connection {
     fn file_chunk(&mut self, from: NodeId, offset: u64, bytes: &[u8]) -> Result<(), String> {
+        self.streamed = true;
         let Some(dir) = &self.files_dir else { return Err("this member receives no files".into()) };
         if self.received.is_some() {
             return Err("a second file on one connection".into());
