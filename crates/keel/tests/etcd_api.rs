@@ -104,8 +104,11 @@ async fn watch_sees_live_events_and_replays_history_from_a_past_revision() {
     .expect("header")
     .revision();
 
-    // A live watch on a follower-or-leader, with prev_kv.
+    // A live watch on a follower-or-leader, with prev_kv. A watch without a start revision
+    // begins after the revision its member has applied (as in etcd), so a linearizable read
+    // through that member first makes sure it has applied the first put.
     let mut watcher = cluster.client(1).await;
+    watcher.get("/w/a", None).await.expect("linearizable read through the watching member");
     let mut stream =
         watcher.watch("/w/", Some(WatchOptions::new().with_prefix().with_prev_key())).await.expect("watch");
     let created = stream.message().await.expect("stream").expect("created response");
