@@ -375,8 +375,7 @@ fn connect(
 }
 
 /// Accepts peer connections on `listener` and hands every accepted message to `deliver`.
-/// Files peers stream (store copies for snapshots) are received into `files_dir`; without one
-/// they are refused.
+/// Streamed stores are refused (see [`start_listener_with_files`]).
 pub fn start_listener(
     listener: TcpListener,
     cluster_id: u64,
@@ -387,7 +386,7 @@ pub fn start_listener(
     start_listener_with_files(listener, cluster_id, me, is_member, deliver, None)
 }
 
-/// [`start_listener`], receiving streamed files into `files_dir`.
+/// [`start_listener`], receiving stores peers stream for snapshots into `files_dir`.
 pub fn start_listener_with_files(
     listener: TcpListener,
     cluster_id: u64,
