@@ -10,6 +10,8 @@
 //!   every group on the node).
 //! - [`Compactions`]: the own snapshots a write carries; once it is durable, the WAL segments and
 //!   snapshot files they made obsolete are removed, keeping what [`Retention`] asks for.
+//! - [`Requests`]: the requests a member waits on, and the proposals it forwards to the leader
+//!   (see [`requests`]).
 //! - [`bootstrap`]: the founding log of a new group, durable before the first start.
 //!
 //! Many groups per node: every function takes all of a node's groups at once (one WAL holds them
@@ -22,6 +24,9 @@ use keel_raft::{GroupId, HardState, Index, NodeId};
 use keel_storage::{GroupPersist, NodeStorage, StorageError};
 
 pub use keel_storage::Retention;
+
+pub mod requests;
+pub use requests::{Effects, EffectsOf, Proposal, Requests};
 
 /// The storage view of a batch's groups (the one mapping from keel-node's writes to the WAL's).
 pub fn parts(groups: &[GroupWrite]) -> Vec<GroupPersist<'_>> {

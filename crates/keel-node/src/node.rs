@@ -284,6 +284,11 @@ impl<S: StateMachine> Node<S> {
         self.groups.get_mut(&group).map(|g| &mut g.machine)
     }
 
+    /// The planted bugs this node was configured with (the host's own plants read them too).
+    pub fn plants(&self) -> Plants {
+        self.cfg.plants
+    }
+
     pub fn tick(&mut self) {
         self.ticks += 1;
         let now = self.ticks;

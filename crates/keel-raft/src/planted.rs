@@ -18,15 +18,19 @@ pub enum Plant {
     /// The host compacts the log behind a persistent state machine's applied index rather than
     /// its durable one: after a crash the machine needs entries that are gone.
     CompactBeyondDurable = 1 << 4,
+    /// The host re-sends a forwarded proposal whose outcome is unknown (its leader stopped
+    /// leading before answering): if the old leader had replicated it, it applies twice.
+    ReforwardUnknown = 1 << 5,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 5] = [
+    pub const ALL: [Plant; 6] = [
         Plant::CommitOldTerm,
         Plant::DoubleVote,
         Plant::AckBeforeDurable,
         Plant::ReadIndexWithoutQuorum,
         Plant::CompactBeyondDurable,
+        Plant::ReforwardUnknown,
     ];
 
     pub fn name(self) -> &'static str {
@@ -36,6 +40,7 @@ impl Plant {
             Plant::AckBeforeDurable => "ack-before-durable",
             Plant::ReadIndexWithoutQuorum => "read-index-without-quorum",
             Plant::CompactBeyondDurable => "compact-beyond-durable",
+            Plant::ReforwardUnknown => "reforward-unknown",
         }
     }
 

@@ -6,21 +6,17 @@
 //! waited for it. Inputs that arrive during an fsync queue up and form the next batch: that is
 //! the group commit.
 //!
-//! A proposal that reaches a follower is forwarded to the leader ([`PeerFrame::Forward`]). The
-//! leader answers with the log slot it took, and the follower then waits for its *own* apply of
-//! that slot ([`Node::track`]): every replica computes the same response, so nothing but the slot
-//! crosses the wire, and an entry that loses its slot to another leader's is reported dropped.
+//! Requests and their forwarding to the leader are keel-host's [`Requests`], the same code the
+//! simulator runs; the driver only carries out what it asks for.
 
-use std::collections::BTreeMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use keel_codec::peer::{ForwardOutcome, PeerFrame, RefusalKind};
-use keel_host::{Compactions, Retention};
-use keel_node::{Answer, Node, RequestError, RequestId, StateMachine};
-use keel_raft::{ConfChange, GroupId, NodeId, RaftError, NO_NODE};
+use keel_host::{Compactions, Effects, EffectsOf, Proposal, Requests, Retention};
+use keel_node::{Answer, Node, RequestError, StateMachine};
+use keel_raft::{ConfChange, GroupId, RaftError};
 use keel_storage::{NodeStorage, StorageError};
 
 use crate::transport::{Incoming, Outgoing};
@@ -29,10 +25,6 @@ use crate::transport::{Incoming, Outgoing};
 const INPUTS_PER_TURN_MAX: usize = 4_096;
 /// Most polls in one turn before inputs and ticks get their turn again.
 const POLLS_PER_TURN_MAX: usize = 8;
-/// A forwarded proposal whose leader turned out not to lead is re-forwarded this many times.
-const FORWARD_HOPS_MAX: u8 = 3;
-/// Ticks a forwarded proposal waits for the leader's reply (as keel-node's request timeout).
-const FORWARD_TIMEOUT_TICKS: u32 = 50;
 
 /// Where the answer to a request goes: called exactly once, on the driver thread (so it must
 /// not block: send on a channel).
@@ -120,36 +112,28 @@ impl<S: StateMachine> Hook<S> for () {
     fn after_turn(&mut self, _: &mut Node<S>, _: Instant, _: &mut Vec<(GroupId, Bytes)>) {}
 }
 
+/// What the driver keeps to answer a request.
 enum Waiter<S: StateMachine> {
     Propose(Reply<S::Response>),
     Read(Reply<S::QueryResult>),
     ConfChange(Reply<()>),
 }
 
-/// What a forwarded proposal proposes.
-enum Proposal {
-    Command(Bytes),
-    ConfChange(ConfChange),
-}
-
-/// A proposal sent to the leader, waiting for the slot it took.
-struct Forwarding<S: StateMachine> {
-    group: GroupId,
-    /// The member it was sent to.
-    to: NodeId,
-    proposal: Proposal,
-    /// A `Propose` or `ConfChange` waiter.
-    waiter: Waiter<S>,
-    deadline: Instant,
-    hops: u8,
-}
-
 impl<S: StateMachine> Waiter<S> {
-    fn fail(self, error: RequestError) {
-        match self {
-            Waiter::Propose(reply) => reply(Err(error)),
-            Waiter::Read(reply) => reply(Err(error)),
-            Waiter::ConfChange(reply) => reply(Err(error)),
+    /// Hands `result` to the client (a dropped reply receiver means the client gave up).
+    fn answer(self, result: Result<Answer<S::Response, S::QueryResult>, RequestError>) {
+        match (self, result) {
+            (Waiter::Propose(reply), Ok(Answer::Applied(response))) => reply(Ok(response)),
+            (Waiter::Read(reply), Ok(Answer::Read(result))) => reply(Ok(result)),
+            (Waiter::ConfChange(reply), Ok(Answer::Membership)) => reply(Ok(())),
+            (Waiter::Propose(reply), Err(error)) => reply(Err(error)),
+            (Waiter::Read(reply), Err(error)) => reply(Err(error)),
+            (Waiter::ConfChange(reply), Err(error)) => reply(Err(error)),
+            (Waiter::Propose(reply), Ok(_)) => {
+                reply(Err(RequestError::Refused(RaftError::InvalidConfChange("not a command"))))
+            }
+            (Waiter::Read(reply), Ok(_)) => reply(Err(RequestError::Dropped)),
+            (Waiter::ConfChange(reply), Ok(_)) => reply(Err(RequestError::Dropped)),
         }
     }
 }
@@ -165,9 +149,10 @@ pub struct Driver<S: StateMachine, H: Hook<S> = ()> {
     hook: H,
     tick: Duration,
     next_tick: Instant,
-    next_request: RequestId,
-    waiting: BTreeMap<RequestId, Waiter<S>>,
-    forwarding: BTreeMap<RequestId, Forwarding<S>>,
+    /// Requests waiting for their outcome, and proposals forwarded to the leader.
+    requests: Requests<Waiter<S>>,
+    /// What `requests` asked for and the driver has not carried out yet.
+    effects: EffectsOf<S, Waiter<S>>,
 }
 
 impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
@@ -184,9 +169,10 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
         // Request ids double as ReadIndex ids, which a leader echoes back: starting from the wall
         // clock keeps them unique across restarts, so a response meant for a read before a
         // restart can never be taken for a new one.
-        let next_request = std::time::SystemTime::now()
+        let first_request = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |since| since.as_nanos() as u64);
+        let plants = node.plants();
         Driver {
             node,
             storage,
@@ -198,9 +184,8 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
             hook,
             tick,
             next_tick: Instant::now() + tick,
-            next_request,
-            waiting: BTreeMap::new(),
-            forwarding: BTreeMap::new(),
+            requests: Requests::new(first_request, plants),
+            effects: Effects::default(),
         }
     }
 
@@ -226,9 +211,10 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
             if self.next_tick <= now {
                 while self.next_tick <= now {
                     self.node.tick();
+                    self.requests.tick(&mut self.node, &mut self.effects);
                     self.next_tick += self.tick;
                 }
-                self.expire_forwards(now);
+                self.carry_out();
             }
             let mut inputs = Vec::new();
             if let Some(input) = first {
@@ -245,187 +231,58 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
                 self.take(input);
             }
             self.turn()?;
-            self.abandon_forwards_to_former_leaders();
             let mut proposals = Vec::new();
             self.hook.after_turn(&mut self.node, Instant::now(), &mut proposals);
             if !proposals.is_empty() {
                 for (group, data) in proposals {
                     // Nobody waits: the hook sees the effect when the command applies. Through
                     // `propose`, so a follower's proposals are forwarded to the leader.
-                    self.propose(group, Proposal::Command(data), Waiter::Propose(Box::new(|_| {})), 0);
+                    let waiter = Waiter::Propose(Box::new(|_| {}));
+                    self.requests.propose(&mut self.node, group, Proposal::Command(data), waiter, &mut self.effects);
                 }
+                self.carry_out();
                 self.turn()?;
             }
         }
     }
 
-    fn request_id(&mut self) -> RequestId {
-        let id = self.next_request;
-        self.next_request += 1;
-        id
-    }
-
     fn take(&mut self, input: Input<S, H>) {
+        let (node, requests, effects) = (&mut self.node, &mut self.requests, &mut self.effects);
         match input {
-            Input::Peer(Incoming::Raft(msg)) => self.node.step(msg),
-            Input::Peer(Incoming::Frame { from, frame }) => self.on_frame(from, frame),
+            Input::Peer(Incoming::Raft(msg)) => node.step(msg),
+            Input::Peer(Incoming::Frame { from, frame }) => requests.on_frame(node, from, frame, effects),
             Input::Peer(Incoming::PeerLost(peer)) => {
                 tracing::info!(peer = %format!("{peer:x}"), "a peer's connection closed");
-                self.node.report_peer_lost(peer)
+                node.report_peer_lost(peer)
             }
             Input::Propose { group, data, reply } => {
-                self.propose(group, Proposal::Command(data), Waiter::Propose(reply), 0)
+                requests.propose(node, group, Proposal::Command(data), Waiter::Propose(reply), effects)
             }
             Input::ConfChange { group, change, reply } => {
-                self.propose(group, Proposal::ConfChange(change), Waiter::ConfChange(reply), 0)
+                requests.propose(node, group, Proposal::ConfChange(change), Waiter::ConfChange(reply), effects)
             }
-            Input::Read { group, query, reply } => {
-                let id = self.request_id();
-                match self.node.read(group, id, query) {
-                    Ok(()) => {
-                        self.waiting.insert(id, Waiter::Read(reply));
-                    }
-                    Err(error) => reply(Err(RequestError::Refused(error))),
-                }
-            }
-            Input::Inspect(inspect) => inspect(&mut self.node, &mut self.hook),
+            Input::Read { group, query, reply } => requests.read(node, group, query, Waiter::Read(reply), effects),
+            Input::Inspect(inspect) => inspect(node, &mut self.hook),
             Input::Wake => {}
         }
+        self.carry_out();
     }
 
-    fn propose(&mut self, group: GroupId, proposal: Proposal, waiter: Waiter<S>, hops: u8) {
-        let id = self.request_id();
-        let proposed = match &proposal {
-            Proposal::Command(data) => {
-                let proposed = self.node.propose(group, id, data.clone());
-                if proposed.is_ok() {
-                    self.hook.on_proposed(data, Instant::now());
-                }
-                proposed
-            }
-            Proposal::ConfChange(change) => self.node.propose_conf_change(group, id, *change),
-        };
-        match proposed {
-            Ok(_) => {
-                self.waiting.insert(id, waiter);
-            }
-            Err(RaftError::NotLeader { leader }) if leader != NO_NODE && leader != self.node.id() => {
-                if hops >= FORWARD_HOPS_MAX {
-                    waiter.fail(RequestError::Refused(RaftError::NotLeader { leader }));
-                    return;
-                }
-                let frame = match &proposal {
-                    Proposal::Command(data) => PeerFrame::Forward { group, request: id, data: data.clone() },
-                    Proposal::ConfChange(change) => {
-                        PeerFrame::ForwardConfChange { group, request: id, change: change.encode() }
-                    }
-                };
-                (self.send)(Outgoing::Frame { to: leader, frame });
-                let deadline = Instant::now() + self.tick * FORWARD_TIMEOUT_TICKS;
-                self.forwarding
-                    .insert(id, Forwarding { group, to: leader, proposal, waiter, deadline, hops: hops + 1 });
-            }
-            Err(error) => waiter.fail(RequestError::Refused(error)),
-        }
-    }
-
-    fn on_frame(&mut self, from: NodeId, frame: PeerFrame) {
-        match frame {
-            PeerFrame::Forward { group, request, data } => {
-                let id = self.request_id();
-                // The proposal's outcome is the follower's business (it applies the entry too);
-                // here nobody waits for it.
-                let proposed = self.node.propose(group, id, data.clone());
-                if proposed.is_ok() {
-                    self.hook.on_proposed(&data, Instant::now());
-                }
-                self.reply_to_forward(from, group, request, proposed);
-            }
-            PeerFrame::ForwardConfChange { group, request, change } => {
-                let id = self.request_id();
-                let proposed = match ConfChange::decode(&change) {
-                    Some(change) => self.node.propose_conf_change(group, id, change),
-                    None => Err(RaftError::InvalidConfChange("undecodable forwarded membership change")),
-                };
-                self.reply_to_forward(from, group, request, proposed);
-            }
-            PeerFrame::ForwardReply { request, outcome } => {
-                let Some(forwarding) = self.forwarding.remove(&request) else { return };
-                match outcome {
-                    ForwardOutcome::Accepted { index, term } => {
-                        match self.node.track(forwarding.group, request, index, term) {
-                            Ok(()) => {
-                                self.waiting.insert(request, forwarding.waiter);
-                            }
-                            // Already applied here before the reply came: the outcome is unknown.
-                            Err(_) => forwarding.waiter.fail(RequestError::Timeout),
-                        }
-                    }
-                    ForwardOutcome::NotLeader { .. } => {
-                        // Our view of the leader may have moved on meanwhile: try again from here.
-                        self.propose(forwarding.group, forwarding.proposal, forwarding.waiter, forwarding.hops)
-                    }
-                    ForwardOutcome::Busy => forwarding.waiter.fail(RequestError::Refused(RaftError::Busy("proposals"))),
-                    ForwardOutcome::Refused(kind) => forwarding.waiter.fail(RequestError::Refused(match kind {
-                        RefusalKind::ConfChangePending => RaftError::ConfChangePending,
-                        RefusalKind::InvalidConfChange => RaftError::InvalidConfChange("refused by the leader"),
-                        RefusalKind::TransferInProgress => RaftError::TransferInProgress,
-                        RefusalKind::Other => RaftError::InvalidConfig("refused by the leader"),
-                    })),
-                }
-            }
-            PeerFrame::Hello { .. }
-            | PeerFrame::Messages(_)
-            | PeerFrame::Attributes { .. }
-            | PeerFrame::Chunk { .. }
-            | PeerFrame::FileChunk { .. }
-            | PeerFrame::FileEnd { .. } => {}
-        }
-    }
-
-    fn reply_to_forward(&mut self, from: NodeId, group: GroupId, request: u64, proposed: Result<u64, RaftError>) {
-        let outcome = match proposed {
-            Ok(index) => {
-                let term = self.node.status(group).map_or(0, |s| s.hard_state.term);
-                ForwardOutcome::Accepted { index, term }
-            }
-            Err(RaftError::Busy(_)) => ForwardOutcome::Busy,
-            Err(RaftError::NotLeader { leader }) => ForwardOutcome::NotLeader { leader },
-            Err(RaftError::ConfChangePending) => ForwardOutcome::Refused(RefusalKind::ConfChangePending),
-            Err(RaftError::InvalidConfChange(_)) => ForwardOutcome::Refused(RefusalKind::InvalidConfChange),
-            Err(RaftError::TransferInProgress) => ForwardOutcome::Refused(RefusalKind::TransferInProgress),
-            Err(_) => ForwardOutcome::Refused(RefusalKind::Other),
-        };
-        (self.send)(Outgoing::Frame { to: from, frame: PeerFrame::ForwardReply { request, outcome } });
-    }
-
-    /// A proposal forwarded to a member that no longer leads (it died, or lost an election) may
-    /// never be answered: tell the client now rather than at the timeout, so it retries against
-    /// the new leader. Its outcome is unknown (the old leader may have replicated it), so it is
-    /// never re-sent on the client's behalf.
-    fn abandon_forwards_to_former_leaders(&mut self) {
-        if self.forwarding.is_empty() {
+    /// Sends the frames, answers the clients and tells the hook what this member proposed.
+    fn carry_out(&mut self) {
+        if self.effects.is_empty() {
             return;
         }
-        let node = &self.node;
-        let abandoned: Vec<RequestId> = self
-            .forwarding
-            .iter()
-            .filter(|(_, f)| node.status(f.group).is_some_and(|s| s.leader != f.to))
-            .map(|(&id, _)| id)
-            .collect();
-        for id in abandoned {
-            let forwarding = self.forwarding.remove(&id).expect("listed above");
-            forwarding.waiter.fail(RequestError::Timeout);
+        let effects = std::mem::take(&mut self.effects);
+        for (to, frame) in effects.frames {
+            (self.send)(Outgoing::Frame { to, frame });
         }
-    }
-
-    fn expire_forwards(&mut self, now: Instant) {
-        let expired: Vec<RequestId> =
-            self.forwarding.iter().filter(|(_, f)| f.deadline <= now).map(|(&id, _)| id).collect();
-        for id in expired {
-            let forwarding = self.forwarding.remove(&id).expect("listed above");
-            forwarding.waiter.fail(RequestError::Timeout);
+        for (waiter, result) in effects.answers {
+            waiter.answer(result);
+        }
+        let now = Instant::now();
+        for data in &effects.proposed {
+            self.hook.on_proposed(data, now);
         }
     }
 
@@ -446,23 +303,9 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
         for msg in output.messages {
             (self.send)(Outgoing::Raft(msg));
         }
-        for outcome in output.outcomes {
-            let Some(waiter) = self.waiting.remove(&outcome.id) else { continue };
-            // A dropped reply receiver means the client gave up; nothing to do.
-            match (waiter, outcome.result) {
-                (Waiter::Propose(reply), Ok(Answer::Applied(response))) => reply(Ok(response)),
-                (Waiter::Read(reply), Ok(Answer::Read(result))) => reply(Ok(result)),
-                (Waiter::Propose(reply), Err(error)) => reply(Err(error)),
-                (Waiter::Read(reply), Err(error)) => reply(Err(error)),
-                (Waiter::Propose(reply), Ok(_)) => {
-                    reply(Err(RequestError::Refused(RaftError::InvalidConfChange("not a command"))))
-                }
-                (Waiter::Read(reply), Ok(_)) => reply(Err(RequestError::Dropped)),
-                (Waiter::ConfChange(reply), Ok(Answer::Membership)) => reply(Ok(())),
-                (Waiter::ConfChange(reply), Ok(_)) => reply(Err(RequestError::Dropped)),
-                (Waiter::ConfChange(reply), Err(error)) => reply(Err(error)),
-            }
-        }
+        self.requests.outcomes(output.outcomes, &mut self.effects);
+        self.requests.abandon_forwards_to_former_leaders(&mut self.node, &mut self.effects);
+        self.carry_out();
         let Some(write) = output.write else { return Ok(false) };
         let started = Instant::now();
         keel_host::persist(&mut self.storage, &write.groups)?;

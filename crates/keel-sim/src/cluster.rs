@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use keel_check::{KvInput, KvOutput, Operation};
-use keel_host::{Compactions, Retention};
-use keel_node::{Answer, Node, NodeConfig, Outcome, RequestError};
+use keel_codec::peer::PeerFrame;
+use keel_host::{Compactions, Effects, Requests, Retention};
+use keel_node::{Answer, Node, NodeConfig, RequestError};
 use keel_raft::{
     ConfChange, Config, GroupId, Message, MessageBody, NodeId, Plant, Plants, RaftError, RecoveredState, Role,
     SplitMix64,
@@ -56,12 +57,36 @@ pub struct RunReport {
 #[derive(Clone, Debug)]
 enum Event {
     Deliver(Message),
-    Tick { node: NodeId, incarnation: u64 },
-    FsyncDone { node: NodeId, incarnation: u64, write: u64 },
-    ClientRequest { client: usize, node: NodeId, request: u64 },
-    ClientResponse { client: usize, request: u64, result: Result<Bytes, ClientError> },
-    Restart { node: NodeId },
-    Unpause { node: NodeId },
+    /// A forwarding frame (a proposal to the leader, or its answer) on its way.
+    Frame {
+        from: NodeId,
+        to: NodeId,
+        frame: PeerFrame,
+    },
+    Tick {
+        node: NodeId,
+        incarnation: u64,
+    },
+    FsyncDone {
+        node: NodeId,
+        incarnation: u64,
+        write: u64,
+    },
+    ClientRequest {
+        node: NodeId,
+        request: u64,
+    },
+    ClientResponse {
+        client: usize,
+        request: u64,
+        result: Result<Bytes, ClientError>,
+    },
+    Restart {
+        node: NodeId,
+    },
+    Unpause {
+        node: NodeId,
+    },
     HealPartition,
 }
 
@@ -103,8 +128,13 @@ impl Ord for Scheduled {
     }
 }
 
+/// What a member's requests answer: the client request each one serves.
+type SimEffects = Effects<u64, Bytes, Bytes>;
+
 struct Member {
     node: Option<Node<SimMachine>>,
+    /// The requests it waits on and the proposals it forwarded: keel-host's, as in the server.
+    requests: Requests<u64>,
     /// The real WAL and snapshot files, on the byte-level simulated disk.
     storage: Option<NodeStorage>,
     disk: SimDisk,
@@ -248,6 +278,7 @@ impl Cluster {
         let tick_ms = TICK_MS - self.swarm.tick_drift_ms + self.rng.range(0, 2 * self.swarm.tick_drift_ms + 1);
         let member = Member {
             node: None,
+            requests: Requests::new(0, Plants::NONE),
             storage: None,
             disk,
             durable,
@@ -343,6 +374,9 @@ impl Cluster {
             }
             node.add_group(cfg, state, machine).expect("valid raft config");
         }
+        // Request ids double as ReadIndex ids: each incarnation starts from its own range, as the
+        // server starts from the wall clock.
+        member.requests = Requests::new(member.incarnation << 40, plants);
         member.node = Some(node);
         let (incarnation, tick_ms) = (member.incarnation, member.tick_ms);
         let first_tick = self.now + self.rng.range(1, tick_ms + 1);
@@ -397,6 +431,7 @@ impl Cluster {
     fn handle(&mut self, event: Event) {
         let target = match &event {
             Event::Deliver(msg) => Some(msg.to),
+            Event::Frame { to, .. } => Some(*to),
             Event::Tick { node, .. } | Event::FsyncDone { node, .. } | Event::ClientRequest { node, .. } => Some(*node),
             _ => None,
         };
@@ -409,9 +444,10 @@ impl Cluster {
         }
         match event {
             Event::Deliver(msg) => self.deliver(msg),
+            Event::Frame { from, to, frame } => self.deliver_frame(from, to, frame),
             Event::Tick { node, incarnation } => self.tick(node, incarnation),
             Event::FsyncDone { node, incarnation, write } => self.fsync_done(node, incarnation, write),
-            Event::ClientRequest { client, node, request } => self.client_request(client, node, request),
+            Event::ClientRequest { node, request } => self.client_request(node, request),
             Event::ClientResponse { client, request, result } => self.client_response(client, request, result),
             Event::Restart { node } => {
                 if self.members.get(&node).is_some_and(|m| m.node.is_none()) {
@@ -445,14 +481,54 @@ impl Cluster {
         }
     }
 
+    fn deliver_frame(&mut self, from: NodeId, to: NodeId, frame: PeerFrame) {
+        (from, to, self.now).hash(&mut self.trace);
+        std::mem::discriminant(&frame).hash(&mut self.trace);
+        if self.opts.trace {
+            self.log(format_args!("frame n{from}->n{to} {frame:?}"));
+        }
+        let Some(member) = self.members.get_mut(&to) else { return };
+        let Some(node) = member.node.as_mut() else { return };
+        let mut effects = SimEffects::default();
+        member.requests.on_frame(node, from, frame, &mut effects);
+        self.carry_out(to, effects);
+    }
+
     fn tick(&mut self, id: NodeId, incarnation: u64) {
         let member = self.members.get_mut(&id).expect("ticks only for members");
         if member.incarnation != incarnation || member.node.is_none() {
             return;
         }
-        member.node.as_mut().expect("checked").tick();
+        let node = member.node.as_mut().expect("checked");
+        node.tick();
+        let mut effects = SimEffects::default();
+        member.requests.tick(node, &mut effects);
         let next = self.now + member.tick_ms;
         self.schedule(next, Event::Tick { node: id, incarnation });
+        self.carry_out(id, effects);
+    }
+
+    /// What a member's requests asked for: frames onto the network, answers to the clients.
+    pub(super) fn carry_out(&mut self, id: NodeId, effects: SimEffects) {
+        for (to, frame) in effects.frames {
+            self.send_frame(id, to, frame);
+        }
+        for (request, result) in effects.answers {
+            self.answer(request, result);
+        }
+    }
+
+    /// Frames ride the peer connection (TCP): they may be lost with it or delayed, but never
+    /// duplicated.
+    fn send_frame(&mut self, from: NodeId, to: NodeId, frame: PeerFrame) {
+        if self.blocked.contains(&(from, to)) {
+            return;
+        }
+        if self.swarm.drop_percent > 0 && self.rng.range(0, 100) < self.swarm.drop_percent {
+            return;
+        }
+        let delay = self.rng.range(1, self.swarm.delay_ms_max + 1);
+        self.schedule(self.now + delay, Event::Frame { from, to, frame });
     }
 
     fn poll(&mut self, id: NodeId) {
@@ -494,9 +570,12 @@ impl Cluster {
         for msg in output.messages {
             self.send(msg);
         }
-        for outcome in output.outcomes {
-            self.outcome(outcome);
-        }
+        let member = self.members.get_mut(&id).expect("member exists");
+        let node = member.node.as_mut().expect("running");
+        let mut effects = SimEffects::default();
+        member.requests.outcomes(output.outcomes, &mut effects);
+        member.requests.abandon_forwards_to_former_leaders(node, &mut effects);
+        self.carry_out(id, effects);
     }
 
     fn fsync_done(&mut self, id: NodeId, incarnation: u64, write: u64) {

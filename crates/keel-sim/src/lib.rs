@@ -2,8 +2,9 @@
 //!
 //! Everything non-deterministic is simulated: the network (delay, drop, duplication, reordering,
 //! partitions), the disk (written vs durable writes; a crash keeps only a prefix of the unsynced
-//! ones), the clock (ticks), and the clients. The members run the production `keel-node` and
-//! `keel-raft` code. One seed decides the whole run, the fault mix included (swarm testing), so a
+//! ones), the clock (ticks), and the clients. The members run the production `keel-node`,
+//! `keel-raft` and `keel-host` code (the WAL mapping, compaction, request tracking and
+//! forwarding to the leader) and, in half the runs, the server's etcd state machine. One seed decides the whole run, the fault mix included (swarm testing), so a
 //! failing seed replays exactly: `cargo run --release -p keel-sim -- --seed S`.
 //!
 //! A run has a safety phase (faults on, invariants checked after every simulated millisecond), a

@@ -4,6 +4,7 @@
 use super::*;
 use crate::kv;
 use crate::machine::{SimMachine, SKIPPED};
+use keel_host::Proposal;
 
 impl Cluster {
     pub(super) fn drive_clients(&mut self) {
@@ -80,33 +81,31 @@ impl Cluster {
         self.clients[client].waiting = Some((op, request, self.now + self.swarm.client_timeout_ms));
         let node = self.clients[client].target;
         let delay = self.rng.range(1, self.swarm.delay_ms_max + 1);
-        self.schedule(self.now + delay, Event::ClientRequest { client, node, request });
+        self.schedule(self.now + delay, Event::ClientRequest { node, request });
     }
 
-    pub(super) fn client_request(&mut self, client: usize, id: NodeId, request: u64) {
+    pub(super) fn client_request(&mut self, id: NodeId, request: u64) {
         let Some(req) = self.requests.get(&request) else { return };
         let (group, input) = (req.group, req.input.clone());
-        let Some(node) = self.members.get_mut(&id).and_then(|m| m.node.as_mut()) else {
+        let encoded = SimMachine::encode(self.swarm.etcd_machine, &input);
+        let Some(member) = self.members.get_mut(&id) else { return };
+        let Some(node) = member.node.as_mut() else {
             return; // the member is down: the client will time out
         };
-        let encoded = SimMachine::encode(self.swarm.etcd_machine, &input);
-        let result = match input {
-            KvInput::Get { .. } => node.read(group, request, encoded),
-            _ => node.propose(group, request, encoded).map(|_| ()),
-        };
-        let refusal = match result {
-            Ok(()) => return,
-            Err(RaftError::NotLeader { leader }) => ClientError::NotLeader(leader),
-            Err(_) => ClientError::Dropped,
-        };
-        let delay = self.rng.range(1, self.swarm.delay_ms_max + 1);
-        self.schedule(self.now + delay, Event::ClientResponse { client, request, result: Err(refusal) });
+        // As the server: a write that reaches a follower is forwarded to the leader.
+        let mut effects = SimEffects::default();
+        match input {
+            KvInput::Get { .. } => member.requests.read(node, group, encoded, request, &mut effects),
+            _ => member.requests.propose(node, group, Proposal::Command(encoded), request, &mut effects),
+        }
+        self.carry_out(id, effects);
     }
 
-    pub(super) fn outcome(&mut self, outcome: Outcome<Bytes, Bytes>) {
-        let Some(req) = self.requests.get(&outcome.id) else { return };
+    /// The answer to a client's request, from the member it asked.
+    pub(super) fn answer(&mut self, request: u64, result: Result<Answer<Bytes, Bytes>, RequestError>) {
+        let Some(req) = self.requests.get(&request) else { return };
         let client = req.client;
-        let result = match outcome.result {
+        let result = match result {
             Ok(Answer::Applied(bytes)) | Ok(Answer::Read(bytes)) => Ok(bytes),
             Ok(Answer::Membership) => Ok(Bytes::new()),
             Err(RequestError::Refused(RaftError::NotLeader { leader })) => Err(ClientError::NotLeader(leader)),
@@ -114,7 +113,7 @@ impl Cluster {
             Err(RequestError::Timeout) => Err(ClientError::Unknown),
         };
         let delay = self.rng.range(1, self.swarm.delay_ms_max + 1);
-        self.schedule(self.now + delay, Event::ClientResponse { client, request: outcome.id, result });
+        self.schedule(self.now + delay, Event::ClientResponse { client, request, result });
     }
 
     pub(super) fn client_response(&mut self, client: usize, request: u64, result: Result<Bytes, ClientError>) {
