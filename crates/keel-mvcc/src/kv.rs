@@ -79,6 +79,16 @@ impl StoredRecord {
         w.finish()
     }
 
+    /// How many leading bytes of an encoded record [`StoredRecord::decode_header`] reads (or
+    /// the whole length when it is too short to say: decoding then reports the error).
+    pub(crate) fn header_len(input: &[u8]) -> usize {
+        const KEY_LEN_AT: usize = 2 + 4 * 8;
+        match input.get(KEY_LEN_AT..KEY_LEN_AT + 4) {
+            Some(len) => KEY_LEN_AT + 4 + u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize,
+            None => input.len(),
+        }
+    }
+
     /// What the key index needs of a record, read in place (no copy of the key or value):
     /// rebuilding the index of a million keys at start reads every record once.
     pub(crate) fn decode_header(input: &[u8]) -> Result<RecordHeader<'_>, DecodeError> {
@@ -145,5 +155,31 @@ mod tests {
         let mut bad = enc.clone();
         bad[0] = 9;
         assert!(StoredRecord::decode(&bad).is_err());
+    }
+
+    #[test]
+    fn the_header_prefix_decodes_as_the_whole_record_does() {
+        let rec = StoredRecord {
+            kv: KeyValue {
+                key: Bytes::from_static(b"some/key"),
+                create_revision: 4,
+                mod_revision: 9,
+                version: 3,
+                value: Bytes::from(vec![1u8; 300]),
+                lease: 11,
+            },
+            tombstone: true,
+        };
+        let enc = rec.encode();
+        let len = StoredRecord::header_len(&enc);
+        assert_eq!(len, enc.len() - 300, "the value is not part of the header");
+        let (whole, prefix) =
+            (StoredRecord::decode_header(&enc).unwrap(), StoredRecord::decode_header(&enc[..len]).unwrap());
+        assert_eq!(
+            (whole.key, whole.create_revision, whole.version, whole.lease, whole.tombstone),
+            (prefix.key, prefix.create_revision, prefix.version, prefix.lease, prefix.tombstone)
+        );
+        assert!(StoredRecord::decode_header(&enc[..len - 1]).is_err(), "one byte short of the key");
+        assert_eq!(StoredRecord::header_len(&enc[..10]), 10, "too short to say: all of it");
     }
 }

@@ -148,7 +148,7 @@ impl<B: Backend> Store<B> {
     fn rebuild_index(&mut self) -> Result<(), StorageError> {
         let (current, compacted) = (self.current_revision, self.compacted_revision);
         let index = &mut self.index;
-        self.backend.for_each_revision(&mut |rev, bytes| {
+        self.backend.for_each_record_header(&mut |rev, bytes| {
             let rec = StoredRecord::decode_header(bytes)?;
             if rev.main > current {
                 return Err(DecodeError::new(

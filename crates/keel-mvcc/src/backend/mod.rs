@@ -75,7 +75,9 @@ impl WriteBatch {
     }
 }
 
-/// Called with each stored revision and its record, in revision order.
+/// Called with each stored revision and its record's header, in revision order: the record
+/// itself, or a prefix of it that holds at least what `StoredRecord::decode_header` reads (the
+/// key index needs nothing else).
 pub type RevisionVisitor<'a> = dyn FnMut(Revision, &[u8]) -> Result<(), StorageError> + 'a;
 
 /// Durable storage for the store's tables.
@@ -94,9 +96,9 @@ pub trait Backend {
         limit: usize,
     ) -> Result<Vec<(Revision, Vec<u8>)>, StorageError>;
 
-    /// Calls `visit` with every record in revision order, without copying them out (one pass of
-    /// a start-up's index rebuild). The default goes through [`Backend::scan_revisions`].
-    fn for_each_revision(&self, visit: &mut RevisionVisitor<'_>) -> Result<(), StorageError> {
+    /// Calls `visit` with every record's header in revision order (one pass of a start-up's
+    /// index rebuild). The default goes through [`Backend::scan_revisions`].
+    fn for_each_record_header(&self, visit: &mut RevisionVisitor<'_>) -> Result<(), StorageError> {
         const CHUNK: usize = 1024;
         let end = Revision::after_main(i64::MAX - 1);
         let mut cursor = Revision::ZERO;
