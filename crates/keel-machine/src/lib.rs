@@ -13,7 +13,7 @@
 //! replaced the log beyond it, the store is restored from that snapshot first (see
 //! `keel_server::server`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -57,6 +57,10 @@ const MEMBER_REMOVE: u8 = 2;
 const MEMBER_PUBLISH: u8 = 3;
 const MEMBER_PROMOTE: u8 = 4;
 const MEMBER_UPDATE_PEERS: u8 = 5;
+const MEMBER_ALARM: u8 = 6;
+/// Marks the alarms after the member records in their encoding (absent when there are none, so
+/// records without alarms encode as they always did).
+const ALARMS_TRAILER: u8 = 1;
 /// Snapshots of this machine start with this, then the etcd store's snapshot and the members.
 const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSM1\0";
 /// A snapshot that names a store file instead of holding the state (see [`FileTicket`]).
@@ -173,6 +177,45 @@ pub struct MemberRecord {
     pub learner: bool,
 }
 
+/// An alarm kind, numbered as etcd's `AlarmType`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AlarmKind {
+    /// The member is out of space (its database over quota, or its disk nearly full): the
+    /// cluster refuses writes that grow the data until an operator disarms it.
+    NoSpace = 1,
+    /// The member's data failed a consistency check.
+    Corrupt = 2,
+}
+
+impl AlarmKind {
+    pub fn from_code(code: i32) -> Option<AlarmKind> {
+        match code {
+            1 => Some(AlarmKind::NoSpace),
+            2 => Some(AlarmKind::Corrupt),
+            _ => None,
+        }
+    }
+
+    /// etcd's name for it (in `Status` errors and logs).
+    pub fn name(self) -> &'static str {
+        match self {
+            AlarmKind::NoSpace => "NOSPACE",
+            AlarmKind::Corrupt => "CORRUPT",
+        }
+    }
+}
+
+/// An alarm raised for a member (etcd's `AlarmMember`). Alarms are replicated through the log
+/// like member records, so every member refuses the same writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AlarmMember {
+    pub member: u64,
+    pub kind: AlarmKind,
+}
+
+/// The raised alarms.
+pub type Alarms = BTreeSet<AlarmMember>;
+
 /// A change to the member records. Each changes only what it names, so one never undoes
 /// another made meanwhile; all but `Add` are no-ops on an unknown member.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -191,6 +234,11 @@ pub enum MemberCommand {
     UpdatePeers {
         id: u64,
         peer_urls: Vec<String>,
+    },
+    /// Raises (`active`) or disarms an alarm.
+    Alarm {
+        alarm: AlarmMember,
+        active: bool,
     },
 }
 
@@ -215,6 +263,13 @@ fn put_record(w: &mut Writer, m: &MemberRecord) {
     put_strings(w, &m.peer_urls);
     put_strings(w, &m.client_urls);
     w.bool(m.learner);
+}
+
+fn get_alarm(r: &mut Reader) -> Result<AlarmMember, DecodeError> {
+    let member = r.u64("alarm member")?;
+    let code = r.u8("alarm kind")?;
+    let kind = AlarmKind::from_code(i32::from(code)).ok_or_else(|| r.error("alarm kind", format!("unknown {code}")))?;
+    Ok(AlarmMember { member, kind })
 }
 
 fn get_record(r: &mut Reader) -> Result<MemberRecord, DecodeError> {
@@ -250,6 +305,9 @@ impl MemberCommand {
                 w.u8(MEMBER_UPDATE_PEERS).u64(*id);
                 put_strings(&mut w, peer_urls);
             }
+            MemberCommand::Alarm { alarm, active } => {
+                w.u8(MEMBER_ALARM).u64(alarm.member).u8(alarm.kind as u8).bool(*active);
+            }
         }
         w.into_vec()
     }
@@ -271,6 +329,7 @@ impl MemberCommand {
             MEMBER_UPDATE_PEERS => {
                 MemberCommand::UpdatePeers { id: r.u64("member id")?, peer_urls: get_strings(&mut r, "peer urls")? }
             }
+            MEMBER_ALARM => MemberCommand::Alarm { alarm: get_alarm(&mut r)?, active: r.bool("alarm active")? },
             other => return Err(r.error("member command kind", format!("unknown kind {other}"))),
         };
         r.finish("member command")?;
@@ -294,31 +353,58 @@ fn remove_older_received(installed: &Path) {
     }
 }
 
-/// Every member record, encoded (for snapshots and the members file).
-pub fn encode_members(members: &BTreeMap<u64, MemberRecord>) -> Vec<u8> {
+/// What the cluster records of its members: their records and their raised alarms.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Roster {
+    pub members: BTreeMap<u64, MemberRecord>,
+    pub alarms: Alarms,
+}
+
+impl Roster {
+    pub fn new(members: BTreeMap<u64, MemberRecord>) -> Roster {
+        Roster { members, alarms: Alarms::new() }
+    }
+}
+
+/// Every member record and alarm, encoded (for snapshots and the members file).
+pub fn encode_members(roster: &Roster) -> Vec<u8> {
     let mut w = Writer::new();
-    w.u32(u32::try_from(members.len()).expect("fewer than 4G members"));
-    for record in members.values() {
+    w.u32(u32::try_from(roster.members.len()).expect("fewer than 4G members"));
+    for record in roster.members.values() {
         put_record(&mut w, record);
+    }
+    if !roster.alarms.is_empty() {
+        w.u8(ALARMS_TRAILER).u32(u32::try_from(roster.alarms.len()).expect("fewer than 4G alarms"));
+        for alarm in &roster.alarms {
+            w.u64(alarm.member).u8(alarm.kind as u8);
+        }
     }
     w.into_vec()
 }
 
-pub fn decode_members(data: &[u8]) -> Result<BTreeMap<u64, MemberRecord>, DecodeError> {
+pub fn decode_members(data: &[u8]) -> Result<Roster, DecodeError> {
     let mut r = Reader::new(data);
     let count = r.count("member count", 8)?;
-    let mut members = BTreeMap::new();
+    let mut roster = Roster::default();
     for _ in 0..count {
         let record = get_record(&mut r)?;
-        members.insert(record.id, record);
+        roster.members.insert(record.id, record);
+    }
+    if r.remaining() > 0 {
+        if r.u8("alarms trailer")? != ALARMS_TRAILER {
+            return Err(r.error("alarms trailer", "unknown trailer"));
+        }
+        for _ in 0..r.count("alarm count", 9)? {
+            roster.alarms.insert(get_alarm(&mut r)?);
+        }
     }
     r.finish("members")?;
-    Ok(members)
+    Ok(roster)
 }
 
 /// Splits this machine's snapshot into the etcd store's snapshot and the member records (`None`
 /// for a bare store snapshot).
-pub fn split_snapshot(data: &[u8]) -> Result<(Bytes, Option<BTreeMap<u64, MemberRecord>>), DecodeError> {
+pub fn split_snapshot(data: &[u8]) -> Result<(Bytes, Option<Roster>), DecodeError> {
     let Some(rest) = data.strip_prefix(SNAPSHOT_MAGIC.as_slice()) else {
         return Ok((Bytes::copy_from_slice(data), None));
     };
@@ -330,11 +416,11 @@ pub fn split_snapshot(data: &[u8]) -> Result<(Bytes, Option<BTreeMap<u64, Member
 }
 
 /// Writes the members file atomically: a crash leaves the old or the new file, never a mix.
-fn write_members_file(path: &std::path::Path, members: &BTreeMap<u64, MemberRecord>) -> std::io::Result<()> {
+fn write_members_file(path: &std::path::Path, roster: &Roster) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::File::create(&tmp)?;
-    let body = encode_members(members);
+    let body = encode_members(roster);
     let mut framed = Vec::with_capacity(body.len() + 8);
     keel_codec::frame::encode_frame(&mut framed, &body);
     file.write_all(&framed)?;
@@ -347,7 +433,7 @@ fn write_members_file(path: &std::path::Path, members: &BTreeMap<u64, MemberReco
 }
 
 /// Reads the members file; `None` if there is none. A damaged file is an error (with where).
-pub fn read_members_file(path: &std::path::Path) -> Result<Option<BTreeMap<u64, MemberRecord>>, String> {
+pub fn read_members_file(path: &std::path::Path) -> Result<Option<Roster>, String> {
     let data = match std::fs::read(path) {
         Ok(data) => data,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -390,7 +476,7 @@ pub struct MvccMachine<B: Backend> {
     /// Durable every this many flushes instead of by time (deterministic: the simulator's).
     durable_every_flushes: Option<u32>,
     flushes: u64,
-    members: BTreeMap<u64, MemberRecord>,
+    roster: Roster,
     /// Where member records are kept (written at every change); `None` keeps them in memory.
     members_path: Option<PathBuf>,
     members_changed: bool,
@@ -418,7 +504,7 @@ impl<B: Backend> MvccMachine<B> {
             last_durable_commit: std::time::Instant::now(),
             durable_every_flushes: None,
             flushes: 0,
-            members: BTreeMap::new(),
+            roster: Roster::default(),
             members_path: None,
             members_changed: false,
             restores: 0,
@@ -434,9 +520,9 @@ impl<B: Backend> MvccMachine<B> {
         machine
     }
 
-    /// Keeps member records in `path` (rewritten at every change), starting from `members`.
-    pub fn with_members(mut self, members: BTreeMap<u64, MemberRecord>, path: PathBuf) -> Self {
-        self.members = members;
+    /// Keeps member records in `path` (rewritten at every change), starting from `roster`.
+    pub fn with_members(mut self, roster: Roster, path: PathBuf) -> Self {
+        self.roster = roster;
         self.members_path = Some(path);
         self.members_changed = true;
         self
@@ -459,8 +545,8 @@ impl<B: Backend> MvccMachine<B> {
         remove_older_received(Path::new(&ticket.path));
         match self.store.backend().load_meta() {
             Ok(meta) => {
-                if let Some(members) = meta.get(MEMBERS_META_KEY).and_then(|m| decode_members(m).ok()) {
-                    self.set_members(members);
+                if let Some(roster) = meta.get(MEMBERS_META_KEY).and_then(|m| decode_members(m).ok()) {
+                    self.set_members(roster);
                 }
             }
             Err(error) => {
@@ -475,7 +561,12 @@ impl<B: Backend> MvccMachine<B> {
     }
 
     pub fn members(&self) -> &BTreeMap<u64, MemberRecord> {
-        &self.members
+        &self.roster.members
+    }
+
+    /// The raised alarms, as applied.
+    pub fn alarms(&self) -> &Alarms {
+        &self.roster.alarms
     }
 
     /// Whether member records changed since the last call.
@@ -483,11 +574,11 @@ impl<B: Backend> MvccMachine<B> {
         std::mem::take(&mut self.members_changed)
     }
 
-    fn set_members(&mut self, members: BTreeMap<u64, MemberRecord>) {
-        self.members = members;
+    fn set_members(&mut self, roster: Roster) {
+        self.roster = roster;
         self.members_changed = true;
         if let Some(path) = &self.members_path {
-            if let Err(error) = write_members_file(path, &self.members) {
+            if let Err(error) = write_members_file(path, &self.roster) {
                 self.fail(format!("write {}: {error}", path.display()));
             }
         }
@@ -501,7 +592,8 @@ impl<B: Backend> MvccMachine<B> {
             }
         }
         // Every member command is idempotent: replaying it after a restart is harmless.
-        let mut members = self.members.clone();
+        let mut roster = self.roster.clone();
+        let members = &mut roster.members;
         match command? {
             MemberCommand::Add(record) => {
                 members.insert(record.id, record);
@@ -525,8 +617,14 @@ impl<B: Backend> MvccMachine<B> {
                     record.peer_urls = peer_urls;
                 }
             }
+            MemberCommand::Alarm { alarm, active: true } => {
+                roster.alarms.insert(alarm);
+            }
+            MemberCommand::Alarm { alarm, active: false } => {
+                roster.alarms.remove(&alarm);
+            }
         }
-        self.set_members(members);
+        self.set_members(roster);
         Ok(Applied::Members)
     }
 
@@ -665,13 +763,13 @@ impl<B: Backend> StateMachine for MvccMachine<B> {
             if let Some(view) = self.store.begin_copy().map_err(|e| e.to_string())? {
                 let applied = self.store.applied_index();
                 debug_assert!(applied >= at_least, "a view at {applied} for a snapshot at {at_least}");
-                let source = outbox.register(applied, view, encode_members(&self.members));
+                let source = outbox.register(applied, view, encode_members(&self.roster));
                 return Ok(FileTicket { applied, source, path: String::new() }.encode());
             }
         }
         let store = self.store.snapshot().map_err(|e| e.to_string())?;
         let mut w = Writer::with_capacity(store.len() + 256);
-        w.bytes(&store).bytes(&encode_members(&self.members));
+        w.bytes(&store).bytes(&encode_members(&self.roster));
         let mut out = SNAPSHOT_MAGIC.to_vec();
         out.extend(w.into_vec());
         Ok(Bytes::from(out))
@@ -694,8 +792,8 @@ impl<B: Backend> StateMachine for MvccMachine<B> {
             return;
         }
         self.restores += 1;
-        if let Some(members) = members {
-            self.set_members(members);
+        if let Some(roster) = members {
+            self.set_members(roster);
         }
     }
 }
@@ -722,6 +820,7 @@ mod tests {
             MemberCommand::Publish { id: 7, name: "m7".into(), client_urls: vec!["http://x:1".into()] },
             MemberCommand::Promote(7),
             MemberCommand::UpdatePeers { id: 7, peer_urls: vec!["http://y:2".into()] },
+            MemberCommand::Alarm { alarm: AlarmMember { member: 7, kind: AlarmKind::NoSpace }, active: true },
         ];
         for command in commands {
             let encoded = command.encode();
@@ -751,6 +850,43 @@ mod tests {
     }
 
     #[test]
+    fn records_without_alarms_encode_as_before_and_alarms_follow_them() {
+        let roster = Roster::new([record(1)].into_iter().map(|r| (r.id, r)).collect());
+        let plain = encode_members(&roster);
+        let mut w = Writer::new();
+        w.u32(1);
+        put_record(&mut w, &record(1));
+        assert_eq!(plain, w.into_vec(), "a members file written before alarms existed still reads");
+        let mut alarmed = roster.clone();
+        alarmed.alarms.insert(AlarmMember { member: 1, kind: AlarmKind::Corrupt });
+        alarmed.alarms.insert(AlarmMember { member: 9, kind: AlarmKind::NoSpace });
+        let encoded = encode_members(&alarmed);
+        assert_eq!(decode_members(&encoded), Ok(alarmed));
+        for cut in plain.len() + 1..encoded.len() {
+            assert!(decode_members(&encoded[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut unknown = encoded.clone();
+        unknown[plain.len()] = 7;
+        assert!(decode_members(&unknown).is_err(), "an unknown trailer is an error");
+    }
+
+    #[test]
+    fn alarms_are_raised_and_disarmed_through_the_log() {
+        let mut machine = MvccMachine::new(Store::open(keel_mvcc::MemBackend::default(), Default::default()).unwrap());
+        let alarm = AlarmMember { member: 5, kind: AlarmKind::NoSpace };
+        let raise = Bytes::from(MemberCommand::Alarm { alarm, active: true }.encode());
+        assert!(matches!(machine.apply(1, &raise), Ok(Applied::Members)));
+        assert!(machine.alarms().contains(&alarm));
+        assert!(machine.take_members_changed());
+        let disarm = Bytes::from(MemberCommand::Alarm { alarm, active: false }.encode());
+        assert!(matches!(machine.apply(2, &disarm), Ok(Applied::Members)));
+        assert!(machine.alarms().is_empty());
+        let mut bad = raise.to_vec();
+        bad[1 + 1 + 8] = 0;
+        assert!(MemberCommand::decode(&bad).is_err(), "alarm kind 0 is not an alarm");
+    }
+
+    #[test]
     fn a_file_ticket_round_trips_and_nothing_else_reads_as_one() {
         let ticket = FileTicket { applied: 99, source: 3, path: "/data/snap-db/received-1-2.db".into() };
         assert_eq!(FileTicket::decode(&ticket.encode()), Some(ticket.clone()));
@@ -763,15 +899,17 @@ mod tests {
     }
 
     #[test]
-    fn member_records_survive_the_snapshot_envelope() {
+    fn member_records_and_alarms_survive_the_snapshot_envelope() {
         let members: BTreeMap<u64, MemberRecord> = [record(1), record(2)].into_iter().map(|r| (r.id, r)).collect();
+        let mut roster = Roster::new(members);
+        roster.alarms.insert(AlarmMember { member: 2, kind: AlarmKind::NoSpace });
         let mut w = Writer::new();
-        w.bytes(b"store bytes").bytes(&encode_members(&members));
+        w.bytes(b"store bytes").bytes(&encode_members(&roster));
         let mut snapshot = SNAPSHOT_MAGIC.to_vec();
         snapshot.extend(w.into_vec());
         let (store, decoded) = split_snapshot(&snapshot).expect("splits");
         assert_eq!(&store[..], b"store bytes");
-        assert_eq!(decoded, Some(members));
+        assert_eq!(decoded, Some(roster));
         // A bare store snapshot (from before member records) passes through whole.
         let (store, decoded) = split_snapshot(b"KEELMVCC...").expect("bare");
         assert_eq!((&store[..], decoded), (&b"KEELMVCC..."[..], None));

@@ -111,6 +111,9 @@ pub struct ServerConfig {
     /// (etcd's `--experimental-snapshot-catchup-entries`).
     pub snapshot_catchup_entries: u64,
     pub auto_compaction: AutoCompaction,
+    /// keel's own: free space on the data dir's filesystem below which this member raises the
+    /// NOSPACE alarm, so the cluster stops growing its data before the disk is full.
+    pub min_free_bytes: u64,
 }
 
 /// `--auto-compaction-mode` and `--auto-compaction-retention`.
@@ -172,6 +175,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("experimental-snapshot-catchup-entries", "5000"),
     ("auto-compaction-mode", "periodic"),
     ("auto-compaction-retention", "0"),
+    ("experimental-min-free-bytes", "134217728"),
 ];
 
 /// etcd's bounds: an election timeout of at most 50 s, and at least five heartbeats.
@@ -311,6 +315,7 @@ impl ServerConfig {
                 &get("experimental-snapshot-catchup-entries"),
             )?,
             auto_compaction,
+            min_free_bytes: number("experimental-min-free-bytes", &get("experimental-min-free-bytes"))?,
             data_dir: get("data-dir"),
             listen_client_urls: PeerUrl::parse_list("listen-client-urls", &get("listen-client-urls"))?,
             advertise_client_urls: PeerUrl::parse_list("advertise-client-urls", &get("advertise-client-urls"))?,

@@ -14,7 +14,7 @@ use keel_raft::{GroupId, Role};
 use crate::auto_compaction::AutoCompactor;
 use crate::driver::Hook;
 use crate::lease_clock::LeaseClock;
-use crate::machine::{MemberCommand, MemberRecord, MvccMachine};
+use crate::machine::{AlarmKind, AlarmMember, MemberCommand, MemberRecord, MvccMachine};
 use crate::metrics::Metrics;
 use crate::transport::PeerSender;
 use crate::watch_hub::WatchHub;
@@ -23,6 +23,9 @@ pub type Machine = MvccMachine<RedbBackend>;
 
 /// How often the database file's size is read for metrics and Status.
 const DB_SIZE_REFRESH: Duration = Duration::from_secs(1);
+/// A member short of space proposes its NOSPACE alarm again after this long if it has not
+/// been applied (the proposal may have been lost with a leader).
+const ALARM_RETRY: Duration = Duration::from_secs(2);
 /// A member whose published name or client URLs are not (yet) in the member records proposes
 /// them again after this long.
 const PUBLISH_RETRY: Duration = Duration::from_secs(2);
@@ -43,8 +46,13 @@ pub struct ServerHook {
     pub metrics: Arc<Metrics>,
     pub leases: LeaseClock,
     pub db_path: PathBuf,
+    /// This member's id (the alarms it raises name it).
+    pub member_id: u64,
     /// `--quota-backend-bytes`: past it the NOSPACE alarm is raised.
     pub quota_bytes: u64,
+    /// `--experimental-min-free-bytes`: with less free on the data dir's filesystem, too.
+    pub min_free_bytes: u64,
+    last_alarm_proposal: Option<Instant>,
     /// A new leader's grace for every lease (the election timeout).
     pub lease_grace: Duration,
     restores_seen: u64,
@@ -63,7 +71,10 @@ impl ServerHook {
             metrics,
             leases: LeaseClock::default(),
             db_path,
+            member_id: 0,
             quota_bytes: u64::MAX,
+            min_free_bytes: 0,
+            last_alarm_proposal: None,
             lease_grace: Duration::from_secs(1),
             restores_seen: 0,
             last_role: None,
@@ -82,6 +93,21 @@ impl ServerHook {
     ) -> ServerHook {
         self.membership = Some(MembershipSync { own, peers, member_ids, last_publish: None });
         self
+    }
+}
+
+impl ServerHook {
+    /// Keeps the metrics' view of the alarms in step with the applied ones.
+    fn follow_alarms(&self, alarms: &crate::machine::Alarms) {
+        let m = &self.metrics;
+        let mut seen = m.alarms.lock().expect("alarms lock");
+        if seen.len() != alarms.len() || !seen.iter().eq(alarms.iter()) {
+            *seen = alarms.iter().copied().collect();
+            let nospace = alarms.iter().any(|a| a.kind == AlarmKind::NoSpace);
+            if m.nospace_alarm.swap(u64::from(nospace), Relaxed) != u64::from(nospace) {
+                tracing::warn!(alarms = ?*seen, "alarms changed");
+            }
+        }
     }
 }
 
@@ -122,6 +148,9 @@ impl Hook<Machine> for ServerHook {
             tracing::error!(%error, "state machine failed; stopping this member");
             std::process::exit(1);
         }
+        let nospace = AlarmMember { member: self.member_id, kind: AlarmKind::NoSpace };
+        let own_nospace_raised = machine.alarms().contains(&nospace);
+        self.follow_alarms(machine.alarms());
         let restored = machine.restores() != self.restores_seen;
         self.restores_seen = machine.restores();
         if restored {
@@ -185,17 +214,32 @@ impl Hook<Machine> for ServerHook {
         m.leases.store(self.leases.len() as i64, Relaxed);
         if self.db_size_read.is_none_or(|at| now.duration_since(at) >= DB_SIZE_REFRESH) {
             self.db_size_read = Some(now);
-            if let Ok(meta) = std::fs::metadata(&self.db_path) {
-                m.db_size.store(meta.len() as i64, Relaxed);
-                // As etcd: the alarm is raised once the database outgrows its quota and stays
-                // raised until an operator disarms it (after compacting and freeing space).
-                if meta.len() > self.quota_bytes && m.nospace_alarm.swap(1, Relaxed) == 0 {
-                    tracing::warn!(
-                        db_bytes = meta.len(),
-                        quota = self.quota_bytes,
-                        "NOSPACE alarm: database over quota; writes refused"
-                    );
-                }
+            let db_bytes = std::fs::metadata(&self.db_path).map_or(0, |meta| meta.len());
+            m.db_size.store(db_bytes as i64, Relaxed);
+            let free_bytes = self.db_path.parent().and_then(|dir| keel_storage::disk::available_bytes(dir).ok());
+            // As etcd: the alarm is raised once the database outgrows its quota, and stays raised
+            // until an operator disarms it (after compacting and freeing space). keel also raises
+            // it while the disk still has room, so a full disk never stops the WAL.
+            let short = if db_bytes > self.quota_bytes {
+                Some("database over quota")
+            } else if free_bytes.is_some_and(|free| free < self.min_free_bytes) {
+                Some("disk nearly full")
+            } else {
+                None
+            };
+            let retry_due = self.last_alarm_proposal.is_none_or(|at| now.duration_since(at) >= ALARM_RETRY);
+            if let Some(reason) = short.filter(|_| !own_nospace_raised && status.leader != 0 && retry_due) {
+                self.last_alarm_proposal = Some(now);
+                tracing::warn!(
+                    reason,
+                    db_bytes,
+                    quota = self.quota_bytes,
+                    free_bytes,
+                    min_free = self.min_free_bytes,
+                    "raising the NOSPACE alarm: the cluster refuses writes that grow the data"
+                );
+                let raise = MemberCommand::Alarm { alarm: nospace, active: true };
+                propose.push((self.group, Bytes::from(raise.encode())));
             }
         }
     }

@@ -27,8 +27,11 @@ pub struct Metrics {
     pub leases: AtomicI64,
     pub watch_streams: AtomicI64,
     pub watchers: AtomicI64,
-    /// NOSPACE alarm raised: the database outgrew `--quota-backend-bytes` (1) or not (0).
+    /// A NOSPACE alarm is raised for some member (1) or not (0): writes that grow the data are
+    /// refused. Follows the replicated alarms, so every member refuses the same writes.
     pub nospace_alarm: AtomicU64,
+    /// The raised alarms, as this member applied them (for Status and the Alarm RPC).
+    pub alarms: std::sync::Mutex<Vec<crate::machine::AlarmMember>>,
     /// Obsolete WAL segments and snapshot files compaction removed.
     pub wal_segments_removed: AtomicU64,
     pub snapshot_files_removed: AtomicU64,

@@ -36,7 +36,9 @@ use crate::api::Shared;
 use crate::config::{ClusterState, PeerUrl, ServerConfig};
 use crate::driver::{Driver, Input, PeerInbox};
 use crate::hook::{Machine, ServerHook};
-use crate::machine::{read_members_file, split_snapshot, FileTicket, MemberRecord, MvccMachine, SnapshotOutbox};
+use crate::machine::{
+    read_members_file, split_snapshot, FileTicket, MemberRecord, MvccMachine, Roster, SnapshotOutbox,
+};
 use crate::metrics::Metrics;
 use crate::transport::{start_listener_with_files, Incoming, PeerSender};
 use crate::watch_hub::{HeaderBase, WatchHub};
@@ -215,7 +217,7 @@ fn open_node(
     };
     let members = match read_members_file(&members_path).map_err(ServerError::Config)? {
         Some(members) => members,
-        None => snapshot_members.unwrap_or_else(|| initial_members.clone()),
+        None => snapshot_members.unwrap_or_else(|| Roster::new(initial_members.clone())),
     };
     // The store's durable applied index: raft hands out only what comes after it.
     state.applied = state.applied.max(store.durable_applied_index());
@@ -298,6 +300,8 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         member_ids,
     );
     hook.quota_bytes = config.quota_bytes();
+    hook.member_id = me;
+    hook.min_free_bytes = config.min_free_bytes;
     hook.lease_grace = Duration::from_millis(config.election_timeout_ms);
     let tick = Duration::from_millis(config.heartbeat_interval_ms.max(1));
     hook.auto_compaction = crate::auto_compaction::AutoCompactor::new(config.auto_compaction);

@@ -135,3 +135,33 @@ pub fn join(dir: &str, name: &str) -> String {
         format!("{dir}/{name}")
     }
 }
+
+/// Bytes available to an unprivileged writer on the filesystem holding `path` (statvfs): what
+/// a member watches to raise its NOSPACE alarm before the disk is full.
+pub fn available_bytes(path: &std::path::Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stat` is written by statvfs
+    // before it is read (only on success).
+    let result = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled `stat`.
+    let stat = unsafe { stat.assume_init() };
+    // The field types differ between platforms (u64 on Linux x86-64).
+    #[allow(clippy::useless_conversion)]
+    let (blocks, block_size) = (u64::from(stat.f_bavail), u64::from(stat.f_frsize));
+    Ok(blocks.saturating_mul(block_size))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn available_bytes_reads_the_filesystem_and_names_a_missing_path_as_an_error() {
+        let free = super::available_bytes(&std::env::temp_dir()).expect("statvfs on the temp dir");
+        assert!(free > 0, "a writable temp dir has some room");
+        assert!(super::available_bytes(std::path::Path::new("/no/such/keel/dir")).is_err());
+    }
+}

@@ -259,3 +259,97 @@ async fn over_the_backend_quota_writes_are_refused_with_nospace_and_reads_and_de
     assert_eq!(c.get("/q/first", None).await.expect("get").count(), 1);
     c.delete("/q/", Some(etcd_client::DeleteOptions::new().with_prefix())).await.expect("delete under the alarm");
 }
+
+/// Puts through `c` until one is refused with etcd's NOSPACE error (within 20 s).
+async fn until_refused_for_space(c: &mut etcd_client::Client, key: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let outcome = c.put(key, "v", None).await.map_err(|error| grpc_message(error).1);
+        match outcome {
+            Err(message) if message == "etcdserver: mvcc: database space exceeded" => return,
+            other => {
+                assert!(std::time::Instant::now() < deadline, "puts still not refused for space: {other:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_raised_through_one_member_refuses_writes_on_every_member_until_disarmed_through_another() {
+    use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
+    let cluster = Cluster::start("alarms", 3);
+    let (mut first, mut second, mut third) =
+        (cluster.client(0).await, cluster.client(1).await, cluster.client(2).await);
+    eventually("first put", || {
+        let mut c = third.clone();
+        async move { c.put("/alarm/before", "v", None).await }
+    })
+    .await;
+    let member = cluster.member_id(0).await;
+    let mut options = AlarmOptions::new();
+    options.with_member(member);
+    first.alarm(AlarmAction::Activate, AlarmType::Nospace, Some(options.clone())).await.expect("activate");
+
+    // Replicated: the other members refuse writes that grow the data, and list the alarm.
+    until_refused_for_space(&mut third, "/alarm/refused").await;
+    until_refused_for_space(&mut second, "/alarm/refused").await;
+    let listed = third.alarm(AlarmAction::Get, AlarmType::None, None).await.expect("alarm list");
+    let listed: Vec<(u64, AlarmType)> = listed.alarms().iter().map(|a| (a.member_id(), a.alarm())).collect();
+    assert_eq!(listed, vec![(member, AlarmType::Nospace)]);
+    let status = third.status().await.expect("status");
+    assert!(status.errors().iter().any(|e| e.contains("alarm:NOSPACE")), "{:?}", status.errors());
+    // Reads and deletes still go through: deleting is how an operator makes room.
+    assert_eq!(second.get("/alarm/before", None).await.expect("get").count(), 1);
+    second.delete("/alarm/before", None).await.expect("delete under the alarm");
+
+    // Disarmed through another member: writes go through everywhere again.
+    second.alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(options)).await.expect("deactivate");
+    for c in [&mut first, &mut second, &mut third] {
+        eventually("a put after the disarm", || {
+            let mut c = c.clone();
+            async move { c.put("/alarm/after", "v", None).await }
+        })
+        .await;
+    }
+    let listed = first.alarm(AlarmAction::Get, AlarmType::None, None).await.expect("alarm list");
+    assert!(listed.alarms().is_empty(), "{listed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_short_of_disk_raises_nospace_before_the_disk_is_full_and_again_after_a_disarm() {
+    use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
+    // Every filesystem has less free than this: each member finds itself short at once.
+    let cluster = Cluster::start_with("disk-low", 3, &["--experimental-min-free-bytes", "18446744073709551615"]);
+    let mut c = cluster.client(1).await;
+    until_refused_for_space(&mut c, "/disk/refused").await;
+    let raised = eventually("every member's alarm", || {
+        let mut c = c.clone();
+        async move {
+            let listed = c.alarm(AlarmAction::Get, AlarmType::Nospace, None).await?;
+            match listed.alarms().len() {
+                3 => Ok(listed),
+                n => Err(etcd_client::Error::InvalidArgs(format!("{n} alarms so far"))),
+            }
+        }
+    })
+    .await;
+    assert!(raised.alarms().iter().all(|a| a.alarm() == AlarmType::Nospace));
+    assert!(cluster.log(1).contains("disk nearly full"), "the member says why");
+    // Still short of disk: a disarmed alarm comes back.
+    let member = cluster.member_id(1).await;
+    let mut options = AlarmOptions::new();
+    options.with_member(member);
+    c.alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(options)).await.expect("deactivate");
+    eventually("the alarm raised again", || {
+        let mut c = c.clone();
+        async move {
+            let listed = c.alarm(AlarmAction::Get, AlarmType::Nospace, None).await?;
+            match listed.alarms().iter().any(|a| a.member_id() == member) {
+                true => Ok(()),
+                false => Err(etcd_client::Error::InvalidArgs("not yet".into())),
+            }
+        }
+    })
+    .await;
+}

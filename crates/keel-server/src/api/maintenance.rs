@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::Shared;
+use crate::machine::{AlarmKind, AlarmMember, MemberCommand};
 use crate::status;
 
 /// The etcd API version keel answers to (clients gate features on it).
@@ -30,8 +31,8 @@ impl MaintenanceService {
         if m.leader() == 0 {
             errors.push("etcdserver: no leader".to_string());
         }
-        if m.nospace_alarm.load(Relaxed) == 1 {
-            errors.push(format!("memberID:{} alarm:NOSPACE ", self.shared.member_id));
+        for alarm in m.alarms.lock().expect("alarms lock").iter() {
+            errors.push(format!("memberID:{} alarm:{} ", alarm.member, alarm.kind.name()));
         }
         pb::StatusResponse {
             header: Some(self.shared.header(m.revision())),
@@ -53,25 +54,32 @@ impl Maintenance for MaintenanceService {
     async fn alarm(&self, request: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
         use pb::alarm_request::AlarmAction;
         let request = request.into_inner();
-        let nospace = &self.shared.metrics.nospace_alarm;
-        let applies = request.alarm == pb::AlarmType::Nospace as i32
-            && (request.member_id == 0 || request.member_id == self.shared.member_id);
-        match AlarmAction::try_from(request.action) {
-            Ok(AlarmAction::Get) => {}
-            // Disarming takes effect at once; the next size check raises it again if the
-            // database is still over quota.
-            Ok(AlarmAction::Deactivate) if applies => nospace.store(0, Relaxed),
-            Ok(AlarmAction::Activate) if applies => nospace.store(1, Relaxed),
-            Ok(_) => {}
-            Err(_) => {
-                return Err(Status::invalid_argument(format!("etcdserver: unknown alarm action {}", request.action)))
+        let action = AlarmAction::try_from(request.action)
+            .map_err(|_| Status::invalid_argument(format!("etcdserver: unknown alarm action {}", request.action)))?;
+        // As etcd: alarms go through the log, so every member raises and disarms them alike
+        // (a member id of 0 names this member). Disarming while still short of space is
+        // followed by the member raising it again at its next check.
+        let kind = AlarmKind::from_code(request.alarm);
+        let member = if request.member_id == 0 { self.shared.member_id } else { request.member_id };
+        let acted_on = match (action, kind) {
+            (AlarmAction::Activate | AlarmAction::Deactivate, Some(kind)) => {
+                let alarm = AlarmMember { member, kind };
+                let active = action == AlarmAction::Activate;
+                self.shared.propose_members(&MemberCommand::Alarm { alarm, active }).await?;
+                Some(alarm)
             }
-        }
-        let alarms = if nospace.load(Relaxed) == 1 {
-            vec![pb::AlarmMember { member_id: self.shared.member_id, alarm: pb::AlarmType::Nospace as i32 }]
-        } else {
-            Vec::new()
+            _ => None,
         };
+        let alarms: Vec<AlarmMember> = match (action, acted_on) {
+            (AlarmAction::Get, _) => {
+                let raised = self.shared.metrics.alarms.lock().expect("alarms lock").clone();
+                raised.into_iter().filter(|a| kind.is_none_or(|k| a.kind == k)).collect()
+            }
+            (_, Some(alarm)) => vec![alarm],
+            (_, None) => Vec::new(),
+        };
+        let alarms =
+            alarms.into_iter().map(|a| pb::AlarmMember { member_id: a.member, alarm: a.kind as i32 }).collect();
         Ok(Response::new(pb::AlarmResponse {
             header: Some(self.shared.header(self.shared.metrics.revision())),
             alarms,
