@@ -57,6 +57,12 @@ pub struct Config {
     pub max_pending_reads: usize,
     /// Seed for the election-timeout jitter. Injected so a run can be replayed exactly.
     pub seed: u64,
+    /// A member that starts (or restarts) campaigns, pre-vote first, within a few ticks rather
+    /// than after a whole election timeout, as etcd's `--initial-election-tick-advance`: a
+    /// cluster restarted whole elects a leader in a few heartbeats. Harmless for a member that
+    /// restarts into a healthy cluster, with pre-vote: members that hear the leader refuse it.
+    /// Ignored under lease reads (a lease relies on members not campaigning early).
+    pub campaign_soon_at_start: bool,
     /// Deliberate bugs (only with the `planted-bugs` feature); see [`crate::planted`].
     pub plants: Plants,
 }
@@ -78,6 +84,7 @@ impl Config {
             max_uncommitted_bytes: 64 << 20,
             max_pending_reads: 65_536,
             seed: id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ group,
+            campaign_soon_at_start: false,
             plants: Plants::NONE,
         }
     }

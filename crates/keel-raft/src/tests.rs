@@ -142,6 +142,33 @@ fn elections_happen_on_their_own_after_the_timeout() {
 }
 
 #[test]
+fn a_cluster_started_with_campaign_soon_elects_within_a_few_ticks_and_without_it_waits_a_timeout() {
+    let mut soon = Cluster::with_config(&[1, 2, 3], |cfg| cfg.campaign_soon_at_start = true);
+    soon.tick_all(4);
+    assert_eq!(soon.leaders().len(), 1, "a leader within four ticks of starting");
+    let mut plain = Cluster::new(&[1, 2, 3]);
+    plain.tick_all(4);
+    assert!(plain.leaders().is_empty(), "no campaign before the election timeout");
+}
+
+#[test]
+fn a_member_restarting_with_campaign_soon_does_not_disrupt_a_healthy_leader() {
+    let mut cluster = Cluster::with_config(&[1, 2, 3], |cfg| cfg.campaign_soon_at_start = true);
+    cluster.elect(1);
+    let term = cluster.node(1).status().hard_state.term;
+    // Member 3 restarts: a fresh RawNode from what it persisted (here: the same term and log).
+    let status = cluster.node(3).status();
+    let mut cfg = Config::new(3, 1);
+    cfg.campaign_soon_at_start = true;
+    let recovered = RecoveredState { conf: status.conf.clone(), hard_state: status.hard_state, ..Default::default() };
+    cluster.nodes.insert(3, RawNode::new(cfg, recovered).expect("valid config"));
+    // Its pre-vote finds members that hear the leader, and is refused.
+    cluster.tick_only(&[3], 4);
+    assert_eq!(cluster.leaders(), vec![1]);
+    assert_eq!(cluster.node(1).status().hard_state.term, term, "the leader's term did not move");
+}
+
+#[test]
 fn a_committed_proposal_is_applied_everywhere_in_order() {
     let mut cluster = Cluster::new(&[1, 2, 3]);
     cluster.elect(1);

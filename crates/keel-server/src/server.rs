@@ -226,6 +226,7 @@ fn open_node(
     node_config.catch_up_entries = config.snapshot_catchup_entries;
     let mut node = Node::new(node_config);
     let mut raft = Config::new(me, GROUP);
+    raft.campaign_soon_at_start = true;
     raft.election_ticks =
         u32::try_from(config.election_timeout_ms / config.heartbeat_interval_ms.max(1)).unwrap_or(u32::MAX).max(2);
     let machine = MvccMachine::new(store).with_members(members, members_path).with_snapshot_outbox(outbox);

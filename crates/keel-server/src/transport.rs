@@ -69,7 +69,10 @@ const RESTREAM_AFTER: Duration = Duration::from_secs(10);
 /// A streamed file's connection gives up when the other side stalls this long.
 const FILE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// A peer that was down is tried again at least this often (as etcd's peer streams redial every
+/// 100 ms): a member restarting after kill -9 hears from its leader a heartbeat after it listens,
+/// not up to a second later.
+const BACKOFF_MAX: Duration = Duration::from_millis(100);
 
 /// Sends raft messages to peers; cheap to call from the driver (never blocks). Peers come and
 /// go with membership changes ([`PeerSender::set_peers`]).

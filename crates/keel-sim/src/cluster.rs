@@ -304,6 +304,7 @@ impl Cluster {
         let snapshot_interval = self.swarm.snapshot_interval_entries;
         let lease_reads = self.swarm.lease_reads;
         let check_quorum = self.swarm.check_quorum;
+        let campaign_soon = self.swarm.campaign_soon_at_start;
         let (persistent, durable_every, catch_up, etcd) = (
             self.swarm.persistent_machine,
             self.swarm.durable_every_flushes,
@@ -366,6 +367,7 @@ impl Cluster {
                 ^ member.incarnation.wrapping_mul(0xC2B2_AE35);
             cfg.max_append_entries = 64;
             cfg.check_quorum = check_quorum;
+            cfg.campaign_soon_at_start = campaign_soon;
             if lease_reads {
                 cfg.read_mode = keel_raft::ReadMode::LeaseBased;
                 // Members tick every 10 ms ± drift: the fastest may run 11/9 as fast as the

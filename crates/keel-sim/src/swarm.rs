@@ -48,6 +48,9 @@ pub struct Swarm {
     /// The members run the server's etcd machine (keel-mvcc on a memory backend) instead of the
     /// toy KV machine; it persists its own state, so `persistent_machine` holds too.
     pub etcd_machine: bool,
+    /// Members campaign within a few ticks of starting (the server's setting) instead of after
+    /// a whole election timeout.
+    pub campaign_soon_at_start: bool,
 }
 
 fn maybe(rng: &mut SplitMix64, ppm_max: u64) -> u64 {
@@ -89,6 +92,7 @@ impl Swarm {
             durable_every_flushes: 1,
             catch_up_entries: 0,
             etcd_machine: false,
+            campaign_soon_at_start: true,
         }
     }
 
@@ -119,6 +123,7 @@ impl Swarm {
             durable_every_flushes: rng.range(1, 9) as u32,
             catch_up_entries: [0, 3, 20, 100][rng.range(0, 4) as usize],
             etcd_machine: rng.range(0, 2) == 0,
+            campaign_soon_at_start: rng.range(0, 2) == 0,
         };
         swarm.persistent_machine |= swarm.etcd_machine;
         // Lease reads are only safe behind check-quorum (keel-raft refuses the combination).

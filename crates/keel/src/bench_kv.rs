@@ -26,6 +26,9 @@ enum Op {
     Txn,
     /// 80 % linearizable get, 20 % put.
     Mixed,
+    /// Every key once (client `c` puts keys `c`, `c + clients`, ...), then stop: how a store is
+    /// filled before a restart is timed. `--seconds` is ignored.
+    Load,
 }
 
 struct Options {
@@ -60,7 +63,8 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
                     "get-serializable" => Op::GetSerializable,
                     "txn" => Op::Txn,
                     "mixed" => Op::Mixed,
-                    other => bail!("unknown --op {other} (put, get, get-serializable, txn, mixed)"),
+                    "load" => Op::Load,
+                    other => bail!("unknown --op {other} (put, get, get-serializable, txn, mixed, load)"),
                 }
             }
             "--clients" => opts.clients = value.parse().context("--clients")?,
@@ -125,22 +129,31 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for c in 0..opts.clients {
         let channel: Channel = channels[c % channels.len()].clone();
-        let (stop, value, op, keys) = (stop.clone(), value.clone(), opts.op, opts.keys);
+        let (stop, value, op, keys, clients) = (stop.clone(), value.clone(), opts.op, opts.keys, opts.clients);
         tasks.push(tokio::spawn(async move {
             let mut client = KvClient::new(channel);
             let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (c as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03));
             let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             let mut errors = 0u64;
+            let mut next_load = c as u64;
             while !stop.load(Ordering::Relaxed) {
-                let k = key(rng.next() % keys);
+                let k = match op {
+                    Op::Load if next_load >= keys => break,
+                    Op::Load => {
+                        next_load += clients as u64;
+                        key(next_load - clients as u64)
+                    }
+                    _ => key(rng.next() % keys),
+                };
                 let op = match op {
+                    Op::Load => Op::Put,
                     Op::Mixed if rng.next().is_multiple_of(5) => Op::Put,
                     Op::Mixed => Op::Get,
                     other => other,
                 };
                 let sent = Instant::now();
                 let result = match op {
-                    Op::Put => client
+                    Op::Put | Op::Load => client
                         .put(pb::PutRequest { key: k, value: value.clone(), ..Default::default() })
                         .await
                         .map(drop),
@@ -181,8 +194,10 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
             (histogram, errors)
         }));
     }
-    tokio::time::sleep(Duration::from_secs(opts.seconds)).await;
-    stop.store(true, Ordering::Relaxed);
+    if opts.op != Op::Load {
+        tokio::time::sleep(Duration::from_secs(opts.seconds)).await;
+        stop.store(true, Ordering::Relaxed);
+    }
     let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut errors = 0;
     for task in tasks {
