@@ -66,11 +66,18 @@ fn compaction_bounds_wal_segments_and_snapshot_files_under_steady_writes() {
 }
 
 #[test]
-fn retention_keeps_the_newest_obsolete_files_up_to_its_counts() {
+fn retention_keeps_the_newest_obsolete_files_up_to_its_counts_and_recovery_reads_only_the_live_ones() {
     let disk = SimDisk::new();
     let (storage, _) = run(&disk, 200, Retention { wal_segments: 8, snapshots: 3 });
-    assert_eq!(storage.wal.segment_count(), 8);
+    assert_eq!(disk.list(&options().wal.dir).expect("list").len(), 8, "eight WAL files in all");
+    let live = storage.wal.segment_count();
+    assert!(live <= 3, "{live} live segments: the covered ones are retired, not read at a restart");
+    assert_eq!(storage.wal.retired_count(), 8 - live);
     assert_eq!(disk.list("snap").expect("list").len(), 3);
+    drop(storage);
+    let (reopened, _, recovery) = NodeStorage::open(Arc::new(disk.clone()), options()).expect("reopens");
+    assert_eq!(recovery.segments, live, "recovery read only the live segments");
+    assert_eq!(reopened.wal.retired_count(), 8 - live, "the retired ones are still counted");
 }
 
 #[test]

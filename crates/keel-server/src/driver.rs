@@ -25,6 +25,8 @@ use crate::transport::{Incoming, Outgoing};
 const INPUTS_PER_TURN_MAX: usize = 4_096;
 /// Most polls in one turn before inputs and ticks get their turn again.
 const POLLS_PER_TURN_MAX: usize = 8;
+/// How often a write that found the disk full is tried again.
+const DISK_FULL_RETRY: Duration = Duration::from_millis(100);
 
 /// Where the answer to a request goes: called exactly once, on the driver thread (so it must
 /// not block: send on a channel).
@@ -286,6 +288,34 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
         }
     }
 
+    /// Persists `groups`. A full disk does not stop the member: the WAL reserves space before it
+    /// writes, so it wrote nothing, and the same write is tried again until it fits. Meanwhile
+    /// this member acknowledges nothing and the cluster carries on without it, as without a slow
+    /// member; the NOSPACE alarm (raised while the disk still had room) is what keeps it from
+    /// coming to this. Any other storage error stops the node: what it could not make durable it
+    /// must not acknowledge.
+    fn persist_waiting_for_space(&mut self, groups: &[keel_node::GroupWrite]) -> Result<(), StorageError> {
+        let mut waiting_since: Option<Instant> = None;
+        loop {
+            match keel_host::persist(&mut self.storage, groups) {
+                Ok(()) => {
+                    if let Some(since) = waiting_since {
+                        tracing::warn!(waited_ms = since.elapsed().as_millis() as u64, "the disk has room again");
+                    }
+                    return Ok(());
+                }
+                Err(error) if error.is_no_space() => {
+                    if waiting_since.is_none() {
+                        tracing::error!(%error, "disk full: this member waits for space (free some to resume)");
+                        waiting_since = Some(Instant::now());
+                    }
+                    std::thread::sleep(DISK_FULL_RETRY);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
     /// Polls until the node has nothing more to write: a durable write lets raft hand out more
     /// (commits, applies), which must not wait for the next input or tick.
     fn turn(&mut self) -> Result<(), StorageError> {
@@ -308,7 +338,7 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
         self.carry_out();
         let Some(write) = output.write else { return Ok(false) };
         let started = Instant::now();
-        keel_host::persist(&mut self.storage, &write.groups)?;
+        self.persist_waiting_for_space(&write.groups)?;
         self.compactions.written(&write);
         self.hook.on_fsync(started.elapsed());
         for msg in self.node.on_write_durable(write.id) {

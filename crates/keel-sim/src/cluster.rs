@@ -84,6 +84,15 @@ enum Event {
     Restart {
         node: NodeId,
     },
+    /// A member whose write found the disk full tries it again.
+    RetryWrite {
+        node: NodeId,
+        incarnation: u64,
+    },
+    /// The operator frees space on a member's disk.
+    FreeDisk {
+        node: NodeId,
+    },
     Unpause {
         node: NodeId,
     },
@@ -153,6 +162,9 @@ struct Member {
     groups: BTreeSet<GroupId>,
     /// Removed from every group it belonged to: no longer restarted or targeted.
     retired: bool,
+    /// A write the full disk refused: the member waits (paused) until it fits, as the server's
+    /// driver does. Nothing after it may be written first.
+    stalled: Option<keel_node::WriteBatch>,
 }
 
 struct Client {
@@ -291,6 +303,7 @@ impl Cluster {
             tick_ms,
             groups,
             retired: false,
+            stalled: None,
         };
         self.members.insert(id, member);
         self.start(id);
@@ -314,6 +327,13 @@ impl Cluster {
         let member = self.members.get_mut(&id).expect("member exists");
         let (storage, mut recovered) = match NodeStorage::open(Arc::new(member.disk.clone()), storage_options()) {
             Ok((storage, groups, _)) => (storage, groups),
+            Err(error) if error.is_no_space() => {
+                // As the server: it cannot start on a full disk; it is started again later.
+                let retry = self.now + 100;
+                self.schedule(retry, Event::Restart { node: id });
+                self.log(format_args!("n{id} cannot start on a full disk; again at {retry}"));
+                return;
+            }
             Err(error) => {
                 self.invariants.violation(format!("n{id} cannot restart: its storage does not open: {error}"));
                 return;
@@ -457,6 +477,13 @@ impl Cluster {
                 }
             }
             Event::Unpause { node } => self.unpause(node),
+            Event::RetryWrite { node, incarnation } => self.retry_write(node, incarnation),
+            Event::FreeDisk { node } => {
+                if let Some(member) = self.members.get(&node) {
+                    member.disk.set_capacity(None);
+                    self.log(format_args!("n{node}: disk space freed"));
+                }
+            }
             Event::HealPartition => {
                 self.blocked.clear();
                 self.partitioned = false;
@@ -544,18 +571,9 @@ impl Cluster {
             for group_write in &write.groups {
                 self.invariants.on_write(id, group_write, node);
             }
-            let storage = member.storage.as_mut().expect("a running member has its storage");
-            if let Err(error) = keel_host::write(storage, &write.groups) {
-                self.invariants.violation(format!("n{id}: WAL write failed: {error}"));
-                return;
-            }
-            for part in keel_host::parts(&write.groups) {
-                member.durable.write(part.records());
-            }
-            member.compactions.written(write);
-            let incarnation = member.incarnation;
-            let delay = self.rng.range(1, self.swarm.fsync_ms_max + 1);
-            self.schedule(self.now + delay, Event::FsyncDone { node: id, incarnation, write: write.id });
+        }
+        if let Some(write) = output.write {
+            self.write(id, write);
         }
         let applied: Vec<(GroupId, Vec<(u64, u64)>)> = {
             let member = self.members.get_mut(&id).expect("member exists");
@@ -578,6 +596,52 @@ impl Cluster {
         member.requests.outcomes(output.outcomes, &mut effects);
         member.requests.abandon_forwards_to_former_leaders(node, &mut effects);
         self.carry_out(id, effects);
+    }
+
+    /// Writes `write` to the member's WAL and schedules its fsync. On a full disk the WAL writes
+    /// nothing, and the member stalls until the write fits (the server's driver waits the same
+    /// way rather than exit).
+    fn write(&mut self, id: NodeId, write: keel_node::WriteBatch) {
+        let member = self.members.get_mut(&id).expect("member exists");
+        let storage = member.storage.as_mut().expect("a running member has its storage");
+        match keel_host::write(storage, &write.groups) {
+            Ok(()) => {}
+            Err(error) if error.is_no_space() => {
+                member.stalled = Some(write);
+                if !member.paused {
+                    member.paused = true;
+                    member.paused_at = self.now;
+                }
+                let incarnation = member.incarnation;
+                let retry = self.now + self.rng.range(10, 100);
+                self.schedule(retry, Event::RetryWrite { node: id, incarnation });
+                self.log(format_args!("n{id}: disk full, the write waits"));
+                return;
+            }
+            Err(error) => {
+                self.invariants.violation(format!("n{id}: WAL write failed: {error}"));
+                return;
+            }
+        }
+        for part in keel_host::parts(&write.groups) {
+            member.durable.write(part.records());
+        }
+        member.compactions.written(&write);
+        let incarnation = member.incarnation;
+        let delay = self.rng.range(1, self.swarm.fsync_ms_max + 1);
+        self.schedule(self.now + delay, Event::FsyncDone { node: id, incarnation, write: write.id });
+    }
+
+    fn retry_write(&mut self, id: NodeId, incarnation: u64) {
+        let Some(member) = self.members.get_mut(&id) else { return };
+        if member.incarnation != incarnation || member.node.is_none() {
+            return;
+        }
+        let Some(write) = member.stalled.take() else { return };
+        self.write(id, write);
+        if self.members[&id].stalled.is_none() {
+            self.unpause(id);
+        }
     }
 
     fn fsync_done(&mut self, id: NodeId, incarnation: u64, write: u64) {

@@ -51,6 +51,8 @@ pub struct Swarm {
     /// Members campaign within a few ticks of starting (the server's setting) instead of after
     /// a whole election timeout.
     pub campaign_soon_at_start: bool,
+    /// A member's disk fills up (and is freed again later): its write waits, as the server's.
+    pub disk_full_ppm: u64,
 }
 
 fn maybe(rng: &mut SplitMix64, ppm_max: u64) -> u64 {
@@ -93,6 +95,7 @@ impl Swarm {
             catch_up_entries: 0,
             etcd_machine: false,
             campaign_soon_at_start: true,
+            disk_full_ppm: 0,
         }
     }
 
@@ -124,6 +127,7 @@ impl Swarm {
             catch_up_entries: [0, 3, 20, 100][rng.range(0, 4) as usize],
             etcd_machine: rng.range(0, 2) == 0,
             campaign_soon_at_start: rng.range(0, 2) == 0,
+            disk_full_ppm: maybe(rng, 500),
         };
         swarm.persistent_machine |= swarm.etcd_machine;
         // Lease reads are only safe behind check-quorum (keel-raft refuses the combination).

@@ -80,6 +80,11 @@ impl SimDisk {
         self.lock().capacity = capacity;
     }
 
+    /// Bytes all files hold now.
+    pub fn used_bytes(&self) -> u64 {
+        self.lock().used()
+    }
+
     pub fn fsyncs(&self) -> u64 {
         self.lock().fsyncs
     }

@@ -7,6 +7,10 @@
 //! *checkpoint* of every group's hard state and snapshot marker, so any suffix of segments is
 //! self-contained and old segments can be deleted once snapshots cover their entries.
 //!
+//! A covered segment is first *retired*: renamed to `{seq:016x}.wal.old`, kept for an operator
+//! (etcd's `--max-wals` counts these too) but never read again. Recovery reads only the live
+//! `.wal` suffix, so a restart reads what the snapshots do not cover, not every kept file.
+//!
 //! Frame payload: `[batch: u64][flags: u8][record]`. Every [`Wal::append`] call is one batch;
 //! its last frame carries `END_OF_BATCH`. Batch numbers increase by one from batch to batch
 //! across segments, which lets recovery tell a gap or a stale frame from a valid one.
@@ -197,10 +201,21 @@ pub struct Wal {
     durable_checkpoint: BTreeMap<GroupId, (HardState, Option<SnapshotMeta>)>,
     /// Bytes appended since the last sync (0 = nothing to sync).
     unsynced_bytes: u64,
+    /// Retired segments (`.wal.old`), oldest first: covered by snapshots, kept only for the
+    /// retention count, never read.
+    retired: Vec<String>,
 }
 
 fn segment_name(seq: u64) -> String {
     format!("{seq:016x}.wal")
+}
+
+fn retired_name(name: &str) -> String {
+    format!("{name}.old")
+}
+
+fn parse_retired_name(name: &str) -> Option<u64> {
+    parse_segment_name(name.strip_suffix(".old")?)
 }
 
 fn parse_segment_name(name: &str) -> Option<u64> {
@@ -304,6 +319,9 @@ impl Wal {
         let mut seqs: Vec<(u64, String)> =
             names.iter().filter_map(|n| parse_segment_name(n).map(|s| (s, n.clone()))).collect();
         seqs.sort();
+        let mut retired: Vec<(u64, String)> =
+            names.iter().filter_map(|n| parse_retired_name(n).map(|s| (s, n.clone()))).collect();
+        retired.sort();
         let mut recovery = Recovery::default();
         let mut segments = Vec::new();
         let mut cursor = BatchCursor { last: None };
@@ -395,6 +413,7 @@ impl Wal {
             durable_checkpoint: checkpoint.clone(),
             checkpoint,
             unsynced_bytes: 0,
+            retired: retired.into_iter().map(|(_, name)| name).collect(),
         };
         if wal.segments.is_empty() {
             wal.roll(next_seq)?;
@@ -643,9 +662,12 @@ impl Wal {
 
     /// Like [`Wal::remove_obsolete_segments`], but keeps at least `keep` segments (etcd's
     /// `--max-wals`: old segments help an operator look back; 0 or 1 keeps only what is needed).
+    ///
+    /// Every covered segment but the active one is retired (renamed, never read again); then
+    /// the oldest retired ones are deleted while more than `keep` WAL files remain in all.
+    /// Returns how many were deleted.
     pub fn remove_obsolete_segments_keeping(&mut self, keep: usize) -> Result<usize, WalError> {
-        let mut removed = 0;
-        while self.segments.len() > keep.max(1) {
+        while self.segments.len() > 1 {
             let oldest = &self.segments[0];
             let covered = oldest.max_index.iter().all(|(group, max)| {
                 self.durable_checkpoint
@@ -657,14 +679,29 @@ impl Wal {
                 break;
             }
             let path = join(&self.opts.dir, &oldest.name);
-            self.disk.remove(&path).map_err(|e| io_error(&path, e))?;
-            // One removal at a time, oldest first, each made durable: a crash must leave a
-            // contiguous run of segments, never a hole.
+            let retired = retired_name(&oldest.name);
+            self.disk.rename(&path, &join(&self.opts.dir, &retired)).map_err(|e| io_error(&path, e))?;
+            // One segment at a time, oldest first, each rename made durable: a crash must leave
+            // a contiguous run of live segments, never a hole.
             self.disk.sync_dir(&self.opts.dir).map_err(|e| io_error(&self.opts.dir, e))?;
             self.segments.remove(0);
+            self.retired.push(retired);
+        }
+        let mut removed = 0;
+        while !self.retired.is_empty() && self.segments.len() + self.retired.len() > keep.max(1) {
+            let path = join(&self.opts.dir, &self.retired.remove(0));
+            self.disk.remove(&path).map_err(|e| io_error(&path, e))?;
             removed += 1;
         }
+        if removed > 0 {
+            self.disk.sync_dir(&self.opts.dir).map_err(|e| io_error(&self.opts.dir, e))?;
+        }
         Ok(removed)
+    }
+
+    /// Retired segments kept for the retention count.
+    pub fn retired_count(&self) -> usize {
+        self.retired.len()
     }
 
     /// The active segment and the offset the next batch will be written at.

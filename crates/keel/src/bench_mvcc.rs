@@ -13,7 +13,8 @@ struct Options {
     keys: u64,
     value_bytes: usize,
     batch: u64,
-    /// `both` (load, restart, remove), `load` (keep the store), `restart` (reopen a kept one).
+    /// `both` (load, restart, remove), `load` (keep the store), `restart` (reopen a kept one),
+    /// `crash` (load, then exit without closing the store, as kill -9 leaves it).
     phase: String,
 }
 
@@ -33,7 +34,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
             "--keys" => opts.keys = value.parse().context("--keys")?,
             "--value-bytes" => opts.value_bytes = value.parse().context("--value-bytes")?,
             "--batch" => opts.batch = value.parse().context("--batch")?,
-            "--phase" if ["both", "load", "restart"].contains(&value.as_str()) => opts.phase = value.clone(),
+            "--phase" if ["both", "load", "restart", "crash"].contains(&value.as_str()) => opts.phase = value.clone(),
             other => bail!("unknown flag {other}"),
         }
     }
@@ -57,7 +58,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     if opts.phase != "restart" {
         load(&opts, &path)?;
     }
-    if opts.phase != "load" {
+    if opts.phase == "both" || opts.phase == "restart" {
         restart(&path)?;
     }
     if opts.phase == "both" {
@@ -95,6 +96,11 @@ fn load(opts: &Options, path: &std::path::Path) -> anyhow::Result<()> {
                 .collect();
             store.apply_batch(&batch)?;
             key = end;
+        }
+        if opts.phase == "crash" {
+            // Every batch was committed durably; the database is never closed, as after kill -9.
+            println!("load        {:>10.2} s, then exit without closing the store", started.elapsed().as_secs_f64());
+            std::process::exit(0);
         }
     }
     let load = started.elapsed().as_secs_f64();

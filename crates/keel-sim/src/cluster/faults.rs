@@ -18,6 +18,9 @@ impl Cluster {
         if !self.partitioned && self.roll(self.swarm.partition_ppm) {
             self.partition();
         }
+        if self.roll(self.swarm.disk_full_ppm) {
+            self.fill_disk();
+        }
         if self.roll(self.swarm.pause_ppm) {
             self.pause_random();
         }
@@ -59,6 +62,7 @@ impl Cluster {
         member.compactions.forget();
         member.node = None;
         member.paused = false;
+        member.stalled = None;
         member.held.clear();
         let restart = self.now + self.rng.range(20, 1_000);
         self.schedule(restart, Event::Restart { node: id });
@@ -132,9 +136,23 @@ impl Cluster {
         self.fault(format_args!("pause n{id} until {resume}"));
     }
 
+    /// A member's disk fills up: a few KiB are left, and some time later the operator frees
+    /// space.
+    fn fill_disk(&mut self) {
+        let running = self.running_members();
+        let Some(id) = self.pick(&running) else { return };
+        let room = self.rng.range(0, 16 << 10);
+        let disk = &self.members[&id].disk;
+        disk.set_capacity(Some(disk.used_bytes() + room));
+        let freed = self.now + self.rng.range(50, 1_500);
+        self.schedule(freed, Event::FreeDisk { node: id });
+        self.fault(format_args!("disk of n{id} full ({room} bytes left) until {freed}"));
+    }
+
     pub(super) fn unpause(&mut self, id: NodeId) {
         let Some(member) = self.members.get_mut(&id) else { return };
-        if !member.paused {
+        // A member waiting for disk space stays stopped until its write fits.
+        if !member.paused || member.stalled.is_some() {
             return;
         }
         member.paused = false;
@@ -145,12 +163,15 @@ impl Cluster {
         // pause also stopped the member's ticks). A VM freeze that also stops the guest's
         // monotonic clock breaks the drift bound; use ReadIndex reads (the default) there.
         let missed = self.now.saturating_sub(member.paused_at) / member.tick_ms;
+        let mut effects = SimEffects::default();
         if let Some(node) = member.node.as_mut() {
             for _ in 0..missed {
                 node.tick();
+                member.requests.tick(node, &mut effects);
             }
         }
         let held = std::mem::take(&mut member.held);
+        self.carry_out(id, effects);
         for event in held {
             self.handle(event);
         }

@@ -14,6 +14,11 @@ impl Cluster {
         self.swarm.duplicate_percent = 0;
         let ids: Vec<NodeId> = self.members.keys().copied().collect();
         for &id in &ids {
+            self.members[&id].disk.set_capacity(None);
+            let incarnation = self.members[&id].incarnation;
+            if self.members[&id].stalled.is_some() {
+                self.retry_write(id, incarnation);
+            }
             self.unpause(id);
             if self.members[&id].node.is_none() {
                 self.start(id);
