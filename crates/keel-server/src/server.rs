@@ -127,8 +127,20 @@ pub fn peer_addresses(members: &BTreeMap<u64, MemberRecord>, me: u64) -> BTreeMa
 /// take it back behind a snapshot that already replaced that part of the log: it must then start
 /// from the snapshot (the log after the snapshot replays the rest).
 pub fn open_store(db_path: &Path, snapshot: Option<&keel_raft::Snapshot>) -> Result<Store<RedbBackend>, ServerError> {
+    store_up_to(open_store_file(db_path)?, snapshot)
+}
+
+/// Opens the store file and rebuilds its key index (what takes time at a restart).
+fn open_store_file(db_path: &Path) -> Result<Store<RedbBackend>, ServerError> {
     let backend = RedbBackend::open(db_path)?;
-    let mut store = Store::open(backend, StoreOptions::default())?;
+    Ok(Store::open(backend, StoreOptions::default())?)
+}
+
+/// Brings an open store up to the raft snapshot the log starts from, if it is behind.
+fn store_up_to(
+    mut store: Store<RedbBackend>,
+    snapshot: Option<&keel_raft::Snapshot>,
+) -> Result<Store<RedbBackend>, ServerError> {
     if let Some(snapshot) = snapshot {
         if store.durable_applied_index() < snapshot.meta.index {
             tracing::info!(
@@ -191,6 +203,14 @@ fn open_node(
     let wal_dir = dir.join("wal");
     std::fs::create_dir_all(&wal_dir).map_err(io(format!("create {}", wal_dir.display())))?;
     let disk: Arc<dyn Disk> = Arc::new(RealDisk::new(&wal_dir));
+    // The store and the WAL are independent until the store is checked against the log's
+    // snapshot: open them side by side (indexing a 1M-key store takes a second or more, reading
+    // the WAL's live segments a few hundred ms).
+    let db_path = dir.join("db.redb");
+    let store_opening = std::thread::Builder::new()
+        .name("open-store".into())
+        .spawn(move || open_store_file(&db_path))
+        .map_err(io("start the store-opening thread"))?;
     let (mut storage, mut groups, recovery) = NodeStorage::open(disk, StorageOptions::new())?;
     tracing::info!(?recovery, "write-ahead log recovered");
     let mut state = match groups.remove(&GROUP) {
@@ -206,7 +226,9 @@ fn open_node(
         }
     };
     std::fs::create_dir_all(snapshot_files_dir(dir)).map_err(io("create the snapshot files dir"))?;
-    let store = open_store(&dir.join("db.redb"), state.snapshot.as_ref())?;
+    let store = store_opening.join().map_err(|_| ServerError::Config("opening the store panicked".into()))??;
+    let store = store_up_to(store, state.snapshot.as_ref())?;
+    tracing::info!(keys = store.indexed_keys(), applied = store.durable_applied_index(), "store opened");
     clean_snapshot_files(&snapshot_files_dir(dir))?;
     // Member records: the members file if this member has one, else the snapshot's, else the
     // flags' (the log after either replays every change since).

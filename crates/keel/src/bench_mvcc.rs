@@ -13,6 +13,9 @@ struct Options {
     keys: u64,
     value_bytes: usize,
     batch: u64,
+    /// Keys written in name order (`sequential`) or scattered (`random`, as many clients write:
+    /// the index is then rebuilt in no particular key order).
+    random_order: bool,
     /// `both` (load, restart, remove), `load` (keep the store), `restart` (reopen a kept one),
     /// `crash` (load, then exit without closing the store, as kill -9 leaves it).
     phase: String,
@@ -24,6 +27,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
         keys: 1_000_000,
         value_bytes: 256,
         batch: 1_000,
+        random_order: false,
         phase: "both".into(),
     };
     let mut it = args.iter();
@@ -34,6 +38,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
             "--keys" => opts.keys = value.parse().context("--keys")?,
             "--value-bytes" => opts.value_bytes = value.parse().context("--value-bytes")?,
             "--batch" => opts.batch = value.parse().context("--batch")?,
+            "--order" if value == "sequential" || value == "random" => opts.random_order = value == "random",
             "--phase" if ["both", "load", "restart", "crash"].contains(&value.as_str()) => opts.phase = value.clone(),
             other => bail!("unknown flag {other}"),
         }
@@ -91,7 +96,9 @@ fn load(opts: &Options, path: &std::path::Path) -> anyhow::Result<()> {
             let batch: Vec<(u64, Command)> = (key..end)
                 .map(|k| {
                     index += 1;
-                    (index, put(k, &value))
+                    // 7,919 is a prime: k -> k * 7,919 mod N is a permutation unless N is a multiple.
+                    let name = if opts.random_order { k.wrapping_mul(7_919) % opts.keys } else { k };
+                    (index, put(name, &value))
                 })
                 .collect();
             store.apply_batch(&batch)?;

@@ -16,7 +16,7 @@ mod playground;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: keel server [etcd flags; see keel server --help]\n       keel playground [--dir DIR]\n       keel bench kv [--endpoints A,B,C] [--op put|get|get-serializable|txn|mixed|load] [--clients N] [--conns N] [--seconds S] [--keys N] [--value-bytes B]\n       keel bench failover [--trials N] [--sigstop] [--server CMD] [--heartbeat-interval MS] [--election-timeout MS]\n       keel bench wal [--dir DIR] [--seconds S] [--writers N] [--value-bytes B]\n       keel bench mvcc [--dir DIR] [--keys N] [--value-bytes B] [--batch N] [--phase both|load|restart]";
+const USAGE: &str = "usage: keel server [etcd flags; see keel server --help]\n       keel playground [--dir DIR]\n       keel bench kv [--endpoints A,B,C] [--op put|get|get-serializable|txn|mixed|load] [--clients N] [--conns N] [--seconds S] [--keys N] [--value-bytes B]\n       keel bench failover [--trials N] [--sigstop] [--server CMD] [--heartbeat-interval MS] [--election-timeout MS]\n       keel bench wal [--dir DIR] [--seconds S] [--writers N] [--value-bytes B]\n       keel bench mvcc [--dir DIR] [--keys N] [--value-bytes B] [--batch N] [--order sequential|random] [--phase both|load|restart|crash]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
