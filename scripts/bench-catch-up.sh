@@ -8,13 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 GIB=${1:-2}
 
-scripts/install-deps.sh etcd
-cargo build --release -p keel >/dev/null 2>&1
-KEEL="${CARGO_TARGET_DIR:-$PWD/target}/release/keel"
-WORK=$(mktemp -d /tmp/keel-catchup.XXXXXX)
+source scripts/bench-cluster.sh
+bench_setup catchup
 PIDS=(0 0 0)
-cleanup() { for pid in "${PIDS[@]}"; do [ "$pid" != 0 ] && kill -9 "$pid" 2>/dev/null || true; done; [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"; }
-trap cleanup EXIT
 
 CLUSTER="m1=http://127.0.0.1:51380,m2=http://127.0.0.1:52380,m3=http://127.0.0.1:53380"
 ENDPOINTS="127.0.0.1:51379,127.0.0.1:52379,127.0.0.1:53379"

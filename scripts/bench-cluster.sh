@@ -1,6 +1,21 @@
 # Sourced by the benchmark scripts: a 3-member loopback cluster of keel or etcd, started from
-# etcd's own flags, so both servers are measured the same way. Needs WORK (a scratch dir).
+# etcd's own flags, so both servers are measured the same way.
 PIDS=()
+
+# bench_setup NAME: etcd installed, keel built for release ($KEEL), a scratch dir ($WORK), and
+# at exit every member killed and the scratch dir removed (kept with KEEP_WORK=1).
+bench_setup() {
+    scripts/install-deps.sh etcd
+    cargo build --release -p keel >/dev/null 2>&1
+    KEEL="${CARGO_TARGET_DIR:-$PWD/target}/release/keel"
+    WORK=$(mktemp -d "/tmp/keel-$1.XXXXXX")
+    trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+    for pid in "${PIDS[@]}"; do [ "$pid" != 0 ] && kill -9 "$pid" 2>/dev/null || true; done
+    [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"
+}
 CLUSTER="m1=http://127.0.0.1:51380,m2=http://127.0.0.1:52380,m3=http://127.0.0.1:53380"
 ENDPOINTS="127.0.0.1:51379,127.0.0.1:52379,127.0.0.1:53379"
 

@@ -17,13 +17,8 @@ ROUNDS=${1:-20}
 SECONDS_PER_ROUND=${2:-30}
 SERVERS=${SERVERS:-"etcd keel"}
 
-scripts/install-deps.sh etcd
-cargo build --release -p keel >/dev/null 2>&1
-KEEL="${CARGO_TARGET_DIR:-$PWD/target}/release/keel"
-WORK=$(mktemp -d /tmp/keel-longrun.XXXXXX)
 source scripts/bench-cluster.sh
-cleanup() { for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"; }
-trap cleanup EXIT
+bench_setup longrun
 # What an operator runs with: snapshots every 2,000 entries, history kept for a minute.
 LONG_RUN_FLAGS=(--snapshot-count 2000 --auto-compaction-mode periodic --auto-compaction-retention 1m)
 

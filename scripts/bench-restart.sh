@@ -16,13 +16,8 @@ cd "$(dirname "$0")/.."
 KEYS=${1:-1000000}
 SERVERS=${SERVERS:-"etcd keel"}
 
-scripts/install-deps.sh etcd
-cargo build --release -p keel >/dev/null 2>&1
-KEEL="${CARGO_TARGET_DIR:-$PWD/target}/release/keel"
-WORK=$(mktemp -d /tmp/keel-restart.XXXXXX)
 source scripts/bench-cluster.sh
-cleanup() { for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"; }
-trap cleanup EXIT
+bench_setup restart
 FLAGS=(--snapshot-count 10000 --quota-backend-bytes $((8 << 30)))
 LAST_KEY=$(printf "bench/%08d" $((KEYS - 1)))
 

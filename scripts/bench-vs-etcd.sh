@@ -11,13 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_LOAD=${1:-10}
 
-scripts/install-deps.sh etcd
-cargo build --release -p keel >/dev/null 2>&1
-KEEL="${CARGO_TARGET_DIR:-$PWD/target}/release/keel"
-WORK=$(mktemp -d /tmp/keel-bench.XXXXXX)
 source scripts/bench-cluster.sh
-cleanup() { for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
+bench_setup bench
 
 compact() {
     local rev
