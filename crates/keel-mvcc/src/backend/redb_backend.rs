@@ -43,6 +43,11 @@ impl HeaderBatch {
     }
 }
 
+/// Opens (or creates) a store file with keel's page cache (see [`PAGE_CACHE_BYTES`]).
+fn open_database(path: &Path) -> Result<Database, StorageError> {
+    Database::builder().set_cache_size(PAGE_CACHE_BYTES).create(path).map_err(backend_err)
+}
+
 fn backend_err(e: impl Into<redb::Error>) -> StorageError {
     StorageError::Backend(e.into().to_string())
 }
@@ -258,7 +263,7 @@ impl RedbBackend {
     /// Opens the database at `path`, creating the file and its tables if needed.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
         let path = path.as_ref().to_path_buf();
-        let db = Database::builder().set_cache_size(PAGE_CACHE_BYTES).create(&path).map_err(backend_err)?;
+        let db = open_database(&path)?;
         // Create the tables once so read transactions can always open them.
         let txn = db.begin_write().map_err(backend_err)?;
         {
@@ -445,13 +450,13 @@ impl Backend for RedbBackend {
     /// file or the new one) and opens that.
     fn install_file(&mut self, incoming: &Path) -> Result<(), StorageError> {
         // Opening checks the file is a database before the old one is given up.
-        drop(Database::open(incoming).map_err(backend_err)?);
+        drop(Database::builder().set_cache_size(RECEIVE_CACHE_BYTES).open(incoming).map_err(backend_err)?);
         self.db = None;
         let renamed = std::fs::rename(incoming, &self.path)
             .map_err(|e| StorageError::Backend(format!("rename {} over the store: {e}", incoming.display())));
         let synced = renamed.and_then(|()| sync_parent(&self.path));
         // Whatever happened, the file at `path` (old or new) is opened again.
-        self.db = Some(Database::create(&self.path).map_err(backend_err)?);
+        self.db = Some(open_database(&self.path)?);
         synced
     }
 }
