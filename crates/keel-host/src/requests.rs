@@ -294,10 +294,16 @@ impl<W> Requests<W> {
         if self.forwarding.is_empty() {
             return;
         }
+        // Called after every poll with possibly thousands of forwards in flight: each group's
+        // leader is looked up once (a status is a copy of the group's configuration).
+        let mut leaders: BTreeMap<GroupId, Option<NodeId>> = BTreeMap::new();
         let abandoned: Vec<RequestId> = self
             .forwarding
             .iter()
-            .filter(|(_, f)| node.status(f.group).is_some_and(|s| s.leader != f.to))
+            .filter(|(_, f)| {
+                let leader = *leaders.entry(f.group).or_insert_with(|| node.status(f.group).map(|s| s.leader));
+                leader.is_some_and(|leader| leader != f.to)
+            })
             .map(|(&id, _)| id)
             .collect();
         for id in abandoned {

@@ -94,14 +94,12 @@ impl ServerHook {
         self.membership = Some(MembershipSync { own, peers, member_ids, last_publish: None });
         self
     }
-}
 
-impl ServerHook {
     /// Keeps the metrics' view of the alarms in step with the applied ones.
     fn follow_alarms(&self, alarms: &crate::machine::Alarms) {
         let m = &self.metrics;
         let mut seen = m.alarms.lock().expect("alarms lock");
-        if seen.len() != alarms.len() || !seen.iter().eq(alarms.iter()) {
+        if !seen.iter().eq(alarms.iter()) {
             *seen = alarms.iter().copied().collect();
             let nospace = alarms.iter().any(|a| a.kind == AlarmKind::NoSpace);
             if m.nospace_alarm.swap(u64::from(nospace), Relaxed) != u64::from(nospace) {

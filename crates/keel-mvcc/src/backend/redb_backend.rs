@@ -19,7 +19,7 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// redb's own page cache. The kernel's page cache already holds the file, so a cache the size
 /// of the data (redb's default is 1 GiB) only doubles it in the process: with 128 MiB the upper
-/// levels of the trees and the hot leaves stay here, a 1M-key store loads about 15 % faster and
+/// levels of the trees and the hot leaves stay here, a 1M-key store loads about 10 % faster and
 /// restarts 20–30 % faster (`keel bench mvcc`), and the member's RSS no longer grows with the data.
 const PAGE_CACHE_BYTES: usize = 128 << 20;
 
