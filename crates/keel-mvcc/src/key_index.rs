@@ -72,6 +72,11 @@ impl KeyIndex {
         None
     }
 
+    /// The key's latest revision (put or tombstone), `None` for an empty index entry.
+    pub(crate) fn last_revision(&self) -> Option<Revision> {
+        self.generations.last().map(Generation::last)
+    }
+
     /// Records a put at `rev`; returns its create revision and version.
     pub(crate) fn put(&mut self, rev: Revision) -> (i64, i64) {
         match self.generations.last_mut() {

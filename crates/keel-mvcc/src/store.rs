@@ -10,6 +10,7 @@ use crate::backend::{
 };
 use crate::command::Command;
 use crate::error::{DecodeError, MvccError, StorageError};
+use crate::index_rebuild::IndexRebuild;
 use crate::key_index::Index;
 use crate::kv::{Event, KeyValue, StoredRecord};
 use crate::lease::{Lease, Leases};
@@ -146,41 +147,9 @@ impl<B: Backend> Store<B> {
     }
 
     fn rebuild_index(&mut self) -> Result<(), StorageError> {
-        let (current, compacted) = (self.current_revision, self.compacted_revision);
-        let index = &mut self.index;
-        self.backend.for_each_record_header(&mut |rev, bytes| {
-            let rec = StoredRecord::decode_header(bytes)?;
-            if rev.main > current {
-                return Err(DecodeError::new(
-                    "stored revision",
-                    0,
-                    format!("revision {} above current revision {current}", rev.main),
-                )
-                .into());
-            }
-            // Most keys have many revisions: allocate the key once, on its first.
-            let ki = match index.get_mut(rec.key) {
-                Some(ki) => ki,
-                None => index.entry(Bytes::copy_from_slice(rec.key)).or_default(),
-            };
-            if rec.tombstone {
-                // An interrupted compaction deletes a key's dead revisions oldest first, so it
-                // can leave a tombstone whose puts are gone: skip it.
-                if !ki.tombstone(rev) && rev.main > compacted {
-                    return Err(DecodeError::new(
-                        "stored revision",
-                        0,
-                        format!("tombstone at {}/{} for a key that is not alive", rev.main, rev.sub),
-                    )
-                    .into());
-                }
-                ki.lease = 0;
-            } else {
-                ki.restore_put(rev, rec.create_revision, rec.version);
-                ki.lease = rec.lease;
-            }
-            Ok(())
-        })?;
+        let mut rebuild = IndexRebuild::new(self.current_revision, self.compacted_revision);
+        self.backend.for_each_record_header(&mut |rev, header| rebuild.add(rev, header))?;
+        self.index = rebuild.finish()?;
         // A compaction interrupted before its backend deletion finished left dead revisions.
         let at = self.compacted_revision;
         if at > 0 {
