@@ -280,7 +280,7 @@ mod tests {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             let key = format!("k{:05}", (x >> 33) % 5000);
             let rev = Revision::new(main, 0);
-            let delete = (x >> 20) % 7 == 0 && state.contains_key(&key);
+            let delete = (x >> 20).is_multiple_of(7) && state.contains_key(&key);
             if delete {
                 state.remove(&key);
                 records.push((rev, header(&key, 0, 0, true)));
