@@ -38,7 +38,11 @@ pub const FORWARDING_MAX: usize = 16_384;
 #[derive(Clone, Debug)]
 pub enum Proposal {
     Command(Bytes),
-    ConfChange(ConfChange),
+    /// A membership change and its context for the state machine, in the same entry.
+    ConfChange {
+        change: ConfChange,
+        context: Bytes,
+    },
 }
 
 /// What became of a request: its answer, or why there is none.
@@ -157,7 +161,7 @@ impl<W> Requests<W> {
                 }
                 proposed
             }
-            Proposal::ConfChange(change) => node.propose_conf_change(group, id, *change),
+            Proposal::ConfChange { change, context } => node.propose_conf_change(group, id, *change, context),
         };
         match proposed {
             Ok(_) => {
@@ -174,8 +178,8 @@ impl<W> Requests<W> {
                 }
                 let frame = match &proposal {
                     Proposal::Command(data) => PeerFrame::Forward { group, request: id, data: data.clone() },
-                    Proposal::ConfChange(change) => {
-                        PeerFrame::ForwardConfChange { group, request: id, change: change.encode() }
+                    Proposal::ConfChange { change, context } => {
+                        PeerFrame::ForwardConfChange { group, request: id, change: change.encode_with(context) }
                     }
                 };
                 out.frames.push((leader, frame));
@@ -210,7 +214,7 @@ impl<W> Requests<W> {
             PeerFrame::ForwardConfChange { group, request, change } => {
                 let id = self.request_id();
                 let proposed = match ConfChange::decode(&change) {
-                    Some(change) => node.propose_conf_change(group, id, change),
+                    Some(decoded) => node.propose_conf_change(group, id, decoded, ConfChange::context(&change)),
                     None => Err(RaftError::InvalidConfChange("undecodable forwarded membership change")),
                 };
                 reply_to_forward(node, from, group, request, proposed, out);

@@ -584,7 +584,7 @@ impl<B: Backend> MvccMachine<B> {
         }
     }
 
-    fn apply_member_command(&mut self, index: Index, data: &Bytes) -> CommandResult {
+    fn apply_member_command(&mut self, index: Index, data: &[u8]) -> CommandResult {
         let command = MemberCommand::decode(data).map_err(|error| ApplyError::Undecodable(error.to_string()));
         if index > self.store.applied_index() {
             if let Err(error) = self.store.advance_applied(index) {
@@ -714,6 +714,18 @@ impl<B: Backend> StateMachine for MvccMachine<B> {
             Ok(ApplyOutcome::Skipped) => Err(ApplyError::AlreadyApplied),
             Err(error) => Err(self.fail(error)),
         }
+    }
+
+    /// The member record a membership change carries is applied with it, in the same entry. A
+    /// change without one (a founding entry, or one from a peer of an older version whose record
+    /// came in its own entry) only advances the applied index; so does an undecodable context,
+    /// the same way on every replica.
+    fn apply_conf_change(&mut self, index: Index, context: &[u8]) {
+        if context.first() != Some(&MEMBER_COMMAND_TAG) {
+            return self.apply_empty(index);
+        }
+        self.entries_handed += 1;
+        let _ = self.apply_member_command(index, context);
     }
 
     fn apply_empty(&mut self, index: Index) {
@@ -884,6 +896,24 @@ mod tests {
         let mut bad = raise.to_vec();
         bad[1 + 1 + 8] = 0;
         assert!(MemberCommand::decode(&bad).is_err(), "alarm kind 0 is not an alarm");
+    }
+
+    #[test]
+    fn a_membership_change_applies_the_member_record_it_carries() {
+        let mut machine = MvccMachine::new(Store::open(keel_mvcc::MemBackend::default(), Default::default()).unwrap());
+        machine.apply_conf_change(1, &MemberCommand::Add(record(4)).encode());
+        assert_eq!(machine.members().get(&4), Some(&record(4)));
+        assert_eq!(machine.store().applied_index(), 1, "the entry is applied");
+        assert!(machine.take_members_changed());
+        machine.apply_conf_change(2, &MemberCommand::Promote(4).encode());
+        assert!(!machine.members()[&4].learner);
+        // A change without a record (a founding entry), or with garbage, changes no record and
+        // still consumes its index.
+        machine.apply_conf_change(3, &[]);
+        machine.apply_conf_change(4, &[MEMBER_COMMAND_TAG, 99]);
+        assert_eq!((machine.members().len(), machine.store().applied_index()), (1, 4));
+        machine.apply_conf_change(5, &MemberCommand::Remove(4).encode());
+        assert!(machine.members().is_empty());
     }
 
     #[test]

@@ -20,6 +20,12 @@ pub trait StateMachine {
     /// An entry with no command (a leader's no-op, a membership change) was applied: machines that
     /// persist their applied index advance it.
     fn apply_empty(&mut self, _index: Index) {}
+    /// A membership change was applied (raft applied it to the membership itself); `context` is
+    /// what its proposer sent with it (see [`Node::propose_conf_change`]), for machines that keep
+    /// member records: applied here, they change in the same entry as the membership.
+    fn apply_conf_change(&mut self, index: Index, _context: &[u8]) {
+        self.apply_empty(index)
+    }
     /// Everything applied so far has been handed out; a machine that batches its own writes may
     /// commit them now (called once per group per poll that applied something).
     fn flush(&mut self) {}
@@ -341,10 +347,11 @@ impl<S: StateMachine> Node<S> {
         group_id: GroupId,
         id: RequestId,
         change: ConfChange,
+        context: &[u8],
     ) -> Result<Index, RaftError> {
         let deadline = self.ticks + self.cfg.request_timeout_ticks;
         let group = self.groups.get_mut(&group_id).ok_or(RaftError::InvalidConfig("unknown group"))?;
-        let index = group.raw.propose_conf_change(change)?;
+        let index = group.raw.propose_conf_change_with(change, context)?;
         let term = group.raw.status().hard_state.term;
         group.proposals.insert((index, term), PendingProposal { id, term, deadline });
         Ok(index)
@@ -576,14 +583,17 @@ fn apply_entry<S: StateMachine>(
     debug_assert!(entry.index == group.applied + 1, "apply out of order: {} after {}", entry.index, group.applied);
     let response = match entry.kind {
         EntryKind::Normal if !entry.data.is_empty() => Some(group.machine.apply(entry.index, &entry.data)),
-        // A leader's no-op, or a membership change (applied to the membership by raft itself).
-        _ => {
-            if entry.kind == EntryKind::ConfChange {
-                if let Some(change) = ConfChange::decode(&entry.data) {
-                    let latest = group.confs.last_key_value().map(|(_, conf)| conf.clone()).unwrap_or_default();
-                    group.confs.insert(entry.index, change.apply_to(&latest));
-                }
+        // A membership change (applied to the membership by raft itself), with its context.
+        EntryKind::ConfChange => {
+            if let Some(change) = ConfChange::decode(&entry.data) {
+                let latest = group.confs.last_key_value().map(|(_, conf)| conf.clone()).unwrap_or_default();
+                group.confs.insert(entry.index, change.apply_to(&latest));
             }
+            group.machine.apply_conf_change(entry.index, ConfChange::context(&entry.data));
+            None
+        }
+        // A leader's no-op.
+        _ => {
             group.machine.apply_empty(entry.index);
             None
         }

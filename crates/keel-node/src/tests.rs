@@ -2,7 +2,7 @@
 //! the same code under faults; these pin down what it must produce).
 
 use bytes::Bytes;
-use keel_raft::{ConfState, Config, GroupId, Index, RecoveredState, Role, Snapshot};
+use keel_raft::{ConfChange, ConfState, Config, GroupId, Index, RecoveredState, Role, Snapshot};
 
 use super::*;
 
@@ -13,6 +13,8 @@ const GROUP: GroupId = 1;
 struct Counter {
     applied: Index,
     durable: Option<Index>,
+    /// The context of every membership change applied.
+    conf_contexts: Vec<(Index, Bytes)>,
 }
 
 impl StateMachine for Counter {
@@ -26,6 +28,10 @@ impl StateMachine for Counter {
     }
     fn apply_empty(&mut self, index: Index) {
         self.applied = index;
+    }
+    fn apply_conf_change(&mut self, index: Index, context: &[u8]) {
+        self.applied = index;
+        self.conf_contexts.push((index, Bytes::copy_from_slice(context)));
     }
     fn query(&self, _: &()) -> Index {
         self.applied
@@ -48,7 +54,8 @@ fn single_voter(durable: Option<Index>, interval: u64, catch_up: u64) -> Node<Co
     let mut node = Node::new(cfg);
     let (hard_state, entries) = bootstrap(&[1]);
     let state = RecoveredState { hard_state, entries, ..Default::default() };
-    node.add_group(Config::new(1, GROUP), state, Counter { applied: 0, durable }).expect("group");
+    node.add_group(Config::new(1, GROUP), state, Counter { applied: 0, durable, conf_contexts: Vec::new() })
+        .expect("group");
     node
 }
 
@@ -113,6 +120,18 @@ fn a_persistent_machine_compacts_behind_its_durable_index_less_the_catch_up_marg
     // The log really was compacted behind the newest one.
     let first_kept = node.raw(GROUP).expect("group").term_at(*indexes.last().expect("some") - 1);
     assert_eq!(first_kept, None, "entries behind the snapshot are gone");
+}
+
+#[test]
+fn a_membership_change_reaches_the_machine_with_its_context() {
+    let mut node = single_voter(None, 0, 0);
+    lead(&mut node);
+    let index = node.propose_conf_change(GROUP, 7, ConfChange::AddLearner(2), b"record of 2").expect("proposed");
+    drain(&mut node);
+    let machine = node.machine(GROUP).expect("group");
+    assert_eq!(machine.conf_contexts.last(), Some(&(index, Bytes::from_static(b"record of 2"))));
+    assert_eq!(machine.applied, index);
+    assert!(node.status(GROUP).expect("group").conf.learners.contains(&2));
 }
 
 #[test]

@@ -1004,7 +1004,7 @@ impl Raft {
         Ok(self.append_entries(vec![(EntryKind::Normal, data)]))
     }
 
-    pub fn propose_conf_change(&mut self, change: ConfChange) -> Result<Index, RaftError> {
+    pub fn propose_conf_change(&mut self, change: ConfChange, context: &[u8]) -> Result<Index, RaftError> {
         self.check_can_propose()?;
         if self.pending_conf_index > self.log.applied {
             return Err(RaftError::ConfChangePending);
@@ -1016,7 +1016,7 @@ impl Raft {
         if next == self.conf {
             return Err(RaftError::InvalidConfChange("membership would not change"));
         }
-        let index = self.append_entries(vec![(EntryKind::ConfChange, change.encode())]);
+        let index = self.append_entries(vec![(EntryKind::ConfChange, change.encode_with(context))]);
         self.pending_conf_index = index;
         Ok(index)
     }

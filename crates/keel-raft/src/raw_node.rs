@@ -102,7 +102,12 @@ impl RawNode {
     }
 
     pub fn propose_conf_change(&mut self, change: ConfChange) -> Result<Index, RaftError> {
-        self.raft.propose_conf_change(change)
+        self.raft.propose_conf_change(change, &[])
+    }
+
+    /// Proposes `change` with `context` in the same entry (see [`ConfChange::encode_with`]).
+    pub fn propose_conf_change_with(&mut self, change: ConfChange, context: &[u8]) -> Result<Index, RaftError> {
+        self.raft.propose_conf_change(change, context)
     }
 
     /// Requests a linearizable read; the answer is a [`ReadState`] with this `id` in a later Ready

@@ -317,6 +317,28 @@ fn a_learner_is_added_caught_up_and_promoted() {
 }
 
 #[test]
+fn a_conf_change_carries_its_context_whole_and_decodes_without_it() {
+    for change in [ConfChange::AddLearner(4), ConfChange::AddVoter(4), ConfChange::Remove(9)] {
+        let encoded = change.encode_with(b"member record");
+        assert_eq!(ConfChange::decode(&encoded), Some(change));
+        assert_eq!(ConfChange::context(&encoded), b"member record");
+        assert_eq!(ConfChange::context(&change.encode()), b"", "no context");
+        assert_eq!(ConfChange::decode(&change.encode()), Some(change));
+        for cut in 0..9 {
+            assert_eq!(ConfChange::decode(&encoded[..cut]), None, "cut at {cut}");
+        }
+    }
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    let index = cluster.node(1).propose_conf_change_with(ConfChange::AddLearner(4), b"record of 4").unwrap();
+    cluster.stabilize();
+    for member in [1, 2, 3] {
+        let entry = cluster.applied[&member].iter().find(|e| e.index == index).expect("applied").clone();
+        assert_eq!((entry.kind, ConfChange::context(&entry.data)), (EntryKind::ConfChange, &b"record of 4"[..]));
+    }
+}
+
+#[test]
 fn only_one_conf_change_may_be_pending() {
     let mut cluster = Cluster::new(&[1, 2, 3]);
     cluster.elect(1);

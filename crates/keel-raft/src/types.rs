@@ -23,7 +23,8 @@ pub enum EntryKind {
     /// Application data. An empty normal entry is the no-op a new leader appends to commit
     /// the entries of earlier terms (Raft §5.4.2).
     Normal,
-    /// A membership change; `data` holds an encoded [`ConfChange`].
+    /// A membership change; `data` holds an encoded [`ConfChange`] and its context (see
+    /// [`ConfChange::encode_with`]).
     ConfChange,
 }
 
@@ -90,24 +91,36 @@ impl ConfChange {
     const TAG_ADD_VOTER: u8 = 2;
     const TAG_REMOVE: u8 = 3;
 
+    /// Bytes an encoded change takes before its context.
+    const ENCODED_LEN: usize = 9;
+
     pub fn encode(&self) -> Bytes {
+        self.encode_with(&[])
+    }
+
+    /// The change followed by `context`: bytes raft carries in the same entry without reading
+    /// them, for the state machine (etcd's `ConfChange.Context`: the member record that the
+    /// change adds, so the record and the membership change commit atomically).
+    pub fn encode_with(&self, context: &[u8]) -> Bytes {
         let (tag, id) = match *self {
             ConfChange::AddLearner(id) => (Self::TAG_ADD_LEARNER, id),
             ConfChange::AddVoter(id) => (Self::TAG_ADD_VOTER, id),
             ConfChange::Remove(id) => (Self::TAG_REMOVE, id),
         };
-        let mut out = Vec::with_capacity(9);
+        let mut out = Vec::with_capacity(Self::ENCODED_LEN + context.len());
         out.push(tag);
         out.extend_from_slice(&id.to_le_bytes());
+        out.extend_from_slice(context);
         Bytes::from(out)
     }
 
-    /// Decodes a change; `None` for anything malformed (entries may come from a corrupt peer).
+    /// Decodes a change (its context aside); `None` for anything malformed (entries may come
+    /// from a corrupt peer).
     pub fn decode(data: &[u8]) -> Option<ConfChange> {
-        if data.len() != 9 {
+        if data.len() < Self::ENCODED_LEN {
             return None;
         }
-        let id = u64::from_le_bytes(data[1..9].try_into().ok()?);
+        let id = u64::from_le_bytes(data[1..Self::ENCODED_LEN].try_into().ok()?);
         if id == NO_NODE {
             return None;
         }
@@ -117,6 +130,11 @@ impl ConfChange {
             Self::TAG_REMOVE => Some(ConfChange::Remove(id)),
             _ => None,
         }
+    }
+
+    /// The context an encoded change carries (empty for none, or for data too short to be one).
+    pub fn context(data: &[u8]) -> &[u8] {
+        data.get(Self::ENCODED_LEN..).unwrap_or_default()
     }
 
     /// The membership after this change.

@@ -84,10 +84,12 @@ pub enum Input<S: StateMachine, H = ()> {
         query: S::Query,
         reply: Reply<S::QueryResult>,
     },
-    /// A membership change; answered once applied.
+    /// A membership change with its context for the machine (the member record it changes);
+    /// answered once applied.
     ConfChange {
         group: GroupId,
         change: ConfChange,
+        context: Bytes,
         reply: Reply<()>,
     },
     Peer(Incoming),
@@ -260,8 +262,9 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
             Input::Propose { group, data, reply } => {
                 requests.propose(node, group, Proposal::Command(data), Waiter::Propose(reply), effects)
             }
-            Input::ConfChange { group, change, reply } => {
-                requests.propose(node, group, Proposal::ConfChange(change), Waiter::ConfChange(reply), effects)
+            Input::ConfChange { group, change, context, reply } => {
+                let proposal = Proposal::ConfChange { change, context };
+                requests.propose(node, group, proposal, Waiter::ConfChange(reply), effects)
             }
             Input::Read { group, query, reply } => requests.read(node, group, query, Waiter::Read(reply), effects),
             Input::Inspect(inspect) => inspect(node, &mut self.hook),

@@ -178,6 +178,16 @@ impl StateMachine for SimMachine {
         }
     }
 
+    fn apply_conf_change(&mut self, index: Index, context: &[u8]) {
+        match self {
+            SimMachine::Kv(m) => m.apply_conf_change(index, context),
+            SimMachine::Etcd(m) => {
+                m.applied.push((index, hash_bytes(context)));
+                m.inner.apply_conf_change(index, context)
+            }
+        }
+    }
+
     fn flush(&mut self) {
         match self {
             SimMachine::Kv(m) => m.flush(),

@@ -49,16 +49,19 @@ impl ClusterService {
         self.records().await?.remove(&id).ok_or_else(|| Status::not_found(status::MEMBER_NOT_FOUND))
     }
 
-    /// Proposes `change` and waits until this member's raft configuration shows it. The reply to
-    /// a change can be lost while it still applies (removing the leader moves leadership, and
-    /// the forwarded proposal's reply goes with it): then the configuration is the answer.
-    async fn change_membership(&self, change: ConfChange) -> Result<(), Status> {
+    /// Proposes `change` with the member-record change that goes with it, in one entry (as etcd
+    /// carries the member in its conf change's context: a crash can never leave a record without
+    /// its membership or the reverse), and waits until this member's raft configuration shows
+    /// it. The reply to a change can be lost while it still applies (removing the leader moves
+    /// leadership, and the forwarded proposal's reply goes with it): then the configuration is
+    /// the answer.
+    async fn change_membership(&self, change: ConfChange, record: MemberCommand) -> Result<(), Status> {
         let done = |conf: &keel_raft::ConfState| match change {
             ConfChange::AddLearner(id) => conf.learners.contains(&id) || conf.voters.contains(&id),
             ConfChange::AddVoter(id) => conf.voters.contains(&id),
             ConfChange::Remove(id) => !conf.voters.contains(&id) && !conf.learners.contains(&id),
         };
-        let error = match self.shared.propose_conf_change(change).await {
+        let error = match self.shared.propose_conf_change(change, &record).await {
             Ok(()) => return Ok(()),
             Err(error) => error,
         };
@@ -122,9 +125,8 @@ impl Cluster for ClusterService {
             client_urls: Vec::new(),
             learner: request.is_learner,
         };
-        self.record_change(MemberCommand::Add(record.clone())).await?;
         let change = if request.is_learner { ConfChange::AddLearner(id) } else { ConfChange::AddVoter(id) };
-        self.change_membership(change).await?;
+        self.change_membership(change, MemberCommand::Add(record.clone())).await?;
         Ok(Response::new(pb::MemberAddResponse {
             header: self.header(),
             member: Some(to_wire(&record)),
@@ -138,8 +140,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
         let id = request.into_inner().id;
         self.record(id).await?;
-        self.change_membership(ConfChange::Remove(id)).await?;
-        self.record_change(MemberCommand::Remove(id)).await?;
+        self.change_membership(ConfChange::Remove(id), MemberCommand::Remove(id)).await?;
         Ok(Response::new(pb::MemberRemoveResponse { header: self.header(), members: self.members().await? }))
     }
 
@@ -170,8 +171,7 @@ impl Cluster for ClusterService {
         if !record.learner {
             return Err(Status::failed_precondition(status::NOT_LEARNER));
         }
-        self.change_membership(ConfChange::AddVoter(id)).await?;
-        self.record_change(MemberCommand::Promote(id)).await?;
+        self.change_membership(ConfChange::AddVoter(id), MemberCommand::Promote(id)).await?;
         Ok(Response::new(pb::MemberPromoteResponse { header: self.header(), members: self.members().await? }))
     }
 }

@@ -110,11 +110,13 @@ impl Shared {
         }
     }
 
-    /// Replicates a raft membership change; returns once it is applied here.
-    pub async fn propose_conf_change(&self, change: ConfChange) -> Result<(), Status> {
+    /// Replicates a raft membership change and the member-record change that goes with it, in
+    /// one entry; returns once it is applied here.
+    pub async fn propose_conf_change(&self, change: ConfChange, record: &MemberCommand) -> Result<(), Status> {
         let (tx, rx) = oneshot::channel();
         let reply = Box::new(move |result| drop(tx.send(result)));
-        self.submit(Input::ConfChange { group: self.group, change, reply })?;
+        let context = Bytes::from(record.encode());
+        self.submit(Input::ConfChange { group: self.group, change, context, reply })?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(status::from_request(&error)),

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::disk::DurableModel;
+use keel_machine::{MemberCommand, MemberRecord};
 
 const PPM: u64 = 1_000_000;
 
@@ -222,8 +223,20 @@ impl Cluster {
         };
         let request = self.next_request;
         self.next_request += 1;
+        // The member record goes in the same entry, as the server sends it.
+        let record = match change {
+            ConfChange::AddLearner(id) => MemberCommand::Add(MemberRecord {
+                id,
+                name: format!("n{id}"),
+                peer_urls: vec![format!("http://n{id}:2380")],
+                client_urls: Vec::new(),
+                learner: true,
+            }),
+            ConfChange::AddVoter(id) => MemberCommand::Promote(id),
+            ConfChange::Remove(id) => MemberCommand::Remove(id),
+        };
         let node = self.members.get_mut(&leader).and_then(|m| m.node.as_mut()).expect("leader runs");
-        if node.propose_conf_change(group, request, change).is_err() {
+        if node.propose_conf_change(group, request, change, &record.encode()).is_err() {
             return;
         }
         if let Some(id) = new_member {
