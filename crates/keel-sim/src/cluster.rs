@@ -378,6 +378,10 @@ impl Cluster {
                 }
                 keel_node::StateMachine::restore(&mut machine, &snapshot.data);
             }
+            // What the machine holds is committed: no entry of the recovered log at or below its
+            // index may be one that lost (a snapshot went into the machine only once durable,
+            // and that discarded such a log).
+            self.invariants.check_log_below_applied(id, group, &state.entries, machine.applied_index());
             // As the server: raft hands out only what comes after the machine's durable state.
             state.applied = state.applied.max(machine.applied_index());
             let mut cfg = Config::new(id, group);

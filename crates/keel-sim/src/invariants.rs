@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use keel_node::{GroupWrite, Node};
-use keel_raft::{GroupId, HardState, Index, Message, MessageBody, NodeId, Role, Term, NO_NODE};
+use keel_raft::{Entry, GroupId, HardState, Index, Message, MessageBody, NodeId, Role, Term, NO_NODE};
 
 use crate::disk::DurableModel;
 use crate::kv::hash_bytes;
@@ -60,6 +60,25 @@ impl Invariants {
     pub fn violation(&mut self, text: String) {
         if self.violations.len() < 20 {
             self.violations.push(text);
+        }
+    }
+
+    /// A restarted member's log below its machine's durable index holds only committed entries:
+    /// raft takes everything up to there as applied, so a different entry there (a suffix that
+    /// lost, which the snapshot that moved the machine past it should have discarded) could never
+    /// be replaced.
+    pub fn check_log_below_applied(&mut self, id: NodeId, group: GroupId, entries: &[Entry], applied: Index) {
+        for entry in entries.iter().take_while(|e| e.index <= applied) {
+            if let Some(&(term, _)) = self.committed.get(&(group, entry.index)) {
+                if term != entry.term {
+                    self.violation(format!(
+                        "n{id} g{group}: the log holds entry {} of term {} at or below the machine's index {applied}, \
+                         but the committed entry there is of term {term}",
+                        entry.index, entry.term
+                    ));
+                    return;
+                }
+            }
         }
     }
 
