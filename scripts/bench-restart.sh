@@ -7,6 +7,7 @@
 # Each server: 3 members on loopback with `--snapshot-count 10000`, every key written once
 # (`keel bench kv --op load`, 64 clients). Then, three times each:
 #   follower  kill -9 one follower, start it again: time until it answers a linearizable get
+#   stopped   the same after SIGTERM (a clean stop; the time starts once it has exited)
 #   cluster   kill -9 every member, start them all: time until member 1 answers one
 # The times run from the start command to the first successful answer (polled every 20 ms), so
 # they include reopening the store, rebuilding its index, replaying the WAL and electing.
@@ -71,6 +72,13 @@ for server in $SERVERS; do
         started=$(now_ms)
         start_member "$server" "$i" "${command[@]}"
         echo "server=$server trial=$trial follower_restart_ms=$(until_serving "127.0.0.1:5${i}379" "$started")"
+    done
+    for trial in 1 2 3; do
+        i=$(follower)
+        kill -TERM "${PIDS[$((i - 1))]}"; wait "${PIDS[$((i - 1))]}" 2>/dev/null || true
+        started=$(now_ms)
+        start_member "$server" "$i" "${command[@]}"
+        echo "server=$server trial=$trial follower_stop_start_ms=$(until_serving "127.0.0.1:5${i}379" "$started")"
     done
     for trial in 1 2 3; do
         for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done

@@ -93,6 +93,10 @@ pub enum Input<S: StateMachine, H = ()> {
         reply: Reply<()>,
     },
     Peer(Incoming),
+    /// Stop after this turn (a graceful shutdown): the run returns, and the node with its
+    /// stores is dropped, so the store file is closed cleanly (redb's next open then skips its
+    /// repair walk over the whole file, which a kill -9 costs: about 1.3 s per GiB).
+    Stop,
     /// Runs on the driver thread between polls: status, serializable reads, watch registration.
     Inspect(Inspect<S, H>),
     /// The peer inbox has something.
@@ -157,6 +161,8 @@ pub struct Driver<S: StateMachine, H: Hook<S> = ()> {
     requests: Requests<Waiter<S>>,
     /// What `requests` asked for and the driver has not carried out yet.
     effects: EffectsOf<S, Waiter<S>>,
+    /// [`Input::Stop`] came: the run ends after this turn.
+    stopping: bool,
 }
 
 impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
@@ -190,6 +196,7 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
             next_tick: Instant::now() + tick,
             requests: Requests::new(first_request, plants),
             effects: Effects::default(),
+            stopping: false,
         }
     }
 
@@ -200,8 +207,8 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
         self
     }
 
-    /// Runs until every input sender is gone. A storage error stops the node: what it could
-    /// not make durable it must not acknowledge.
+    /// Runs until every input sender is gone or [`Input::Stop`]. A storage error stops the node:
+    /// what it could not make durable it must not acknowledge.
     pub fn run(mut self) -> Result<(), StorageError> {
         loop {
             let wait = self.next_tick.saturating_duration_since(Instant::now());
@@ -235,6 +242,10 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
                 self.take(input);
             }
             self.turn()?;
+            if self.stopping {
+                // Everything taken is carried out; dropping the node closes its stores cleanly.
+                return Ok(());
+            }
             let mut proposals = Vec::new();
             self.hook.after_turn(&mut self.node, Instant::now(), &mut proposals);
             if !proposals.is_empty() {
@@ -269,6 +280,7 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
             Input::Read { group, query, reply } => requests.read(node, group, query, Waiter::Read(reply), effects),
             Input::Inspect(inspect) => inspect(node, &mut self.hook),
             Input::Wake => {}
+            Input::Stop => self.stopping = true,
         }
         self.carry_out();
     }

@@ -330,11 +330,13 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     hook.auto_compaction = crate::auto_compaction::AutoCompactor::new(config.auto_compaction);
     let driver = Driver::new(node, storage, receiver, inbox, Box::new(move |out| peers.send_out(out)), hook, tick)
         .with_retention(config.retention());
+    let (stopped, driver_stopped) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("keel-driver".into())
         .spawn(move || {
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| driver.run())) {
-                Ok(Ok(())) => {}
+                // The driver and everything it held are dropped by now.
+                Ok(Ok(())) => drop(stopped.send(())),
                 // What could not be made durable must not be acknowledged: stop the member.
                 Ok(Err(error)) => {
                     tracing::error!(%error, "storage failed; stopping this member");
@@ -381,8 +383,35 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         .thread_name("keel-api")
         .build()
         .map_err(io("start the async runtime"))?;
-    runtime.block_on(serve_clients(config, shared))
+    let served = runtime.block_on(serve_clients(config, shared.clone()));
+    // A graceful stop: the driver finishes its turn and closes the stores (so the next start
+    // need not repair them); a driver that does not finish in time is left to the exit.
+    let deadline = std::time::Instant::now() + DRIVER_STOP_WAIT;
+    let mut stop = Input::Stop;
+    let closed = loop {
+        match shared.inputs.try_send(stop) {
+            Ok(()) => {
+                break driver_stopped
+                    .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+                    .is_ok()
+            }
+            Err(std::sync::mpsc::TrySendError::Full(back)) if std::time::Instant::now() < deadline => {
+                stop = back;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(_) => break false,
+        }
+    };
+    if closed {
+        tracing::info!("stores closed");
+    } else {
+        tracing::warn!("the driver did not stop in time: the store will be repaired at the next start");
+    }
+    served
 }
+
+/// How long a graceful stop waits for the driver to close the stores.
+const DRIVER_STOP_WAIT: Duration = Duration::from_secs(10);
 
 fn join(urls: &[PeerUrl]) -> String {
     urls.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")

@@ -1,5 +1,5 @@
 //! Real processes, real SIGKILL: a leader dies and the survivors take over; every member dies
-//! mid-load and no acknowledged write is lost.
+//! mid-load and no acknowledged write is lost. And SIGTERM: a member stops cleanly.
 
 mod common;
 
@@ -41,6 +41,37 @@ async fn the_survivors_take_over_after_kill_9_of_the_leader_and_it_rejoins() {
     })
     .await;
     assert_eq!(got.kvs()[0].value(), b"2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_stopped_with_sigterm_closes_its_store_and_a_killed_one_is_repaired_at_start() {
+    const REPAIRED: &str = "the store file was not closed cleanly";
+    let mut cluster = Cluster::start("stop", 3);
+    let client = cluster.client(0).await;
+    for n in 0..50 {
+        eventually("write", || {
+            let mut c = client.clone();
+            async move { c.put(format!("/s/{n}"), "v", None).await }
+        })
+        .await;
+    }
+    cluster.stop(1);
+    assert!(cluster.log(1).contains("stores closed"), "log:\n{}", cluster.log(1));
+    cluster.spawn(1);
+    cluster.kill9(2);
+    cluster.spawn(2);
+    cluster.wait_ready();
+    assert!(!cluster.log(1).contains(REPAIRED), "a stopped member's store opens without repair:\n{}", cluster.log(1));
+    assert!(cluster.log(2).contains(REPAIRED), "a killed member's store is repaired:\n{}", cluster.log(2));
+    for member in [1, 2] {
+        let restarted = cluster.client(member).await;
+        let got = eventually("a read on the restarted member", || {
+            let mut c = restarted.clone();
+            async move { c.get("/s/", Some(GetOptions::new().with_prefix().with_count_only())).await }
+        })
+        .await;
+        assert_eq!(got.count(), 50, "member {member} has every write");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -135,6 +135,16 @@ impl Cluster {
         }
     }
 
+    /// SIGTERM, as an operator stops a member: it may finish and close its files.
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let pid = child.id().to_string();
+            let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+            assert!(sent.success(), "kill -TERM {pid}");
+            child.wait().expect("reap");
+        }
+    }
+
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().filter(|m| m.child.is_some()).map(Member::endpoint).collect()
     }
