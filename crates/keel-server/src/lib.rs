@@ -24,4 +24,4 @@ pub mod watch_hub;
 pub use config::{ClusterState, ConfigError, PeerUrl, ServerConfig};
 pub use driver::{reply_to, Driver, Hook, Input, PeerInbox, Reply};
 pub use machine::{Applied, ApplyError, CommandResult, LeaseChange, MemberCommand, MemberRecord, MvccMachine};
-pub use transport::{start_listener, Incoming, Outgoing, PeerSender};
+pub use transport::{start_listener, Incoming, Outgoing, PeerAddress, PeerSender};

@@ -40,7 +40,7 @@ use crate::machine::{
     read_members_file, split_snapshot, FileTicket, MemberRecord, MvccMachine, Roster, SnapshotOutbox,
 };
 use crate::metrics::Metrics;
-use crate::transport::{start_listener_with_files, Incoming, PeerSender};
+use crate::transport::{start_listener_with_files, Incoming, PeerAddress, PeerSender};
 use crate::watch_hub::{HeaderBase, WatchHub};
 use crate::{http, ids};
 
@@ -106,15 +106,15 @@ pub fn membership(config: &ServerConfig) -> Result<Membership, ServerError> {
     Ok(Membership { me, cluster_id: ids::cluster_id(token), members })
 }
 
-/// Where each member other than `me` listens for peers.
-pub fn peer_addresses(members: &BTreeMap<u64, MemberRecord>, me: u64) -> BTreeMap<NodeId, SocketAddr> {
+/// Where each member other than `me` listens for peers (names are resolved by the transport's
+/// threads when they connect: this runs on the driver thread).
+pub fn peer_addresses(members: &BTreeMap<u64, MemberRecord>, me: u64) -> BTreeMap<NodeId, PeerAddress> {
     let mut out = BTreeMap::new();
     for record in members.values().filter(|m| m.id != me) {
         let Some(url) = record.peer_urls.first() else { continue };
-        match PeerUrl::parse("peer-urls", url).map_err(|e| ServerError::Config(e.to_string())).and_then(|u| resolve(&u))
-        {
-            Ok(addr) => {
-                out.insert(record.id, addr);
+        match PeerUrl::parse("peer-urls", url) {
+            Ok(url) => {
+                out.insert(record.id, PeerAddress { host: url.host, port: url.port });
             }
             Err(error) => tracing::warn!(member = %format!("{:x}", record.id), %error, "cannot reach a member"),
         }
@@ -207,12 +207,13 @@ fn open_node(
     // snapshot: open them side by side (indexing a 1M-key store takes a second or more, reading
     // the WAL's live segments a few hundred ms).
     let db_path = dir.join("db.redb");
+    let opening = std::time::Instant::now();
     let store_opening = std::thread::Builder::new()
         .name("open-store".into())
-        .spawn(move || open_store_file(&db_path))
+        .spawn(move || open_store_file(&db_path).map(|store| (store, opening.elapsed())))
         .map_err(io("start the store-opening thread"))?;
     let (mut storage, mut groups, recovery) = NodeStorage::open(disk, StorageOptions::new())?;
-    tracing::info!(?recovery, "write-ahead log recovered");
+    tracing::info!(?recovery, ms = opening.elapsed().as_millis() as u64, "write-ahead log recovered");
     let mut state = match groups.remove(&GROUP) {
         Some(group) => group.raft_state(),
         // Joining a running cluster (after MemberAdd): start empty; the leader sends the log
@@ -226,9 +227,15 @@ fn open_node(
         }
     };
     std::fs::create_dir_all(snapshot_files_dir(dir)).map_err(io("create the snapshot files dir"))?;
-    let store = store_opening.join().map_err(|_| ServerError::Config("opening the store panicked".into()))??;
+    let (store, store_took) =
+        store_opening.join().map_err(|_| ServerError::Config("opening the store panicked".into()))??;
     let store = store_up_to(store, state.snapshot.as_ref())?;
-    tracing::info!(keys = store.indexed_keys(), applied = store.durable_applied_index(), "store opened");
+    tracing::info!(
+        keys = store.indexed_keys(),
+        applied = store.durable_applied_index(),
+        ms = store_took.as_millis() as u64,
+        "store opened"
+    );
     clean_snapshot_files(&snapshot_files_dir(dir))?;
     // Member records: the members file if this member has one, else the snapshot's, else the
     // flags' (the log after either replays every change since).
@@ -461,5 +468,36 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: u64, peer_url: &str) -> MemberRecord {
+        MemberRecord { id, name: format!("m{id}"), peer_urls: vec![peer_url.into()], client_urls: Vec::new(), learner: false }
+    }
+
+    /// Runs on the driver thread at every membership change: it must not wait on DNS. A name is
+    /// kept as it is (the transport resolves it when it connects); only a malformed URL is left out.
+    #[test]
+    fn peer_addresses_are_not_resolved_on_the_way() {
+        let members: BTreeMap<u64, MemberRecord> = [
+            record(1, "http://127.0.0.1:2380"),
+            record(2, "http://no-such-host.invalid:2380"),
+            record(3, "not a url"),
+            record(4, "http://[::1]:2381"),
+        ]
+        .into_iter()
+        .map(|r| (r.id, r))
+        .collect();
+        let addresses = peer_addresses(&members, 1);
+        let hosts: Vec<(u64, String)> = addresses.iter().map(|(&id, a)| (id, a.to_string())).collect();
+        assert_eq!(hosts, [(2, "no-such-host.invalid:2380".to_string()), (4, "[::1]:2381".to_string())]);
+        // Dialing resolves them, brackets and all.
+        assert_eq!(addresses[&4].resolve().expect("an IPv6 literal"), "[::1]:2381".parse().unwrap());
+        let local = PeerAddress { host: "127.0.0.1".into(), port: 2380 };
+        assert_eq!(local.resolve().expect("an IPv4 literal"), "127.0.0.1:2380".parse().unwrap());
     }
 }

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,7 +80,7 @@ pub struct PeerSender {
     cluster_id: u64,
     me: NodeId,
     attributes: Option<PeerFrame>,
-    queues: std::sync::Mutex<BTreeMap<NodeId, (SocketAddr, SyncSender<Outgoing>)>>,
+    queues: std::sync::Mutex<BTreeMap<NodeId, (PeerAddress, SyncSender<Outgoing>)>>,
     /// Peers a store is being streamed to: one transfer per peer at a time, and raft's retries
     /// of the same snapshot are dropped while it runs.
     streaming: Arc<std::sync::Mutex<std::collections::BTreeSet<NodeId>>>,
@@ -92,9 +92,41 @@ pub struct PeerSender {
     outbox: Option<Arc<SnapshotOutbox>>,
 }
 
+/// Where a peer listens, as its member record names it. Resolved by the thread that connects,
+/// each time it connects (so a peer whose name moves is found again), never by the driver: a
+/// slow or dead DNS server must not stall the thread that drives raft.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerAddress {
+    pub host: String,
+    pub port: u16,
+}
+
+impl From<SocketAddr> for PeerAddress {
+    fn from(addr: SocketAddr) -> Self {
+        PeerAddress { host: addr.ip().to_string(), port: addr.port() }
+    }
+}
+
+impl std::fmt::Display for PeerAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+impl PeerAddress {
+    /// The address to dial (an IPv6 literal may come in URL brackets).
+    pub(crate) fn resolve(&self) -> std::io::Result<SocketAddr> {
+        let host = self.host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(&self.host);
+        (host, self.port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::other(format!("{self} resolves to no address")))
+    }
+}
+
 impl PeerSender {
     /// Starts one sender thread per peer.
-    pub fn start(cluster_id: u64, me: NodeId, peers: &BTreeMap<NodeId, SocketAddr>) -> PeerSender {
+    pub fn start(cluster_id: u64, me: NodeId, peers: &BTreeMap<NodeId, PeerAddress>) -> PeerSender {
         PeerSender::start_with(cluster_id, me, peers, None)
     }
 
@@ -102,7 +134,7 @@ impl PeerSender {
     pub fn start_with(
         cluster_id: u64,
         me: NodeId,
-        peers: &BTreeMap<NodeId, SocketAddr>,
+        peers: &BTreeMap<NodeId, PeerAddress>,
         attributes: Option<PeerFrame>,
     ) -> PeerSender {
         let sender = PeerSender {
@@ -120,20 +152,21 @@ impl PeerSender {
 
     /// Makes the peer set exactly `peers` (this member excluded): new peers get a sender thread,
     /// removed ones lose theirs (it ends once its queue is dropped), moved ones are restarted.
-    pub fn set_peers(&self, peers: &BTreeMap<NodeId, SocketAddr>) {
+    pub fn set_peers(&self, peers: &BTreeMap<NodeId, PeerAddress>) {
         let mut queues = self.queues.lock().expect("peer queues lock");
         queues.retain(|id, (addr, _)| peers.get(id) == Some(addr));
-        for (&id, &addr) in peers {
+        for (&id, addr) in peers {
             if id == self.me || queues.contains_key(&id) {
                 continue;
             }
+            let addr = addr.clone();
             let (queue, receiver) = mpsc::sync_channel(PEER_QUEUE_MAX);
             let (cluster_id, me, attributes) = (self.cluster_id, self.me, self.attributes.clone());
             std::thread::Builder::new()
                 .name(format!("keel-peer-{id:x}"))
                 .spawn(move || send_loop(cluster_id, me, id, addr, attributes, receiver))
                 .expect("spawn peer sender thread");
-            queues.insert(id, (addr, queue));
+            queues.insert(id, (peers[&id].clone(), queue));
         }
     }
 
@@ -179,7 +212,7 @@ impl PeerSender {
             return;
         };
         let outbox = self.outbox.clone().expect("taken from it above");
-        let Some(addr) = self.queues.lock().expect("peer queues lock").get(&to).map(|(addr, _)| *addr) else {
+        let Some(addr) = self.queues.lock().expect("peer queues lock").get(&to).map(|(addr, _)| addr.clone()) else {
             outbox.stream_ended(ticket.source);
             return;
         };
@@ -268,11 +301,11 @@ fn stream_rows(
     cluster_id: u64,
     me: NodeId,
     to: NodeId,
-    addr: SocketAddr,
+    addr: PeerAddress,
     message: &Message,
     rows: &StoreRows,
 ) -> std::io::Result<u64> {
-    let mut stream = connect(cluster_id, me, to, addr, None)?;
+    let mut stream = connect(cluster_id, me, to, &addr, None)?;
     stream.set_write_timeout(Some(FILE_STALL_TIMEOUT))?;
     let mut writer = ChunkWriter { stream: &mut stream, buf: Vec::with_capacity(FILE_CHUNK_BYTES), offset: 0, crc: 0 };
     rows.view
@@ -290,14 +323,14 @@ fn send_loop(
     cluster_id: u64,
     me: NodeId,
     to: NodeId,
-    addr: SocketAddr,
+    addr: PeerAddress,
     attributes: Option<PeerFrame>,
     queue: Receiver<Outgoing>,
 ) {
     let mut backoff = BACKOFF_MIN;
     // Connect right away, not at the first message: the hello and attributes tell the peer who
     // we are (its MemberList shows our client URLs) even before raft has anything to say to it.
-    let mut stream: Option<TcpStream> = connect(cluster_id, me, to, addr, attributes.as_ref()).ok();
+    let mut stream: Option<TcpStream> = connect(cluster_id, me, to, &addr, attributes.as_ref()).ok();
     loop {
         let first = match queue.recv_timeout(backoff) {
             Ok(first) => first,
@@ -305,7 +338,7 @@ fn send_loop(
             // Idle: keep trying to reach a peer we are not connected to, for the same reason.
             Err(RecvTimeoutError::Timeout) => {
                 if stream.is_none() {
-                    match connect(cluster_id, me, to, addr, attributes.as_ref()) {
+                    match connect(cluster_id, me, to, &addr, attributes.as_ref()) {
                         Ok(connected) => {
                             stream = Some(connected);
                             backoff = BACKOFF_MIN;
@@ -321,7 +354,7 @@ fn send_loop(
         let mut batch = vec![first];
         batch.extend(queue.try_iter().take(MESSAGES_PER_FRAME_MAX - 1));
         if stream.is_none() {
-            match connect(cluster_id, me, to, addr, attributes.as_ref()) {
+            match connect(cluster_id, me, to, &addr, attributes.as_ref()) {
                 Ok(connected) => {
                     stream = Some(connected);
                     backoff = BACKOFF_MIN;
@@ -365,10 +398,10 @@ fn connect(
     cluster_id: u64,
     me: NodeId,
     to: NodeId,
-    addr: SocketAddr,
+    addr: &PeerAddress,
     attributes: Option<&PeerFrame>,
 ) -> std::io::Result<TcpStream> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    let mut stream = TcpStream::connect_timeout(&addr.resolve()?, Duration::from_millis(500))?;
     stream.set_nodelay(true)?;
     stream.write_all(&PeerFrame::Hello { cluster_id, from: me, to }.encode())?;
     if let Some(attributes) = attributes {

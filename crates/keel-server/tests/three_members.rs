@@ -11,7 +11,7 @@ use bytes::Bytes;
 use keel_mvcc::{Command, PutRequest, RangeRequest, RedbBackend, Response, Store, StoreOptions};
 use keel_node::{Node, NodeConfig};
 use keel_raft::{Config, NodeId, RecoveredState};
-use keel_server::{start_listener, Applied, Driver, Input, MvccMachine, PeerSender};
+use keel_server::{start_listener, Applied, Driver, Input, MvccMachine, PeerAddress, PeerSender};
 use keel_storage::{Disk, NodeStorage, RealDisk, StorageOptions};
 
 const GROUP: u64 = 1;
@@ -32,7 +32,8 @@ fn start_member(id: NodeId, dir: PathBuf, listener: TcpListener, addrs: &BTreeMa
     let state = RecoveredState { hard_state, entries, ..Default::default() };
     node.add_group(Config::new(id, GROUP), state, MvccMachine::new(store)).expect("group");
     let (inputs, receiver) = mpsc::channel();
-    let peers = PeerSender::start(CLUSTER, id, addrs);
+    let addrs: BTreeMap<NodeId, PeerAddress> = addrs.iter().map(|(&id, &addr)| (id, PeerAddress::from(addr))).collect();
+    let peers = PeerSender::start(CLUSTER, id, &addrs);
     let deliver_to = inputs.clone();
     let members: Vec<NodeId> = voters.clone();
     start_listener(
