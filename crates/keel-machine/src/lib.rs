@@ -628,6 +628,14 @@ impl<B: Backend> MvccMachine<B> {
         Ok(Applied::Members)
     }
 
+    /// A consistent view of the committed store, with the member records to stream beside it
+    /// (under [`MEMBERS_META_KEY`]), for a reader on another thread: etcd's Snapshot RPC. Taking
+    /// it is cheap (a redb read transaction); `None` for a store that is not a file.
+    pub fn store_view(&self) -> Result<Option<(keel_mvcc::redb_backend::StoreCopy, Vec<u8>)>, String> {
+        let view = self.store.begin_copy().map_err(|e| e.to_string())?;
+        Ok(view.map(|view| (view, encode_members(&self.roster))))
+    }
+
     pub fn store(&self) -> &Store<B> {
         &self.store
     }

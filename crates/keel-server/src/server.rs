@@ -476,7 +476,13 @@ mod tests {
     use super::*;
 
     fn record(id: u64, peer_url: &str) -> MemberRecord {
-        MemberRecord { id, name: format!("m{id}"), peer_urls: vec![peer_url.into()], client_urls: Vec::new(), learner: false }
+        MemberRecord {
+            id,
+            name: format!("m{id}"),
+            peer_urls: vec![peer_url.into()],
+            client_urls: Vec::new(),
+            learner: false,
+        }
     }
 
     /// Runs on the driver thread at every membership change: it must not wait on DNS. A name is

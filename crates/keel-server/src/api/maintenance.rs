@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::Shared;
-use crate::machine::{AlarmKind, AlarmMember, MemberCommand};
+use crate::machine::{AlarmKind, AlarmMember, MemberCommand, MEMBERS_META_KEY};
 use crate::status;
 
 /// The etcd API version keel answers to (clients gate features on it).
@@ -19,6 +19,63 @@ pub const API_VERSION: &str = "3.5.0";
 const SNAPSHOT_CHUNK_BYTES: usize = 64 << 10;
 /// How long MoveLeader waits for the new leader to take over.
 const MOVE_LEADER_WAIT: Duration = Duration::from_secs(5);
+
+/// etcd ends a snapshot with the SHA-256 of what came before, which is a multiple of this (bolt's
+/// pages): `etcdctl snapshot save` refuses a stream whose length is not `k * 512 + 32`.
+const SNAPSHOT_ALIGN: u64 = 512;
+
+/// Cuts the Snapshot RPC's byte stream into messages (blocking: it runs on a blocking thread).
+struct SnapshotChunks {
+    sender: mpsc::Sender<Result<pb::SnapshotResponse, Status>>,
+    header: pb::ResponseHeader,
+    buf: Vec<u8>,
+    sent: u64,
+    estimate: u64,
+    digest: sha2::Sha256,
+}
+
+impl SnapshotChunks {
+    fn send(&mut self, remaining_bytes: u64) -> std::io::Result<()> {
+        let blob = std::mem::take(&mut self.buf);
+        self.sent += blob.len() as u64;
+        let response = pb::SnapshotResponse { header: Some(self.header), remaining_bytes, blob };
+        self.sender
+            .blocking_send(Ok(response))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client left"))
+    }
+
+    /// The last message: whatever is left, zeros up to a multiple of [`SNAPSHOT_ALIGN`], the
+    /// SHA-256 of all that, and `remaining_bytes` 0.
+    fn finish(&mut self) -> std::io::Result<()> {
+        use sha2::Digest;
+        let length = self.sent + self.buf.len() as u64;
+        let padding = (SNAPSHOT_ALIGN - length % SNAPSHOT_ALIGN) % SNAPSHOT_ALIGN;
+        let zeros = vec![0u8; padding as usize];
+        self.digest.update(&zeros);
+        self.buf.extend_from_slice(&zeros);
+        let sum = std::mem::take(&mut self.digest).finalize();
+        self.buf.extend_from_slice(&sum);
+        self.send(0)
+    }
+}
+
+impl std::io::Write for SnapshotChunks {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        sha2::Digest::update(&mut self.digest, bytes);
+        self.buf.extend_from_slice(bytes);
+        while self.buf.len() >= SNAPSHOT_CHUNK_BYTES {
+            let rest = self.buf.split_off(SNAPSHOT_CHUNK_BYTES);
+            let remaining = self.estimate.saturating_sub(self.sent + SNAPSHOT_CHUNK_BYTES as u64).max(1);
+            self.send(remaining)?;
+            self.buf = rest;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 pub struct MaintenanceService {
     pub shared: Arc<Shared>,
@@ -123,28 +180,40 @@ impl Maintenance for MaintenanceService {
 
     type SnapshotStream = ReceiverStream<Result<pb::SnapshotResponse, Status>>;
 
+    /// The store as keel streams it to a follower (rows a `RowReceiver` builds a store file from,
+    /// member records included), zero-padded and ended with its SHA-256 as etcd's snapshots are,
+    /// read from a redb read view on a blocking thread: the driver only opens the view, so a
+    /// backup of any size neither stalls raft nor is held in memory. The stream's length is not
+    /// known in advance: `remaining_bytes` is the store file's size less what was sent (at least
+    /// 1) until the last message, which says 0.
     async fn snapshot(&self, _: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
         let group = self.shared.group;
-        let data = self
+        let (view, members) = self
             .shared
-            .inspect(move |node, _| node.machine(group).map(|m| m.store().snapshot()))
+            .inspect(move |node, _| node.machine(group).map(|m| m.store_view()))
             .await?
             .ok_or_else(status::stopped)?
-            .map_err(|error| Status::internal(format!("etcdserver: snapshot: {error}")))?;
+            .map_err(|error| Status::unavailable(format!("etcdserver: snapshot: {error}")))?
+            .ok_or_else(|| Status::unavailable("etcdserver: snapshot: the store is not a file"))?;
         let header = self.shared.header(self.shared.metrics.revision());
+        let estimate = u64::try_from(self.shared.metrics.db_size.load(Relaxed)).unwrap_or(0);
         let (sender, receiver) = mpsc::channel(4);
-        tokio::spawn(async move {
-            let mut remaining = data.len();
-            for chunk in data.chunks(SNAPSHOT_CHUNK_BYTES) {
-                remaining -= chunk.len();
-                let response = pb::SnapshotResponse {
-                    header: Some(header),
-                    remaining_bytes: remaining as u64,
-                    blob: chunk.to_vec(),
-                };
-                if sender.send(Ok(response)).await.is_err() {
-                    return;
-                }
+        tokio::task::spawn_blocking(move || {
+            let mut out = SnapshotChunks {
+                sender,
+                header,
+                buf: Vec::with_capacity(SNAPSHOT_CHUNK_BYTES),
+                sent: 0,
+                estimate,
+                digest: Default::default(),
+            };
+            let written = view
+                .write_rows(&mut out, &[(MEMBERS_META_KEY, members)])
+                .map_err(|error| error.to_string())
+                .and_then(|()| out.finish().map_err(|error| error.to_string()));
+            if let Err(error) = written {
+                // Nobody to tell if the client left; otherwise the stream ends with the error.
+                let _ = out.sender.blocking_send(Err(Status::internal(format!("etcdserver: snapshot: {error}"))));
             }
         });
         Ok(Response::new(ReceiverStream::new(receiver)))
