@@ -16,7 +16,10 @@ use crate::raft::{get_message, put_message};
 use crate::reader::{DecodeError, Reader};
 use crate::writer::Writer;
 
-pub const PEER_PROTOCOL_VERSION: u8 = 1;
+/// 2: a membership change's log entry may carry its member record after the change (a member of
+/// version 1 would skip such an entry and its membership would part from the others': the two
+/// refuse each other's connections instead).
+pub const PEER_PROTOCOL_VERSION: u8 = 2;
 const KIND_HELLO: u8 = 1;
 const KIND_MESSAGES: u8 = 2;
 const KIND_FORWARD: u8 = 3;

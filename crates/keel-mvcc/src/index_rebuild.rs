@@ -21,6 +21,9 @@ use crate::revision::Revision;
 /// Records per run: the run's rows and keys (about 1 MiB for keys of a few dozen bytes) stay in
 /// a core's cache while it is sorted.
 const RUN_ROWS: usize = 16 * 1024;
+/// Key bytes per run, whatever the number of records: large keys seal a run sooner (and its key
+/// offsets stay far below `u32::MAX`).
+const RUN_KEY_BYTES: usize = 4 << 20;
 
 /// What the index needs of one record; its key is in the run's `keys`.
 #[derive(Debug, Clone, Copy)]
@@ -132,7 +135,7 @@ impl IndexRebuild {
             lease: rec.lease,
             tombstone: rec.tombstone,
         });
-        if run.rows.len() >= RUN_ROWS {
+        if run.rows.len() >= RUN_ROWS || run.keys.len() >= RUN_KEY_BYTES {
             self.seal();
         }
         Ok(())
@@ -166,11 +169,18 @@ impl IndexRebuild {
         }
         let compacted = self.compacted_revision;
         let (below, above) = std::thread::scope(|scope| {
-            let above = scope.spawn(move || merge(&above, compacted));
-            (merge(&below, compacted), above.join())
+            // No second thread to be had: the same merge, one half after the other.
+            let spawned =
+                std::thread::Builder::new().name("index-merge".into()).spawn_scoped(scope, || merge(&above, compacted));
+            let below = merge(&below, compacted);
+            let above = match spawned {
+                Ok(thread) => thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Err(_) => merge(&above, compacted),
+            };
+            (below, above)
         });
         let mut keys = below?;
-        keys.extend(above.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?);
+        keys.extend(above?);
         // Sorted and without duplicates: the tree is built bottom-up, without searches.
         Ok(keys.into_iter().collect())
     }
@@ -191,7 +201,8 @@ fn merge(
             Reverse(Head { key: run.key(first), rev: first.rev, run: part, at: rows.start })
         })
         .collect();
-    let mut keys: Vec<(Bytes, KeyIndex)> = Vec::with_capacity(parts.iter().map(|(_, rows)| rows.len()).sum());
+    // Not reserved: a store of many revisions per key has far fewer keys than rows.
+    let mut keys: Vec<(Bytes, KeyIndex)> = Vec::new();
     while let Some(mut top) = heads.peek_mut() {
         let head = &mut top.0;
         let (run, rows) = &parts[head.run];

@@ -3,9 +3,9 @@
 //! The replicated state of a keel group: a multi-version key-value store with etcd 3.4/3.5
 //! semantics (revisions, versions, range options, txn, compaction, leases, watch events,
 //! `HashKV`), applied from raft log entries in order, deterministically, and persisted
-//! through a [`Backend`]. No clocks or IO outside the backend, and no threads but the start-up
-//! index rebuild's second one (whose result does not depend on it); every map whose order can
-//! reach a result is a `BTreeMap`.
+//! through a [`Backend`]. No clocks or IO outside the backend, and no threads but the backend's
+//! reader and the index rebuild's second merger at start-up (results do not depend on them);
+//! every map whose order can reach a result is a `BTreeMap`.
 //!
 //! ## Model
 //! - **Revisions.** A store-wide main revision, bumped once per write transaction: a put,

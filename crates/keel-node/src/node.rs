@@ -585,11 +585,16 @@ fn apply_entry<S: StateMachine>(
         EntryKind::Normal if !entry.data.is_empty() => Some(group.machine.apply(entry.index, &entry.data)),
         // A membership change (applied to the membership by raft itself), with its context.
         EntryKind::ConfChange => {
-            if let Some(change) = ConfChange::decode(&entry.data) {
-                let latest = group.confs.last_key_value().map(|(_, conf)| conf.clone()).unwrap_or_default();
-                group.confs.insert(entry.index, change.apply_to(&latest));
+            match ConfChange::decode(&entry.data) {
+                Some(change) => {
+                    let latest = group.confs.last_key_value().map(|(_, conf)| conf.clone()).unwrap_or_default();
+                    group.confs.insert(entry.index, change.apply_to(&latest));
+                    group.machine.apply_conf_change(entry.index, ConfChange::context(&entry.data));
+                }
+                // Raft ignores a malformed change: so does the machine with its record, or the
+                // record would change without the membership.
+                None => group.machine.apply_empty(entry.index),
             }
-            group.machine.apply_conf_change(entry.index, ConfChange::context(&entry.data));
             None
         }
         // A leader's no-op.

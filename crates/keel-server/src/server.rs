@@ -6,7 +6,7 @@
 //! bounded queue.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -40,7 +40,7 @@ use crate::machine::{
     read_members_file, split_snapshot, FileTicket, MemberRecord, MvccMachine, Roster, SnapshotOutbox,
 };
 use crate::metrics::Metrics;
-use crate::transport::{start_listener_with_files, Incoming, PeerAddress, PeerSender};
+use crate::transport::{resolve_host, start_listener_with_files, Incoming, PeerAddress, PeerSender};
 use crate::watch_hub::{HeaderBase, WatchHub};
 use crate::{http, ids};
 
@@ -69,16 +69,9 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
     move |source| ServerError::Io { what, source }
 }
 
-/// Resolves a URL's host, preferring IPv4 (as Go's resolver does for "localhost").
+/// Resolves a URL's host as peers dial it ([`resolve_host`]: IPv4 first).
 pub fn resolve(url: &PeerUrl) -> Result<SocketAddr, ServerError> {
-    let addrs: Vec<SocketAddr> =
-        (url.host.as_str(), url.port).to_socket_addrs().map_err(io(format!("resolve {url}")))?.collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(addrs.first())
-        .copied()
-        .ok_or_else(|| ServerError::Config(format!("{url} resolves to no address")))
+    resolve_host(&url.host, url.port).map_err(io(format!("resolve {url}")))
 }
 
 /// Who is in the cluster, as configured by the flags.
@@ -372,6 +365,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         min_lease_ttl: (3 * election_ms / 2 + 999) / 1000,
         hub,
         metrics,
+        snapshot_streams: Arc::default(),
     });
 
     tracing::info!(
@@ -391,8 +385,10 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         .build()
         .map_err(io("start the async runtime"))?;
     let served = runtime.block_on(serve_clients(config, shared.clone()));
-    // A graceful stop: the driver finishes its turn and closes the stores (so the next start
-    // need not repair them); a driver that does not finish in time is left to the exit.
+    // A graceful stop (the signal came; the client listeners still answer until the runtime
+    // goes, but the driver takes nothing after this turn): it drops the node and so closes the
+    // store (the next start need not repair it, unless a snapshot stream still held a read view
+    // of it). A driver that does not finish in time is left to the exit.
     let deadline = std::time::Instant::now() + DRIVER_STOP_WAIT;
     let mut stop = Input::Stop;
     let closed = loop {

@@ -103,7 +103,11 @@ pub struct PeerAddress {
 
 impl From<SocketAddr> for PeerAddress {
     fn from(addr: SocketAddr) -> Self {
-        PeerAddress { host: addr.ip().to_string(), port: addr.port() }
+        let host = match addr {
+            SocketAddr::V4(v4) => v4.ip().to_string(),
+            SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
+        };
+        PeerAddress { host, port: addr.port() }
     }
 }
 
@@ -114,14 +118,24 @@ impl std::fmt::Display for PeerAddress {
 }
 
 impl PeerAddress {
-    /// The address to dial (an IPv6 literal may come in URL brackets).
+    /// The address to dial: IPv4 first, as the listener resolves its own (see [`resolve_host`]).
     pub(crate) fn resolve(&self) -> std::io::Result<SocketAddr> {
-        let host = self.host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(&self.host);
-        (host, self.port)
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| std::io::Error::other(format!("{self} resolves to no address")))
+        resolve_host(&self.host, self.port)
     }
+}
+
+/// Resolves `host` (a name, or an IP literal, IPv6 ones possibly in URL brackets), preferring
+/// IPv4 as Go's resolver does for "localhost": a member listening on a name binds what this
+/// returns, and its peers dial the same.
+pub fn resolve_host(host: &str, port: u16) -> std::io::Result<SocketAddr> {
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| std::io::Error::other(format!("{host}:{port} resolves to no address")))
 }
 
 impl PeerSender {

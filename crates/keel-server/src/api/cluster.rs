@@ -1,11 +1,12 @@
 //! etcd's `Cluster` service: members are raft voters or learners plus a replicated record each
 //! (name, peer and client URLs; see [`crate::machine::MemberRecord`]).
 //!
-//! A change is two replicated steps, in the order that keeps every intermediate state usable:
-//! adding writes the record first (so every member knows where to reach the newcomer) and then
-//! changes raft's membership; removing changes raft's membership first and then drops the
-//! record. A new member's id derives from its peer URLs and the cluster token, so the member,
-//! started later with `--initial-cluster-state existing`, computes the same id by itself.
+//! Adding, removing and promoting a member is one raft entry: the membership change carries the
+//! member-record command with it (etcd's conf change context), so no crash or lost leader can
+//! leave a record without its membership or the reverse. Updating a member's peer URLs is a
+//! record change alone. A new member's id derives from its peer URLs and the cluster token, so
+//! the member, started later with `--initial-cluster-state existing`, computes the same id by
+//! itself.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -77,9 +78,9 @@ impl ClusterService {
         Err(error)
     }
 
-    /// Replicates a member-record change, retrying while there is no leader: the step after a
-    /// raft membership change often lands in the election that change caused (removing the
-    /// leader), and every member command is idempotent, so a retry is safe.
+    /// Replicates a member-record change on its own (MemberUpdate), retrying while there is no
+    /// leader (an election may be under way); every member command is idempotent, so a retry is
+    /// safe.
     async fn record_change(&self, command: MemberCommand) -> Result<(), Status> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {

@@ -20,6 +20,12 @@ const SNAPSHOT_CHUNK_BYTES: usize = 64 << 10;
 /// How long MoveLeader waits for the new leader to take over.
 const MOVE_LEADER_WAIT: Duration = Duration::from_secs(5);
 
+/// Snapshot RPC streams at once; more are refused (each holds a read view open, which keeps redb
+/// from reusing pages freed after it, and a blocking thread).
+const SNAPSHOT_STREAMS_MAX: usize = 2;
+/// A Snapshot RPC client that takes nothing for this long is dropped, and its read view with it.
+const SNAPSHOT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// etcd ends a snapshot with the SHA-256 of what came before, which is a multiple of this (bolt's
 /// pages): `etcdctl snapshot save` refuses a stream whose length is not `k * 512 + 32`.
 const SNAPSHOT_ALIGN: u64 = 512;
@@ -38,10 +44,23 @@ impl SnapshotChunks {
     fn send(&mut self, remaining_bytes: u64) -> std::io::Result<()> {
         let blob = std::mem::take(&mut self.buf);
         self.sent += blob.len() as u64;
-        let response = pb::SnapshotResponse { header: Some(self.header), remaining_bytes, blob };
-        self.sender
-            .blocking_send(Ok(response))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client left"))
+        let mut response = Ok(pb::SnapshotResponse { header: Some(self.header), remaining_bytes, blob });
+        let deadline = Instant::now() + SNAPSHOT_STALL_TIMEOUT;
+        loop {
+            match self.sender.try_send(response) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(back)) if Instant::now() < deadline => {
+                    response = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client stopped reading"))
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client left"))
+                }
+            }
+        }
     }
 
     /// The last message: whatever is left, zeros up to a multiple of [`SNAPSHOT_ALIGN`], the
@@ -187,6 +206,19 @@ impl Maintenance for MaintenanceService {
     /// known in advance: `remaining_bytes` is the store file's size less what was sent (at least
     /// 1) until the last message, which says 0.
     async fn snapshot(&self, _: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        let streams = self.shared.snapshot_streams.clone();
+        if streams.fetch_add(1, Relaxed) >= SNAPSHOT_STREAMS_MAX {
+            streams.fetch_sub(1, Relaxed);
+            return Err(Status::resource_exhausted("etcdserver: too many snapshots in progress"));
+        }
+        // Counted until the stream ends, however it ends.
+        struct Running(Arc<std::sync::atomic::AtomicUsize>);
+        impl Drop for Running {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Relaxed);
+            }
+        }
+        let running = Running(streams);
         let group = self.shared.group;
         let (view, members) = self
             .shared
@@ -199,6 +231,7 @@ impl Maintenance for MaintenanceService {
         let estimate = u64::try_from(self.shared.metrics.db_size.load(Relaxed)).unwrap_or(0);
         let (sender, receiver) = mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
+            let _running = running;
             let mut out = SnapshotChunks {
                 sender,
                 header,
@@ -212,8 +245,8 @@ impl Maintenance for MaintenanceService {
                 .map_err(|error| error.to_string())
                 .and_then(|()| out.finish().map_err(|error| error.to_string()));
             if let Err(error) = written {
-                // Nobody to tell if the client left; otherwise the stream ends with the error.
-                let _ = out.sender.blocking_send(Err(Status::internal(format!("etcdserver: snapshot: {error}"))));
+                // Nobody to tell if the client left or stalled; otherwise the stream ends with it.
+                let _ = out.sender.try_send(Err(Status::internal(format!("etcdserver: snapshot: {error}"))));
             }
         });
         Ok(Response::new(ReceiverStream::new(receiver)))

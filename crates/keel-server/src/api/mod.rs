@@ -58,6 +58,8 @@ pub struct Shared {
     pub min_lease_ttl: i64,
     pub hub: Arc<Mutex<WatchHub>>,
     pub metrics: Arc<Metrics>,
+    /// Snapshot RPC streams running (each pins a read view: redb reuses no page freed after it).
+    pub snapshot_streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Shared {
