@@ -388,6 +388,26 @@ impl<S: StateMachine> Node<S> {
         group.raw.transfer_leader(to)
     }
 
+    /// A leader about to stop hands each group it leads to its most caught-up voter (as etcd
+    /// does on a graceful stop), so the group elects no one after an election timeout but at
+    /// once. Returns the groups handed and to whom.
+    pub fn hand_off_leadership(&mut self) -> Vec<(GroupId, NodeId)> {
+        let mut handed = Vec::new();
+        for (&group_id, group) in self.groups.iter_mut() {
+            if let Some(to) = group.raw.transfer_target() {
+                if group.raw.transfer_leader(to).is_ok() {
+                    handed.push((group_id, to));
+                }
+            }
+        }
+        handed
+    }
+
+    /// Whether this member leads any group.
+    pub fn leads_any(&self) -> bool {
+        self.groups.values().any(|group| group.raw.status().role == Role::Leader)
+    }
+
     /// Collects every group's output. See the crate docs for what the host does with it.
     pub fn poll(&mut self) -> OutputOf<S> {
         let mut out = Output::default();

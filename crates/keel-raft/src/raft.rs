@@ -1021,6 +1021,21 @@ impl Raft {
         Ok(index)
     }
 
+    /// The voter a leader about to stop should hand leadership to: the one heard from lately with
+    /// the most of the log (then the lowest id). `None` if not leader or alone.
+    pub fn transfer_target(&self) -> Option<NodeId> {
+        if self.role != Role::Leader {
+            return None;
+        }
+        self.conf
+            .voters
+            .iter()
+            .filter(|&&id| id != self.cfg.id)
+            .filter_map(|&id| self.progress.get(&id).map(|p| (p.recent_active, p.matched, std::cmp::Reverse(id))))
+            .max()
+            .map(|(_, _, std::cmp::Reverse(id))| id)
+    }
+
     /// Hands leadership to `to`: stop taking proposals, bring it up to date, tell it to campaign.
     pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), RaftError> {
         if self.role != Role::Leader {

@@ -120,6 +120,11 @@ impl RawNode {
         self.raft.transfer_leader(to)
     }
 
+    /// See [`Raft::transfer_target`].
+    pub fn transfer_target(&self) -> Option<NodeId> {
+        self.raft.transfer_target()
+    }
+
     /// The host saw `peer`'s connection close (its process is gone): a follower whose leader it
     /// was campaigns (pre-vote first) within a few ticks instead of a whole election timeout.
     pub fn report_peer_lost(&mut self, peer: NodeId) {

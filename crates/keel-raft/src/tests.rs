@@ -339,6 +339,23 @@ fn a_conf_change_carries_its_context_whole_and_decodes_without_it() {
 }
 
 #[test]
+fn a_leader_names_its_most_caught_up_voter_to_hand_over_to() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    assert_eq!(cluster.node(2).transfer_target(), None, "only a leader hands over");
+    // Member 3 is cut off while entries go to 2: 2 holds more of the log.
+    cluster.isolate(3);
+    for i in 0..5u8 {
+        cluster.node(1).propose(Bytes::from(vec![i])).unwrap();
+    }
+    cluster.stabilize();
+    assert_eq!(cluster.node(1).transfer_target(), Some(2));
+    cluster.node(1).transfer_leader(2).unwrap();
+    cluster.stabilize();
+    assert_eq!(cluster.leaders(), vec![2]);
+}
+
+#[test]
 fn only_one_conf_change_may_be_pending() {
     let mut cluster = Cluster::new(&[1, 2, 3]);
     cluster.elect(1);

@@ -2,7 +2,7 @@
 //!
 //! Starts a local 3-member cluster of real `keel server` processes (or any etcd-compatible
 //! server binary, so etcd can be measured the same way), then per trial: finds the leader,
-//! kills it with SIGKILL (or freezes it with SIGSTOP), and times from the signal to the first
+//! kills it with SIGKILL (or freezes it with SIGSTOP, or stops it with SIGTERM), and times from the signal to the first
 //! write acknowledged through the survivors; then restarts (or resumes) it and waits until the
 //! cluster is whole again. Prints every trial and the distribution.
 
@@ -23,6 +23,8 @@ struct Options {
     dir: PathBuf,
     server: Vec<String>,
     stop: bool,
+    /// SIGTERM (a graceful stop: a keel or etcd leader hands leadership over first).
+    term: bool,
     heartbeat_ms: Option<u64>,
     election_ms: Option<u64>,
 }
@@ -34,6 +36,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
         dir: std::env::temp_dir().join("keel-bench-failover"),
         server: vec![exe.to_string_lossy().into_owned(), "server".into()],
         stop: false,
+        term: false,
         heartbeat_ms: None,
         election_ms: None,
     };
@@ -41,6 +44,10 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
     while let Some(flag) = it.next() {
         if flag == "--sigstop" {
             opts.stop = true;
+            continue;
+        }
+        if flag == "--sigterm" {
+            opts.term = true;
             continue;
         }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -175,7 +182,11 @@ async fn trials(cluster: &mut Cluster) -> anyhow::Result<()> {
         for client in &mut clients {
             let _ = client.put(PutRequest { key: b"failover/warm".to_vec(), ..Default::default() }).await;
         }
-        let signal = if cluster.opts.stop { "-STOP" } else { "-KILL" };
+        let signal = match (cluster.opts.stop, cluster.opts.term) {
+            (true, _) => "-STOP",
+            (false, true) => "-TERM",
+            (false, false) => "-KILL",
+        };
         cluster.signal(old, signal)?;
         let killed_at = Instant::now();
         let mut attempt = 0usize;

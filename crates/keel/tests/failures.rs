@@ -75,6 +75,24 @@ async fn a_member_stopped_with_sigterm_closes_its_store_and_a_killed_one_is_repa
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_with_sigterm_hands_leadership_over_first() {
+    let mut cluster = Cluster::start("handoff", 3);
+    let leader = cluster.leader().await;
+    let mut client = cluster.client(leader).await;
+    client.put("/h/before", "1", None).await.expect("put");
+    cluster.stop(leader);
+    let log = cluster.log(leader);
+    assert!(log.contains("stopping: handing leadership over"), "log:\n{log}");
+    assert!(!log.contains("stopping while leading"), "the hand-off finished before the stop:\n{log}");
+    let next = cluster.leader().await;
+    assert_ne!(next, leader);
+    let mut survivor = cluster.client(next).await;
+    survivor.put("/h/after", "2", None).await.expect("a write through the new leader");
+    let got = survivor.get("/h/", Some(GetOptions::new().with_prefix().with_count_only())).await.expect("get");
+    assert_eq!(got.count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_acknowledged_write_is_lost_after_kill_9_of_every_member() {
     let mut cluster = Cluster::start("killall", 3);
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
