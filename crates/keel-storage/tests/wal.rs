@@ -277,6 +277,27 @@ fn a_full_disk_fails_the_append_cleanly_and_freeing_space_lets_it_continue() {
 }
 
 #[test]
+fn appends_into_the_allocated_segment_never_fail_for_space_even_over_capacity() {
+    // A crash can undo an unsynced removal and leave the disk holding more than its capacity;
+    // writing where the segment is already allocated takes no space (as on a real file system).
+    let disk = SimDisk::new();
+    let (wal, _) = open(&disk, 1 << 16).unwrap();
+    let mut other = disk.open("other.dat", true).unwrap();
+    other.write_all_at(0, &[7u8; 4096]).unwrap();
+    other.sync_data().unwrap();
+    disk.sync_dir("").unwrap();
+    disk.remove("other.dat").unwrap(); // not made durable: a crash brings it back
+    drop(wal);
+    let capacity = disk.used_bytes();
+    disk.set_capacity(Some(capacity));
+    disk.crash(1);
+    assert!(disk.used_bytes() > capacity, "the removed file is back, over the capacity");
+    let (mut wal, _) = open(&disk, 1 << 16).unwrap();
+    wal.append(&[Record::Entries { group: 1, entries: entries(1, 4, 1) }]).unwrap();
+    wal.sync().unwrap();
+}
+
+#[test]
 fn segments_covered_by_snapshots_are_removed_and_the_rest_recovers() {
     let disk = SimDisk::new();
     let (mut wal, _) = open(&disk, 4096).unwrap();
