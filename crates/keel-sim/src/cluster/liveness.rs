@@ -181,6 +181,9 @@ impl Cluster {
             .filter(|(i, _)| !self.excluded.contains(i))
             .map(|(_, op)| op.clone())
             .collect();
+        if let Some(path) = std::env::var_os("KEEL_SIM_HISTORY") {
+            write_history(std::path::Path::new(&path), &ops);
+        }
         match keel_check::check_operations(&keel_check::KvModel, &ops, Some(std::time::Duration::from_secs(30))) {
             keel_check::CheckResult::Ok => {}
             keel_check::CheckResult::Illegal { partition, failing, .. } => {
@@ -195,6 +198,20 @@ impl Cluster {
                 self.invariants.violation("linearizability check ran out of time".to_string());
             }
         }
+    }
+}
+
+/// Writes the checked history, one operation per line (`client call ret|- input output`, Debug
+/// forms), for studying the checker on a real history: set `KEEL_SIM_HISTORY=path` when
+/// replaying one seed.
+fn write_history(path: &std::path::Path, ops: &[Operation<KvInput, KvOutput>]) {
+    let mut text = String::new();
+    for op in ops {
+        let ret = op.ret.map_or("-".to_string(), |ret| ret.to_string());
+        text.push_str(&format!("{} {} {} {:?} {:?}\n", op.client_id, op.call, ret, op.input, op.output));
+    }
+    if let Err(e) = std::fs::write(path, text) {
+        eprintln!("keel-sim: cannot write the history to {}: {e}", path.display());
     }
 }
 
