@@ -382,3 +382,78 @@ fn a_corrupt_header_with_records_after_it_is_refused_not_discarded() {
         other => panic!("expected corruption at the header, got {:?}", other.map(|_| ())),
     }
 }
+
+/// Recovery reads a segment only as far as its frames go (a preallocated segment is mostly
+/// zeros), in steps: frames that straddle those steps, a flip far into the file and a torn tail
+/// there must all be read as when the segment was read whole.
+#[test]
+fn frames_far_into_a_large_segment_recover_and_corruption_there_is_still_found() {
+    const SEGMENT: u64 = 8 << 20;
+    let big = |index: u64| Entry {
+        term: 1,
+        index,
+        kind: EntryKind::Normal,
+        // Odd-sized, so frames start at every offset modulo the read step.
+        data: Bytes::from(vec![(index % 251) as u8; 100_003]),
+    };
+    let write = |disk: &SimDisk| {
+        let (mut wal, _) = open(disk, SEGMENT).unwrap();
+        let mut starts = Vec::new();
+        for index in 1..=60 {
+            starts.push(wal.position());
+            wal.append(&[Record::Entries { group: 1, entries: vec![big(index)] }]).unwrap();
+            wal.sync().unwrap();
+        }
+        starts
+    };
+
+    // Clean: every entry comes back, whole, and appends continue where the frames end.
+    let disk = SimDisk::new();
+    let starts = write(&disk);
+    assert!(starts[59].1 > 5 << 20, "the batches reach far into the segment");
+    let (mut wal, recovery) = open(&disk, SEGMENT).unwrap();
+    let log = &recovery.groups[&1];
+    assert_eq!(log.last_index(), 60);
+    assert!(log.entries.iter().all(|e| e.data == big(e.index).data));
+    wal.append(&[Record::Entries { group: 1, entries: vec![big(61)] }]).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (_, recovery) = open(&disk, SEGMENT).unwrap();
+    assert_eq!(recovery.groups[&1].last_index(), 61);
+    assert!(recovery.torn_tail.is_none());
+
+    // A flip in batch 40 (about 4 MB in), with later batches after it: refused, naming it.
+    let disk = SimDisk::new();
+    let starts = write(&disk);
+    let (file, start) = starts[39].clone();
+    assert!(disk.flip_bit(&file, start + 50_000, 5));
+    match open(&disk, SEGMENT) {
+        Err(WalError::Corrupt { file: bad_file, offset, .. }) => {
+            assert_eq!(bad_file, file);
+            assert_eq!(offset, start);
+        }
+        Err(other) => panic!("expected corruption, got {other}"),
+        Ok(_) => panic!("opened a WAL with a corrupt record before its tail"),
+    }
+
+    // Damage spanning batches 40..56 (1.6 MB), valid batches after it: only reading past the
+    // damage finds them, so this too is refused and not cut as a torn tail.
+    let disk = SimDisk::new();
+    let starts = write(&disk);
+    for (file, start) in &starts[39..55] {
+        assert!(disk.flip_bit(file, start + 30_000, 2));
+    }
+    assert!(
+        matches!(open(&disk, SEGMENT), Err(WalError::Corrupt { offset, .. }) if offset == starts[39].1),
+        "valid batches far after the damage were taken for a torn tail"
+    );
+
+    // A flip in the last batch reads as a torn tail: cut there, the rest kept.
+    let disk = SimDisk::new();
+    let starts = write(&disk);
+    let (file, start) = starts[59].clone();
+    assert!(disk.flip_bit(&file, start + 70_000, 1));
+    let (_, recovery) = open(&disk, SEGMENT).unwrap();
+    assert_eq!(recovery.torn_tail, Some((file, start)));
+    assert_eq!(recovery.groups[&1].last_index(), 59);
+}
