@@ -21,7 +21,9 @@ use keel_mvcc::redb_backend::StoreCopy;
 
 use bytes::Bytes;
 use keel_codec::{DecodeError, Reader, Writer};
-use keel_mvcc::{ApplyOutcome, Backend, Command, MvccError, RangeRequest, RangeResponse, Response, Store};
+use keel_mvcc::{
+    ApplyOutcome, Backend, Command, MvccError, RangeRequest, RangeResponse, ReadView, Response, StorageError, Store,
+};
 use keel_node::StateMachine;
 use keel_raft::Index;
 
@@ -670,10 +672,32 @@ impl<B: Backend> MvccMachine<B> {
     }
 }
 
+/// A read the node has cleared (for a linearizable one: leadership confirmed and everything up
+/// to its read index applied), with a view of the store at that moment. Running it — walking the
+/// index and reading values — is left to the host, on any thread: the driver thread only drives
+/// (a range over a million keys must not hold up heartbeats and applies).
+pub struct ClearedRead<V> {
+    pub query: RangeRequest,
+    view: Result<ReadView<V>, StorageError>,
+}
+
+impl<V> std::fmt::Debug for ClearedRead<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClearedRead").field("query", &self.query).field("view", &self.view).finish()
+    }
+}
+
+impl<V: keel_mvcc::RevisionSource> ClearedRead<V> {
+    /// The read, as of the moment it was cleared.
+    pub fn run(self) -> Result<RangeResponse, MvccError> {
+        self.view?.range(&self.query)
+    }
+}
+
 impl<B: Backend> StateMachine for MvccMachine<B> {
     type Response = CommandResult;
     type Query = RangeRequest;
-    type QueryResult = Result<RangeResponse, MvccError>;
+    type QueryResult = ClearedRead<B::View>;
 
     fn apply(&mut self, index: Index, data: &Bytes) -> CommandResult {
         self.entries_handed += 1;
@@ -764,8 +788,8 @@ impl<B: Backend> StateMachine for MvccMachine<B> {
         }
     }
 
-    fn query(&self, query: &RangeRequest) -> Result<RangeResponse, MvccError> {
-        self.store.range(query)
+    fn query(&self, query: &RangeRequest) -> ClearedRead<B::View> {
+        ClearedRead { query: query.clone(), view: self.store.read_view() }
     }
 
     /// The store's durably committed applied index (etcd's consistent index): the store is the

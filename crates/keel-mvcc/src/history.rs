@@ -3,10 +3,11 @@
 
 use bytes::Bytes;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, RevisionSource};
 use crate::error::{MvccError, StorageError};
 use crate::kv::{Event, EventKind, KeyValue, StoredRecord};
 use crate::range::KeyRange;
+use crate::read::Reader;
 use crate::revision::Revision;
 use crate::store::{HashKv, Store, SCAN_CHUNK};
 
@@ -41,11 +42,30 @@ impl<B: Backend> Store<B> {
         with_prev_kv: bool,
     ) -> Result<EventBatch, MvccError> {
         self.check_poisoned()?;
-        if start_revision < self.compacted_revision {
-            return Err(MvccError::Compacted);
-        }
+        self.reader().events_batch(start_revision, key, range_end, max_events, with_prev_kv)
+    }
+
+    /// etcd `HashKV`: a CRC-32C of every visible revision `<= revision` (0 = current) in
+    /// revision order. Independent of how far backend compaction has progressed, so equal
+    /// on replicas that applied the same commands.
+    pub fn hash_kv(&self, revision: i64) -> Result<HashKv, MvccError> {
+        self.check_poisoned()?;
+        self.reader().hash_kv(revision)
+    }
+}
+
+impl<R: RevisionSource + ?Sized> Reader<'_, R> {
+    pub(crate) fn events_batch(
+        &self,
+        start_revision: i64,
+        key: &[u8],
+        range_end: &[u8],
+        max_events: usize,
+        with_prev_kv: bool,
+    ) -> Result<EventBatch, MvccError> {
+        self.check_not_compacted(start_revision)?;
         let range = KeyRange::new(key, range_end);
-        let end = Revision::after_main(self.current_revision);
+        let end = Revision::after_main(self.current);
         let mut cursor = Revision::new(start_revision.max(1), 0);
         let mut events = Vec::new();
         // Bounded by what is read, not only by what matches: a watcher of a rare key must not
@@ -55,6 +75,8 @@ impl<B: Backend> Store<B> {
         let mut last_main = None;
         loop {
             let (chunk, next) = self.scan_merged(cursor, end, SCAN_CHUNK)?;
+            // Compaction passing the start meanwhile (on another thread) would hide events.
+            self.check_not_compacted(start_revision)?;
             for (rev, bytes) in chunk {
                 if events.len() >= max_events && events.last().is_some_and(|e: &Event| e.kv.mod_revision != rev.main) {
                     return Ok(EventBatch { events, next_revision: rev.main });
@@ -77,33 +99,34 @@ impl<B: Backend> Store<B> {
                 None => break,
             }
         }
-        Ok(EventBatch { events, next_revision: self.current_revision + 1 })
+        Ok(EventBatch { events, next_revision: self.current + 1 })
     }
 
     fn prev_kv(&self, key: &Bytes, rev: Revision) -> Result<Option<KeyValue>, MvccError> {
-        let Some(prev) = self.index.get(key).and_then(|ki| ki.prev_value(rev)) else {
+        let prev = self.index.read().get(key).and_then(|ki| ki.prev_value(rev));
+        let Some(prev) = prev else {
             return Ok(None);
         };
         Ok(self.load_kvs(&[prev])?.pop())
     }
 
-    /// etcd `HashKV`: a CRC-32C of every visible revision `<= revision` (0 = current) in
-    /// revision order. Independent of how far backend compaction has progressed, so equal
-    /// on replicas that applied the same commands.
-    pub fn hash_kv(&self, revision: i64) -> Result<HashKv, MvccError> {
-        self.check_poisoned()?;
-        let at = if revision <= 0 { self.current_revision } else { revision };
-        if at > self.current_revision {
+    pub(crate) fn hash_kv(&self, revision: i64) -> Result<HashKv, MvccError> {
+        let at = if revision <= 0 { self.current } else { revision };
+        if at > self.current {
             return Err(MvccError::FutureRevision);
         }
-        if at < self.compacted_revision {
-            return Err(MvccError::Compacted);
-        }
+        let compact_revision = self.index.compacted();
+        self.check_not_compacted(at)?;
         let end = Revision::after_main(at);
         let mut cursor = Revision::ZERO;
         let mut hash = 0u32;
         loop {
             let (chunk, next) = self.scan_merged(cursor, end, SCAN_CHUNK)?;
+            // Revisions kept by compaction are told apart through the index: a compaction
+            // meanwhile (on another thread) would change which are.
+            if self.index.compacted() != compact_revision {
+                return Err(MvccError::Compacted);
+            }
             for (rev, bytes) in chunk {
                 let rec = StoredRecord::decode(&bytes).map_err(StorageError::from)?;
                 if self.is_live(rev, &rec.kv.key) {
@@ -116,7 +139,7 @@ impl<B: Backend> Store<B> {
                 None => break,
             }
         }
-        Ok(HashKv { hash, revision: self.current_revision, compact_revision: self.compacted_revision })
+        Ok(HashKv { hash, revision: self.current, compact_revision })
     }
 }
 

@@ -69,6 +69,7 @@ mod key_index;
 mod kv;
 mod lease;
 mod range;
+mod read;
 mod request;
 mod revision;
 mod snapshot;
@@ -76,11 +77,12 @@ mod store;
 mod txn;
 mod write;
 
-pub use backend::{Backend, MemBackend, RedbBackend, WriteBatch};
+pub use backend::{Backend, MemBackend, RedbBackend, RevisionSource, WriteBatch};
 pub use command::{Command, COMMAND_FORMAT_V1};
 pub use error::{DecodeError, MvccError, StorageError};
 pub use history::EventBatch;
 pub use kv::{Event, EventKind, KeyValue};
+pub use read::ReadView;
 pub use request::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, LeaseInfo, PutRequest, PutResponse,
     RangeRequest, RangeResponse, RequestOp, Response, ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse,

@@ -6,12 +6,12 @@ use std::ops::Bound;
 
 use bytes::Bytes;
 
-use crate::backend::Backend;
+use crate::backend::RevisionSource;
 use crate::error::MvccError;
 use crate::key_index::{Index, IndexEntry, KeyIndex};
 use crate::kv::KeyValue;
+use crate::read::Reader;
 use crate::request::{RangeRequest, RangeResponse, SortOrder, SortTarget};
-use crate::store::Store;
 
 /// A key range in etcd's conventions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +51,22 @@ impl<'a> KeyRange<'a> {
         }
     }
 
+    /// Like [`KeyRange::iter`], from just after `after` (`None`: from the start), so a walk can
+    /// let go of the index and resume.
+    pub(crate) fn iter_after(
+        self,
+        index: &'a Index,
+        after: Option<&'a [u8]>,
+    ) -> Box<dyn Iterator<Item = (&'a Bytes, &'a KeyIndex)> + 'a> {
+        let Some(after) = after else { return self.iter(index) };
+        match self {
+            KeyRange::Single(_) => Box::new(std::iter::empty()),
+            KeyRange::From(_) => Box::new(index.range::<[u8], _>((Bound::Excluded(after), Bound::Unbounded))),
+            KeyRange::Between(_, e) if e <= after => Box::new(std::iter::empty()),
+            KeyRange::Between(_, e) => Box::new(index.range::<[u8], _>((Bound::Excluded(after), Bound::Excluded(e)))),
+        }
+    }
+
     /// Keys alive at main revision `at`, with what the index knows about them.
     pub(crate) fn alive_at(self, index: &'a Index, at: i64) -> Vec<(Bytes, IndexEntry)> {
         self.iter(index).filter_map(|(k, ki)| ki.get(at).map(|e| (k.clone(), e))).collect()
@@ -86,7 +102,7 @@ fn keep(q: &RangeRequest, e: &IndexEntry) -> bool {
         || q.min_create_revision != 0 && c < q.min_create_revision)
 }
 
-impl<B: Backend> Store<B> {
+impl<R: RevisionSource + ?Sized> Reader<'_, R> {
     /// A range read where the store's revision is `cur` (inside a write txn, `cur`
     /// includes the txn's own earlier writes).
     pub(crate) fn range_at(&self, q: &RangeRequest, cur: i64) -> Result<RangeResponse, MvccError> {
@@ -94,10 +110,7 @@ impl<B: Backend> Store<B> {
             return Err(MvccError::FutureRevision);
         }
         let at = if q.revision <= 0 { cur } else { q.revision };
-        if at < self.compacted_revision {
-            return Err(MvccError::Compacted);
-        }
-        let mut entries = KeyRange::new(&q.key, &q.range_end).alive_at(&self.index, at);
+        let mut entries = self.alive_at(KeyRange::new(&q.key, &q.range_end), at)?;
         let count = entries.len() as i64;
         if q.count_only {
             return Ok(RangeResponse { revision: cur, kvs: Vec::new(), more: false, count });

@@ -2,6 +2,7 @@
 //! the pending write batch and the durability contract (see the crate docs).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -12,8 +13,9 @@ use crate::command::Command;
 use crate::error::{DecodeError, MvccError, StorageError};
 use crate::index_rebuild::IndexRebuild;
 use crate::key_index::Index;
-use crate::kv::{Event, KeyValue, StoredRecord};
+use crate::kv::{Event, KeyValue};
 use crate::lease::{Lease, Leases};
+use crate::read::{ReadView, Reader, SharedIndex};
 use crate::request::{LeaseInfo, RangeRequest, RangeResponse, Response};
 use crate::revision::Revision;
 
@@ -64,7 +66,9 @@ pub struct HashKv {
 pub struct Store<B: Backend> {
     pub(crate) backend: B,
     pub(crate) opts: StoreOptions,
-    pub(crate) index: Index,
+    /// Shared with the [`ReadView`]s taken of the store; replaced whole when the store is
+    /// reloaded, so a view never mixes two states.
+    pub(crate) index: Arc<SharedIndex>,
     pub(crate) leases: Leases,
     pub(crate) current_revision: i64,
     /// -1 until the first compaction (as etcd), so compacting at 0 is allowed once.
@@ -85,7 +89,7 @@ impl<B: Backend> std::fmt::Debug for Store<B> {
             .field("current_revision", &self.current_revision)
             .field("compacted_revision", &self.compacted_revision)
             .field("applied_index", &self.applied_index)
-            .field("keys", &self.index.len())
+            .field("keys", &self.index.read().len())
             .finish()
     }
 }
@@ -106,7 +110,7 @@ impl<B: Backend> Store<B> {
         let mut store = Store {
             backend,
             opts,
-            index: Index::new(),
+            index: Arc::new(SharedIndex::new(Index::new(), -1)),
             leases: Leases::new(),
             current_revision: 1,
             compacted_revision: -1,
@@ -123,6 +127,8 @@ impl<B: Backend> Store<B> {
 
     /// (Re)builds every in-memory structure from the backend.
     pub(crate) fn load(&mut self) -> Result<(), StorageError> {
+        // Views taken before keep the old index (matching their records); the store starts anew.
+        self.index = Arc::new(SharedIndex::new(Index::new(), -1));
         let meta = self.backend.load_meta()?;
         let applied = meta_i64(&meta, META_APPLIED_INDEX, 0)?;
         self.applied_index = applied as u64;
@@ -140,7 +146,6 @@ impl<B: Backend> Store<B> {
         for (id, rec) in self.backend.load_leases()? {
             self.leases.insert(id, Lease::decode(&rec)?);
         }
-        self.index.clear();
         self.rebuild_index()?;
         self.poisoned = false;
         Ok(())
@@ -149,13 +154,15 @@ impl<B: Backend> Store<B> {
     fn rebuild_index(&mut self) -> Result<(), StorageError> {
         let mut rebuild = IndexRebuild::new(self.current_revision, self.compacted_revision);
         self.backend.for_each_record_header(&mut |rev, header| rebuild.add(rev, header))?;
-        self.index = rebuild.finish()?;
+        let mut index = self.index.write();
+        *index = rebuild.finish()?;
         // A compaction interrupted before its backend deletion finished left dead revisions.
         let at = self.compacted_revision;
         if at > 0 {
-            self.index.retain(|_, ki| !ki.compact(at));
+            index.retain(|_, ki| !ki.compact(at));
         }
-        for (key, ki) in &mut self.index {
+        self.index.set_compacted(&mut index, at);
+        for (key, ki) in index.iter_mut() {
             if ki.lease == 0 {
                 continue;
             }
@@ -291,6 +298,28 @@ impl<B: Backend> Store<B> {
         self.range_at(q, self.current_revision)
     }
 
+    /// A read of the store as it is now (everything applied, committed or not) that another
+    /// thread can serve while this one applies on: ranges, history and hashes at the current
+    /// revision. Cheap: a backend read transaction and, only if something is applied but not
+    /// yet committed, a copy of that.
+    pub fn read_view(&self) -> Result<ReadView<B::View>, StorageError> {
+        self.check_poisoned()?;
+        let pending = WriteBatch {
+            put_revisions: self.pending.put_revisions.clone(),
+            delete_revisions: self.pending.delete_revisions.clone(),
+            ..WriteBatch::default()
+        };
+        Ok(ReadView::new(Arc::clone(&self.index), self.backend.read_view()?, pending, self.current_revision))
+    }
+
+    pub(crate) fn reader(&self) -> Reader<'_, B> {
+        Reader { index: &self.index, records: &self.backend, pending: &self.pending, current: self.current_revision }
+    }
+
+    pub(crate) fn range_at(&self, q: &RangeRequest, cur: i64) -> Result<RangeResponse, MvccError> {
+        self.reader().range_at(q, cur)
+    }
+
     /// The current (latest) revision.
     pub fn current_revision(&self) -> i64 {
         self.current_revision
@@ -318,7 +347,7 @@ impl<B: Backend> Store<B> {
 
     /// Number of keys in the index (alive or with visible history).
     pub fn indexed_keys(&self) -> usize {
-        self.index.len()
+        self.index.read().len()
     }
 
     /// A lease's TTLs and attached keys.
@@ -341,68 +370,22 @@ impl<B: Backend> Store<B> {
         self.backend
     }
 
-    /// Reads the records at `revs`, from the pending batch or the backend.
-    pub(crate) fn load_records(&self, revs: &[Revision]) -> Result<Vec<StoredRecord>, StorageError> {
-        let mut out: Vec<Option<StoredRecord>> = Vec::with_capacity(revs.len());
-        let mut missing = Vec::new();
-        for (i, rev) in revs.iter().enumerate() {
-            match self.pending.put_revisions.get(rev) {
-                Some(bytes) => out.push(Some(StoredRecord::decode(bytes)?)),
-                None => {
-                    out.push(None);
-                    missing.push(i);
-                }
-            }
-        }
-        if !missing.is_empty() {
-            let want: Vec<Revision> = missing.iter().map(|&i| revs[i]).collect();
-            let got = self.backend.get_revisions(&want)?;
-            for ((i, rev), bytes) in missing.iter().zip(&want).zip(got) {
-                let bytes = bytes.ok_or(StorageError::MissingRevision { main: rev.main, sub: rev.sub })?;
-                out[*i] = Some(StoredRecord::decode(&bytes)?);
-            }
-        }
-        Ok(out.into_iter().map(|r| r.expect("every slot filled above")).collect())
-    }
-
     pub(crate) fn load_kvs(&self, revs: &[Revision]) -> Result<Vec<KeyValue>, StorageError> {
-        Ok(self.load_records(revs)?.into_iter().map(|r| r.kv).collect())
+        self.reader().load_kvs(revs)
     }
 
     /// The key's kv at main revision `at`, if alive.
     pub(crate) fn get_kv(&self, key: &[u8], at: i64) -> Result<Option<KeyValue>, StorageError> {
-        let Some(entry) = self.index.get(key).and_then(|ki| ki.get(at)) else {
-            return Ok(None);
-        };
-        Ok(self.load_kvs(&[entry.rev])?.pop())
+        self.reader().get_kv(key, at)
     }
 
-    /// Stored records with revisions in `[from, to)`, up to about `limit`, merging the
-    /// pending batch over the backend. Returns where to continue, `None` when done.
+    /// See [`Reader::scan_merged`].
     pub(crate) fn scan_merged(&self, from: Revision, to: Revision, limit: usize) -> Result<ScanChunk, StorageError> {
-        if from >= to {
-            return Ok((Vec::new(), None));
-        }
-        let limit = limit.max(1);
-        let stored = self.backend.scan_revisions(from, to, limit)?;
-        let (bound, next) = match stored.last() {
-            Some(&(last, _)) if stored.len() >= limit => {
-                let after = Revision::new(last.main, last.sub + 1);
-                (after, Some(after))
-            }
-            _ => (to, None),
-        };
-        let mut merged: BTreeMap<Revision, Vec<u8>> =
-            stored.into_iter().filter(|(r, _)| !self.pending.delete_revisions.contains(r)).collect();
-        for (r, v) in self.pending.put_revisions.range(from..bound) {
-            merged.insert(*r, v.clone());
-        }
-        Ok((merged.into_iter().collect(), next))
+        self.reader().scan_merged(from, to, limit)
     }
 
-    /// Whether a stored revision is part of the visible history: above the compacted
-    /// revision, or kept by compaction (still in the key's index).
+    /// See [`Reader::is_live`].
     pub(crate) fn is_live(&self, rev: Revision, key: &Bytes) -> bool {
-        rev.main > self.compacted_revision || self.index.get(key).is_some_and(|ki| ki.contains(rev))
+        self.reader().is_live(rev, key)
     }
 }

@@ -193,7 +193,7 @@ impl<B: Backend> Store<B> {
     /// compares as zeroes, except that a value compare on no key is false.
     fn compare_holds(&self, c: &Compare) -> Result<bool, MvccError> {
         let at = self.current_revision;
-        let entries = KeyRange::new(&c.key, &c.range_end).alive_at(&self.index, at);
+        let entries = KeyRange::new(&c.key, &c.range_end).alive_at(&self.index.read(), at);
         if entries.is_empty() {
             return Ok(!matches!(c.target, CompareTarget::Value(_)) && compare_kv(c, &KeyValue::default()));
         }
@@ -210,7 +210,7 @@ impl<B: Backend> Store<B> {
                 mod_revision: e.rev.main,
                 version: e.version,
                 value: Bytes::new(),
-                lease: self.index.get(k).map_or(0, |ki| ki.lease),
+                lease: self.index.read().get(k).map_or(0, |ki| ki.lease),
             };
             compare_kv(c, &kv)
         }))

@@ -84,9 +84,12 @@ impl<B: Backend> Store<B> {
             None if self.opts.record_events => self.get_kv(key, rev.main)?,
             None => None,
         };
-        let ki = self.index.entry(key.clone()).or_default();
-        let (create_revision, version) = ki.put(rev);
-        let old_lease = std::mem::replace(&mut ki.lease, lease);
+        let (create_revision, version, old_lease) = {
+            let mut index = self.index.write();
+            let ki = index.entry(key.clone()).or_default();
+            let (create_revision, version) = ki.put(rev);
+            (create_revision, version, std::mem::replace(&mut ki.lease, lease))
+        };
         self.detach(old_lease, key);
         if lease != 0 {
             if let Some(l) = self.leases.get_mut(&lease) {
@@ -105,10 +108,13 @@ impl<B: Backend> Store<B> {
     /// Writes one delete of an alive key.
     fn write_delete(&mut self, w: &mut WriteTxn, key: &Bytes, prev: Option<KeyValue>) {
         let rev = w.next_rev();
-        let ki = self.index.get_mut(key).expect("deleted keys are alive in the index");
-        let ended = ki.tombstone(rev);
-        debug_assert!(ended, "deleted keys are alive");
-        let old_lease = std::mem::take(&mut ki.lease);
+        let old_lease = {
+            let mut index = self.index.write();
+            let ki = index.get_mut(key).expect("deleted keys are alive in the index");
+            let ended = ki.tombstone(rev);
+            debug_assert!(ended, "deleted keys are alive");
+            std::mem::take(&mut ki.lease)
+        };
         self.detach(old_lease, key);
         let kv = KeyValue { key: key.clone(), mod_revision: rev.main, ..KeyValue::default() };
         let record = StoredRecord { kv, tombstone: true };
@@ -169,7 +175,7 @@ impl<B: Backend> Store<B> {
         d: &DeleteRangeRequest,
     ) -> Result<DeleteRangeResponse, StorageError> {
         let at = w.read_rev();
-        let entries = KeyRange::new(&d.key, &d.range_end).alive_at(&self.index, at);
+        let entries = KeyRange::new(&d.key, &d.range_end).alive_at(&self.index.read(), at);
         let prevs = if d.prev_kv || self.opts.record_events {
             let revs: Vec<_> = entries.iter().map(|(_, e)| e.rev).collect();
             self.load_kvs(&revs)?
@@ -199,7 +205,10 @@ impl<B: Backend> Store<B> {
         }
         self.compacted_revision = rev;
         // In-memory only (no IO): drop index entries invisible at every readable revision.
-        self.index.retain(|_, ki| !ki.compact(rev));
+        let mut index = self.index.write();
+        self.index.set_compacted(&mut index, rev);
+        index.retain(|_, ki| !ki.compact(rev));
+        drop(index);
         // Restart from the beginning: revisions kept by an earlier compaction may be dead now.
         self.compaction_cursor = Some(Revision::ZERO);
         Ok(Response::Compact { revision: self.current_revision })

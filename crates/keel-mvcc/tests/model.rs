@@ -46,7 +46,11 @@ impl Model {
     }
 
     fn read(&self, q: &RangeRequest) -> Result<RangeResponse, MvccError> {
-        let cur = self.cur();
+        self.read_as_of(q, self.cur())
+    }
+
+    /// A read as the store answered it when its revision was `cur` (with today's compaction).
+    fn read_as_of(&self, q: &RangeRequest, cur: i64) -> Result<RangeResponse, MvccError> {
         if q.revision > cur {
             return Err(MvccError::FutureRevision);
         }
@@ -250,6 +254,9 @@ fn run<B: Backend>(backend: B, steps: &[Step], per_apply: usize) {
     let mut s = Store::open(backend, opts).unwrap();
     let mut m = Model::new();
     let mut index = 0;
+    // Views taken along the way, with the revision each was taken at: every later read through
+    // one must still answer as the store did then, while it applies, commits and compacts on.
+    let mut views: Vec<(ReadView<B::View>, i64)> = Vec::new();
     for (i, step) in steps.iter().enumerate() {
         match step {
             Step::Cmd(cmd, commit) => {
@@ -267,7 +274,18 @@ fn run<B: Backend>(backend: B, steps: &[Step], per_apply: usize) {
                     s.commit().unwrap();
                 }
             }
-            Step::Read(q) => assert_eq!(s.range(q), m.read(q), "step {i}: {q:?}"),
+            Step::Read(q) => {
+                assert_eq!(s.range(q), m.read(q), "step {i}: {q:?}");
+                for (view, cur) in &views {
+                    assert_eq!(view.range(q), m.read_as_of(q, *cur), "step {i}: {q:?} through a view at {cur}");
+                    let (through_view, store) = (view.hash_kv(0), s.hash_kv(*cur));
+                    assert_eq!(through_view.map(|h| h.hash), store.map(|h| h.hash), "step {i}: hash at {cur}");
+                }
+                views.push((s.read_view().unwrap(), m.cur()));
+                if views.len() > 3 {
+                    views.remove(0);
+                }
+            }
             Step::Compaction(n) => {
                 s.compaction_step(*n).unwrap();
             }

@@ -366,6 +366,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         hub,
         metrics,
         snapshot_streams: Arc::default(),
+        read_slots: Arc::new(tokio::sync::Semaphore::new(crate::api::READS_AT_ONCE)),
     });
 
     tracing::info!(

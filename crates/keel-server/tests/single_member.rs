@@ -81,7 +81,7 @@ impl Member {
     fn wait(
         &mut self,
         id: u64,
-    ) -> Answer<keel_server::CommandResult, Result<keel_mvcc::RangeResponse, keel_mvcc::MvccError>> {
+    ) -> Answer<keel_server::CommandResult, keel_server::machine::ClearedRead<keel_mvcc::redb_backend::RedbView>> {
         for _ in 0..100 {
             self.turn();
             if let Some(at) = self.outcomes.iter().position(|o| o.id == id) {
@@ -108,7 +108,7 @@ impl Member {
         let query = RangeRequest { key: Bytes::from(key.to_string()), ..Default::default() };
         self.node.read(GROUP, id, query).expect("read accepted");
         match self.wait(id) {
-            Answer::Read(Ok(range)) => range.kvs.first().map(|kv| kv.value.clone()),
+            Answer::Read(cleared) => cleared.run().expect("range ok").kvs.first().map(|kv| kv.value.clone()),
             other => panic!("unexpected answer {other:?}"),
         }
     }
@@ -209,7 +209,7 @@ fn the_driver_thread_serves_writes_and_reads_and_they_survive_a_restart() {
         let (reply, answer) = mpsc::channel();
         let query = RangeRequest { key: Bytes::from(key.to_string()), ..Default::default() };
         inputs.send(Input::Read { group: GROUP, query, reply: keel_server::reply_to(reply) }).expect("driver runs");
-        let range = answer.recv().expect("driver answers").expect("read served").expect("range ok");
+        let range = answer.recv().expect("driver answers").expect("read served").run().expect("range ok");
         range.kvs.first().map(|kv| kv.value.clone())
     };
     run(&dir, &|inputs| {

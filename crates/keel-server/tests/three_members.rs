@@ -88,7 +88,7 @@ fn get(member: &Inputs, key: &str) -> Option<Bytes> {
         let query = RangeRequest { key: Bytes::from(key.to_string()), ..Default::default() };
         member.send(Input::Read { group: GROUP, query, reply: keel_server::reply_to(reply) }).expect("driver runs");
         match answer.recv_timeout(Duration::from_secs(5)) {
-            Ok(Ok(range)) => return range.expect("range ok").kvs.first().map(|kv| kv.value.clone()),
+            Ok(Ok(range)) => return range.run().expect("range ok").kvs.first().map(|kv| kv.value.clone()),
             _ => std::thread::sleep(Duration::from_millis(3)),
         }
     }

@@ -204,7 +204,7 @@ impl StateMachine for SimMachine {
             SimMachine::Etcd(m) => m,
         };
         let range = RangeRequest { key: query.clone(), ..Default::default() };
-        match m.inner.query(&range) {
+        match m.inner.query(&range).run() {
             Ok(response) => match response.kvs.first() {
                 Some(kv) => {
                     let mut out = vec![1];

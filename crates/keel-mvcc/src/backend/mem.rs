@@ -2,15 +2,17 @@
 //! a clone taken between commits is what a crash would leave.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use super::{Backend, WriteBatch};
+use super::{Backend, RevisionSource, WriteBatch};
 use crate::error::StorageError;
 use crate::revision::Revision;
 
 /// In-memory backend. Cloning it models a crash: the clone has exactly the committed state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemBackend {
-    revisions: BTreeMap<Revision, Vec<u8>>,
+    /// Shared with the [`MemView`]s taken of it; a commit copies it only while one is alive.
+    revisions: Arc<BTreeMap<Revision, Vec<u8>>>,
     leases: BTreeMap<i64, Vec<u8>>,
     meta: BTreeMap<String, Vec<u8>>,
     commits: u64,
@@ -33,11 +35,14 @@ impl MemBackend {
     }
 
     fn apply(&mut self, batch: &WriteBatch) {
-        for rev in &batch.delete_revisions {
-            self.revisions.remove(rev);
-        }
-        for (rev, rec) in &batch.put_revisions {
-            self.revisions.insert(*rev, rec.clone());
+        if !batch.delete_revisions.is_empty() || !batch.put_revisions.is_empty() {
+            let revisions = Arc::make_mut(&mut self.revisions);
+            for rev in &batch.delete_revisions {
+                revisions.remove(rev);
+            }
+            for (rev, rec) in &batch.put_revisions {
+                revisions.insert(*rev, rec.clone());
+            }
         }
         for id in &batch.delete_leases {
             self.leases.remove(id);
@@ -52,9 +57,29 @@ impl MemBackend {
     }
 }
 
-impl Backend for MemBackend {
+/// The committed records of a [`MemBackend`] at the time the view was taken.
+#[derive(Debug, Clone)]
+pub struct MemView(Arc<BTreeMap<Revision, Vec<u8>>>);
+
+fn get_revisions(revisions: &BTreeMap<Revision, Vec<u8>>, revs: &[Revision]) -> Vec<Option<Vec<u8>>> {
+    revs.iter().map(|r| revisions.get(r).cloned()).collect()
+}
+
+fn scan_revisions(
+    revisions: &BTreeMap<Revision, Vec<u8>>,
+    from: Revision,
+    to: Revision,
+    limit: usize,
+) -> Vec<(Revision, Vec<u8>)> {
+    if from >= to {
+        return Vec::new();
+    }
+    revisions.range(from..to).take(limit).map(|(r, v)| (*r, v.clone())).collect()
+}
+
+impl RevisionSource for MemView {
     fn get_revisions(&self, revs: &[Revision]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
-        Ok(revs.iter().map(|r| self.revisions.get(r).cloned()).collect())
+        Ok(get_revisions(&self.0, revs))
     }
 
     fn scan_revisions(
@@ -63,10 +88,30 @@ impl Backend for MemBackend {
         to: Revision,
         limit: usize,
     ) -> Result<Vec<(Revision, Vec<u8>)>, StorageError> {
-        if from >= to {
-            return Ok(Vec::new());
-        }
-        Ok(self.revisions.range(from..to).take(limit).map(|(r, v)| (*r, v.clone())).collect())
+        Ok(scan_revisions(&self.0, from, to, limit))
+    }
+}
+
+impl RevisionSource for MemBackend {
+    fn get_revisions(&self, revs: &[Revision]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        Ok(get_revisions(&self.revisions, revs))
+    }
+
+    fn scan_revisions(
+        &self,
+        from: Revision,
+        to: Revision,
+        limit: usize,
+    ) -> Result<Vec<(Revision, Vec<u8>)>, StorageError> {
+        Ok(scan_revisions(&self.revisions, from, to, limit))
+    }
+}
+
+impl Backend for MemBackend {
+    type View = MemView;
+
+    fn read_view(&self) -> Result<MemView, StorageError> {
+        Ok(MemView(Arc::clone(&self.revisions)))
     }
 
     fn load_leases(&self) -> Result<Vec<(i64, Vec<u8>)>, StorageError> {
@@ -83,7 +128,7 @@ impl Backend for MemBackend {
     }
 
     fn replace_all(&mut self, batch: &WriteBatch) -> Result<(), StorageError> {
-        self.revisions.clear();
+        self.revisions = Arc::default();
         self.leases.clear();
         self.meta.clear();
         self.apply(batch);

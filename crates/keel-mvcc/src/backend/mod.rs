@@ -80,11 +80,8 @@ impl WriteBatch {
 /// key index needs nothing else).
 pub type RevisionVisitor<'a> = dyn FnMut(Revision, &[u8]) -> Result<(), StorageError> + 'a;
 
-/// Durable storage for the store's tables.
-///
-/// Implementations must make [`Backend::commit`] atomic (all of a batch or none of it,
-/// also across a crash) and durable when it returns.
-pub trait Backend {
+/// Stored records by revision: a backend's committed content, or a [`Backend::read_view`] of it.
+pub trait RevisionSource {
     /// Reads the records of `revs`, in the same order; `None` where absent.
     fn get_revisions(&self, revs: &[Revision]) -> Result<Vec<Option<Vec<u8>>>, StorageError>;
 
@@ -95,6 +92,19 @@ pub trait Backend {
         to: Revision,
         limit: usize,
     ) -> Result<Vec<(Revision, Vec<u8>)>, StorageError>;
+}
+
+/// Durable storage for the store's tables.
+///
+/// Implementations must make [`Backend::commit`] atomic (all of a batch or none of it,
+/// also across a crash) and durable when it returns.
+pub trait Backend: RevisionSource {
+    /// A consistent, immutable view of the committed records, readable on another thread while
+    /// the backend takes new commits (a redb read transaction; etcd's concurrent read txn).
+    type View: RevisionSource + Send + 'static;
+
+    /// The view of everything committed so far (buffered commits included).
+    fn read_view(&self) -> Result<Self::View, StorageError>;
 
     /// Calls `visit` with every record's header in revision order (one pass of a start-up's
     /// index rebuild). The default goes through [`Backend::scan_revisions`].

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{Backend, RevisionVisitor, WriteBatch};
+use super::{Backend, RevisionSource, RevisionVisitor, WriteBatch};
 use crate::error::StorageError;
 use crate::revision::Revision;
 
@@ -346,16 +346,68 @@ impl RedbBackend {
     }
 }
 
-impl Backend for RedbBackend {
-    fn get_revisions(&self, revs: &[Revision]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
-        let txn = self.db()?.begin_read().map_err(backend_err)?;
-        let table = txn.open_table(REVISIONS).map_err(backend_err)?;
-        let mut out = Vec::with_capacity(revs.len());
-        for rev in revs {
-            let v = table.get(rev.to_key().as_slice()).map_err(backend_err)?;
-            out.push(v.map(|g| g.value().to_vec()));
+fn get_revisions_in(txn: &redb::ReadTransaction, revs: &[Revision]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+    let table = txn.open_table(REVISIONS).map_err(backend_err)?;
+    let mut out = Vec::with_capacity(revs.len());
+    for rev in revs {
+        let v = table.get(rev.to_key().as_slice()).map_err(backend_err)?;
+        out.push(v.map(|g| g.value().to_vec()));
+    }
+    Ok(out)
+}
+
+fn scan_revisions_in(
+    txn: &redb::ReadTransaction,
+    from: Revision,
+    to: Revision,
+    limit: usize,
+) -> Result<Vec<(Revision, Vec<u8>)>, StorageError> {
+    if from >= to || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let table = txn.open_table(REVISIONS).map_err(backend_err)?;
+    let (lo, hi) = (from.to_key(), to.to_key());
+    let mut out = Vec::new();
+    for item in table.range::<&[u8]>(lo.as_slice()..hi.as_slice()).map_err(backend_err)? {
+        let (k, v) = item.map_err(backend_err)?;
+        out.push((Revision::from_key(k.value())?, v.value().to_vec()));
+        if out.len() >= limit {
+            break;
         }
-        Ok(out)
+    }
+    Ok(out)
+}
+
+/// A redb read transaction: the records as committed when it began, for reads on other threads
+/// (it pins the pages it sees, so hosts hold one only for the length of a read).
+pub struct RedbView {
+    txn: redb::ReadTransaction,
+}
+
+impl std::fmt::Debug for RedbView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedbView")
+    }
+}
+
+impl RevisionSource for RedbView {
+    fn get_revisions(&self, revs: &[Revision]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        get_revisions_in(&self.txn, revs)
+    }
+
+    fn scan_revisions(
+        &self,
+        from: Revision,
+        to: Revision,
+        limit: usize,
+    ) -> Result<Vec<(Revision, Vec<u8>)>, StorageError> {
+        scan_revisions_in(&self.txn, from, to, limit)
+    }
+}
+
+impl RevisionSource for RedbBackend {
+    fn get_revisions(&self, revs: &[Revision]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        get_revisions_in(&self.db()?.begin_read().map_err(backend_err)?, revs)
     }
 
     fn scan_revisions(
@@ -367,18 +419,15 @@ impl Backend for RedbBackend {
         if from >= to || limit == 0 {
             return Ok(Vec::new());
         }
-        let txn = self.db()?.begin_read().map_err(backend_err)?;
-        let table = txn.open_table(REVISIONS).map_err(backend_err)?;
-        let (lo, hi) = (from.to_key(), to.to_key());
-        let mut out = Vec::new();
-        for item in table.range::<&[u8]>(lo.as_slice()..hi.as_slice()).map_err(backend_err)? {
-            let (k, v) = item.map_err(backend_err)?;
-            out.push((Revision::from_key(k.value())?, v.value().to_vec()));
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+        scan_revisions_in(&self.db()?.begin_read().map_err(backend_err)?, from, to, limit)
+    }
+}
+
+impl Backend for RedbBackend {
+    type View = RedbView;
+
+    fn read_view(&self) -> Result<RedbView, StorageError> {
+        Ok(RedbView { txn: self.db()?.begin_read().map_err(backend_err)? })
     }
 
     /// Two threads: one walks the table and copies each record's header into batches, the

@@ -172,24 +172,16 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, _: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
-        let group = self.shared.group;
-        let hash = self
-            .shared
-            .inspect(move |node, _| node.machine(group).map(|m| m.store().hash_kv(0)))
-            .await?
-            .ok_or_else(status::stopped)?
-            .map_err(|error| status::from_mvcc(&error))?;
+        let view = self.shared.view().await?;
+        let hash = self.shared.off_driver(move || view.hash_kv(0)).await?.map_err(|error| status::from_mvcc(&error))?;
         Ok(Response::new(pb::HashResponse { header: Some(self.shared.header(hash.revision)), hash: hash.hash }))
     }
 
     async fn hash_kv(&self, request: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
-        let (group, revision) = (self.shared.group, request.into_inner().revision);
-        let hash = self
-            .shared
-            .inspect(move |node, _| node.machine(group).map(|m| m.store().hash_kv(revision)))
-            .await?
-            .ok_or_else(status::stopped)?
-            .map_err(|error| status::from_mvcc(&error))?;
+        let revision = request.into_inner().revision;
+        let view = self.shared.view().await?;
+        let hash =
+            self.shared.off_driver(move || view.hash_kv(revision)).await?.map_err(|error| status::from_mvcc(&error))?;
         Ok(Response::new(pb::HashKvResponse {
             header: Some(self.shared.header(hash.revision)),
             hash: hash.hash,

@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use keel_api::etcdserverpb::ResponseHeader;
 use keel_api::tonic::Status;
-use keel_mvcc::{Command, RangeRequest, RangeResponse, Response};
+use keel_mvcc::redb_backend::RedbView;
+use keel_mvcc::{Command, MvccError, RangeRequest, RangeResponse, ReadView, Response};
 use keel_node::Node;
 use keel_raft::{ConfChange, GroupId};
 use tokio::sync::oneshot;
@@ -60,7 +61,17 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Snapshot RPC streams running (each pins a read view: redb reuses no page freed after it).
     pub snapshot_streams: Arc<std::sync::atomic::AtomicUsize>,
+    /// Reads running off the driver thread at once (each holds a blocking thread and a view);
+    /// more wait here, in the order they came.
+    pub read_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Reads that may run at once on blocking threads (see [`Shared::read_slots`]).
+pub const READS_AT_ONCE: usize = 64;
+
+/// Times a read of the current state is run again on a newer view when a compaction passed the
+/// view's revision while it ran (see [`Shared::range`]).
+const COMPACTED_RETRIES: usize = 3;
 
 impl Shared {
     pub fn header(&self, revision: i64) -> ResponseHeader {
@@ -128,15 +139,38 @@ impl Shared {
 
     /// A linearizable read (ReadIndex; reads queued together share one leadership check).
     pub async fn read(&self, query: RangeRequest) -> Result<RangeResponse, Status> {
+        self.range(RangeRequest { serializable: false, ..query }).await
+    }
+
+    /// Waits until the driver clears a linearizable read: the answer holds a view of the store
+    /// as of that moment, to be run off the driver thread.
+    async fn clear_read(&self, query: RangeRequest) -> Result<keel_machine::ClearedRead<RedbView>, Status> {
         let (tx, rx) = oneshot::channel();
         let reply = Box::new(move |result| drop(tx.send(result)));
         self.submit(Input::Read { group: self.group, query, reply })?;
         match rx.await {
-            Ok(Ok(Ok(response))) => Ok(response),
-            Ok(Ok(Err(error))) => Err(status::from_mvcc(&error)),
+            Ok(Ok(cleared)) => Ok(cleared),
             Ok(Err(error)) => Err(status::from_request(&error)),
             Err(_) => Err(status::stopped()),
         }
+    }
+
+    /// A view of this member's store as it is now, for a read off the driver thread (taking it
+    /// is all the driver does: a read transaction, no walk).
+    pub async fn view(&self) -> Result<ReadView<RedbView>, Status> {
+        let group = self.group;
+        self.inspect(move |node, _| node.machine(group).map(|m| m.store().read_view()))
+            .await?
+            .ok_or_else(status::stopped)?
+            .map_err(|error| status::from_mvcc(&MvccError::Storage(error)))
+    }
+
+    /// Runs `work` (a read through a view) on a blocking thread, at most [`READS_AT_ONCE`] at once.
+    pub async fn off_driver<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+        let _slot = self.read_slots.acquire().await.map_err(|_| status::stopped())?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|error| Status::internal(format!("etcdserver: a read failed: {error}")))
     }
 
     /// Runs `f` on the driver thread against this member's current state (not linearizable).
@@ -149,19 +183,25 @@ impl Shared {
         rx.await.map_err(|_| status::stopped())
     }
 
-    /// Serves a range from this member's applied state (`serializable`), or linearizably.
+    /// Serves a range from this member's applied state (`serializable`), or linearizably. Either
+    /// way the driver only takes a view; the range runs on a blocking thread.
     pub async fn range(&self, query: RangeRequest) -> Result<RangeResponse, Status> {
-        if query.serializable {
-            let group = self.group;
-            let result = self
-                .inspect(move |node, _| match node.machine(group) {
-                    Some(machine) => machine.store().range(&query),
-                    None => Err(keel_mvcc::MvccError::Storage(keel_mvcc::StorageError::Poisoned)),
-                })
-                .await?;
-            result.map_err(|error| status::from_mvcc(&error))
-        } else {
-            self.read(query).await
+        let mut retries = 0;
+        loop {
+            let result = if query.serializable {
+                let view = self.view().await?;
+                let query = query.clone();
+                self.off_driver(move || view.range(&query)).await?
+            } else {
+                let cleared = self.clear_read(query.clone()).await?;
+                self.off_driver(move || cleared.run()).await?
+            };
+            match result {
+                // The view's revision was compacted away while the read ran (a compaction to a
+                // newer revision was applied meanwhile): a read of the current state runs again.
+                Err(MvccError::Compacted) if query.revision <= 0 && retries < COMPACTED_RETRIES => retries += 1,
+                other => return other.map_err(|error| status::from_mvcc(&error)),
+            }
         }
     }
 }
