@@ -72,9 +72,15 @@
 //! unknown operation is linearized only right before something that
 //! observes it. [`Model::is_blind_write`] lets a model mark writes whose
 //! effect never depends on the state (puts, deletes), which makes that last
-//! rule free for them. Unknown candidates are tried newest first: the ones
-//! that explain an observation are usually recent, the ones that never
-//! happened pile up at the old end.
+//! rule free for them, and makes unknown blind writes with the same effect
+//! (say, timed-out deletes) interchangeable: of those only the
+//! earliest-invoked one not yet linearized is tried, since it may go
+//! wherever a later one may. Unknown candidates are tried newest first: the
+//! ones that explain an observation are usually recent, the ones that never
+//! happened pile up at the old end. Per model state, the search remembers
+//! which unknown operations can change it at all, so a dead end does not
+//! step through the many that cannot (a compare-and-swap expecting another
+//! value, a delete of an absent key).
 //!
 //! ## Failure reports
 //!

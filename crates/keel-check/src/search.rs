@@ -90,21 +90,24 @@ pub(crate) enum Outcome {
 enum Phase {
     /// Operations with a known outcome (tried first: see [`search`]).
     Required,
-    /// Operations of unknown outcome invoked no later than `barrier`, the
-    /// earliest return of a required operation not yet linearized: first the
-    /// ones that are not blind writes, then (`blind`) the blind writes.
-    Unknown { barrier: u64, blind: bool },
+    /// Operations of unknown outcome invoked no later than the earliest
+    /// return of a required operation not yet linearized — the first
+    /// `callable` ones — and able to change the state (`moves` indexes
+    /// [`UnknownMoves`]): first the ones that are not blind writes, then
+    /// (`blind`) the blind writes.
+    Unknown { callable: usize, blind: bool, moves: usize },
 }
 
-/// Which list a linearized operation was lifted from.
+/// Which kind of operation a move linearized.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
     Required,
     Unknown { blind: bool },
 }
 
-/// A move on the search stack: the operation linearized (by its node in its
-/// list), and what is needed to resume its parent node after undoing it.
+/// A move on the search stack: the operation linearized (by its node in the
+/// required list; for an unknown one its id), and what is needed to resume
+/// its parent node after undoing it.
 struct Frame<S> {
     node: usize,
     kind: Kind,
@@ -137,15 +140,51 @@ struct Frame<S> {
 ///    required or not, it always holds, so blind writes are not even tried
 ///    there. In effect an unknown operation is only linearized right before
 ///    an operation that observes its effect.
+/// 4. Unknown blind writes with the same effect (say, timed-out deletes) are
+///    interchangeable, except that the earlier-called one may go wherever
+///    the later one may: so of each such class only the earliest-called one
+///    not yet linearized is tried. Any linearization can be rewritten to use
+///    them in that order (the `k`-th used goes to the `k`-th earliest call,
+///    which is no later than the call of the one it replaces), so nothing is
+///    lost, and `U` is always a prefix of each class, so rule 1 compares
+///    the classes by how many of their members are used.
 ///
-/// Required operations live in a list of call and return events; unknown
-/// ones in two lists of call events (their returns would all sit at +∞),
-/// blind writes and the rest, so no phase walks over another's entries.
-/// Unknown candidates are tried newest first (see where the lists are built).
+/// Required operations live in a list of call and return events. Unknown
+/// ones are bitsets (their returns would all sit at +∞): per model state
+/// the ones that can change it ([`UnknownMoves`]), as most cannot — a
+/// compare-and-swap expecting another value, a delete of an absent key —
+/// and a dead end would otherwise step through all of them. Unknown
+/// candidates are tried newest first (see where `moves` is built).
 pub(crate) fn search<M: Model>(
     model: &M,
     ops: &[OpView<'_, M::Input, M::Output>],
     limits: &Limits<'_>,
+) -> (Outcome, u64) {
+    search_with(model, ops, limits, Pruning::ALL)
+}
+
+/// Which of the pruning rules for unknown-outcome operations [`search`]
+/// applies; without them it is the plain search with exact memoisation,
+/// which the tests use as the reference.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pruning {
+    /// Rules 1–3: dominance by fewer linearized unknown operations.
+    pub dominance: bool,
+    /// Rule 4: interchangeable unknown blind writes in call order.
+    pub twins: bool,
+}
+
+impl Pruning {
+    pub const ALL: Pruning = Pruning { dominance: true, twins: true };
+    #[cfg(test)]
+    pub const NONE: Pruning = Pruning { dominance: false, twins: false };
+}
+
+pub(crate) fn search_with<M: Model>(
+    model: &M,
+    ops: &[OpView<'_, M::Input, M::Output>],
+    limits: &Limits<'_>,
+    pruning: Pruning,
 ) -> (Outcome, u64) {
     // Number each kind by call time: the set of linearized operations is
     // then mostly a dense prefix of the numbering, which keeps memo keys small.
@@ -164,19 +203,33 @@ pub(crate) fn search<M: Model>(
     };
     let required_blind = blind(&required_ops);
     let unknown_blind = blind(&unknown_ops);
-    // Indexed by `blind as usize`.
-    // Newest first: an unknown operation that explains an observation was
-    // usually invoked shortly before it, while the ones that never took
-    // effect pile up at the old end and would be probed first otherwise.
-    let mut unknown_lists = [false, true].map(|blind| {
-        let ids = (0..unknown_ops.len()).rev().filter(|&id| unknown_blind[id] == blind);
-        CallList::new(ids.map(|id| (id, ops[unknown_ops[id]].call)))
+    // Rule 4: per unknown blind write, the previous one (in call order) with
+    // the same effect. A blind write's effect does not depend on the state,
+    // so its step from the initial state is its effect.
+    let mut twin_before: Vec<Option<usize>> = vec![None; unknown_ops.len()];
+    if pruning.twins {
+        let init = model.init();
+        let mut latest_with_effect: HashMap<M::State, usize> = HashMap::new();
+        for (id, &index) in unknown_ops.iter().enumerate() {
+            if let Some(effect) = unknown_blind[id].then(|| model.step(&init, ops[index].input, ops[index].output)) {
+                let effect = effect.expect("a blind write is legal in every state");
+                twin_before[id] = latest_with_effect.insert(effect, id);
+            }
+        }
+    }
+    let unknown_calls: Vec<u64> = unknown_ops.iter().map(|&i| ops[i].call).collect();
+    // Indexed by `blind as usize`: the unknown operations of each kind.
+    let unknown_kinds = [false, true].map(|blind| {
+        let mut words = vec![0u64; unknown_ops.len().div_ceil(64)];
+        (0..unknown_ops.len()).filter(|&id| unknown_blind[id] == blind).for_each(|id| set_bit(&mut words, id));
+        words
     });
+    let mut moves = UnknownMoves::default();
     let mut required = Bitset::new(required_ops.len());
     let mut unknown = vec![0u64; unknown_ops.len().div_ceil(64)];
     let mut required_left = required_ops.len();
     let mut unknown_left = unknown_ops.len();
-    let mut memo = Memo::default();
+    let mut memo = Memo::new(pruning.dominance);
     let mut state = model.init();
     memo.visit(&required, &unknown, state.clone());
 
@@ -203,7 +256,7 @@ pub(crate) fn search<M: Model>(
         let candidate = match phase {
             Phase::Required => match required_list.event(entry) {
                 // Rule 3 for required blind writes (see `search`).
-                Event::Call(id) if entered_by_unknown && required_blind[id] => {
+                Event::Call(id) if entered_by_unknown && required_blind[id] && pruning.dominance => {
                     entry = required_list.next(entry);
                     continue;
                 }
@@ -213,29 +266,43 @@ pub(crate) fn search<M: Model>(
                     // called after this point may go before it. Only unknown
                     // operations called up to here are left to try.
                     if unknown_left > 0 {
-                        phase = Phase::Unknown { barrier, blind: false };
-                        entry = unknown_lists[0].first();
+                        let callable = unknown_calls.partition_point(|&call| call <= barrier);
+                        let moves = moves.of(&state, callable, |id| {
+                            let op = &ops[unknown_ops[id]];
+                            // A no-op leads to a node dominated by this one (rule 1).
+                            model
+                                .step(&state, op.input, op.output)
+                                .is_some_and(|next| next != state || !pruning.dominance)
+                        });
+                        phase = Phase::Unknown { callable, blind: false, moves };
+                        // Newest first: an unknown operation that explains an
+                        // observation was usually invoked shortly before it,
+                        // while the ones that never took effect pile up at the
+                        // old end and would be probed first otherwise.
+                        entry = callable;
                         continue;
                     }
                     None
                 }
             },
-            Phase::Unknown { barrier, blind } => {
-                let list = &unknown_lists[usize::from(blind)];
-                match list.call(entry) {
-                    // Invoked after the barrier: cannot go before it.
-                    Some((_, call)) if call > barrier => {
-                        entry = list.next(entry);
+            Phase::Unknown { callable, blind, moves: index } => {
+                let kind = &unknown_kinds[usize::from(blind)];
+                let able = moves.get(index);
+                // `entry` is the bound below which the candidates lie.
+                match highest_bit_below(entry, |word| kind[word] & able(word) & !unknown[word]) {
+                    // Rule 4: an earlier twin is still unused.
+                    Some(id) if twin_before[id].is_some_and(|twin| !has_bit(&unknown, twin)) => {
+                        entry = id;
                         continue;
                     }
-                    Some((id, _)) => Some((Kind::Unknown { blind }, id)),
+                    Some(id) => Some((Kind::Unknown { blind }, id)),
                     // Rule 3: after an unknown move, blind writes are dominated.
-                    _ if !blind && !entered_by_unknown => {
-                        phase = Phase::Unknown { barrier, blind: true };
-                        entry = unknown_lists[1].first();
+                    None if !(blind || (entered_by_unknown && pruning.dominance)) => {
+                        phase = Phase::Unknown { callable, blind: true, moves: index };
+                        entry = callable;
                         continue;
                     }
-                    _ => None,
+                    None => None,
                 }
             }
         };
@@ -253,12 +320,10 @@ pub(crate) fn search<M: Model>(
                     required_left += 1;
                     entry = required_list.next(frame.node);
                 }
-                Kind::Unknown { blind } => {
-                    let list = &mut unknown_lists[usize::from(blind)];
-                    list.unlift(frame.node);
+                Kind::Unknown { .. } => {
                     clear_bit(&mut unknown, frame.id);
                     unknown_left += 1;
-                    entry = list.next(frame.node);
+                    entry = frame.id;
                 }
             }
             state = frame.parent_state;
@@ -279,13 +344,9 @@ pub(crate) fn search<M: Model>(
                 required.clear(id);
                 new
             } else {
-                // A no-op: the result is dominated by the current node (rule 1),
-                // no need to ask the memo.
-                if *next == state {
-                    return false;
-                }
+                // (No-ops are not candidates: see `moves`.)
                 // Rule 3: the sibling reached from the parent dominates this.
-                let sibling_covers = entered_by_unknown && {
+                let sibling_covers = entered_by_unknown && pruning.dominance && {
                     let parent = &stack.last().expect("entered by a move").parent_state;
                     model.step(parent, op.input, op.output).as_ref() == Some(next)
                 };
@@ -301,7 +362,7 @@ pub(crate) fn search<M: Model>(
         let Some(next_state) = next_state else {
             entry = match kind {
                 Kind::Required => required_list.next(entry),
-                Kind::Unknown { blind } => unknown_lists[usize::from(blind)].next(entry),
+                Kind::Unknown { .. } => id,
             };
             continue;
         };
@@ -316,14 +377,13 @@ pub(crate) fn search<M: Model>(
                     return (Outcome::Linearizable, steps);
                 }
             }
-            Kind::Unknown { blind } => {
+            Kind::Unknown { .. } => {
                 set_bit(&mut unknown, id);
-                unknown_lists[usize::from(blind)].lift(entry);
                 unknown_left -= 1;
             }
         }
         stack.push(Frame {
-            node: entry,
+            node: if kind == Kind::Required { entry } else { id },
             kind,
             id,
             parent_state: std::mem::replace(&mut state, next_state),
@@ -346,6 +406,26 @@ fn clear_bit(words: &mut [u64], bit: usize) {
     words[bit / 64] &= !(1 << (bit % 64));
 }
 
+fn has_bit(words: &[u64], bit: usize) -> bool {
+    words[bit / 64] & (1 << (bit % 64)) != 0
+}
+
+/// The highest bit below `end` set in the bitset whose `i`-th word is `word(i)`.
+fn highest_bit_below(end: usize, word: impl Fn(usize) -> u64) -> Option<usize> {
+    let mut end = end;
+    while end > 0 {
+        let index = (end - 1) / 64;
+        let bits_below = end - 64 * index;
+        let mask = if bits_below == 64 { u64::MAX } else { (1 << bits_below) - 1 };
+        let bits = word(index) & mask;
+        if bits != 0 {
+            return Some(64 * index + 63 - bits.leading_zeros() as usize);
+        }
+        end = 64 * index;
+    }
+    None
+}
+
 /// `a ⊆ b` for bitsets of equal length.
 fn is_subset(a: &[u64], b: &[u64]) -> bool {
     a.iter().zip(b).all(|(a, b)| a & !b == 0)
@@ -355,18 +435,25 @@ fn is_subset(a: &[u64], b: &[u64]) -> bool {
 /// linearized unknown operations seen (an antichain under ⊆).
 struct Memo<S> {
     seen: HashMap<MemoKey<S>, Vec<Box<[u64]>>, BuildHasherDefault<FxHasher>>,
-}
-
-impl<S> Default for Memo<S> {
-    fn default() -> Self {
-        Memo { seen: HashMap::default() }
-    }
+    /// Rule 1; without it only the exact same node counts as seen.
+    dominance: bool,
 }
 
 impl<S: Eq + Hash> Memo<S> {
+    fn new(dominance: bool) -> Self {
+        Memo { seen: HashMap::default(), dominance }
+    }
+
     /// Records the node; false if it (or a node dominating it) was seen.
     fn visit(&mut self, required: &Bitset, unknown: &[u64], state: S) -> bool {
         let minimal_sets = self.seen.entry(MemoKey::new(required, state)).or_default();
+        if !self.dominance {
+            if minimal_sets.iter().any(|seen| **seen == *unknown) {
+                return false;
+            }
+            minimal_sets.push(unknown.into());
+            return true;
+        }
         if minimal_sets.iter().any(|seen| is_subset(seen, unknown)) {
             return false;
         }
@@ -423,6 +510,50 @@ impl Hasher for FxHasher {
 
     fn finish(&self) -> u64 {
         self.hash
+    }
+}
+
+/// Per model state, which unknown operations it makes sense to try there:
+/// the ones the model accepts and that change the state. Computed lazily,
+/// and only for as many operations (in call order) as have been callable.
+struct UnknownMoves<S> {
+    index: HashMap<S, usize, BuildHasherDefault<FxHasher>>,
+    /// Per entry: the bitset, and how many operations it covers.
+    masks: Vec<(Vec<u64>, usize)>,
+}
+
+impl<S> Default for UnknownMoves<S> {
+    fn default() -> Self {
+        UnknownMoves { index: HashMap::default(), masks: Vec::new() }
+    }
+}
+
+impl<S: Clone + Eq + Hash> UnknownMoves<S> {
+    /// The entry of `state`, covering at least the first `callable`
+    /// operations; `able(id)` decides one operation.
+    fn of(&mut self, state: &S, callable: usize, able: impl Fn(usize) -> bool) -> usize {
+        let index = match self.index.get(state) {
+            Some(&index) => index,
+            None => {
+                self.masks.push((Vec::new(), 0));
+                self.index.insert(state.clone(), self.masks.len() - 1);
+                self.masks.len() - 1
+            }
+        };
+        let (words, covered) = &mut self.masks[index];
+        if *covered < callable {
+            words.resize(callable.div_ceil(64), 0);
+            (*covered..callable).filter(|&id| able(id)).for_each(|id| set_bit(words, id));
+            *covered = callable;
+        }
+        index
+    }
+
+    /// The bitset of entry `index`; bits beyond what it covers read as 0
+    /// (callers only look below what they asked [`Self::of`] for).
+    fn get(&self, index: usize) -> impl Fn(usize) -> u64 + '_ {
+        let words = &self.masks[index].0;
+        move |word| words.get(word).copied().unwrap_or(0)
     }
 }
 
@@ -510,45 +641,6 @@ impl EventList {
         // neighbours, which are exactly the nodes around them at lift time.
         self.links.relink(self.return_node[call]);
         self.links.relink(call);
-    }
-}
-
-/// The call events of unknown-outcome operations, latest call first, as a
-/// doubly linked list with the same sentinels as [`EventList`].
-struct CallList {
-    links: Links,
-    /// Per node: the operation id and its call time (`None` for sentinels).
-    calls: Vec<Option<(usize, u64)>>,
-}
-
-impl CallList {
-    /// `calls` yields (operation id, call time) in list order.
-    fn new(calls: impl Iterator<Item = (usize, u64)>) -> Self {
-        // Sentinels at both ends.
-        let calls: Vec<Option<(usize, u64)>> =
-            std::iter::once(None).chain(calls.map(Some)).chain(std::iter::once(None)).collect();
-        CallList { links: Links::new(calls.len()), calls }
-    }
-
-    fn first(&self) -> usize {
-        self.links.first()
-    }
-
-    fn next(&self, node: usize) -> usize {
-        self.links.next[node]
-    }
-
-    /// The operation id and call time at `node`; `None` at the end.
-    fn call(&self, node: usize) -> Option<(usize, u64)> {
-        self.calls[node]
-    }
-
-    fn lift(&mut self, node: usize) {
-        self.links.unlink(node);
-    }
-
-    fn unlift(&mut self, node: usize) {
-        self.links.relink(node);
     }
 }
 
@@ -737,7 +829,7 @@ mod tests {
     #[test]
     fn memo_prunes_nodes_dominated_by_fewer_unknown_ops() {
         let required = Bitset::new(3);
-        let mut memo = Memo::default();
+        let mut memo = Memo::new(true);
         assert!(memo.visit(&required, &[0b010], 'a'));
         assert!(!memo.visit(&required, &[0b010], 'a'), "same node");
         assert!(!memo.visit(&required, &[0b110], 'a'), "superset of a seen set");
@@ -770,5 +862,162 @@ mod tests {
         path.push(7);
         longest.after_push(&path);
         assert_eq!(longest.best, [3, 5, 9, 2]);
+    }
+
+    #[test]
+    fn highest_bit_below_scans_down_across_words() {
+        let words = [1u64 << 3 | 1 << 63, 1 << 0 | 1 << 10];
+        let find = |end| highest_bit_below(end, |word| words[word]);
+        assert_eq!(find(128), Some(74));
+        assert_eq!(find(74), Some(64));
+        assert_eq!(find(64), Some(63));
+        assert_eq!(find(63), Some(3));
+        assert_eq!(find(3), None);
+        assert_eq!(find(0), None);
+    }
+
+    #[test]
+    fn unknown_moves_are_computed_per_state_and_extended_lazily() {
+        let mut moves = UnknownMoves::default();
+        let even = moves.of(&'a', 3, |id| id % 2 == 0);
+        assert_eq!(moves.get(even)(0), 0b101);
+        // Already covered: the predicate is not asked again.
+        assert_eq!(moves.of(&'a', 2, |_| unreachable!()), even);
+        assert_eq!(moves.of(&'a', 70, |id| id % 2 == 0), even);
+        assert_eq!(moves.get(even)(1), 0b1_0101);
+        let other = moves.of(&'b', 1, |_| true);
+        assert_ne!(other, even);
+        assert_eq!(moves.get(other)(0), 1);
+    }
+
+    // ---- the pruning rules against the plain search -------------------------
+
+    use crate::{KvInput, KvModel, KvOutput};
+    use proptest::prelude::*;
+
+    type KvOp = Operation<KvInput, KvOutput>;
+
+    fn verdict(ops: &[KvOp], pruning: Pruning) -> bool {
+        let views: Vec<_> = ops.iter().map(OpView::of).collect();
+        let limits = Limits { deadline: None, max_steps: None, cancelled: &|| false };
+        match search_with(&KvModel, &views, &limits, pruning).0 {
+            Outcome::Linearizable => true,
+            Outcome::Illegal { .. } => false,
+            Outcome::Aborted => unreachable!("no limits"),
+        }
+    }
+
+    fn kv(input: KvInput, output: KvOutput, call: u64, ret: Option<u64>) -> KvOp {
+        Operation { client_id: 0, input, call, output, ret }
+    }
+
+    #[test]
+    fn twin_unknown_deletes_are_used_in_call_order() {
+        let delete = |call| kv(KvInput::Delete { key: 0 }, KvOutput::Unknown, call, None);
+        let put = |value, call| kv(KvInput::Put { key: 0, value }, KvOutput::Put, call, Some(call + 1));
+        let get = |read, call| kv(KvInput::Get { key: 0 }, KvOutput::Get(read), call, Some(call + 1));
+        // Two reads of an absent key after two puts need both deletes: the
+        // first read the earlier one (the later is invoked after it returns),
+        // the second the later one.
+        let ops = [put(1, 0), delete(2), get(None, 3), put(2, 5), delete(7), get(None, 8)];
+        assert!(verdict(&ops, Pruning::ALL));
+        assert!(verdict(&ops, Pruning::NONE));
+        // A read of an absent key before the later delete's call: only the
+        // earlier one can explain it, and it is used up by the first read.
+        let ops = [put(1, 0), delete(2), get(None, 3), put(2, 5), get(None, 7), delete(9)];
+        assert!(!verdict(&ops, Pruning::ALL));
+        assert!(!verdict(&ops, Pruning::NONE));
+    }
+
+    /// A history on one key from small pieces: few values, so writes of the
+    /// same value (twins) are common, and many unknown outcomes. Outputs are
+    /// those of an atomic store applying each operation at some instant of its
+    /// window (unknown ones at some instant after their call, or never),
+    /// then one is possibly overwritten at random, so both verdicts occur.
+    fn history() -> impl Strategy<Value = Vec<KvOp>> {
+        let fate = prop_oneof![5 => Just(0u8), 4 => Just(1), 1 => Just(2)];
+        let op = (0..4u8, 0..3u64, proptest::option::of(0..3u64), 0..40u64, 0..6u64, 0..=10u64, fate);
+        let output = prop_oneof![
+            proptest::option::of(0..3u64).prop_map(KvOutput::Get),
+            any::<bool>().prop_map(|ok| KvOutput::Cas { ok }),
+            Just(KvOutput::Unknown),
+        ];
+        (proptest::collection::vec(op, 1..=12), proptest::option::weighted(0.8, (any::<prop::sample::Index>(), output)))
+            .prop_map(|(specs, mutation)| {
+                let mut ops = Vec::new();
+                let mut effects = Vec::new();
+                for (kind, value, expected, call, duration, tenths, fate) in specs {
+                    let input = match kind {
+                        0 => KvInput::Get { key: 0 },
+                        1 => KvInput::Put { key: 0, value },
+                        2 => KvInput::Delete { key: 0 },
+                        _ => KvInput::Cas { key: 0, expected, new: value },
+                    };
+                    // fate: 0 completed, 1 unknown and applied, 2 unknown and lost.
+                    let ret = (fate == 0).then_some(call + duration);
+                    if fate != 2 {
+                        let span = if fate == 0 { duration } else { 3 * duration + 5 };
+                        effects.push((call + span * tenths / 10, ops.len()));
+                    }
+                    ops.push(kv(input, KvOutput::Unknown, call, ret));
+                }
+                effects.sort_unstable();
+                let mut state = None;
+                for (_, i) in effects {
+                    let op: &mut KvOp = &mut ops[i];
+                    let output = match op.input {
+                        KvInput::Get { .. } => KvOutput::Get(state),
+                        KvInput::Put { .. } => KvOutput::Put,
+                        KvInput::Delete { .. } => KvOutput::Delete,
+                        KvInput::Cas { expected, .. } => KvOutput::Cas { ok: state == expected },
+                    };
+                    state = KvModel.step(&state, &op.input, &output).expect("the store's own output");
+                    if op.ret.is_some() {
+                        op.output = output;
+                    }
+                }
+                if let Some((index, output)) = mutation {
+                    let i = index.index(ops.len());
+                    ops[i].output = output;
+                }
+                ops
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3_000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn pruned_search_agrees_with_plain_search(ops in history()) {
+            prop_assert_eq!(verdict(&ops, Pruning::ALL), verdict(&ops, Pruning::NONE), "{:#?}", ops);
+        }
+    }
+
+    #[test]
+    fn history_generator_produces_both_verdicts_and_twins() {
+        // Guards against a generator that makes the property above vacuous.
+        use proptest::strategy::ValueTree;
+        use proptest::test_runner::TestRunner;
+
+        let mut runner = TestRunner::deterministic();
+        let (mut legal, mut illegal, mut with_twins) = (0, 0, 0);
+        for _ in 0..1_000 {
+            let ops = history().new_tree(&mut runner).expect("strategy generates").current();
+            if verdict(&ops, Pruning::NONE) {
+                legal += 1;
+            } else {
+                illegal += 1;
+            }
+            let unknown_writes: Vec<_> = ops
+                .iter()
+                .filter(|op| op.ret.is_none() && KvModel.is_blind_write(&op.input, &op.output))
+                .map(|op| KvModel.step(&None, &op.input, &op.output))
+                .collect();
+            if unknown_writes.iter().enumerate().any(|(i, a)| unknown_writes[..i].contains(a)) {
+                with_twins += 1;
+            }
+        }
+        assert!(legal >= 150 && illegal >= 150, "legal {legal}, illegal {illegal}");
+        assert!(with_twins >= 100, "only {with_twins} histories with twin unknown writes");
     }
 }

@@ -2,9 +2,9 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use keel_check::{check_operations, CheckResult, KvModel, Model, Operation};
+use keel_check::{check_operations, CheckResult, KvInput, KvModel, KvOutput, Model, Operation};
 use support::{assert_well_formed_failure, brute_force_linearizable, cas, delete, get, put, put_unknown, Op};
 
 /// Checks a history expected to be linearizable, cross-checking the verdict
@@ -320,4 +320,178 @@ fn unknown_operation_that_fits_nowhere_never_happened() {
     let mut known = ops.clone();
     known[1].ret = Some(5);
     assert!(check_operations(&Queue, &known, None).is_illegal());
+}
+
+// ---- recorded histories ----------------------------------------------------
+
+/// Parses a history saved by the simulator (`KEEL_SIM_HISTORY`): one
+/// operation a line, `client call ret input output`, with `ret` `-` for an
+/// unknown outcome and input/output in their `Debug` forms.
+fn parse_history(text: &str) -> Vec<Op> {
+    text.lines().filter(|line| !line.trim().is_empty()).map(parse_line).collect()
+}
+
+fn parse_line(line: &str) -> Op {
+    let mut fields = line.splitn(4, ' ');
+    let mut number = || fields.next().unwrap_or_else(|| panic!("short line: {line}"));
+    let client_id = number().parse().unwrap_or_else(|e| panic!("client in {line}: {e}"));
+    let call = number().parse().unwrap_or_else(|e| panic!("call in {line}: {e}"));
+    let ret = match number() {
+        "-" => None,
+        ret => Some(ret.parse().unwrap_or_else(|e| panic!("ret in {line}: {e}"))),
+    };
+    let rest = number();
+    // Every input's Debug form ends with the first " }".
+    let end = rest.find(" }").unwrap_or_else(|| panic!("no input in {line}")) + 2;
+    let (input, output) = (&rest[..end], rest[end..].trim());
+    Operation { client_id, input: parse_input(input), call, output: parse_output(output), ret }
+}
+
+/// The value of `name: ...` in a `Debug` struct body.
+fn field<'a>(text: &'a str, name: &str) -> &'a str {
+    let start = text.find(&format!("{name}: ")).unwrap_or_else(|| panic!("no {name} in {text}")) + name.len() + 2;
+    let rest = &text[start..];
+    rest[..rest.find([',', ' ']).unwrap_or(rest.len())].trim_end_matches('}')
+}
+
+fn parse_option(text: &str) -> Option<u64> {
+    match text {
+        "None" => None,
+        _ => Some(
+            text.strip_prefix("Some(")
+                .and_then(|t| t.strip_suffix(')'))
+                .and_then(|t| t.parse().ok())
+                .unwrap_or_else(|| panic!("not an Option<u64>: {text}")),
+        ),
+    }
+}
+
+fn parse_input(text: &str) -> KvInput {
+    let key = field(text, "key").parse().expect("key");
+    match text.split(' ').next() {
+        Some("Get") => KvInput::Get { key },
+        Some("Put") => KvInput::Put { key, value: field(text, "value").parse().expect("value") },
+        Some("Delete") => KvInput::Delete { key },
+        Some("Cas") => KvInput::Cas {
+            key,
+            expected: parse_option(field(text, "expected")),
+            new: field(text, "new").parse().expect("new"),
+        },
+        _ => panic!("unknown input {text}"),
+    }
+}
+
+fn parse_output(text: &str) -> KvOutput {
+    match text {
+        "Put" => KvOutput::Put,
+        "Delete" => KvOutput::Delete,
+        "Unknown" => KvOutput::Unknown,
+        "Cas { ok: true }" => KvOutput::Cas { ok: true },
+        "Cas { ok: false }" => KvOutput::Cas { ok: false },
+        _ => KvOutput::Get(parse_option(
+            text.strip_prefix("Get(")
+                .and_then(|t| t.strip_suffix(')'))
+                .unwrap_or_else(|| panic!("unknown output {text}")),
+        )),
+    }
+}
+
+/// Generous: only there so that a regression hangs no test run. The
+/// verdict must not depend on the clock, so it is far above what the check
+/// takes even on a slow machine without optimisation.
+const RECORDED_BUDGET: Duration = Duration::from_secs(120);
+
+fn check_recorded(label: &str, ops: &[Op]) -> CheckResult<KvInput, KvOutput> {
+    let started = Instant::now();
+    let result = check_operations(&KvModel, ops, Some(RECORDED_BUDGET));
+    let verdict = match &result {
+        CheckResult::Ok => "Ok",
+        CheckResult::Illegal { .. } => "Illegal",
+        CheckResult::Unknown => "Unknown",
+    };
+    eprintln!("{label}: {} ops checked in {:?} -> {verdict}", ops.len(), started.elapsed());
+    result
+}
+
+/// Simulator seed 6008082: 228 operations on one key, 42 of them of unknown
+/// outcome. Linearizable, but it took the search minutes.
+const SIM_6008082: &str = include_str!("histories/sim-6008082.txt");
+
+#[test]
+fn recorded_hot_key_history_with_many_timeouts_is_linearizable() {
+    let ops = parse_history(SIM_6008082);
+    assert_eq!(ops.len(), 230);
+    assert_eq!(ops.iter().filter(|op| op.ret.is_none()).count(), 42);
+    let result = check_recorded("sim-6008082", &ops);
+    assert!(result.is_ok(), "expected Ok, got {result:?}");
+}
+
+/// A completed write that always changes the key: afterwards it does not
+/// hold any value written before.
+fn overwrites(op: &Op) -> bool {
+    op.ret.is_some()
+        && matches!(
+            (&op.input, &op.output),
+            (KvInput::Put { .. }, KvOutput::Put) | (KvInput::Cas { .. }, KvOutput::Cas { ok: true })
+        )
+}
+
+fn written_value(op: &Op) -> Option<u64> {
+    match op.input {
+        KvInput::Put { value, .. } => Some(value),
+        KvInput::Cas { new, .. } => Some(new),
+        _ => None,
+    }
+}
+
+#[test]
+fn recorded_history_with_a_planted_stale_read_is_illegal() {
+    let mut ops = parse_history(SIM_6008082);
+    // Plant a stale read at the latest completed get for which one exists:
+    // it now reads the value of a completed put that was overwritten — by a
+    // write invoked after that put returned and returned before the get was
+    // invoked — and that nobody else writes (the simulator's values are
+    // unique). Real time then orders put < overwrite < get, so no
+    // linearization lets the get see that value.
+    let writes_of = |value: u64| ops.iter().filter(|op| written_value(op) == Some(value)).count();
+    let (get, stale) = (0..ops.len())
+        .rev()
+        .filter(|&g| ops[g].ret.is_some() && matches!(ops[g].output, KvOutput::Get(_)))
+        .find_map(|g| {
+            let put = ops.iter().filter(|p| p.ret.is_some() && matches!(p.output, KvOutput::Put)).find(|p| {
+                let value = written_value(p).expect("a put writes");
+                KvOutput::Get(Some(value)) != ops[g].output
+                    && writes_of(value) == 1
+                    && ops.iter().any(|w| overwrites(w) && w.call > p.ret.unwrap() && w.ret.unwrap() < ops[g].call)
+            })?;
+            Some((g, written_value(put)?))
+        })
+        .expect("the history has a stale read to plant");
+    ops[get].output = KvOutput::Get(Some(stale));
+    let result = check_recorded("sim-6008082 with a stale read", &ops);
+    assert_well_formed_failure(&ops, &result);
+    let CheckResult::Illegal { failing, .. } = &result else { unreachable!("checked above") };
+    assert!(failing.contains(&ops[get]), "the planted read is not in the failing sub-history: {failing:#?}");
+}
+
+#[test]
+fn recorded_history_with_a_flipped_cas_is_illegal() {
+    let mut ops = parse_history(SIM_6008082);
+    // The latest successful compare-and-swap whose value a completed get
+    // read: reported as failed, it writes nothing, and nobody else writes
+    // that value, so the read is of a value never written.
+    let flipped = (0..ops.len())
+        .rev()
+        .find(|&c| {
+            ops[c].ret.is_some()
+                && ops[c].output == KvOutput::Cas { ok: true }
+                && written_value(&ops[c]).is_some_and(|value| {
+                    ops.iter().filter(|op| written_value(op) == Some(value)).count() == 1
+                        && ops.iter().any(|op| op.ret.is_some() && op.output == KvOutput::Get(Some(value)))
+                })
+        })
+        .expect("the history has an observed successful compare-and-swap");
+    ops[flipped].output = KvOutput::Cas { ok: false };
+    let result = check_recorded("sim-6008082 with a flipped cas", &ops);
+    assert_well_formed_failure(&ops, &result);
 }
