@@ -3,16 +3,21 @@
 //! The driver thread publishes each turn's events ([`WatchHub::publish`]) with `try_send` into
 //! each watch stream's bounded channel. A stream whose client reads too slowly fills its channel;
 //! its watchers are then marked *lagging* and skipped, so a slow watcher never blocks writes or
-//! other watchers. A lagging watcher catches up from the store's history in bounded batches
-//! ([`WatchHub::catch_up`], run on the driver thread, so no event can slip in between the history
-//! it reads and the live events it rejoins), exactly as a watcher that starts from a past
-//! revision does.
+//! other watchers. A lagging watcher catches up from the store's history in bounded batches,
+//! exactly as a watcher that starts from a past revision does:
+//! - far behind, from a read view on a blocking thread ([`WatchHub::lagging_watchers`], then
+//!   [`WatchHub::deliver`]): the driver only takes the view, and the history scan, however long,
+//!   never holds it up;
+//! - within [`CATCH_UP_ON_DRIVER_MAX`] revisions of the head, on the driver thread
+//!   ([`WatchHub::catch_up`]), so no event can slip in between the history it reads and the live
+//!   events it rejoins (under steady writes the head moves on while a view is read, so a view
+//!   alone would never quite catch up).
 
 use std::collections::BTreeMap;
 
 use keel_api::etcdserverpb::{ResponseHeader, WatchResponse};
 use keel_api::tonic::Status;
-use keel_mvcc::{Backend, Event, EventKind, MvccError, Store};
+use keel_mvcc::{Backend, Event, EventBatch, EventKind, MvccError, Store};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::Sender;
 
@@ -21,9 +26,19 @@ use crate::convert;
 /// Responses queued per watch stream before its watchers count as lagging.
 pub const STREAM_QUEUE_MAX: usize = 256;
 /// Most events read from history for one watcher in one catch-up step.
-const CATCH_UP_EVENTS_MAX: usize = 1_000;
+pub const CATCH_UP_EVENTS_MAX: usize = 1_000;
 /// Most watchers on one stream.
 pub const WATCHERS_PER_STREAM_MAX: usize = 10_000;
+/// A stream whose lagging watchers are all at most this many revisions behind the head takes its
+/// last catch-up step on the driver thread; further behind, steps run off it, on read views.
+pub const CATCH_UP_ON_DRIVER_MAX: i64 = 256;
+
+/// A lagging watcher as a catch-up off the driver reads it: its id, what it watches, and the
+/// first revision it has not been sent.
+pub type LaggingWatcher = (i64, WatchSpec, i64);
+
+/// History read for a [`LaggingWatcher`]: its id, the revision the batch starts at, the batch.
+pub type CaughtUp = (i64, i64, Result<EventBatch, MvccError>);
 
 pub type StreamId = u64;
 pub type WatchSender = Sender<Result<WatchResponse, Status>>;
@@ -219,22 +234,54 @@ impl WatchHub {
     /// Run on the driver thread (between publishes). A watcher whose history is compacted away
     /// gets etcd's compacted response and is removed.
     pub fn catch_up<B: Backend>(&mut self, stream_id: StreamId, store: &Store<B>) {
+        let batches = self
+            .lagging_watchers(stream_id)
+            .into_iter()
+            .map(|(watch_id, spec, from)| {
+                let batch = store.events_batch(from, &spec.key, &spec.range_end, CATCH_UP_EVENTS_MAX, spec.prev_kv);
+                (watch_id, from, batch)
+            })
+            .collect();
+        self.deliver(stream_id, batches);
+    }
+
+    /// The lagging watchers of `stream`, for a catch-up step.
+    pub fn lagging_watchers(&self, stream_id: StreamId) -> Vec<LaggingWatcher> {
+        self.streams.get(&stream_id).map_or_else(Vec::new, |stream| {
+            stream
+                .watchers
+                .iter()
+                .filter(|(_, w)| w.lagging)
+                .map(|(&id, w)| (id, w.spec.clone(), w.next_revision))
+                .collect()
+        })
+    }
+
+    /// Revisions between the head and the furthest-behind lagging watcher of `stream` (`None`
+    /// when none lags).
+    pub fn lag(&self, stream_id: StreamId) -> Option<i64> {
+        let stream = self.streams.get(&stream_id)?;
+        stream.watchers.values().filter(|w| w.lagging).map(|w| self.revision + 1 - w.next_revision).max()
+    }
+
+    /// Hands lagging watchers the history read for them (on the driver thread, or off it from a
+    /// read view taken at or after the last publish). A watcher that went, or moved on since the
+    /// batch was read, is left alone. A watcher is caught up once it is past the last published
+    /// revision: publishes (under the same lock) carry everything after.
+    pub fn deliver(&mut self, stream_id: StreamId, batches: Vec<CaughtUp>) {
         let header = self.header();
-        let current = store.current_revision();
+        let (head, compacted) = (self.revision, self.compacted);
         let Some(stream) = self.streams.get_mut(&stream_id) else { return };
         let mut removed = Vec::new();
-        for (&watch_id, watcher) in stream.watchers.iter_mut().filter(|(_, w)| w.lagging) {
-            let batch = store.events_batch(
-                watcher.next_revision,
-                &watcher.spec.key,
-                &watcher.spec.range_end,
-                CATCH_UP_EVENTS_MAX,
-                watcher.spec.prev_kv,
-            );
+        for (watch_id, from, batch) in batches {
+            let Some(watcher) = stream.watchers.get_mut(&watch_id) else { continue };
+            if !watcher.lagging || watcher.next_revision != from {
+                continue;
+            }
             let batch = match batch {
                 Ok(batch) => batch,
                 Err(MvccError::Compacted) => {
-                    let response = compacted_response(header, watch_id, store.compacted_revision());
+                    let response = compacted_response(header, watch_id, compacted);
                     if stream.sender.try_send(Ok(response)).is_ok() {
                         removed.push(watch_id);
                     }
@@ -261,7 +308,7 @@ impl WatchHub {
             // the store went through meanwhile (a snapshot install makes every watcher lag,
             // and history then ends below its start).
             watcher.next_revision = watcher.next_revision.max(batch.next_revision);
-            if watcher.next_revision > current {
+            if watcher.next_revision > head {
                 watcher.lagging = false;
             }
         }
@@ -341,5 +388,47 @@ mod tests {
         let got = revisions(&mut receiver);
         assert_eq!(got.first(), Some(&10), "events before the start revision were sent: {got:?}");
         assert_eq!(got, (10..=13).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn history_read_from_a_view_while_writes_go_on_then_the_driver_finishes_every_event_once() {
+        let mut store = keel_mvcc::Store::open(MemBackend::default(), StoreOptions::default()).expect("store");
+        for index in 1..=5 {
+            put(&mut store, index, "/a");
+        }
+        let mut hub = WatchHub::new(HeaderBase::default());
+        hub.publish(&store.take_events(), store.current_revision(), store.compacted_revision(), 1);
+        let (sender, mut receiver) = tokio::sync::mpsc::channel(STREAM_QUEUE_MAX);
+        let stream = hub.open_stream(sender);
+        assert!(matches!(hub.create(stream, 1, spec("/"), 2), Created::Ok));
+        assert_eq!(hub.lag(stream), Some(5));
+
+        // Off the driver: a view at revision 6 is read while three more writes are published.
+        let view = store.read_view().expect("view");
+        let watchers = hub.lagging_watchers(stream);
+        for index in 6..=8 {
+            put(&mut store, index, "/a");
+            hub.publish(&store.take_events(), store.current_revision(), store.compacted_revision(), 1);
+        }
+        let batches = watchers
+            .into_iter()
+            .map(|(id, spec, from)| (id, from, view.events_batch(from, &spec.key, &spec.range_end, 100, false)))
+            .collect();
+        hub.deliver(stream, batches);
+        assert_eq!(revisions(&mut receiver), (2..=6).collect::<Vec<_>>());
+        assert!(hub.is_lagging(stream), "the head moved on while the view was read");
+        assert_eq!(hub.lag(stream), Some(3));
+
+        // The same batches delivered twice (a late step) change nothing: the watcher moved on.
+        let stale = vec![(1, 2, view.events_batch(2, b"/", b"\0", 100, false))];
+        hub.deliver(stream, stale);
+        assert!(revisions(&mut receiver).is_empty());
+
+        // The last few revisions on the driver; then live events.
+        hub.catch_up(stream, &store);
+        assert!(!hub.is_lagging(stream));
+        put(&mut store, 9, "/a");
+        hub.publish(&store.take_events(), store.current_revision(), store.compacted_revision(), 1);
+        assert_eq!(revisions(&mut receiver), (7..=10).collect::<Vec<_>>());
     }
 }

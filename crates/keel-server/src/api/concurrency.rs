@@ -87,14 +87,7 @@ impl Subscription {
         loop {
             let lagging = self.shared.hub.lock().expect("watch hub lock").is_lagging(self.stream);
             if lagging {
-                let (hub, group, stream) = (self.shared.hub.clone(), self.shared.group, self.stream);
-                self.shared
-                    .inspect(move |node, _| {
-                        if let Some(machine) = node.machine(group) {
-                            hub.lock().expect("watch hub lock").catch_up(stream, machine.store());
-                        }
-                    })
-                    .await?;
+                super::watch::step_catch_up(&self.shared, self.stream).await?;
             }
             match tokio::time::timeout(WATCH_STEP, self.receiver.recv()).await {
                 Ok(Some(Ok(response))) => {

@@ -3,7 +3,8 @@
 //! Requests on the stream (create, cancel, progress) are handled by one task per stream. Events
 //! reach the stream's bounded queue from the driver thread (see [`crate::watch_hub`]); a watcher
 //! that falls behind, or starts from a past revision, is brought up to date from history by the
-//! same task, in bounded steps run on the driver thread.
+//! same task, in bounded steps: from read views on blocking threads while it is far behind, on the
+//! driver thread for the last few revisions (see [`crate::watch_hub`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::Shared;
-use crate::watch_hub::{compacted_response, Created, StreamId, WatchSpec, STREAM_QUEUE_MAX, WATCHERS_PER_STREAM_MAX};
+use crate::status;
+use crate::watch_hub::{
+    compacted_response, CaughtUp, Created, StreamId, WatchSpec, CATCH_UP_EVENTS_MAX, CATCH_UP_ON_DRIVER_MAX,
+    STREAM_QUEUE_MAX, WATCHERS_PER_STREAM_MAX,
+};
 
 /// How often a stream with lagging watchers takes a catch-up step.
 const CATCH_UP_EVERY: Duration = Duration::from_millis(20);
@@ -87,16 +92,37 @@ async fn serve_stream(
     shared.metrics.watch_streams.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
-async fn step_catch_up(shared: &Arc<Shared>, stream: StreamId) -> Result<(), Status> {
+/// One catch-up step for the lagging watchers of `stream`: near the head on the driver thread;
+/// further behind, the driver only takes a read view and the history is read on a blocking thread.
+pub async fn step_catch_up(shared: &Arc<Shared>, stream: StreamId) -> Result<(), Status> {
     let hub = shared.hub.clone();
     let group = shared.group;
-    shared
+    let far_behind = shared
         .inspect(move |node, _| {
-            if let Some(machine) = node.machine(group) {
-                hub.lock().expect("watch hub lock").catch_up(stream, machine.store());
+            let machine = node.machine(group)?;
+            let mut hub = hub.lock().expect("watch hub lock");
+            if hub.lag(stream)? <= CATCH_UP_ON_DRIVER_MAX {
+                hub.catch_up(stream, machine.store());
+                return None;
             }
+            Some((machine.store().read_view(), hub.lagging_watchers(stream)))
         })
-        .await
+        .await?;
+    let Some((view, watchers)) = far_behind else { return Ok(()) };
+    let view = view.map_err(|error| status::from_mvcc(&keel_mvcc::MvccError::Storage(error)))?;
+    let batches: Vec<CaughtUp> = shared
+        .off_driver(move || {
+            watchers
+                .into_iter()
+                .map(|(watch_id, spec, from)| {
+                    let batch = view.events_batch(from, &spec.key, &spec.range_end, CATCH_UP_EVENTS_MAX, spec.prev_kv);
+                    (watch_id, from, batch)
+                })
+                .collect()
+        })
+        .await?;
+    shared.hub.lock().expect("watch hub lock").deliver(stream, batches);
+    Ok(())
 }
 
 /// Handles one request; false ends the stream.
