@@ -21,16 +21,20 @@ pub enum Plant {
     /// The host re-sends a forwarded proposal whose outcome is unknown (its leader stopped
     /// leading before answering): if the old leader had replicated it, it applies twice.
     ReforwardUnknown = 1 << 5,
+    /// WAL recovery takes damage anywhere in the last segment for a torn tail and cuts the log
+    /// there, silently dropping durable entries after it (entries the member acknowledged).
+    TornTailAnywhere = 1 << 6,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 6] = [
+    pub const ALL: [Plant; 7] = [
         Plant::CommitOldTerm,
         Plant::DoubleVote,
         Plant::AckBeforeDurable,
         Plant::ReadIndexWithoutQuorum,
         Plant::CompactBeyondDurable,
         Plant::ReforwardUnknown,
+        Plant::TornTailAnywhere,
     ];
 
     pub fn name(self) -> &'static str {
@@ -41,6 +45,7 @@ impl Plant {
             Plant::ReadIndexWithoutQuorum => "read-index-without-quorum",
             Plant::CompactBeyondDurable => "compact-beyond-durable",
             Plant::ReforwardUnknown => "reforward-unknown",
+            Plant::TornTailAnywhere => "torn-tail-anywhere",
         }
     }
 

@@ -162,6 +162,12 @@ struct Member {
     groups: BTreeSet<GroupId>,
     /// Removed from every group it belonged to: no longer restarted or targeted.
     retired: bool,
+    /// A bit of its durable WAL data was flipped (see `faults::rot_disk`): its next start must
+    /// find the damage and refuse.
+    rotted: bool,
+    /// Its WAL refused to open after bit rot: it stays down, as a server would, until membership
+    /// changes replace it.
+    disk_dead: bool,
     /// A write the full disk refused: the member waits (paused) until it fits, as the server's
     /// driver does. Nothing after it may be written first.
     stalled: Option<keel_node::WriteBatch>,
@@ -303,6 +309,8 @@ impl Cluster {
             tick_ms,
             groups,
             retired: false,
+            rotted: false,
+            disk_dead: false,
             stalled: None,
         };
         self.members.insert(id, member);
@@ -325,7 +333,26 @@ impl Cluster {
             self.swarm.etcd_machine,
         );
         let member = self.members.get_mut(&id).expect("member exists");
-        let (storage, mut recovered) = match NodeStorage::open(Arc::new(member.disk.clone()), storage_options()) {
+        if member.disk_dead {
+            return;
+        }
+        let rotted = std::mem::take(&mut member.rotted);
+        let mut opts = storage_options();
+        opts.wal.plants = plants;
+        let (storage, mut recovered) = match NodeStorage::open(Arc::new(member.disk.clone()), opts) {
+            Ok(_) if rotted => {
+                self.invariants.violation(format!(
+                    "n{id} restarted as if nothing happened after a bit flipped in its durable WAL data"
+                ));
+                return;
+            }
+            Err(error) if rotted => {
+                member.disk_dead = true;
+                self.log(format_args!(
+                    "n{id} refuses to start on its damaged WAL, as it must ({error}); it stays down"
+                ));
+                return;
+            }
             Ok((storage, groups, _)) => (storage, groups),
             Err(error) if error.is_no_space() => {
                 // As the server: it cannot start on a full disk; it is started again later.

@@ -53,6 +53,9 @@ pub struct Swarm {
     pub campaign_soon_at_start: bool,
     /// A member's disk fills up (and is freed again later): its write waits, as the server's.
     pub disk_full_ppm: u64,
+    /// A bit flips in WAL data a member already made durable, and the member crashes: at restart
+    /// its WAL must refuse to open (the member stays down until membership replaces it).
+    pub bit_rot_ppm: u64,
 }
 
 fn maybe(rng: &mut SplitMix64, ppm_max: u64) -> u64 {
@@ -96,6 +99,7 @@ impl Swarm {
             etcd_machine: false,
             campaign_soon_at_start: true,
             disk_full_ppm: 0,
+            bit_rot_ppm: 0,
         }
     }
 
@@ -128,6 +132,7 @@ impl Swarm {
             etcd_machine: rng.range(0, 2) == 0,
             campaign_soon_at_start: rng.range(0, 2) == 0,
             disk_full_ppm: maybe(rng, 500),
+            bit_rot_ppm: maybe(rng, 300),
         };
         swarm.persistent_machine |= swarm.etcd_machine;
         // Lease reads are only safe behind check-quorum (keel-raft refuses the combination).

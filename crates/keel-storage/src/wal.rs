@@ -78,11 +78,19 @@ pub struct WalOptions {
     pub max_record_bytes: usize,
     /// Cut the log at mid-log corruption or a missing segment instead of refusing to start.
     pub repair: bool,
+    /// Deliberate bugs for the simulator's tests (inert unless keel-raft is built with them).
+    pub plants: keel_raft::Plants,
 }
 
 impl Default for WalOptions {
     fn default() -> Self {
-        WalOptions { dir: "wal".to_string(), segment_bytes: 64 << 20, max_record_bytes: 64 << 20, repair: false }
+        WalOptions {
+            dir: "wal".to_string(),
+            segment_bytes: 64 << 20,
+            max_record_bytes: 64 << 20,
+            repair: false,
+            plants: keel_raft::Plants::NONE,
+        }
     }
 }
 
@@ -523,7 +531,8 @@ impl Wal {
                 .as_ref()
                 .map_or_else(|| cursor.last.map_or(0, |last| last.saturating_add(1)), |batch| batch.number);
             let later_batch = find_later_batch(data, offset + 1, open_batch, opts.max_record_bytes);
-            if is_last && later_batch.is_none() {
+            let torn_anywhere = opts.plants.is(keel_raft::Plant::TornTailAnywhere);
+            if is_last && (later_batch.is_none() || torn_anywhere) {
                 tracing::warn!(file = %path, offset = cut, %problem, "truncating a torn WAL tail (a write the crash interrupted)");
                 truncate_segment(&mut *file, data, cut, path)?;
                 recovery.torn_tail = Some((path.to_string(), cut as u64));

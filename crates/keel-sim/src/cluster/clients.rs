@@ -55,7 +55,8 @@ impl Cluster {
     }
 
     pub(super) fn random_member(&mut self) -> NodeId {
-        let live: Vec<NodeId> = self.members.iter().filter(|(_, m)| !m.retired).map(|(id, _)| *id).collect();
+        let live: Vec<NodeId> =
+            self.members.iter().filter(|(_, m)| !m.retired && !m.disk_dead).map(|(id, _)| *id).collect();
         live[self.rng.range(0, live.len() as u64) as usize]
     }
 

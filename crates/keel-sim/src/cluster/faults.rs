@@ -31,6 +31,9 @@ impl Cluster {
         if self.roll(self.swarm.membership_ppm) {
             self.change_membership();
         }
+        if self.roll(self.swarm.bit_rot_ppm) {
+            self.rot_disk();
+        }
     }
 
     fn fault(&mut self, what: std::fmt::Arguments) {
@@ -53,6 +56,10 @@ impl Cluster {
     fn crash_random(&mut self) {
         let running = self.running_members();
         let Some(id) = self.pick(&running) else { return };
+        self.crash(id);
+    }
+
+    fn crash(&mut self, id: NodeId) {
         // Power loss: the disk keeps what was synced plus a random prefix of the rest, the last
         // write possibly torn (decided by the simulated disk from this seed).
         let crash_seed = self.rng.next_u64();
@@ -137,6 +144,39 @@ impl Cluster {
         self.fault(format_args!("pause n{id} until {resume}"));
     }
 
+    /// Bit rot: a member crashes, and a bit flips in WAL data it had already made durable. At
+    /// restart the WAL must refuse to open, naming the damage (`start` checks it does); the member
+    /// then stays down, and membership changes replace it. One damaged member at a time, so a
+    /// quorum stays. Never in the last durable batch of the log: a flip there reads exactly as a
+    /// write the crash tore, which no log without a commit record after each sync can tell apart
+    /// (etcd's cannot either), and truncating it would lose entries this member acknowledged.
+    fn rot_disk(&mut self) {
+        if self.members.values().any(|m| m.disk_dead || m.rotted) {
+            return;
+        }
+        let running = self.running_members();
+        let Some(id) = self.pick(&running) else { return };
+        self.crash(id);
+        let member = &self.members[&id];
+        let ranges = cold_wal_ranges(&member.disk);
+        let total: u64 = ranges.iter().map(|(_, lo, hi)| hi - lo).sum();
+        if total == 0 {
+            return;
+        }
+        let mut at = self.rng.range(0, total);
+        let bit = self.rng.range(0, 8) as u8;
+        for (path, lo, hi) in ranges {
+            if at < hi - lo {
+                let flipped = self.members[&id].disk.flip_bit(&path, lo + at, bit);
+                debug_assert!(flipped, "the range lies within the file");
+                self.members.get_mut(&id).expect("picked").rotted = true;
+                self.fault(format_args!("bit rot in n{id}'s {path} at byte {}", lo + at));
+                return;
+            }
+            at -= hi - lo;
+        }
+    }
+
     /// A member's disk fills up: a few KiB are left, and some time later the operator frees
     /// space.
     fn fill_disk(&mut self) {
@@ -209,8 +249,12 @@ impl Cluster {
         let Some(leader) = self.leader_of(group) else { return };
         let Some(status) = self.members[&leader].node.as_ref().and_then(|n| n.status(group)) else { return };
         let learner = status.conf.learners.iter().next().copied();
+        let dead = status.conf.voters.iter().copied().find(|v| self.members.get(v).is_some_and(|m| m.disk_dead));
         let (change, new_member) = if let Some(learner) = learner {
             (ConfChange::AddVoter(learner), None)
+        } else if let Some(dead) = dead.filter(|_| status.conf.voters.len() > 3) {
+            // A member whose disk died goes once a replacement has joined (it was added below).
+            (ConfChange::Remove(dead), None)
         } else if status.conf.voters.len() > 3 && self.rng.range(0, 2) == 0 {
             let voters: Vec<NodeId> = status.conf.voters.iter().copied().collect();
             let victim = self.pick(&voters).expect("non-empty");
@@ -248,4 +292,36 @@ impl Cluster {
         }
         self.fault(format_args!("membership g{group} {change:?} via n{leader}"));
     }
+}
+
+/// The WAL bytes of `disk` a bit may rot in for the test to mean something: every frame of live
+/// segments, except from the start of the last complete batch on (see `Cluster::rot_disk`), as
+/// (file, first byte, end).
+fn cold_wal_ranges(disk: &SimDisk) -> Vec<(String, u64, u64)> {
+    use keel_codec::frame::decode_frame;
+    use keel_storage::Disk;
+    const END_OF_BATCH: u8 = 1;
+    let dir = storage_options().wal.dir;
+    let Ok(names) = disk.list(&dir) else { return Vec::new() };
+    let live: Vec<String> = names.into_iter().filter(|n| n.ends_with(".wal")).collect();
+    let mut ranges = Vec::new();
+    for (position, name) in live.iter().enumerate() {
+        let path = keel_storage::disk::join(&dir, name);
+        let Ok(data) = disk.open(&path, false).and_then(|f| f.read_all()) else { continue };
+        let Ok((_, body)) = decode_frame(&data, 0, 64) else { continue };
+        // Walk the frames: where each batch starts, and where the valid frames end.
+        let (mut offset, mut batch_start, mut last_complete_start) = (body, body, None);
+        while let Ok((payload, next)) = decode_frame(&data, offset, usize::MAX) {
+            if payload.get(8).is_some_and(|flags| flags & END_OF_BATCH != 0) {
+                last_complete_start = Some(batch_start);
+                batch_start = next;
+            }
+            offset = next;
+        }
+        let end = if position + 1 == live.len() { last_complete_start.unwrap_or(body) } else { offset };
+        if end > body {
+            ranges.push((path, body as u64, end as u64));
+        }
+    }
+    ranges
 }

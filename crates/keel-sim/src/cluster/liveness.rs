@@ -70,7 +70,9 @@ impl Cluster {
         if status.hard_state.commit != status.last_index || status.applied != status.last_index {
             return false;
         }
-        let members: Vec<NodeId> = status.conf.members().collect();
+        // A member whose disk died stays down (its operator replaces it): the rest must agree.
+        let members: Vec<NodeId> =
+            status.conf.members().filter(|id| self.members.get(id).is_none_or(|m| !m.disk_dead)).collect();
         members.into_iter().all(|id| {
             let Some(other) = self.members.get(&id).and_then(|m| m.node.as_ref()) else { return false };
             let Some(s) = other.status(group) else { return false };
