@@ -16,16 +16,6 @@ use crate::revision::Revision;
 const REVISIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("revisions");
 const LEASES: TableDefinition<i64, &[u8]> = TableDefinition::new("leases");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// Each record's header (key, create revision, version, lease, tombstone flag: everything but the
-/// value) by revision, written and deleted with the record in the same transaction. The key index
-/// is rebuilt at start-up from this table alone: for 256-byte values it is about a sixth of the
-/// bytes of `revisions`, whose scan was most of a restart (1.0–1.3 s of a 1M-key store's 1.8 s).
-/// Appended in revision order like `revisions`, so it costs apply little (a key-ordered table was
-/// tried and made scattered writes 4× slower).
-const HEADERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("headers");
-/// Meta key, set once `headers` holds the header of every record (new files, and older files
-/// after their one-time fill at open).
-const META_HEADERS_COMPLETE: &str = "keel.headers";
 
 /// redb's own page cache. The kernel's page cache already holds the file, so a cache the size
 /// of the data (redb's default is 1 GiB) only doubles it in the process: with 128 MiB the upper
@@ -72,11 +62,6 @@ fn open_database(path: &Path) -> Result<Database, StorageError> {
 
 fn backend_err(e: impl Into<redb::Error>) -> StorageError {
     StorageError::Backend(e.into().to_string())
-}
-
-/// The part of an encoded record the `headers` table keeps.
-fn header_of(record: &[u8]) -> &[u8] {
-    &record[..crate::kv::StoredRecord::header_len(record).min(record.len())]
 }
 
 /// A redb-backed store file.
@@ -230,18 +215,12 @@ impl RowReceiver {
         }
         {
             let mut revisions = write.open_table(REVISIONS).map_err(backend_err)?;
-            let mut headers = write.open_table(HEADERS).map_err(backend_err)?;
             let mut leases = write.open_table(LEASES).map_err(backend_err)?;
             let mut meta = write.open_table(META).map_err(backend_err)?;
-            if durable {
-                // The last batch: every record streamed has its header.
-                meta.insert(META_HEADERS_COMPLETE, [1u8].as_slice()).map_err(backend_err)?;
-            }
             for (table, key, value) in self.batch.drain(..) {
                 match table {
                     ROW_REVISION => {
                         revisions.insert(key.as_slice(), value.as_slice()).map_err(backend_err)?;
-                        headers.insert(key.as_slice(), header_of(&value)).map_err(backend_err)?;
                     }
                     ROW_LEASE => {
                         let id = <[u8; 8]>::try_from(key.as_slice())
@@ -251,10 +230,7 @@ impl RowReceiver {
                     _ => {
                         let key = std::str::from_utf8(&key)
                             .map_err(|_| StorageError::Backend("a streamed meta key is not UTF-8".into()))?;
-                        // Whether this file's headers are complete is this file's own business.
-                        if key != META_HEADERS_COMPLETE {
-                            meta.insert(key, value.as_slice()).map_err(backend_err)?;
-                        }
+                        meta.insert(key, value.as_slice()).map_err(backend_err)?;
                     }
                 }
             }
@@ -294,31 +270,6 @@ fn sync_parent(path: &Path) -> Result<(), StorageError> {
         .map_err(|e| StorageError::Backend(format!("sync {}: {e}", dir.display())))
 }
 
-/// Creates the tables once, so read transactions can always open them, and gives a file written
-/// before the `headers` table its headers, once.
-fn prepare(db: &Database, path: &Path) -> Result<(), StorageError> {
-    let txn = db.begin_write().map_err(backend_err)?;
-    {
-        let revisions = txn.open_table(REVISIONS).map_err(backend_err)?;
-        let mut headers = txn.open_table(HEADERS).map_err(backend_err)?;
-        txn.open_table(LEASES).map_err(backend_err)?;
-        let mut meta = txn.open_table(META).map_err(backend_err)?;
-        if meta.get(META_HEADERS_COMPLETE).map_err(backend_err)?.is_none() {
-            let records = revisions.len().map_err(backend_err)?;
-            if records > 0 {
-                tracing::info!(file = %path.display(), records, "indexing record headers (once, for faster restarts)");
-            }
-            for item in revisions.iter().map_err(backend_err)? {
-                let (k, v) = item.map_err(backend_err)?;
-                headers.insert(k.value(), header_of(v.value())).map_err(backend_err)?;
-            }
-            meta.insert(META_HEADERS_COMPLETE, [1u8].as_slice()).map_err(backend_err)?;
-        }
-    }
-    txn.commit().map_err(backend_err)?;
-    Ok(())
-}
-
 impl std::fmt::Debug for RedbBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedbBackend").field("path", &self.path).finish()
@@ -330,7 +281,14 @@ impl RedbBackend {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
         let path = path.as_ref().to_path_buf();
         let db = open_database(&path)?;
-        prepare(&db, &path)?;
+        // Create the tables once so read transactions can always open them.
+        let txn = db.begin_write().map_err(backend_err)?;
+        {
+            txn.open_table(REVISIONS).map_err(backend_err)?;
+            txn.open_table(LEASES).map_err(backend_err)?;
+            txn.open_table(META).map_err(backend_err)?;
+        }
+        txn.commit().map_err(backend_err)?;
         Ok(RedbBackend { db: Some(db), path })
     }
 
@@ -361,20 +319,16 @@ impl RedbBackend {
         }
         if clear_first {
             txn.delete_table(REVISIONS).map_err(backend_err)?;
-            txn.delete_table(HEADERS).map_err(backend_err)?;
             txn.delete_table(LEASES).map_err(backend_err)?;
             txn.delete_table(META).map_err(backend_err)?;
         }
         {
             let mut revs = txn.open_table(REVISIONS).map_err(backend_err)?;
-            let mut headers = txn.open_table(HEADERS).map_err(backend_err)?;
             for rev in &batch.delete_revisions {
                 revs.remove(rev.to_key().as_slice()).map_err(backend_err)?;
-                headers.remove(rev.to_key().as_slice()).map_err(backend_err)?;
             }
             for (rev, rec) in &batch.put_revisions {
                 revs.insert(rev.to_key().as_slice(), rec.as_slice()).map_err(backend_err)?;
-                headers.insert(rev.to_key().as_slice(), header_of(rec)).map_err(backend_err)?;
             }
             let mut leases = txn.open_table(LEASES).map_err(backend_err)?;
             for id in &batch.delete_leases {
@@ -386,9 +340,6 @@ impl RedbBackend {
             let mut meta = txn.open_table(META).map_err(backend_err)?;
             for (k, v) in &batch.meta {
                 meta.insert(*k, v.as_slice()).map_err(backend_err)?;
-            }
-            if clear_first {
-                meta.insert(META_HEADERS_COMPLETE, [1u8].as_slice()).map_err(backend_err)?;
             }
         }
         txn.commit().map_err(backend_err)
@@ -490,12 +441,13 @@ impl Backend for RedbBackend {
             scope.spawn(move || {
                 let read = || -> Result<(), StorageError> {
                     let txn = db.begin_read().map_err(backend_err)?;
-                    // `open` made the headers complete.
-                    let table = txn.open_table(HEADERS).map_err(backend_err)?;
+                    let table = txn.open_table(REVISIONS).map_err(backend_err)?;
                     let mut batch = HeaderBatch::default();
                     for item in table.iter().map_err(backend_err)? {
                         let (k, v) = item.map_err(backend_err)?;
-                        batch.push(k.value(), v.value());
+                        let record = v.value();
+                        let header = &record[..crate::kv::StoredRecord::header_len(record).min(record.len())];
+                        batch.push(k.value(), header);
                         if batch.bytes.len() >= HEADER_BATCH_BYTES {
                             // The caller stopped (an error on its side): nothing more to do.
                             if batches.send(Ok(std::mem::take(&mut batch))).is_err() {
@@ -570,107 +522,7 @@ impl Backend for RedbBackend {
             .map_err(|e| StorageError::Backend(format!("rename {} over the store: {e}", incoming.display())));
         let synced = renamed.and_then(|()| sync_parent(&self.path));
         // Whatever happened, the file at `path` (old or new) is opened again.
-        let db = open_database(&self.path)?;
-        prepare(&db, &self.path)?;
-        self.db = Some(db);
+        self.db = Some(open_database(&self.path)?);
         synced
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use bytes::Bytes;
-
-    use super::*;
-    use crate::{Command, DeleteRangeRequest, PutRequest, RangeRequest, Store, StoreOptions};
-
-    struct TempFile(PathBuf);
-
-    impl Drop for TempFile {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-
-    fn temp(name: &str) -> TempFile {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        TempFile(std::env::temp_dir().join(format!("keel-redb-{name}-{}-{nanos}.redb", std::process::id())))
-    }
-
-    type Rows = Vec<(Vec<u8>, Vec<u8>)>;
-
-    /// The `headers` table, and the headers `revisions` says it should hold.
-    fn headers_and_expected(backend: &RedbBackend) -> (Rows, Rows) {
-        let txn = backend.db().unwrap().begin_read().unwrap();
-        let rows = |table: redb::ReadOnlyTable<&[u8], &[u8]>, project: fn(&[u8]) -> &[u8]| {
-            table
-                .iter()
-                .unwrap()
-                .map(|row| {
-                    let (k, v) = row.unwrap();
-                    (k.value().to_vec(), project(v.value()).to_vec())
-                })
-                .collect::<Vec<_>>()
-        };
-        (rows(txn.open_table(HEADERS).unwrap(), |v| v), rows(txn.open_table(REVISIONS).unwrap(), header_of))
-    }
-
-    fn everything(store: &Store<RedbBackend>) -> Vec<(Bytes, Bytes, i64, i64)> {
-        let all =
-            RangeRequest { key: Bytes::from_static(b"\0"), range_end: Bytes::from_static(b"\0"), ..Default::default() };
-        store
-            .range(&all)
-            .unwrap()
-            .kvs
-            .into_iter()
-            .map(|kv| (kv.key, kv.value, kv.version, kv.create_revision))
-            .collect()
-    }
-
-    #[test]
-    fn headers_follow_every_record_through_deletes_and_compaction_and_an_older_file_gets_them_once() {
-        let path = temp("headers");
-        let mut store = Store::open(RedbBackend::open(&path.0).unwrap(), StoreOptions::default()).unwrap();
-        let mut index = 0;
-        let mut apply = |store: &mut Store<RedbBackend>, command: Command| {
-            index += 1;
-            store.apply(index, &command).unwrap();
-        };
-        for round in 0..3 {
-            for key in 0..40 {
-                let put = PutRequest {
-                    key: Bytes::from(format!("k{key:02}")),
-                    value: Bytes::from(format!("v{round}")),
-                    ..Default::default()
-                };
-                apply(&mut store, Command::Put(put));
-            }
-            store.commit().unwrap();
-        }
-        let delete = DeleteRangeRequest { key: Bytes::from("k10"), range_end: Bytes::from("k20"), prev_kv: false };
-        apply(&mut store, Command::DeleteRange(delete));
-        let revision = store.current_revision() - 5;
-        apply(&mut store, Command::Compact { revision });
-        while !store.compaction_step(1000).unwrap() {}
-        store.commit().unwrap();
-        let (headers, expected) = headers_and_expected(store.backend());
-        // Kept: the last round's 40 puts, the round before for the 4 keys whose last put is past
-        // the compacted revision, and the 10 tombstones after it.
-        assert_eq!(headers.len(), 40 + 4 + 10, "one header per kept record, none for deleted ones");
-        assert_eq!(headers, expected);
-        let before = everything(&store);
-
-        // A file from before the headers table: it gets them at the next open, and the index
-        // rebuilt from them is the same.
-        let backend = store.into_backend();
-        let txn = backend.db().unwrap().begin_write().unwrap();
-        txn.delete_table(HEADERS).unwrap();
-        txn.open_table(META).unwrap().remove(META_HEADERS_COMPLETE).unwrap();
-        txn.commit().unwrap();
-        drop(backend);
-        let store = Store::open(RedbBackend::open(&path.0).unwrap(), StoreOptions::default()).unwrap();
-        let (headers, expected) = headers_and_expected(store.backend());
-        assert_eq!(headers, expected);
-        assert_eq!(everything(&store), before);
     }
 }
