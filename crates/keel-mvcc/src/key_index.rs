@@ -153,6 +153,49 @@ impl KeyIndex {
         None
     }
 
+    /// Appends this key's index to a checkpoint (see `index_checkpoint`).
+    pub(crate) fn encode(&self, w: &mut crate::codec::Writer) {
+        w.i64(self.lease);
+        w.len(self.generations.len());
+        for g in &self.generations {
+            w.i64(g.created);
+            w.i64(g.first_version);
+            w.bool(g.closed);
+            w.len(g.revs.len());
+            for rev in &g.revs {
+                w.i64(rev.main);
+                w.i64(rev.sub);
+            }
+        }
+    }
+
+    /// Reads what [`KeyIndex::encode`] wrote, checking the invariants the index relies on
+    /// (generations never empty, revisions increasing).
+    pub(crate) fn decode(r: &mut crate::codec::Reader<'_>) -> Result<KeyIndex, crate::error::DecodeError> {
+        let lease = r.i64()?;
+        let count = r.len(8 + 8 + 1 + 4)?;
+        let mut generations = Vec::with_capacity(count);
+        let mut last: Option<Revision> = None;
+        for _ in 0..count {
+            let (created, first_version, closed) = (r.i64()?, r.i64()?, r.bool()?);
+            let revs_count = r.len(16)?;
+            if revs_count == 0 {
+                return Err(r.err("an empty generation"));
+            }
+            let mut revs = Vec::with_capacity(revs_count);
+            for _ in 0..revs_count {
+                let rev = Revision::new(r.i64()?, r.i64()?);
+                if last.is_some_and(|last| last >= rev) {
+                    return Err(r.err("revisions out of order"));
+                }
+                last = Some(rev);
+                revs.push(rev);
+            }
+            generations.push(Generation { created, first_version, revs, closed });
+        }
+        Ok(KeyIndex { generations, lease })
+    }
+
     #[cfg(test)]
     fn revs(&self) -> Vec<Vec<i64>> {
         self.generations.iter().map(|g| g.revs.iter().map(|r| r.main).collect()).collect()

@@ -64,6 +64,7 @@ mod codec;
 mod command;
 mod error;
 mod history;
+mod index_checkpoint;
 mod index_rebuild;
 mod key_index;
 mod kv;

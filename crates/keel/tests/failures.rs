@@ -46,6 +46,7 @@ async fn the_survivors_take_over_after_kill_9_of_the_leader_and_it_rejoins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_stopped_with_sigterm_closes_its_store_and_a_killed_one_is_repaired_at_start() {
     const REPAIRED: &str = "the store file was not closed cleanly";
+    const LOADED: &str = "loaded the key index saved at the last clean close";
     let mut cluster = Cluster::start("stop", 3);
     let client = cluster.client(0).await;
     for n in 0..50 {
@@ -57,12 +58,15 @@ async fn a_member_stopped_with_sigterm_closes_its_store_and_a_killed_one_is_repa
     }
     cluster.stop(1);
     assert!(cluster.log(1).contains("stores closed"), "log:\n{}", cluster.log(1));
+    assert!(cluster.log(1).contains("saved the key index"), "log:\n{}", cluster.log(1));
     cluster.spawn(1);
     cluster.kill9(2);
     cluster.spawn(2);
     cluster.wait_ready();
     assert!(!cluster.log(1).contains(REPAIRED), "a stopped member's store opens without repair:\n{}", cluster.log(1));
     assert!(cluster.log(2).contains(REPAIRED), "a killed member's store is repaired:\n{}", cluster.log(2));
+    assert!(cluster.log(1).contains(LOADED), "a stopped member loads its saved key index:\n{}", cluster.log(1));
+    assert!(!cluster.log(2).contains(LOADED), "a killed member rebuilds its key index:\n{}", cluster.log(2));
     for member in [1, 2] {
         let restarted = cluster.client(member).await;
         let got = eventually("a read on the restarted member", || {

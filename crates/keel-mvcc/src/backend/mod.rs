@@ -149,6 +149,12 @@ pub trait Backend: RevisionSource {
         Ok(None)
     }
 
+    /// Where the store saves its key index at a clean close (see `index_checkpoint`); `None` for
+    /// a backend that is not a file.
+    fn index_checkpoint_path(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+
     /// Replaces the whole content by a database file built from a streamed
     /// [`redb_backend::StoreCopy`] ([`redb_backend::RowReceiver`]), atomically.
     fn install_file(&mut self, incoming: &std::path::Path) -> Result<(), StorageError> {

@@ -508,6 +508,10 @@ impl Backend for RedbBackend {
         self.write(batch, true, true)
     }
 
+    fn index_checkpoint_path(&self) -> Option<PathBuf> {
+        Some(self.path.with_extension("index"))
+    }
+
     fn begin_copy(&self) -> Result<Option<StoreCopy>, StorageError> {
         Ok(Some(StoreCopy { txn: self.db()?.begin_read().map_err(backend_err)? }))
     }
