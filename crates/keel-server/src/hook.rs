@@ -212,7 +212,7 @@ impl Hook<Machine> for ServerHook {
         m.leases.store(self.leases.len() as i64, Relaxed);
         if self.db_size_read.is_none_or(|at| now.duration_since(at) >= DB_SIZE_REFRESH) {
             self.db_size_read = Some(now);
-            let db_bytes = std::fs::metadata(&self.db_path).map_or(0, |meta| meta.len());
+            let db_bytes = std::fs::metadata(&self.db_path).map_or(0, |meta| stored_bytes(&meta));
             m.db_size.store(db_bytes as i64, Relaxed);
             let free_bytes = self.db_path.parent().and_then(|dir| keel_storage::disk::available_bytes(dir).ok());
             // As etcd: the alarm is raised once the database outgrows its quota, and stays raised
@@ -257,5 +257,42 @@ impl Hook<Machine> for ServerHook {
     fn on_compacted(&mut self, removed: keel_host::Removed) {
         self.metrics.wal_segments_removed.fetch_add(removed.wal_segments as u64, Relaxed);
         self.metrics.snapshot_files_removed.fetch_add(removed.snapshot_files as u64, Relaxed);
+    }
+}
+
+/// The bytes a store file takes on disk. redb grows its file ahead of need, by large steps and
+/// sparsely, so the length overstates what it holds: a 10-minute run of 1 KiB puts left a file of
+/// 2.16 GB holding 1.03 GB, and a quota checked against the length raised NOSPACE at etcd's default
+/// 2 GiB and stopped every write. The blocks actually written are what the disk loses.
+fn stored_bytes(meta: &std::fs::Metadata) -> u64 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        meta.blocks().saturating_mul(512)
+    }
+    #[cfg(not(unix))]
+    {
+        meta.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_file_counts_the_bytes_it_holds_not_its_length() {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let path = std::env::temp_dir().join(format!("keel-sparse-{}-{nanos}", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        // Grown ahead of need, as redb grows its file: long, but nearly nothing written.
+        file.set_len(256 << 20).unwrap();
+        std::io::Write::write_all(&mut &file, &[1u8; 64 << 10]).unwrap();
+        file.sync_all().unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(meta.len(), 256 << 20);
+        let stored = stored_bytes(&meta);
+        assert!((64 << 10..16 << 20).contains(&stored), "{stored} bytes counted for 64 KiB written");
     }
 }
