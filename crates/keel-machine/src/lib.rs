@@ -494,7 +494,9 @@ pub struct MvccMachine<B: Backend> {
 /// after a backend failure, nor while a panic unwinds (the state may be half-applied).
 impl<B: Backend> Drop for MvccMachine<B> {
     fn drop(&mut self) {
-        if self.fatal.is_some() || std::thread::panicking() {
+        // A store in memory (the simulator's) has nowhere to keep an index, and nothing to close.
+        let in_memory = self.store.backend().index_checkpoint_path().is_none();
+        if in_memory || self.fatal.is_some() || std::thread::panicking() {
             return;
         }
         let started = std::time::Instant::now();

@@ -33,6 +33,7 @@ pub(crate) const INDEX_KEYS_PER_LOCK: usize = 4096;
 #[derive(Debug)]
 pub(crate) struct SharedIndex {
     map: RwLock<Index>,
+    /// The store's compacted revision (its only home: -1 before any compaction, as etcd).
     /// Changed only while the write lock is held, with the index it describes.
     compacted: AtomicI64,
 }

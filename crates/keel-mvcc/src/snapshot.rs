@@ -64,7 +64,7 @@ impl<B: Backend> Store<B> {
         w.u8(SNAPSHOT_FORMAT_V1);
         w.u64(self.applied_index);
         w.i64(self.current_revision);
-        w.i64(self.compacted_revision);
+        w.i64(self.compacted_revision());
         w.len(self.leases.len());
         for (id, lease) in &self.leases {
             w.i64(*id);

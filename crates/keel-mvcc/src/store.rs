@@ -72,8 +72,6 @@ pub struct Store<B: Backend> {
     pub(crate) index: Arc<SharedIndex>,
     pub(crate) leases: Leases,
     pub(crate) current_revision: i64,
-    /// -1 until the first compaction (as etcd), so compacting at 0 is allowed once.
-    pub(crate) compacted_revision: i64,
     /// Where backend deletion of compacted revisions resumes; `None` when none is pending.
     pub(crate) compaction_cursor: Option<Revision>,
     pub(crate) applied_index: u64,
@@ -88,7 +86,7 @@ impl<B: Backend> std::fmt::Debug for Store<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("current_revision", &self.current_revision)
-            .field("compacted_revision", &self.compacted_revision)
+            .field("compacted_revision", &self.index.compacted())
             .field("applied_index", &self.applied_index)
             .field("keys", &self.index.read().len())
             .finish()
@@ -114,7 +112,6 @@ impl<B: Backend> Store<B> {
             index: Arc::new(SharedIndex::new(Index::new(), -1)),
             leases: Leases::new(),
             current_revision: 1,
-            compacted_revision: -1,
             compaction_cursor: None,
             applied_index: 0,
             durable_applied_index: 0,
@@ -135,7 +132,8 @@ impl<B: Backend> Store<B> {
         self.applied_index = applied as u64;
         self.durable_applied_index = self.applied_index;
         self.current_revision = meta_i64(&meta, META_CURRENT_REVISION, 1)?;
-        self.compacted_revision = meta_i64(&meta, META_COMPACTED_REVISION, -1)?;
+        let compacted = meta_i64(&meta, META_COMPACTED_REVISION, -1)?;
+        self.index.set_compacted(&mut self.index.write(), compacted);
         self.compaction_cursor = match meta.get(META_COMPACTION_CURSOR) {
             None => None,
             Some(v) if v.is_empty() => None,
@@ -156,7 +154,7 @@ impl<B: Backend> Store<B> {
         Stamp {
             applied_index: self.applied_index,
             current_revision: self.current_revision,
-            compacted_revision: self.compacted_revision,
+            compacted_revision: self.index.compacted(),
         }
     }
 
@@ -170,7 +168,7 @@ impl<B: Backend> Store<B> {
                 index
             }
             None => {
-                let mut rebuild = IndexRebuild::new(self.current_revision, self.compacted_revision);
+                let mut rebuild = IndexRebuild::new(self.current_revision, self.index.compacted());
                 self.backend.for_each_record_header(&mut |rev, header| rebuild.add(rev, header))?;
                 rebuild.finish()?
             }
@@ -178,11 +176,10 @@ impl<B: Backend> Store<B> {
         let mut index = self.index.write();
         *index = built;
         // A compaction interrupted before its backend deletion finished left dead revisions.
-        let at = self.compacted_revision;
+        let at = self.index.compacted();
         if at > 0 {
             index.retain(|_, ki| !ki.compact(at));
         }
-        self.index.set_compacted(&mut index, at);
         for (key, ki) in index.iter_mut() {
             if ki.lease == 0 {
                 continue;
@@ -317,7 +314,7 @@ impl<B: Backend> Store<B> {
         let m = &mut self.pending.meta;
         m.insert(META_APPLIED_INDEX, (self.applied_index as i64).to_be_bytes().to_vec());
         m.insert(META_CURRENT_REVISION, self.current_revision.to_be_bytes().to_vec());
-        m.insert(META_COMPACTED_REVISION, self.compacted_revision.to_be_bytes().to_vec());
+        m.insert(META_COMPACTED_REVISION, self.index.compacted().to_be_bytes().to_vec());
         m.insert(META_COMPACTION_CURSOR, self.compaction_cursor.map_or_else(Vec::new, |c| c.to_key().to_vec()));
     }
 
@@ -359,9 +356,10 @@ impl<B: Backend> Store<B> {
         self.current_revision
     }
 
-    /// The compacted revision (-1 before any compaction).
+    /// The compacted revision (-1 before any compaction, as etcd, so compacting at 0 is allowed
+    /// once).
     pub fn compacted_revision(&self) -> i64 {
-        self.compacted_revision
+        self.index.compacted()
     }
 
     /// Highest raft index applied (visible to reads).

@@ -253,7 +253,7 @@ impl<B: Backend> Store<B> {
                 // etcd's `checkRange` compares any non-zero revision with the compacted one, so a
                 // negative revision in a txn is refused as compacted (alone, a Range reads at
                 // the current revision).
-                if q.revision != 0 && q.revision < self.compacted_revision {
+                if q.revision != 0 && q.revision < self.compacted_revision() {
                     return Err(MvccError::Compacted);
                 }
             }

@@ -197,13 +197,12 @@ impl<B: Backend> Store<B> {
     /// etcd `Compact`: history below `rev` becomes unreadable at once; the backend
     /// deletion runs later in bounded steps ([`Store::compaction_step`]).
     pub(crate) fn compact(&mut self, rev: i64) -> Result<Response, MvccError> {
-        if rev <= self.compacted_revision {
+        if rev <= self.compacted_revision() {
             return Err(MvccError::Compacted);
         }
         if rev > self.current_revision {
             return Err(MvccError::FutureRevision);
         }
-        self.compacted_revision = rev;
         // In-memory only (no IO): drop index entries invisible at every readable revision.
         let mut index = self.index.write();
         self.index.set_compacted(&mut index, rev);
@@ -222,7 +221,7 @@ impl<B: Backend> Store<B> {
         let Some(cursor) = self.compaction_cursor else {
             return Ok(true);
         };
-        let to = Revision::after_main(self.compacted_revision);
+        let to = Revision::after_main(self.compacted_revision());
         let (chunk, next) = self.scan_merged(cursor, to, max_revisions)?;
         for (rev, bytes) in chunk {
             let rec = StoredRecord::decode(&bytes)?;

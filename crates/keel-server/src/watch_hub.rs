@@ -358,7 +358,7 @@ mod tests {
         }
     }
 
-    fn revisions(receiver: &mut tokio::sync::mpsc::Receiver<Result<WatchResponse, Status>>) -> Vec<i64> {
+    fn revisions(receiver: &mut Receiver) -> Vec<i64> {
         let mut out = Vec::new();
         while let Ok(Ok(response)) = receiver.try_recv() {
             out.extend(response.events.iter().filter_map(|e| e.kv.as_ref()).map(|kv| kv.mod_revision));
@@ -366,16 +366,24 @@ mod tests {
         out
     }
 
-    #[test]
-    fn a_watch_from_a_future_revision_gets_nothing_earlier_even_after_a_snapshot_install() {
+    type Receiver = tokio::sync::mpsc::Receiver<Result<WatchResponse, Status>>;
+
+    /// A store with five puts to "/a" (revisions 2..=6), all published, and one open stream.
+    fn five_puts_published_and_a_stream() -> (Store<MemBackend>, WatchHub, StreamId, Receiver) {
         let mut store = keel_mvcc::Store::open(MemBackend::default(), StoreOptions::default()).expect("store");
         for index in 1..=5 {
             put(&mut store, index, "/a");
         }
         let mut hub = WatchHub::new(HeaderBase::default());
         hub.publish(&store.take_events(), store.current_revision(), store.compacted_revision(), 1);
-        let (sender, mut receiver) = tokio::sync::mpsc::channel(STREAM_QUEUE_MAX);
+        let (sender, receiver) = tokio::sync::mpsc::channel(STREAM_QUEUE_MAX);
         let stream = hub.open_stream(sender);
+        (store, hub, stream, receiver)
+    }
+
+    #[test]
+    fn a_watch_from_a_future_revision_gets_nothing_earlier_even_after_a_snapshot_install() {
+        let (mut store, mut hub, stream, mut receiver) = five_puts_published_and_a_stream();
         assert!(matches!(hub.create(stream, 1, spec("/"), 10), Created::Ok));
         // A snapshot install: every watcher lags and catches up from history, which ends at 6.
         hub.mark_all_lagging();
@@ -392,14 +400,7 @@ mod tests {
 
     #[test]
     fn history_read_from_a_view_while_writes_go_on_then_the_driver_finishes_every_event_once() {
-        let mut store = keel_mvcc::Store::open(MemBackend::default(), StoreOptions::default()).expect("store");
-        for index in 1..=5 {
-            put(&mut store, index, "/a");
-        }
-        let mut hub = WatchHub::new(HeaderBase::default());
-        hub.publish(&store.take_events(), store.current_revision(), store.compacted_revision(), 1);
-        let (sender, mut receiver) = tokio::sync::mpsc::channel(STREAM_QUEUE_MAX);
-        let stream = hub.open_stream(sender);
+        let (mut store, mut hub, stream, mut receiver) = five_puts_published_and_a_stream();
         assert!(matches!(hub.create(stream, 1, spec("/"), 2), Created::Ok));
         assert_eq!(hub.lag(stream), Some(5));
 

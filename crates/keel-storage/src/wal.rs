@@ -282,6 +282,39 @@ fn decode_payload(payload: &[u8]) -> Result<(u64, bool, Record), String> {
     Ok((batch, flags & END_OF_BATCH != 0, record))
 }
 
+/// Where a segment's frames lie, read the way recovery reads them: for tools that damage durable
+/// bytes on purpose (the simulator's bit rot) and must know which bytes recovery can tell apart
+/// from a torn write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentLayout {
+    /// The first byte after the segment header.
+    pub body: usize,
+    /// Where the last batch whose every frame is valid starts, if there is one.
+    pub last_complete_batch: Option<usize>,
+    /// Where the valid frames end.
+    pub end: usize,
+}
+
+/// The layout of the segment `data` (`None` if its header is not valid).
+pub fn segment_layout(data: &[u8], max_record_bytes: usize) -> Option<SegmentLayout> {
+    let (_, body) = decode_header(data).ok()?;
+    let (mut end, mut batch_start, mut last_complete_batch) = (body, body, None);
+    while let Ok((payload, next)) = decode_frame(data, end, max_record_bytes) {
+        let Ok((_, ended, _)) = decode_payload(payload) else { break };
+        if ended {
+            last_complete_batch = Some(batch_start);
+            batch_start = next;
+        }
+        end = next;
+    }
+    Some(SegmentLayout { body, last_complete_batch, end })
+}
+
+/// Whether `name` is a live segment (read at recovery), not a retired one or another file.
+pub fn is_live_segment(name: &str) -> bool {
+    parse_segment_name(name).is_some()
+}
+
 /// The batch sequence as recovery sees it: the last complete batch.
 #[derive(Clone, Copy, Debug)]
 struct BatchCursor {

@@ -457,3 +457,31 @@ fn frames_far_into_a_large_segment_recover_and_corruption_there_is_still_found()
     assert_eq!(recovery.torn_tail, Some((file, start)));
     assert_eq!(recovery.groups[&1].last_index(), 59);
 }
+
+/// The layout recovery sees: the last complete batch starts where the last append began, and the
+/// frames end where the next one would go; a torn last batch is not complete.
+#[test]
+fn the_segment_layout_names_the_last_complete_batch_and_the_end_of_the_frames() {
+    use keel_storage::wal::{is_live_segment, segment_layout};
+    let disk = SimDisk::new();
+    let starts = write_synced_batches(&disk, 10, 1 << 20);
+    let (file, last) = starts[9].clone();
+    let (mut wal, _) = open(&disk, 1 << 20).unwrap();
+    let end = wal.position().1;
+    let read = |disk: &SimDisk| disk.open(&file, false).unwrap().read_all().unwrap();
+    let layout = segment_layout(&read(&disk), 1 << 20).unwrap();
+    assert_eq!(layout.last_complete_batch, Some(last as usize));
+    assert_eq!(layout.end as u64, end);
+    assert!(layout.body > 0 && layout.body < starts[0].1 as usize + 1);
+    assert!(is_live_segment(file.rsplit('/').next().unwrap()));
+    assert!(!is_live_segment("0000000000000001.wal.old"));
+
+    // A batch torn mid-write: its frames end the valid ones, and it is not complete.
+    wal.append(&[Record::Entries { group: 1, entries: entries(41, 4, 1) }]).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    assert!(disk.flip_bit(&file, end + 20, 1));
+    let layout = segment_layout(&read(&disk), 1 << 20).unwrap();
+    assert_eq!(layout.last_complete_batch, Some(last as usize));
+    assert_eq!(layout.end as u64, end);
+}

@@ -61,25 +61,9 @@ impl MemBackend {
 #[derive(Debug, Clone)]
 pub struct MemView(Arc<BTreeMap<Revision, Vec<u8>>>);
 
-fn get_revisions(revisions: &BTreeMap<Revision, Vec<u8>>, revs: &[Revision]) -> Vec<Option<Vec<u8>>> {
-    revs.iter().map(|r| revisions.get(r).cloned()).collect()
-}
-
-fn scan_revisions(
-    revisions: &BTreeMap<Revision, Vec<u8>>,
-    from: Revision,
-    to: Revision,
-    limit: usize,
-) -> Vec<(Revision, Vec<u8>)> {
-    if from >= to {
-        return Vec::new();
-    }
-    revisions.range(from..to).take(limit).map(|(r, v)| (*r, v.clone())).collect()
-}
-
 impl RevisionSource for MemView {
     fn get_revisions(&self, revs: &[Revision]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
-        Ok(get_revisions(&self.0, revs))
+        Ok(revs.iter().map(|r| self.0.get(r).cloned()).collect())
     }
 
     fn scan_revisions(
@@ -88,13 +72,17 @@ impl RevisionSource for MemView {
         to: Revision,
         limit: usize,
     ) -> Result<Vec<(Revision, Vec<u8>)>, StorageError> {
-        Ok(scan_revisions(&self.0, from, to, limit))
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        Ok(self.0.range(from..to).take(limit).map(|(r, v)| (*r, v.clone())).collect())
     }
 }
 
+/// The committed records, through a view (an `Arc` clone: nothing is copied).
 impl RevisionSource for MemBackend {
     fn get_revisions(&self, revs: &[Revision]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
-        Ok(get_revisions(&self.revisions, revs))
+        self.read_view()?.get_revisions(revs)
     }
 
     fn scan_revisions(
@@ -103,7 +91,7 @@ impl RevisionSource for MemBackend {
         to: Revision,
         limit: usize,
     ) -> Result<Vec<(Revision, Vec<u8>)>, StorageError> {
-        Ok(scan_revisions(&self.revisions, from, to, limit))
+        self.read_view()?.scan_revisions(from, to, limit)
     }
 }
 

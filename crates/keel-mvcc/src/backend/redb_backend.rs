@@ -346,38 +346,6 @@ impl RedbBackend {
     }
 }
 
-fn get_revisions_in(txn: &redb::ReadTransaction, revs: &[Revision]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
-    let table = txn.open_table(REVISIONS).map_err(backend_err)?;
-    let mut out = Vec::with_capacity(revs.len());
-    for rev in revs {
-        let v = table.get(rev.to_key().as_slice()).map_err(backend_err)?;
-        out.push(v.map(|g| g.value().to_vec()));
-    }
-    Ok(out)
-}
-
-fn scan_revisions_in(
-    txn: &redb::ReadTransaction,
-    from: Revision,
-    to: Revision,
-    limit: usize,
-) -> Result<Vec<(Revision, Vec<u8>)>, StorageError> {
-    if from >= to || limit == 0 {
-        return Ok(Vec::new());
-    }
-    let table = txn.open_table(REVISIONS).map_err(backend_err)?;
-    let (lo, hi) = (from.to_key(), to.to_key());
-    let mut out = Vec::new();
-    for item in table.range::<&[u8]>(lo.as_slice()..hi.as_slice()).map_err(backend_err)? {
-        let (k, v) = item.map_err(backend_err)?;
-        out.push((Revision::from_key(k.value())?, v.value().to_vec()));
-        if out.len() >= limit {
-            break;
-        }
-    }
-    Ok(out)
-}
-
 /// A redb read transaction: the records as committed when it began, for reads on other threads
 /// (it pins the pages it sees, so hosts hold one only for the length of a read).
 pub struct RedbView {
@@ -392,22 +360,13 @@ impl std::fmt::Debug for RedbView {
 
 impl RevisionSource for RedbView {
     fn get_revisions(&self, revs: &[Revision]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
-        get_revisions_in(&self.txn, revs)
-    }
-
-    fn scan_revisions(
-        &self,
-        from: Revision,
-        to: Revision,
-        limit: usize,
-    ) -> Result<Vec<(Revision, Vec<u8>)>, StorageError> {
-        scan_revisions_in(&self.txn, from, to, limit)
-    }
-}
-
-impl RevisionSource for RedbBackend {
-    fn get_revisions(&self, revs: &[Revision]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
-        get_revisions_in(&self.db()?.begin_read().map_err(backend_err)?, revs)
+        let table = self.txn.open_table(REVISIONS).map_err(backend_err)?;
+        let mut out = Vec::with_capacity(revs.len());
+        for rev in revs {
+            let v = table.get(rev.to_key().as_slice()).map_err(backend_err)?;
+            out.push(v.map(|g| g.value().to_vec()));
+        }
+        Ok(out)
     }
 
     fn scan_revisions(
@@ -419,7 +378,33 @@ impl RevisionSource for RedbBackend {
         if from >= to || limit == 0 {
             return Ok(Vec::new());
         }
-        scan_revisions_in(&self.db()?.begin_read().map_err(backend_err)?, from, to, limit)
+        let table = self.txn.open_table(REVISIONS).map_err(backend_err)?;
+        let (lo, hi) = (from.to_key(), to.to_key());
+        let mut out = Vec::new();
+        for item in table.range::<&[u8]>(lo.as_slice()..hi.as_slice()).map_err(backend_err)? {
+            let (k, v) = item.map_err(backend_err)?;
+            out.push((Revision::from_key(k.value())?, v.value().to_vec()));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The committed records, through a view that lasts for the one call.
+impl RevisionSource for RedbBackend {
+    fn get_revisions(&self, revs: &[Revision]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        self.read_view()?.get_revisions(revs)
+    }
+
+    fn scan_revisions(
+        &self,
+        from: Revision,
+        to: Revision,
+        limit: usize,
+    ) -> Result<Vec<(Revision, Vec<u8>)>, StorageError> {
+        self.read_view()?.scan_revisions(from, to, limit)
     }
 }
 

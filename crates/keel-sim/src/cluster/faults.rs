@@ -298,29 +298,20 @@ impl Cluster {
 /// segments, except from the start of the last complete batch on (see `Cluster::rot_disk`), as
 /// (file, first byte, end).
 fn cold_wal_ranges(disk: &SimDisk) -> Vec<(String, u64, u64)> {
-    use keel_codec::frame::decode_frame;
+    use keel_storage::wal::{is_live_segment, segment_layout};
     use keel_storage::Disk;
-    const END_OF_BATCH: u8 = 1;
-    let dir = storage_options().wal.dir;
-    let Ok(names) = disk.list(&dir) else { return Vec::new() };
-    let live: Vec<String> = names.into_iter().filter(|n| n.ends_with(".wal")).collect();
+    let wal = storage_options().wal;
+    let Ok(names) = disk.list(&wal.dir) else { return Vec::new() };
+    let live: Vec<String> = names.into_iter().filter(|n| is_live_segment(n)).collect();
     let mut ranges = Vec::new();
     for (position, name) in live.iter().enumerate() {
-        let path = keel_storage::disk::join(&dir, name);
+        let path = keel_storage::disk::join(&wal.dir, name);
         let Ok(data) = disk.open(&path, false).and_then(|f| f.read_all()) else { continue };
-        let Ok((_, body)) = decode_frame(&data, 0, 64) else { continue };
-        // Walk the frames: where each batch starts, and where the valid frames end.
-        let (mut offset, mut batch_start, mut last_complete_start) = (body, body, None);
-        while let Ok((payload, next)) = decode_frame(&data, offset, usize::MAX) {
-            if payload.get(8).is_some_and(|flags| flags & END_OF_BATCH != 0) {
-                last_complete_start = Some(batch_start);
-                batch_start = next;
-            }
-            offset = next;
-        }
-        let end = if position + 1 == live.len() { last_complete_start.unwrap_or(body) } else { offset };
-        if end > body {
-            ranges.push((path, body as u64, end as u64));
+        let Some(layout) = segment_layout(&data, wal.max_record_bytes) else { continue };
+        let end =
+            if position + 1 == live.len() { layout.last_complete_batch.unwrap_or(layout.body) } else { layout.end };
+        if end > layout.body {
+            ranges.push((path, layout.body as u64, end as u64));
         }
     }
     ranges
