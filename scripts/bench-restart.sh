@@ -87,5 +87,5 @@ for server in $SERVERS; do
         echo "server=$server trial=$trial cluster_restart_ms=$(until_serving "127.0.0.1:51379" "$started")"
     done
     stop_cluster
-    rm -rf "${WORK:?}/$server"
+    [ -n "${KEEP_WORK:-}" ] || rm -rf "${WORK:?}/$server"
 done

@@ -487,11 +487,24 @@ pub struct MvccMachine<B: Backend> {
     /// Where views of the store for followers' snapshots go; `None` sends the state in the
     /// snapshot itself.
     outbox: Option<Arc<SnapshotOutbox>>,
+    /// When the last background checkpoint of the key index began.
+    last_index_checkpoint: std::time::Instant,
+    /// [`INDEX_CHECKPOINT_EVERY_REVISIONS`] and [`INDEX_CHECKPOINT_MIN_INTERVAL`], unless a test
+    /// wants them sooner.
+    index_checkpoint_every: (i64, std::time::Duration),
 }
 
-/// A machine dropped in an orderly way (a member stopping on SIGTERM drops its node) saves the
-/// store's key index, so the next start loads it instead of rebuilding it from every record. Not
-/// after a backend failure, nor while a panic unwinds (the state may be half-applied).
+/// Revisions made durable between background checkpoints of the key index: a start after kill -9
+/// replays at most about this many records on top of the checkpoint (0.1 s here), instead of
+/// rebuilding the index from every record (1.7 s for 1M keys).
+pub const INDEX_CHECKPOINT_EVERY_REVISIONS: i64 = 50_000;
+/// The least time between two background checkpoints, whatever the write rate or the compactions:
+/// a checkpoint walks the whole index (about 0.15 s of one core for 1M keys), so at most 1.5 % of it.
+pub const INDEX_CHECKPOINT_MIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A machine dropped in an orderly way (a member stopping on SIGTERM drops its node) checkpoints
+/// the store's key index as of its last revision, so the next start loads it and replays nothing.
+/// Not after a backend failure, nor while a panic unwinds (the state may be half-applied).
 impl<B: Backend> Drop for MvccMachine<B> {
     fn drop(&mut self) {
         // A store in memory (the simulator's) has nowhere to keep an index, and nothing to close.
@@ -534,7 +547,16 @@ impl<B: Backend> MvccMachine<B> {
             members_changed: false,
             restores: 0,
             outbox: None,
+            last_index_checkpoint: std::time::Instant::now(),
+            index_checkpoint_every: (INDEX_CHECKPOINT_EVERY_REVISIONS, INDEX_CHECKPOINT_MIN_INTERVAL),
         }
+    }
+
+    /// Background checkpoints of the key index every `revisions` made durable, at most one per
+    /// `min_interval`.
+    pub fn with_index_checkpoints(mut self, revisions: i64, min_interval: std::time::Duration) -> Self {
+        self.index_checkpoint_every = (revisions, min_interval);
+        self
     }
 
     /// Every `flushes`-th flush waits for the disk; the others do not. No clock is read, so a
@@ -682,6 +704,36 @@ impl<B: Backend> MvccMachine<B> {
         self.entries_handed
     }
 
+    /// Starts a background checkpoint of the key index (see `keel_mvcc::IndexCheckpoint`) when one
+    /// is due, on a thread of its own: it walks the index a few thousand keys per lock, so apply
+    /// goes on meanwhile.
+    fn checkpoint_index_if_due(&mut self) {
+        // A store in memory (the simulator's) has nowhere to keep one: no clock is read for it.
+        if self.store.backend().index_checkpoint_path().is_none()
+            || !self.store.index_checkpoint_due(self.index_checkpoint_every.0)
+            || self.last_index_checkpoint.elapsed() < self.index_checkpoint_every.1
+        {
+            return;
+        }
+        let Some(checkpoint) = self.store.begin_index_checkpoint() else { return };
+        self.last_index_checkpoint = std::time::Instant::now();
+        let spawned = std::thread::Builder::new().name("index-checkpoint".into()).spawn(move || {
+            let (started, revision) = (std::time::Instant::now(), checkpoint.revision());
+            match checkpoint.write() {
+                Ok(written) => tracing::info!(
+                    revision,
+                    written,
+                    ms = started.elapsed().as_millis() as u64,
+                    "checkpointed the key index"
+                ),
+                Err(error) => tracing::warn!(%error, revision, "could not checkpoint the key index"),
+            }
+        });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "could not start a key index checkpoint");
+        }
+    }
+
     /// The backend failed: nothing more can be applied until the node restarts.
     pub fn fatal_error(&self) -> Option<&str> {
         self.fatal.as_deref()
@@ -806,8 +858,12 @@ impl<B: Backend> StateMachine for MvccMachine<B> {
             }
         };
         let result = if durable { self.store.commit() } else { self.store.commit_buffered() };
-        if let Err(error) = result {
-            self.fail(error);
+        match result {
+            Err(error) => {
+                self.fail(error);
+            }
+            Ok(()) if durable => self.checkpoint_index_if_due(),
+            Ok(()) => {}
         }
     }
 
@@ -935,6 +991,46 @@ mod tests {
         let mut unknown = encoded.clone();
         unknown[plain.len()] = 7;
         assert!(decode_members(&unknown).is_err(), "an unknown trailer is an error");
+    }
+
+    /// The machine starts key index checkpoints itself as durable revisions pile up, on a thread
+    /// of its own; each is as of a durable revision (what a restart after kill -9 starts from:
+    /// `keel_mvcc`'s tests show the store reopened from one equals one rebuilt).
+    #[test]
+    fn a_machine_checkpoints_its_key_index_in_the_background_as_revisions_become_durable() {
+        let dir = std::env::temp_dir().join(format!("keel-machine-checkpoint-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let store =
+            Store::open(keel_mvcc::RedbBackend::open(dir.join("db.redb")).unwrap(), Default::default()).unwrap();
+        let mut machine =
+            MvccMachine::with_durable_every(store, 1).with_index_checkpoints(100, std::time::Duration::ZERO);
+        assert_eq!(machine.store().index_checkpoint_revision(), None);
+        let mut checkpoints = Vec::new();
+        for index in 1..=400u64 {
+            let put = keel_mvcc::PutRequest {
+                key: Bytes::from(format!("k{:03}", index % 150)),
+                value: Bytes::from_static(b"v"),
+                ..Default::default()
+            };
+            assert!(matches!(machine.apply(index, &Bytes::from(Command::Put(put).encode())), Ok(Applied::Kv(_))));
+            machine.flush();
+            if let Some(revision) = machine.store().index_checkpoint_revision() {
+                if checkpoints.last() != Some(&revision) {
+                    checkpoints.push(revision);
+                }
+            }
+            // Let the walk run now and then (it is tiny here).
+            if index % 50 == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        assert!(!checkpoints.is_empty(), "checkpoints were written");
+        assert!(checkpoints.iter().all(|&r| r <= machine.store().current_revision()));
+        assert!(checkpoints.windows(2).all(|w| w[1] - w[0] >= 100), "at most one per 100 revisions: {checkpoints:?}");
+        assert!(dir.join("db.index").exists());
+        drop(machine);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -47,6 +47,18 @@ impl Writer {
         let len = u32::try_from(n).expect("collection longer than u32::MAX");
         self.u32(len);
     }
+    /// An unsigned LEB128 varint: 1 byte below 128, at most 10.
+    pub(crate) fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.buf.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        self.buf.push(v as u8);
+    }
+    /// A signed integer as a zigzag varint (small magnitudes of either sign are short).
+    pub(crate) fn zigzag(&mut self, v: i64) {
+        self.varint(((v << 1) ^ (v >> 63)) as u64);
+    }
     pub(crate) fn finish(self) -> Vec<u8> {
         self.buf
     }
@@ -123,6 +135,33 @@ impl<'a> Reader<'a> {
         }
         Ok(n)
     }
+    /// What [`Writer::varint`] wrote; refuses a truncated one and one over 64 bits.
+    pub(crate) fn varint(&mut self) -> Result<u64, DecodeError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            if shift == 63 && b > 1 {
+                return Err(DecodeError::new(self.what, self.pos - 1, "varint over 64 bits"));
+            }
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Ok(v);
+            }
+        }
+        Err(DecodeError::new(self.what, self.pos - 1, "varint over 64 bits"))
+    }
+    pub(crate) fn zigzag(&mut self) -> Result<i64, DecodeError> {
+        let v = self.varint()?;
+        Ok((v >> 1) as i64 ^ -((v & 1) as i64))
+    }
+    /// A collection length written with [`Writer::varint`], checked as [`Reader::len`] does.
+    pub(crate) fn varint_len(&mut self, min_elem_bytes: usize) -> Result<usize, DecodeError> {
+        let n = usize::try_from(self.varint()?).unwrap_or(usize::MAX);
+        if n.saturating_mul(min_elem_bytes.max(1)) > self.remaining() {
+            return Err(self.err(format!("length {n} exceeds remaining input")));
+        }
+        Ok(n)
+    }
     /// The rest of the input, unparsed.
     pub(crate) fn rest(&mut self) -> &'a [u8] {
         let out = &self.input[self.pos..];
@@ -134,5 +173,28 @@ impl<'a> Reader<'a> {
             return Err(self.err(format!("{} trailing bytes", self.remaining())));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_round_trip_and_refuse_what_no_writer_writes() {
+        let values = [0u64, 1, 127, 128, 300, u32::MAX as u64, u64::MAX - 1, u64::MAX];
+        let signed = [0i64, -1, 1, -64, 64, i64::MIN, i64::MAX];
+        let mut w = Writer::new();
+        values.iter().for_each(|&v| w.varint(v));
+        signed.iter().for_each(|&v| w.zigzag(v));
+        let bytes = w.finish();
+        let mut r = Reader::new(&bytes, "test");
+        assert_eq!(values.map(|_| r.varint().unwrap()), values);
+        assert_eq!(signed.map(|_| r.zigzag().unwrap()), signed);
+        r.expect_end().unwrap();
+        assert!(Reader::new(&[0x80], "test").varint().is_err(), "truncated");
+        assert!(Reader::new(&[0xff; 10], "test").varint().is_err(), "over 64 bits");
+        assert!(Reader::new(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02], "test").varint().is_err());
+        assert!(Reader::new(&[5, 1, 2], "test").varint_len(1).is_err(), "5 elements cannot fit in 2 bytes");
     }
 }

@@ -105,8 +105,12 @@ pub(crate) struct IndexRebuild {
     filling: Run,
 }
 
-fn corrupt(what: String) -> StorageError {
+pub(crate) fn corrupt(what: String) -> StorageError {
     DecodeError::new("stored revision", 0, what).into()
+}
+
+pub(crate) fn dead_tombstone(rev: Revision) -> StorageError {
+    corrupt(format!("tombstone at {}/{} for a key that is not alive", rev.main, rev.sub))
 }
 
 impl IndexRebuild {
@@ -228,19 +232,12 @@ fn merge(
                 &mut keys.last_mut().expect("just pushed").1
             }
         };
-        if row.tombstone {
-            // An interrupted compaction deletes a key's dead revisions oldest first, so it can
-            // leave a tombstone whose puts are gone: skip it.
-            if !ki.tombstone(row.rev) && row.rev.main > compacted_revision {
-                return Err(corrupt(format!(
-                    "tombstone at {}/{} for a key that is not alive",
-                    row.rev.main, row.rev.sub
-                )));
-            }
-            ki.lease = 0;
-        } else {
-            ki.restore_put(row.rev, row.create_revision, row.version);
-            ki.lease = row.lease;
+        // An interrupted compaction deletes a key's dead revisions oldest first, so it can
+        // leave a tombstone whose puts are gone: skipped.
+        if !ki.restore(row.rev, row.tombstone, row.create_revision, row.version, row.lease)
+            && row.rev.main > compacted_revision
+        {
+            return Err(dead_tombstone(row.rev));
         }
     }
     Ok(keys)
@@ -270,13 +267,7 @@ mod tests {
         for (rev, bytes) in records {
             let rec = StoredRecord::decode_header(bytes).unwrap();
             let ki = index.entry(Bytes::copy_from_slice(rec.key)).or_default();
-            if rec.tombstone {
-                assert!(ki.tombstone(*rev));
-                ki.lease = 0;
-            } else {
-                ki.restore_put(*rev, rec.create_revision, rec.version);
-                ki.lease = rec.lease;
-            }
+            assert!(ki.restore(*rev, rec.tombstone, rec.create_revision, rec.version, rec.lease));
         }
         index
     }

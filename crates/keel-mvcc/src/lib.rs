@@ -82,6 +82,7 @@ pub use backend::{Backend, MemBackend, RedbBackend, RevisionSource, WriteBatch};
 pub use command::{Command, COMMAND_FORMAT_V1};
 pub use error::{DecodeError, MvccError, StorageError};
 pub use history::EventBatch;
+pub use index_checkpoint::{IndexCheckpoint, SavedIndex};
 pub use kv::{Event, EventKind, KeyValue};
 pub use read::ReadView;
 pub use request::{

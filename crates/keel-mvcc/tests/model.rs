@@ -192,6 +192,8 @@ enum Step {
     Cmd(Command, bool),
     Read(RangeRequest),
     Compaction(usize),
+    /// Write the key index checkpoint begun at the last such step, and begin another.
+    Checkpoint,
 }
 
 fn key() -> impl Strategy<Value = Bytes> {
@@ -246,6 +248,7 @@ fn step() -> impl Strategy<Value = Step> {
         6 => (cmd, any::<bool>()).prop_map(|(c, commit)| Step::Cmd(c, commit)),
         3 => read(40).prop_map(Step::Read),
         1 => (1usize..6).prop_map(Step::Compaction),
+        1 => Just(Step::Checkpoint),
     ]
 }
 
@@ -257,6 +260,10 @@ fn run<B: Backend>(backend: B, steps: &[Step], per_apply: usize) {
     // Views taken along the way, with the revision each was taken at: every later read through
     // one must still answer as the store did then, while it applies, commits and compacts on.
     let mut views: Vec<(ReadView<B::View>, i64)> = Vec::new();
+    // A key index checkpoint begun at one step (as of the durable revision) and written at the
+    // next checkpoint step: the index changes, commits and compacts in between, as while a
+    // background checkpoint walks it.
+    let mut checkpoint: Option<IndexCheckpoint> = None;
     for (i, step) in steps.iter().enumerate() {
         match step {
             Step::Cmd(cmd, commit) => {
@@ -289,6 +296,12 @@ fn run<B: Backend>(backend: B, steps: &[Step], per_apply: usize) {
             Step::Compaction(n) => {
                 s.compaction_step(*n).unwrap();
             }
+            Step::Checkpoint => {
+                if let Some(begun) = checkpoint.take() {
+                    begun.write().unwrap();
+                }
+                checkpoint = s.begin_index_checkpoint();
+            }
         }
         assert_eq!(s.current_revision(), m.cur());
     }
@@ -298,7 +311,11 @@ fn run<B: Backend>(backend: B, steps: &[Step], per_apply: usize) {
     let want: Vec<_> = m.events.iter().filter(|e| e.1.mod_revision >= start).map(|e| (e.0, e.1.clone())).collect();
     assert_eq!(hist, want, "events_since({start})");
     // every readable revision, after a reopen from the committed state plus replay: with the key
-    // index saved at a clean close (a file backend then loads it) or rebuilt from the records
+    // index saved at a clean close (a file backend then loads it), or as after a crash (from the
+    // last checkpoint written, if one fits, and the records after it; else rebuilt from them all)
+    if let Some(begun) = checkpoint.take() {
+        begun.write().unwrap();
+    }
     if steps.len().is_multiple_of(2) {
         s.save_index().unwrap();
     } else {

@@ -17,6 +17,7 @@ pub mod redb_backend;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::StorageError;
+pub use crate::index_checkpoint::SavedIndex;
 use crate::revision::Revision;
 
 /// Meta key: highest raft index whose effects are in this state (etcd's consistent index).
@@ -106,12 +107,13 @@ pub trait Backend: RevisionSource {
     /// The view of everything committed so far (buffered commits included).
     fn read_view(&self) -> Result<Self::View, StorageError>;
 
-    /// Calls `visit` with every record's header in revision order (one pass of a start-up's
-    /// index rebuild). The default goes through [`Backend::scan_revisions`].
-    fn for_each_record_header(&self, visit: &mut RevisionVisitor<'_>) -> Result<(), StorageError> {
+    /// Calls `visit` with the header of every record from revision `from` on, in revision order
+    /// (one pass of a start-up's index rebuild, or its replay after a checkpoint). The default
+    /// goes through [`Backend::scan_revisions`].
+    fn for_each_record_header(&self, from: Revision, visit: &mut RevisionVisitor<'_>) -> Result<(), StorageError> {
         const CHUNK: usize = 1024;
         let end = Revision::after_main(i64::MAX - 1);
-        let mut cursor = Revision::ZERO;
+        let mut cursor = from;
         loop {
             let chunk = self.scan_revisions(cursor, end, CHUNK)?;
             for (rev, bytes) in &chunk {
@@ -149,10 +151,16 @@ pub trait Backend: RevisionSource {
         Ok(None)
     }
 
-    /// Where the store saves its key index at a clean close (see `index_checkpoint`); `None` for
-    /// a backend that is not a file.
+    /// Where the store checkpoints its key index (see `index_checkpoint`); `None` for a backend
+    /// that is not a file.
     fn index_checkpoint_path(&self) -> Option<std::path::PathBuf> {
         None
+    }
+
+    /// The key index checkpoint read back from [`Backend::index_checkpoint_path`], `None` when
+    /// there is none or it is damaged. A backend may have read it ahead, while it opened.
+    fn load_index_checkpoint(&mut self) -> Option<SavedIndex> {
+        self.index_checkpoint_path().and_then(|path| crate::index_checkpoint::load(&path))
     }
 
     /// Replaces the whole content by a database file built from a streamed

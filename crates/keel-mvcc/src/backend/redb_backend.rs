@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{Backend, RevisionSource, RevisionVisitor, WriteBatch};
+use super::{Backend, RevisionSource, RevisionVisitor, SavedIndex, WriteBatch};
 use crate::error::StorageError;
 use crate::revision::Revision;
 
@@ -60,6 +60,10 @@ fn open_database(path: &Path) -> Result<Database, StorageError> {
         .map_err(backend_err)
 }
 
+fn checkpoint_path(store: &Path) -> PathBuf {
+    store.with_extension("index")
+}
+
 fn backend_err(e: impl Into<redb::Error>) -> StorageError {
     StorageError::Backend(e.into().to_string())
 }
@@ -69,6 +73,9 @@ pub struct RedbBackend {
     /// `None` only for the instant [`Backend::install_file`] swaps the file.
     db: Option<Database>,
     path: PathBuf,
+    /// The key index checkpoint, read on its own thread while redb opens the file (after a crash
+    /// redb first walks the whole file: the two overlap).
+    checkpoint_read_ahead: Option<std::thread::JoinHandle<Option<SavedIndex>>>,
 }
 
 /// Largest row a stream may carry (a key and a value within etcd's request limits, with room).
@@ -280,6 +287,11 @@ impl RedbBackend {
     /// Opens the database at `path`, creating the file and its tables if needed.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
         let path = path.as_ref().to_path_buf();
+        let checkpoint = checkpoint_path(&path);
+        let checkpoint_read_ahead = std::thread::Builder::new()
+            .name("index-load".into())
+            .spawn(move || crate::index_checkpoint::load(&checkpoint))
+            .ok();
         let db = open_database(&path)?;
         // Create the tables once so read transactions can always open them.
         let txn = db.begin_write().map_err(backend_err)?;
@@ -289,7 +301,17 @@ impl RedbBackend {
             txn.open_table(META).map_err(backend_err)?;
         }
         txn.commit().map_err(backend_err)?;
-        Ok(RedbBackend { db: Some(db), path })
+        Ok(RedbBackend { db: Some(db), path, checkpoint_read_ahead })
+    }
+
+    /// The store's content was replaced: the key index checkpoint of the old one goes (one as of
+    /// an old revision would still be right, since revisions mean the same on every replica, but
+    /// a store replaced is a store to index from its own records).
+    fn forget_index_checkpoint(&mut self) -> Result<(), StorageError> {
+        self.checkpoint_read_ahead = None;
+        let path = checkpoint_path(&self.path);
+        crate::index_checkpoint::remove(&path)
+            .map_err(|e| StorageError::Backend(format!("remove the key index checkpoint {}: {e}", path.display())))
     }
 
     fn db(&self) -> Result<&Database, StorageError> {
@@ -419,7 +441,7 @@ impl Backend for RedbBackend {
     /// caller's builds from them meanwhile. A restart of a million keys spends about as long
     /// reading redb's pages as building the index, so this halves it on two cores; the values
     /// (most of the bytes) are never copied.
-    fn for_each_record_header(&self, visit: &mut RevisionVisitor<'_>) -> Result<(), StorageError> {
+    fn for_each_record_header(&self, from: Revision, visit: &mut RevisionVisitor<'_>) -> Result<(), StorageError> {
         let db = self.db()?;
         std::thread::scope(|scope| {
             let (batches, received) = std::sync::mpsc::sync_channel::<Result<HeaderBatch, StorageError>>(4);
@@ -428,7 +450,7 @@ impl Backend for RedbBackend {
                     let txn = db.begin_read().map_err(backend_err)?;
                     let table = txn.open_table(REVISIONS).map_err(backend_err)?;
                     let mut batch = HeaderBatch::default();
-                    for item in table.iter().map_err(backend_err)? {
+                    for item in table.range::<&[u8]>(from.to_key().as_slice()..).map_err(backend_err)? {
                         let (k, v) = item.map_err(backend_err)?;
                         let record = v.value();
                         let header = &record[..crate::kv::StoredRecord::header_len(record).min(record.len())];
@@ -490,11 +512,20 @@ impl Backend for RedbBackend {
     }
 
     fn replace_all(&mut self, batch: &WriteBatch) -> Result<(), StorageError> {
-        self.write(batch, true, true)
+        self.write(batch, true, true)?;
+        self.forget_index_checkpoint()
     }
 
     fn index_checkpoint_path(&self) -> Option<PathBuf> {
-        Some(self.path.with_extension("index"))
+        Some(checkpoint_path(&self.path))
+    }
+
+    fn load_index_checkpoint(&mut self) -> Option<SavedIndex> {
+        match self.checkpoint_read_ahead.take() {
+            // A panic while decoding is a damaged checkpoint like any other: the index is rebuilt.
+            Some(reading) => reading.join().unwrap_or(None),
+            None => crate::index_checkpoint::load(&checkpoint_path(&self.path)),
+        }
     }
 
     fn begin_copy(&self) -> Result<Option<StoreCopy>, StorageError> {
@@ -512,6 +543,7 @@ impl Backend for RedbBackend {
         let synced = renamed.and_then(|()| sync_parent(&self.path));
         // Whatever happened, the file at `path` (old or new) is opened again.
         self.db = Some(open_database(&self.path)?);
-        synced
+        synced?;
+        self.forget_index_checkpoint()
     }
 }
