@@ -17,8 +17,10 @@
 //!
 //! No IO, no clock, no threads: time is [`Node::tick`].
 
+mod detect;
 mod node;
 
+pub use detect::{DetectionConfig, DetectionStats};
 pub use node::*;
 
 #[cfg(test)]

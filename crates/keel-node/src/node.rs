@@ -1,6 +1,8 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
+
+use crate::detect::{Detection, DetectionConfig, DetectionStats};
 use keel_raft::{
     ConfChange, ConfState, Config, Entry, EntryKind, GroupId, HardState, Index, Message, MessageBody, NodeId, Plant,
     Plants, RaftError, RawNode, Ready, RecoveredState, Role, Snapshot, SnapshotMeta, Status, Term,
@@ -143,6 +145,9 @@ pub struct NodeConfig {
     pub request_timeout_ticks: u64,
     /// Most proposals and reads waiting per group.
     pub max_pending_requests: usize,
+    /// Phi-accrual detection of silent leaders (see [`DetectionConfig`]); `None` leaves it to
+    /// raft's election timeout (and the host's closed connections).
+    pub detection: Option<DetectionConfig>,
     pub plants: Plants,
 }
 
@@ -154,6 +159,7 @@ impl NodeConfig {
             catch_up_entries: 5_000,
             request_timeout_ticks: 50,
             max_pending_requests: 100_000,
+            detection: None,
             plants: Plants::NONE,
         }
     }
@@ -223,11 +229,24 @@ pub struct Node<S: StateMachine> {
     /// The write in flight and the messages it holds back until it is durable.
     write_in_flight: Option<(u64, Vec<Message>)>,
     outcomes: Vec<OutcomeOf<S>>,
+    detection: Option<Detection>,
 }
 
 impl<S: StateMachine> Node<S> {
     pub fn new(cfg: NodeConfig) -> Node<S> {
-        Node { cfg, groups: BTreeMap::new(), ticks: 0, next_write_id: 1, write_in_flight: None, outcomes: Vec::new() }
+        let detection = cfg.detection.map(|detection| {
+            let seed = cfg.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD37E_C7ED;
+            Detection::new(detection, seed, cfg.plants.is(Plant::SuspectAlways))
+        });
+        Node {
+            cfg,
+            groups: BTreeMap::new(),
+            ticks: 0,
+            next_write_id: 1,
+            write_in_flight: None,
+            outcomes: Vec::new(),
+            detection,
+        }
     }
 
     pub fn id(&self) -> NodeId {
@@ -305,9 +324,48 @@ impl<S: StateMachine> Node<S> {
     }
 
     pub fn step(&mut self, msg: Message) {
-        if let Some(group) = self.groups.get_mut(&msg.group) {
+        let Some(group) = self.groups.get_mut(&msg.group) else { return };
+        let Some(detection) = self.detection.as_mut() else {
             group.raw.step(msg);
+            return;
+        };
+        if matches!(msg.body, MessageBody::PreVote { .. } | MessageBody::Vote { .. }) {
+            // A campaign is judged on how long this member has not heard the leader, up to now.
+            detection.check(msg.group, &mut group.raw);
         }
+        let (group_id, from, body) = (msg.group, msg.from, detection_kind(&msg.body));
+        group.raw.step(msg);
+        if let Some(periodic) = body {
+            detection.heard(group_id, &group.raw, from, periodic);
+        }
+    }
+
+    /// The host's monotonic clock, in microseconds: the time of the inputs that follow (see
+    /// [`Node::detect`]). Never goes back; a value lower than the last is ignored.
+    pub fn set_clock(&mut self, now_us: u64) {
+        if let Some(detection) = self.detection.as_mut() {
+            detection.set_clock(now_us);
+        }
+    }
+
+    /// Doubts and suspects silent leaders as of the clock (see [`DetectionConfig`]). The host
+    /// calls it after each batch of inputs, and by [`Node::next_detection_at`] at the latest.
+    pub fn detect(&mut self) {
+        let Some(detection) = self.detection.as_mut() else { return };
+        for (&group_id, group) in self.groups.iter_mut() {
+            detection.check(group_id, &mut group.raw);
+        }
+    }
+
+    /// When [`Node::detect`] may next find something to do, on the host's clock; `None` when
+    /// no follower group is watching a leader.
+    pub fn next_detection_at(&self) -> Option<u64> {
+        self.detection.as_ref().and_then(Detection::next_deadline)
+    }
+
+    /// What the leader detection did so far.
+    pub fn detection_stats(&self) -> DetectionStats {
+        self.detection.as_ref().map(Detection::stats).unwrap_or_default()
     }
 
     pub fn propose(&mut self, group_id: GroupId, id: RequestId, data: Bytes) -> Result<Index, RaftError> {
@@ -749,4 +807,14 @@ fn maybe_snapshot<S: StateMachine>(group: &mut Group<S>, policy: SnapshotPolicy)
     group.last_snapshot_index = snapshot.meta.index;
     group.snapshot_in_flight = Some(snapshot.clone());
     Some(snapshot)
+}
+
+/// A word from a leader is a sign of life; `Some(true)` for its periodic heartbeat, which is
+/// also a sample of its interval.
+fn detection_kind(body: &MessageBody) -> Option<bool> {
+    match body {
+        MessageBody::Heartbeat { .. } => Some(true),
+        MessageBody::Append { .. } | MessageBody::InstallSnapshot { .. } => Some(false),
+        _ => None,
+    }
 }

@@ -24,6 +24,9 @@ pub enum Plant {
     /// WAL recovery takes damage anywhere in the last segment for a torn tail and cuts the log
     /// there, silently dropping durable entries after it (entries the member acknowledged).
     TornTailAnywhere = 1 << 6,
+    /// The failure detector suspects every leader whenever it is asked. Not a safety bug: it
+    /// must cost only churn (pre-votes that fail, counted), never a violation.
+    SuspectAlways = 1 << 7,
 }
 
 impl Plant {
@@ -37,6 +40,9 @@ impl Plant {
         Plant::TornTailAnywhere,
     ];
 
+    /// Plants that must *not* break safety: the simulator shows their runs stay clean.
+    pub const HARMLESS: [Plant; 1] = [Plant::SuspectAlways];
+
     pub fn name(self) -> &'static str {
         match self {
             Plant::CommitOldTerm => "commit-old-term",
@@ -46,11 +52,12 @@ impl Plant {
             Plant::CompactBeyondDurable => "compact-beyond-durable",
             Plant::ReforwardUnknown => "reforward-unknown",
             Plant::TornTailAnywhere => "torn-tail-anywhere",
+            Plant::SuspectAlways => "suspect-always",
         }
     }
 
     pub fn from_name(name: &str) -> Option<Plant> {
-        Plant::ALL.into_iter().find(|plant| plant.name() == name)
+        Plant::ALL.into_iter().chain(Plant::HARMLESS).find(|plant| plant.name() == name)
     }
 }
 

@@ -46,6 +46,10 @@ pub struct Raft {
     /// Messages that may leave only once everything handed out so far is durable.
     pub(crate) msgs_after_persist: Vec<Message>,
     pub(crate) read_states: Vec<ReadState>,
+    /// The host's failure detector doubts this follower's leader (a silence well past its usual
+    /// heartbeat interval): it no longer refuses campaigns for the leader's sake. Cleared by the
+    /// next word from the leader.
+    leader_doubted: bool,
     election_elapsed: u32,
     heartbeat_elapsed: u32,
     randomized_election_timeout: u32,
@@ -98,6 +102,7 @@ impl Raft {
             msgs_now: Vec::new(),
             msgs_after_persist: Vec::new(),
             read_states: Vec::new(),
+            leader_doubted: false,
             election_elapsed: 0,
             heartbeat_elapsed: 0,
             randomized_election_timeout: cfg.election_ticks,
@@ -185,6 +190,7 @@ impl Raft {
             self.lease_forfeited = false;
         }
         self.leader = NO_NODE;
+        self.leader_doubted = false;
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
         self.reset_randomized_election_timeout();
@@ -215,6 +221,47 @@ impl Raft {
         }
         self.leader = NO_NODE;
         self.campaign_in_a_few_ticks();
+    }
+
+    /// The host's failure detector doubts `peer`, this follower's leader: heard from it long
+    /// enough ago to be unusual, not yet long enough to campaign. A doubting follower grants a
+    /// campaign that leader stickiness would have refused, so that the first follower to suspect
+    /// the leader wins at once, rather than waiting for the last one to suspect it too. Quorum is
+    /// untouched: while the leader is heard by a quorum, a campaign still fails.
+    ///
+    /// Ignored under lease reads (a lease relies on followers refusing votes for a full election
+    /// timeout after hearing from the leader).
+    pub fn report_leader_doubted(&mut self, peer: NodeId) {
+        if self.role == Role::Follower
+            && peer != NO_NODE
+            && self.leader == peer
+            && self.cfg.read_mode != ReadMode::LeaseBased
+        {
+            self.leader_doubted = true;
+        }
+    }
+
+    /// The host's failure detector suspects `peer`, this follower's leader (a silence far past
+    /// its usual heartbeat interval, see `keel_membership::phi`): the follower forgets the leader
+    /// and campaigns now, pre-vote first, instead of waiting out the election timeout. Followers
+    /// that still hear the leader refuse the pre-vote, so a wrong suspicion costs one round of
+    /// messages, never a leader. Returns whether it campaigned.
+    ///
+    /// Ignored under lease reads, as [`Raft::report_leader_doubted`].
+    pub fn report_leader_suspected(&mut self, peer: NodeId) -> bool {
+        if self.role != Role::Follower
+            || peer == NO_NODE
+            || self.leader != peer
+            || self.cfg.read_mode == ReadMode::LeaseBased
+            || !self.is_promotable()
+        {
+            return false;
+        }
+        self.leader = NO_NODE;
+        self.leader_doubted = false;
+        self.election_elapsed = 0;
+        self.campaign(false);
+        true
     }
 
     /// A tick or three from now, at random: followers that lost the same leader at the same
@@ -450,7 +497,8 @@ impl Raft {
                 let recently_started = self.cfg.read_mode == ReadMode::LeaseBased
                     && self.term > 0
                     && self.ticks < self.cfg.election_ticks as u64;
-                let heard_from_leader = self.leader != NO_NODE && self.election_elapsed < self.cfg.election_ticks;
+                let heard_from_leader =
+                    self.leader != NO_NODE && !self.leader_doubted && self.election_elapsed < self.cfg.election_ticks;
                 let in_lease = self.cfg.check_quorum && (heard_from_leader || recently_started);
                 if in_lease && !transfer {
                     return false;
@@ -548,11 +596,13 @@ impl Raft {
             MessageBody::Append { prev_index, prev_term, entries, commit } => {
                 self.election_elapsed = 0;
                 self.leader = msg.from;
+                self.leader_doubted = false;
                 self.handle_append(msg.from, prev_index, prev_term, entries, commit);
             }
             MessageBody::Heartbeat { commit, read_round } => {
                 self.election_elapsed = 0;
                 self.leader = msg.from;
+                self.leader_doubted = false;
                 self.log.commit_to(commit.min(self.log.last_index()));
                 let term = self.term;
                 self.send(msg.from, term, MessageBody::HeartbeatResponse { read_round });
@@ -560,6 +610,7 @@ impl Raft {
             MessageBody::InstallSnapshot { snapshot } => {
                 self.election_elapsed = 0;
                 self.leader = msg.from;
+                self.leader_doubted = false;
                 self.handle_snapshot(msg.from, snapshot);
             }
             MessageBody::TimeoutNow if self.is_promotable() => self.campaign(true),

@@ -131,6 +131,21 @@ impl RawNode {
         self.raft.report_peer_lost(peer);
     }
 
+    /// See [`Raft::report_leader_doubted`].
+    pub fn report_leader_doubted(&mut self, peer: NodeId) {
+        self.raft.report_leader_doubted(peer);
+    }
+
+    /// See [`Raft::report_leader_suspected`].
+    pub fn report_leader_suspected(&mut self, peer: NodeId) -> bool {
+        self.raft.report_leader_suspected(peer)
+    }
+
+    /// The leader this member knows of ([`NO_NODE`] for none), and its own role and term.
+    pub fn leadership(&self) -> (NodeId, Role, Term) {
+        (self.raft.leader, self.raft.role, self.raft.term)
+    }
+
     /// Starts an election now (used by tests and by a host that knows the leader is gone).
     pub fn campaign(&mut self) {
         self.raft.campaign(false);

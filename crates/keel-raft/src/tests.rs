@@ -570,3 +570,53 @@ fn under_lease_reads_a_lost_connection_does_not_shorten_the_wait() {
     cluster.tick_only(&[2, 3], 4);
     assert!(cluster.leaders().iter().all(|&id| id == 1), "the lease promise holds for a full timeout");
 }
+
+#[test]
+fn a_suspecting_follower_is_elected_at_once_by_followers_that_doubt_the_leader() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.tick_all(12);
+    cluster.isolate(1); // hung: no word from it, no closed connection either
+    cluster.node(3).report_leader_doubted(1);
+    assert!(cluster.node(2).report_leader_suspected(1), "a follower of 1 campaigns");
+    cluster.stabilize();
+    assert_eq!(cluster.leaders().into_iter().filter(|&id| id != 1).collect::<Vec<_>>(), vec![2], "no tick needed");
+}
+
+#[test]
+fn a_suspicion_that_nobody_shares_costs_a_pre_vote_and_nothing_else() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.tick_all(12);
+    // Member 3 still hears the leader and does not doubt it: leader stickiness refuses.
+    assert!(cluster.node(2).report_leader_suspected(1));
+    cluster.stabilize();
+    cluster.tick_all(3);
+    assert_eq!(cluster.leaders(), vec![1]);
+    assert_eq!(cluster.node(1).status().hard_state.term, 1, "pre-vote kept the term");
+    assert_eq!(cluster.node(2).status().leader, 1, "member 2 follows the leader again");
+    // A doubt ends with the next word from the leader: a later lone suspicion fails the same way.
+    cluster.node(3).report_leader_doubted(1);
+    cluster.tick_all(2);
+    assert!(cluster.node(2).report_leader_suspected(1));
+    cluster.stabilize();
+    assert_eq!(cluster.leaders(), vec![1]);
+    assert_eq!(cluster.node(1).status().hard_state.term, 1);
+}
+
+#[test]
+fn only_a_follower_of_that_leader_acts_on_a_suspicion_and_never_under_lease_reads() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    cluster.tick_all(12);
+    assert!(!cluster.node(1).report_leader_suspected(1), "the leader itself");
+    assert!(!cluster.node(2).report_leader_suspected(3), "not its leader");
+    let mut leased = Cluster::with_config(&[1, 2, 3], |cfg| cfg.read_mode = ReadMode::LeaseBased);
+    leased.elect(1);
+    leased.tick_all(12);
+    leased.isolate(1);
+    leased.node(3).report_leader_doubted(1);
+    assert!(!leased.node(2).report_leader_suspected(1), "a lease relies on the full timeout");
+    leased.tick_only(&[2, 3], 4);
+    assert!(leased.leaders().iter().all(|&id| id == 1));
+}

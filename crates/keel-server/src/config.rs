@@ -84,7 +84,7 @@ pub enum ClusterState {
     Existing,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ServerConfig {
     pub name: String,
     pub data_dir: String,
@@ -114,6 +114,10 @@ pub struct ServerConfig {
     /// keel's own: free space on the data dir's filesystem below which this member raises the
     /// NOSPACE alarm, so the cluster stops growing its data before the disk is full.
     pub min_free_bytes: u64,
+    /// keel's own: φ of a leader's silence at which a follower suspects it and campaigns (phi-accrual
+    /// over the leader's heartbeat intervals; see `keel_node::DetectionConfig`); 0 turns the
+    /// detector off and leaves it to the election timeout.
+    pub leader_suspicion_phi: f64,
 }
 
 /// `--auto-compaction-mode` and `--auto-compaction-retention`.
@@ -176,6 +180,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("auto-compaction-mode", "periodic"),
     ("auto-compaction-retention", "0"),
     ("experimental-min-free-bytes", "134217728"),
+    ("experimental-leader-suspicion-phi", "8"),
 ];
 
 /// etcd's bounds: an election timeout of at most 50 s, and at least five heartbeats.
@@ -193,6 +198,14 @@ pub fn help() -> String {
         out.push_str(&format!("  --{flag:<30} default {default:<32} env {}\n", env_name(flag)));
     }
     out
+}
+
+/// A φ threshold: a finite number, 0 or more.
+fn phi(flag: &'static str, text: &str) -> Result<f64, ConfigError> {
+    match text.trim().parse::<f64>() {
+        Ok(phi) if phi.is_finite() && phi >= 0.0 => Ok(phi),
+        _ => Err(ConfigError::Invalid { flag, value: text.into(), reason: "expected a number, 0 or more".into() }),
+    }
 }
 
 fn number(flag: &'static str, text: &str) -> Result<u64, ConfigError> {
@@ -316,6 +329,7 @@ impl ServerConfig {
             )?,
             auto_compaction,
             min_free_bytes: number("experimental-min-free-bytes", &get("experimental-min-free-bytes"))?,
+            leader_suspicion_phi: phi("experimental-leader-suspicion-phi", &get("experimental-leader-suspicion-phi"))?,
             data_dir: get("data-dir"),
             listen_client_urls: PeerUrl::parse_list("listen-client-urls", &get("listen-client-urls"))?,
             advertise_client_urls: PeerUrl::parse_list("advertise-client-urls", &get("advertise-client-urls"))?,

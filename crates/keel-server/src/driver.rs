@@ -161,6 +161,8 @@ pub struct Driver<S: StateMachine, H: Hook<S> = ()> {
     hook: H,
     tick: Duration,
     next_tick: Instant,
+    /// The origin of the node's clock (see `Node::set_clock`).
+    epoch: Instant,
     /// Requests waiting for their outcome, and proposals forwarded to the leader.
     requests: Requests<Waiter<S>>,
     /// What `requests` asked for and the driver has not carried out yet.
@@ -199,6 +201,7 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
             hook,
             tick,
             next_tick: Instant::now() + tick,
+            epoch: Instant::now(),
             requests: Requests::new(first_request, plants),
             effects: Effects::default(),
             stopping: None,
@@ -216,7 +219,12 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
     /// what it could not make durable it must not acknowledge.
     pub fn run(mut self) -> Result<(), StorageError> {
         loop {
-            let wait = self.next_tick.saturating_duration_since(Instant::now());
+            // Awake for the next tick, or sooner when the leader detector falls due.
+            let wake = match self.node.next_detection_at() {
+                Some(at) => self.next_tick.min(self.epoch + Duration::from_micros(at)),
+                None => self.next_tick,
+            };
+            let wait = wake.saturating_duration_since(Instant::now());
             let first = match self.inputs.recv_timeout(wait) {
                 Ok(input) => Some(input),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -224,6 +232,7 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
             };
             // Time first: every tick that is due, before any input is looked at.
             let now = Instant::now();
+            self.node.set_clock(now.saturating_duration_since(self.epoch).as_micros() as u64);
             if self.next_tick <= now {
                 while self.next_tick <= now {
                     self.node.tick();
@@ -246,6 +255,9 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
             for input in inputs {
                 self.take(input);
             }
+            // After the inputs: a heartbeat that came in with them is heard before the silence
+            // before it is judged.
+            self.node.detect();
             self.turn()?;
             if let Some(deadline) = self.stopping {
                 // Everything taken is carried out; dropping the node closes its stores cleanly.

@@ -133,6 +133,7 @@ impl MembershipSync {
 
 impl Hook<Machine> for ServerHook {
     fn after_turn(&mut self, node: &mut Node<Machine>, now: Instant, propose: &mut Vec<(GroupId, Bytes)>) {
+        self.metrics.leader_suspicions.store(node.detection_stats().suspicions, Relaxed);
         let Some(status) = node.status(self.group) else { return };
         let Some(machine) = node.machine_mut(self.group) else { return };
         if let Some(sync) = self.membership.as_mut() {

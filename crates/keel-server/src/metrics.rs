@@ -20,6 +20,9 @@ pub struct Metrics {
     pub revision: AtomicI64,
     pub compacted_revision: AtomicI64,
     pub leader_changes: AtomicU64,
+    /// Times this member suspected its leader (a silence the phi-accrual detector found too long)
+    /// and campaigned; each either elected a new leader or cost a refused pre-vote.
+    pub leader_suspicions: AtomicU64,
     pub proposals_committed: AtomicU64,
     pub proposals_failed: AtomicU64,
     pub db_size: AtomicI64,
@@ -88,6 +91,12 @@ impl Metrics {
             "The number of leader changes seen.",
             "counter",
             self.leader_changes.load(Relaxed).to_string(),
+        );
+        gauge(
+            "keel_leader_suspicions_total",
+            "The number of times this member suspected its leader and campaigned.",
+            "counter",
+            self.leader_suspicions.load(Relaxed).to_string(),
         );
         gauge(
             "etcd_server_proposals_committed_total",

@@ -21,7 +21,7 @@ use keel_api::v3electionpb::election_server::ElectionServer;
 use keel_api::v3lockpb::lock_server::LockServer;
 use keel_codec::peer::PeerFrame;
 use keel_mvcc::{RedbBackend, Store, StoreOptions};
-use keel_node::{Node, NodeConfig};
+use keel_node::{DetectionConfig, Node, NodeConfig};
 use keel_raft::{Config, NodeId, RecoveredState};
 use keel_storage::{Disk, NodeStorage, RealDisk, StorageOptions};
 use thiserror::Error;
@@ -246,6 +246,12 @@ fn open_node(
     let mut node_config = NodeConfig::new(me);
     node_config.snapshot_interval_entries = config.snapshot_count.max(1);
     node_config.catch_up_entries = config.snapshot_catchup_entries;
+    if config.leader_suspicion_phi > 0.0 {
+        let mut detection = DetectionConfig::for_heartbeat_interval(config.heartbeat_interval_ms.max(1) * 1_000);
+        detection.suspect_phi = config.leader_suspicion_phi;
+        detection.doubt_phi = detection.doubt_phi.min(config.leader_suspicion_phi);
+        node_config.detection = Some(detection);
+    }
     let mut node = Node::new(node_config);
     let mut raft = Config::new(me, GROUP);
     raft.campaign_soon_at_start = true;

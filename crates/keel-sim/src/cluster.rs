@@ -11,7 +11,7 @@ use bytes::Bytes;
 use keel_check::{KvInput, KvOutput, Operation};
 use keel_codec::peer::PeerFrame;
 use keel_host::{Compactions, Effects, Requests, Retention};
-use keel_node::{Answer, Node, NodeConfig, RequestError};
+use keel_node::{Answer, DetectionConfig, Node, NodeConfig, RequestError};
 use keel_raft::{
     ConfChange, Config, GroupId, Message, MessageBody, NodeId, Plant, Plants, RaftError, RecoveredState, Role,
     SplitMix64,
@@ -52,6 +52,8 @@ pub struct RunReport {
     pub committed: u64,
     pub violations: Vec<String>,
     pub trace_hash: u64,
+    /// Times a follower suspected its leader and campaigned (leader detection's churn).
+    pub suspicions: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -209,6 +211,8 @@ pub struct Cluster {
     invariants: Invariants,
     trace: DefaultHasher,
     faults: u64,
+    /// Suspicions of members that have since crashed (the running ones count their own).
+    suspicions: u64,
     steps: u64,
 }
 
@@ -237,6 +241,7 @@ impl Cluster {
             invariants: Invariants::default(),
             trace: DefaultHasher::new(),
             faults: 0,
+            suspicions: 0,
             steps: 0,
             opts,
         };
@@ -379,6 +384,9 @@ impl Cluster {
         node_cfg.snapshot_interval_entries = snapshot_interval;
         node_cfg.catch_up_entries = catch_up;
         node_cfg.request_timeout_ticks = 100;
+        if self.swarm.leader_detection {
+            node_cfg.detection = Some(DetectionConfig::for_heartbeat_interval(TICK_MS * 1_000));
+        }
         let mut node = Node::new(node_cfg);
         for &group in &member.groups {
             let mut state = recovered.remove(&group).map_or_else(RecoveredState::default, |g| g.raft_state());
@@ -460,11 +468,24 @@ impl Cluster {
             committed,
             violations: self.invariants.violations.clone(),
             trace_hash: self.trace.finish(),
+            suspicions: self.suspicions
+                + self
+                    .members
+                    .values()
+                    .filter_map(|m| m.node.as_ref())
+                    .map(|n| n.detection_stats().suspicions)
+                    .sum::<u64>(),
         }
     }
 
     fn step(&mut self) {
         self.steps += 1;
+        // The members' clocks (a paused member's stands still): what arrives now arrives now.
+        for member in self.members.values_mut().filter(|m| !m.paused) {
+            if let Some(node) = member.node.as_mut() {
+                node.set_clock(self.now * 1_000);
+            }
+        }
         while self.events.peek().is_some_and(|Reverse(next)| next.at <= self.now) {
             let Reverse(next) = self.events.pop().expect("peeked");
             self.handle(next.event);
@@ -597,6 +618,7 @@ impl Cluster {
             return;
         }
         let Some(node) = member.node.as_mut() else { return };
+        node.detect();
         let output = node.poll();
         if let Some(write) = &output.write {
             for group_write in &write.groups {

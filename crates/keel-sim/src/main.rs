@@ -95,12 +95,13 @@ fn main() -> ExitCode {
         let report = run_seed(seed, args.plant, true);
         print_violations(&report);
         println!(
-            "seed={} steps={} faults={} ops={} committed={} trace_hash={:016x} violations={}",
+            "seed={} steps={} faults={} ops={} committed={} suspicions={} trace_hash={:016x} violations={}",
             seed,
             report.steps,
             report.faults,
             report.ops,
             report.committed,
+            report.suspicions,
             report.trace_hash,
             report.violations.len()
         );
@@ -143,7 +144,17 @@ fn run_many(args: &Args) -> ExitCode {
     let started = Instant::now();
     let next = AtomicU64::new(args.start);
     let end = args.start + args.seeds;
-    let totals = Mutex::new((0u64, 0u64, 0u64, 0u64, 0u64, Vec::<u64>::new()));
+    #[derive(Default)]
+    struct Totals {
+        steps: u64,
+        faults: u64,
+        ops: u64,
+        violations: u64,
+        committed: u64,
+        suspicions: u64,
+        failed: Vec<u64>,
+    }
+    let totals = Mutex::new(Totals::default());
     std::thread::scope(|scope| {
         for _ in 0..args.threads {
             scope.spawn(|| loop {
@@ -153,20 +164,22 @@ fn run_many(args: &Args) -> ExitCode {
                 }
                 let report = run_seed(seed, args.plant, false);
                 let mut t = totals.lock().expect("no panics while holding the lock");
-                t.0 += report.steps;
-                t.1 += report.faults;
-                t.2 += report.ops;
-                t.3 += report.violations.len() as u64;
-                t.4 += report.committed;
+                t.steps += report.steps;
+                t.faults += report.faults;
+                t.ops += report.ops;
+                t.violations += report.violations.len() as u64;
+                t.committed += report.committed;
+                t.suspicions += report.suspicions;
                 if !report.violations.is_empty() {
-                    t.5.push(seed);
+                    t.failed.push(seed);
                     print_violations(&report);
                     println!("  replay: cargo run --release -p keel-sim -- --seed {seed}");
                 }
             });
         }
     });
-    let (steps, faults, ops, violations, committed, failed) = totals.into_inner().expect("threads joined");
+    let Totals { steps, faults, ops, violations, committed, suspicions, failed } =
+        totals.into_inner().expect("threads joined");
     let elapsed = started.elapsed().as_secs_f64();
     if !failed.is_empty() {
         let mut failed = failed;
@@ -174,7 +187,7 @@ fn run_many(args: &Args) -> ExitCode {
         println!("failing seeds: {failed:?}");
     }
     println!(
-        "seeds={} steps={steps} faults={faults} ops={ops} committed={committed} violations={violations} elapsed={elapsed:.1}s",
+        "seeds={} steps={steps} faults={faults} ops={ops} committed={committed} suspicions={suspicions} violations={violations} elapsed={elapsed:.1}s",
         args.seeds
     );
     if violations == 0 {

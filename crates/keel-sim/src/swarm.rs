@@ -56,6 +56,9 @@ pub struct Swarm {
     /// A bit flips in WAL data a member already made durable, and the member crashes: at restart
     /// its WAL must refuse to open (the member stays down until membership replaces it).
     pub bit_rot_ppm: u64,
+    /// Followers suspect a silent leader by phi-accrual and campaign at once (the server's
+    /// setting), instead of waiting out the election timeout.
+    pub leader_detection: bool,
 }
 
 fn maybe(rng: &mut SplitMix64, ppm_max: u64) -> u64 {
@@ -100,6 +103,7 @@ impl Swarm {
             campaign_soon_at_start: true,
             disk_full_ppm: 0,
             bit_rot_ppm: 0,
+            leader_detection: true,
         }
     }
 
@@ -133,6 +137,7 @@ impl Swarm {
             campaign_soon_at_start: rng.range(0, 2) == 0,
             disk_full_ppm: maybe(rng, 500),
             bit_rot_ppm: maybe(rng, 300),
+            leader_detection: rng.range(0, 4) != 0,
         };
         swarm.persistent_machine |= swarm.etcd_machine;
         // Lease reads are only safe behind check-quorum (keel-raft refuses the combination).

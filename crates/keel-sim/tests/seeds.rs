@@ -94,3 +94,19 @@ fn seeds_that_once_found_bugs_stay_clean() {
         assert!(report.violations.is_empty(), "seed {seed}: {:#?}", report.violations);
     }
 }
+
+/// A detector that suspects every leader whenever it is asked keeps groups from settling (the
+/// liveness check may fail) and shows as churn in the suspicion counter, but suspicion only
+/// starts a pre-vote: no run may break an invariant about what is committed, applied or read.
+#[test]
+fn a_detector_that_suspects_every_leader_churns_but_breaks_no_safety_invariant() {
+    let mut suspicions = 0;
+    for seed in 0..100 {
+        let report = run_seed(seed, Some(Plant::SuspectAlways), false);
+        suspicions += report.suspicions;
+        for violation in &report.violations {
+            assert!(violation.starts_with("liveness"), "seed {seed} with the plant: {violation}");
+        }
+    }
+    assert!(suspicions > 10_000, "the churn shows in the counter: {suspicions}");
+}

@@ -68,10 +68,12 @@ impl Cluster {
         member.disk.crash(crash_seed);
         member.storage = None;
         member.compactions.forget();
+        let suspicions = member.node.as_ref().map_or(0, |node| node.detection_stats().suspicions);
         member.node = None;
         member.paused = false;
         member.stalled = None;
         member.held.clear();
+        self.suspicions += suspicions;
         let restart = self.now + self.rng.range(20, 1_000);
         self.schedule(restart, Event::Restart { node: id });
         self.fault(format_args!("crash n{id} ({pending} unsynced records at risk), restart at {restart}"));

@@ -1,0 +1,17 @@
+//! # keel-membership — who is alive, judged from what arrives
+//!
+//! Sans-IO like `keel-raft`: no clock, no sockets, no threads. The host tells a detector when it
+//! heard from a peer (a time in microseconds on any monotonic clock it likes: the simulator's
+//! virtual one, the server's `Instant`) and asks how suspicious the silence since is.
+//!
+//! - [`phi`]: phi-accrual suspicion (Hayashibara et al., "The φ Accrual Failure Detector", 2004;
+//!   Akka and Cassandra use it). Instead of "no heartbeat for a fixed timeout", φ says how
+//!   unlikely the silence so far is given the heartbeat intervals seen recently: on a quiet,
+//!   regular network a silent peer is suspected after a few missed heartbeats, and on a loaded,
+//!   jittery one the same threshold waits longer by itself.
+//!
+//! SWIM-style gossip of member liveness (see `DESIGN.md`) will live here too.
+
+pub mod phi;
+
+pub use phi::{PhiAccrual, PhiConfig};
