@@ -142,9 +142,13 @@ impl Detection {
         }
     }
 
-    /// Doubts and suspects the leaders of `raw`'s group as the silence since their last word
-    /// warrants (see the module docs).
-    pub(crate) fn check(&mut self, group: GroupId, raw: &mut RawNode) {
+    /// Doubts and, if `may_suspect`, suspects the leaders of `raw`'s group as the silence since
+    /// their last word warrants (see the module docs).
+    ///
+    /// Before a campaign request is stepped only doubt is brought up to date: suspecting then
+    /// would start this member's own campaign at the very instant of the other's, and two
+    /// candidates in one term split the vote (a whole election timeout lost).
+    pub(crate) fn check(&mut self, group: GroupId, raw: &mut RawNode, may_suspect: bool) {
         let (leader, role, term) = raw.leadership();
         if role != Role::Follower || leader == keel_raft::NO_NODE {
             self.watches.remove(&group);
@@ -161,7 +165,7 @@ impl Detection {
         }
         let due = watch.phi.deadline(cfg.suspect_phi).is_some_and(|at| now >= at.saturating_add(watch.jitter_us));
         let mut suspected = false;
-        if !watch.suspected && (due || suspect_always) {
+        if may_suspect && !watch.suspected && (due || suspect_always) {
             watch.suspected = true;
             suspected = raw.report_leader_suspected(leader);
             if suspected {

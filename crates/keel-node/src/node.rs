@@ -331,7 +331,7 @@ impl<S: StateMachine> Node<S> {
         };
         if matches!(msg.body, MessageBody::PreVote { .. } | MessageBody::Vote { .. }) {
             // A campaign is judged on how long this member has not heard the leader, up to now.
-            detection.check(msg.group, &mut group.raw);
+            detection.check(msg.group, &mut group.raw, false);
         }
         let (group_id, from, body) = (msg.group, msg.from, detection_kind(&msg.body));
         group.raw.step(msg);
@@ -353,7 +353,7 @@ impl<S: StateMachine> Node<S> {
     pub fn detect(&mut self) {
         let Some(detection) = self.detection.as_mut() else { return };
         for (&group_id, group) in self.groups.iter_mut() {
-            detection.check(group_id, &mut group.raw);
+            detection.check(group_id, &mut group.raw, true);
         }
     }
 

@@ -2,7 +2,7 @@
 //! the same code under faults; these pin down what it must produce).
 
 use bytes::Bytes;
-use keel_raft::{ConfChange, ConfState, Config, GroupId, Index, RecoveredState, Role, Snapshot};
+use keel_raft::{ConfChange, ConfState, Config, GroupId, Index, NodeId, RecoveredState, Role, Snapshot};
 
 use super::*;
 
@@ -149,5 +149,133 @@ fn an_in_memory_machine_snapshots_its_whole_state_at_the_applied_index() {
     assert!(!taken.is_empty());
     for (snapshot, _) in taken {
         assert_eq!(snapshot.data, Bytes::copy_from_slice(&snapshot.meta.index.to_le_bytes()));
+    }
+}
+
+/// Three members with leader detection, driven in steps of [`STEP_US`] on a shared clock: each
+/// ticks every `TICK_MS` (the heartbeat interval) and runs detection every 5 ms, messages are
+/// delivered at once, writes are durable at once. `hung` members neither run nor receive.
+struct Trio {
+    nodes: Vec<Node<Counter>>,
+    now_us: u64,
+    hung: Vec<NodeId>,
+}
+
+const TICK_MS: u64 = 10;
+/// Fine enough that two members rarely act in the same step by chance (jitter spans 5 ms).
+const STEP_US: u64 = 100;
+
+impl Trio {
+    fn new() -> Trio {
+        let voters = [1, 2, 3];
+        let nodes = voters
+            .iter()
+            .map(|&id| {
+                let mut cfg = NodeConfig::new(id);
+                cfg.detection = Some(DetectionConfig::for_heartbeat_interval(TICK_MS * 1_000));
+                let mut node = Node::new(cfg);
+                let (hard_state, entries) = bootstrap(&voters);
+                let state = RecoveredState { hard_state, entries, ..Default::default() };
+                let machine = Counter { applied: 0, durable: None, conf_contexts: Vec::new() };
+                node.add_group(Config::new(id, GROUP), state, machine).expect("group");
+                node
+            })
+            .collect();
+        Trio { nodes, now_us: 0, hung: Vec::new() }
+    }
+
+    fn running(&self, id: NodeId) -> bool {
+        !self.hung.contains(&id)
+    }
+
+    fn step(&mut self) {
+        self.now_us += STEP_US;
+        let tick = self.now_us.is_multiple_of(TICK_MS * 1_000);
+        let mut messages = Vec::new();
+        for node in self.nodes.iter_mut().filter(|n| !self.hung.contains(&n.id())) {
+            node.set_clock(self.now_us);
+            if tick {
+                node.tick();
+            }
+            // A busy host gets round to detection late: each member every 5 ms, out of step
+            // with the others, so one may be overdue when another's campaign reaches it.
+            if (self.now_us / STEP_US + node.id() * 17).is_multiple_of(50) {
+                node.detect();
+            }
+        }
+        for _ in 0..100 {
+            for node in self.nodes.iter_mut().filter(|n| !self.hung.contains(&n.id())) {
+                let out = node.poll();
+                messages.extend(out.messages);
+                if let Some(write) = out.write {
+                    messages.extend(node.on_write_durable(write.id));
+                }
+            }
+            if messages.is_empty() {
+                return;
+            }
+            for msg in messages.drain(..) {
+                if self.running(msg.from) && self.running(msg.to) {
+                    self.nodes[msg.to as usize - 1].step(msg);
+                }
+            }
+        }
+        panic!("the members never went quiet");
+    }
+
+    fn run_ms(&mut self, ms: u64) {
+        for _ in 0..ms * 1_000 / STEP_US {
+            self.step();
+        }
+    }
+
+    fn leaders(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|n| self.running(n.id()) && n.status(GROUP).is_some_and(|s| s.role == Role::Leader))
+            .map(|n| n.id())
+            .collect()
+    }
+
+    fn suspicions(&self) -> u64 {
+        self.nodes.iter().map(|n| n.detection_stats().suspicions).sum()
+    }
+}
+
+#[test]
+fn a_steady_leader_is_never_suspected() {
+    let mut trio = Trio::new();
+    trio.run_ms(500);
+    let leaders = trio.leaders();
+    assert_eq!(leaders.len(), 1);
+    trio.run_ms(20_000);
+    assert_eq!(trio.leaders(), leaders, "the same leader throughout");
+    assert_eq!(trio.suspicions(), 0);
+}
+
+/// Twenty times over: the leader hangs (no word from it, no closed connection), the others
+/// replace it, it comes back and follows. The heartbeat interval is 10 ms and the election timeout
+/// 100–200 ms: suspicion at phi 8 comes about 2 intervals after the last heartbeat, plus up to half
+/// an interval of jitter, and one campaign must do (two candidates in one term would split the
+/// vote and wait out the election timeout).
+#[test]
+fn a_hung_leader_is_replaced_by_one_campaign_long_before_the_election_timeout() {
+    let mut trio = Trio::new();
+    trio.run_ms(2_000);
+    for trial in 0..20 {
+        let old = trio.leaders()[0];
+        let suspicions = trio.suspicions();
+        trio.hung.push(old);
+        let hung_at = trio.now_us;
+        while trio.leaders().is_empty() {
+            trio.step();
+            assert!(trio.now_us - hung_at < 100_000, "trial {trial}: no leader 100 ms after the hang");
+        }
+        let took_ms = (trio.now_us - hung_at) / 1_000;
+        assert!(took_ms <= 45, "trial {trial}: a new leader only after {took_ms} ms");
+        assert_eq!(trio.suspicions(), suspicions + 1, "trial {trial}: the first to suspect won alone");
+        trio.hung.clear();
+        trio.run_ms(300);
+        assert_eq!(trio.leaders().len(), 1, "trial {trial}: the old leader follows again");
     }
 }

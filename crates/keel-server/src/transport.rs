@@ -367,6 +367,13 @@ fn send_loop(
         };
         let mut batch = vec![first];
         batch.extend(queue.try_iter().take(MESSAGES_PER_FRAME_MAX - 1));
+        if stream.as_ref().is_some_and(closed_by_peer) {
+            // The peer restarted since: writing into the old connection would seem to succeed
+            // and lose the batch (a follower's pre-vote to another follower is the first thing
+            // it sends in a long while, and losing it costs a whole election timeout).
+            tracing::debug!(peer = to, "peer connection closed by the peer; reconnecting");
+            stream = None;
+        }
         if stream.is_none() {
             match connect(cluster_id, me, to, &addr, attributes.as_ref()) {
                 Ok(connected) => {
@@ -406,6 +413,20 @@ fn send_loop(
             }
         }
     }
+}
+
+/// Whether the peer has closed (or reset) our outgoing connection to it. Nothing is ever sent back
+/// on it, so anything readable is the end of it.
+fn closed_by_peer(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let closed = match stream.peek(&mut [0u8; 1]) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    };
+    closed || stream.set_nonblocking(false).is_err()
 }
 
 fn connect(
