@@ -554,6 +554,15 @@ impl Raft {
         if !pre_vote && self.cfg.plants.is(Plant::DoubleVote) && self.leader == NO_NODE {
             can_vote = true;
         }
+        if pre_vote && self.role == Role::PreCandidate {
+            // Two members that campaign at the same instant (both saw the leader go at once)
+            // would grant each other's pre-vote, both stand as candidates in the same term and
+            // split the vote, costing a whole election timeout. Of two pre-candidates only one
+            // is granted the other's pre-vote: the one with the longer log, or the higher id.
+            let theirs = (last_term, last_index);
+            let mine = (self.log.last_term(), self.log.last_index());
+            can_vote &= theirs > mine || (theirs == mine && msg.from > self.cfg.id);
+        }
         let grant = can_vote && self.log.is_up_to_date(last_index, last_term);
         if grant {
             if pre_vote {

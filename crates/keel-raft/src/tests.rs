@@ -620,3 +620,19 @@ fn only_a_follower_of_that_leader_acts_on_a_suspicion_and_never_under_lease_read
     leased.tick_only(&[2, 3], 4);
     assert!(leased.leaders().iter().all(|&id| id == 1));
 }
+
+#[test]
+fn two_followers_campaigning_at_the_same_instant_elect_one_leader_without_a_split() {
+    for (first, second) in [(2, 3), (3, 2)] {
+        let mut cluster = Cluster::new(&[1, 2, 3]);
+        cluster.elect(1);
+        cluster.tick_all(12);
+        cluster.leader_dies_and_followers_are_told(1, &[2, 3]);
+        // Both pre-campaign before either hears from the other.
+        cluster.node(first).campaign();
+        cluster.node(second).campaign();
+        cluster.stabilize();
+        assert_eq!(cluster.leaders().into_iter().filter(|&id| id != 1).collect::<Vec<_>>(), vec![3], "the higher id");
+        assert_eq!(cluster.node(3).status().hard_state.term, 2, "one term, no split");
+    }
+}
