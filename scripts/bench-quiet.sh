@@ -13,6 +13,7 @@
 # (etcd_server_leader_changes_seen_total, the first election included) and, for keel, the times
 # it suspected its leader (keel_leader_suspicions_total).
 #   SERVERS="keel" scripts/bench-quiet.sh 2      one server only
+#   KEEL_FLAGS="--experimental-leader-suspicion-phi 0" SERVERS=keel scripts/bench-quiet.sh 4   keel's detector off
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${1:-10}
@@ -34,7 +35,7 @@ metric() { # metric NAME: the value on each member, space-separated
 for server in $SERVERS; do
     case $server in
         etcd) start_cluster etcd etcd "${QUIET_FLAGS[@]}" ;;
-        keel) start_cluster keel "$KEEL" server "${QUIET_FLAGS[@]}" ;;
+        keel) start_cluster keel "$KEEL" server "${QUIET_FLAGS[@]}" ${KEEL_FLAGS:-} ;;
         *) echo "unknown server $server" >&2; exit 2 ;;
     esac
     for minute in $(seq "$MINUTES"); do

@@ -435,7 +435,7 @@ mod tests {
     }
 
     fn reopen(file: &Path) -> (Store<RedbBackend>, i64) {
-        let opts = StoreOptions { compaction_batch_per_apply: 0, ..StoreOptions::default() };
+        let opts = StoreOptions { compaction_batch_per_commit: 0, ..StoreOptions::default() };
         let store = Store::open(RedbBackend::open(file).unwrap(), opts).unwrap();
         let from = store.checkpoint.revision.load(Ordering::Acquire);
         (store, from)

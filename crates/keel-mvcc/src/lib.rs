@@ -50,9 +50,9 @@
 //! `Compact(rev)` is applied at once: the compacted revision moves (reads below it fail
 //! with `Compacted`) and the in-memory index drops revisions no read can reach (pure
 //! memory work, no IO). Deleting those revisions from the backend happens later, in steps
-//! that examine a bounded number of stored revisions: automatically after each applied
-//! command ([`StoreOptions::compaction_batch_per_apply`], deterministic on every replica)
-//! and whenever the host calls [`Store::compaction_step`]. A step deletes only revisions
+//! that examine a bounded number of stored revisions: automatically with each commit of
+//! applied changes ([`StoreOptions::compaction_batch_per_commit`]) and whenever the host calls
+//! [`Store::compaction_step`]. A step deletes only revisions
 //! that are not in the index and are at or below the compacted revision, so reads at any
 //! revision >= the compacted one are correct at every moment. The step cursor is in the
 //! meta table; after a restart the index is rebuilt, compacted again, and deletion goes on.

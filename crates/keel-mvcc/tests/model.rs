@@ -252,8 +252,8 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-fn run<B: Backend>(backend: B, steps: &[Step], per_apply: usize) {
-    let opts = StoreOptions { compaction_batch_per_apply: per_apply, ..Default::default() };
+fn run<B: Backend>(backend: B, steps: &[Step], per_commit: usize) {
+    let opts = StoreOptions { compaction_batch_per_commit: per_commit, ..Default::default() };
     let mut s = Store::open(backend, opts).unwrap();
     let mut m = Model::new();
     let mut index = 0;
@@ -337,8 +337,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
 
     #[test]
-    fn mem_store_matches_model(steps in prop::collection::vec(step(), 1..80), per_apply in 0usize..4) {
-        run(MemBackend::new(), &steps, per_apply);
+    fn mem_store_matches_model(steps in prop::collection::vec(step(), 1..80), per_commit in 0usize..4) {
+        run(MemBackend::new(), &steps, per_commit);
     }
 }
 
@@ -346,8 +346,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     #[test]
-    fn redb_store_matches_model(steps in prop::collection::vec(step(), 1..40), per_apply in 0usize..4) {
+    fn redb_store_matches_model(steps in prop::collection::vec(step(), 1..40), per_commit in 0usize..4) {
         let tmp = TempPath::new("model");
-        run(RedbBackend::open(&tmp.0).unwrap(), &steps, per_apply);
+        run(RedbBackend::open(&tmp.0).unwrap(), &steps, per_commit);
     }
 }

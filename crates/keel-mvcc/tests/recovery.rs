@@ -129,7 +129,7 @@ fn redb_crash_loses_uncommitted_tail_and_replay_restores_it() {
 
 #[test]
 fn compaction_deletes_backend_revisions_incrementally_and_resumes_after_reopen() {
-    let opts = StoreOptions { compaction_batch_per_apply: 0, ..Default::default() };
+    let opts = StoreOptions { compaction_batch_per_commit: 0, ..Default::default() };
     let mut s = Store::open(MemBackend::new(), opts.clone()).unwrap();
     let mut idx = 0;
     let mut apply = |s: &mut Store<MemBackend>, c: Command| {

@@ -37,8 +37,8 @@ pub struct DetectionConfig {
 }
 
 impl DetectionConfig {
-    /// φ 3 to doubt (a 1-in-1,000 silence), 8 to suspect (1 in 10^8: about 2.1 heartbeat
-    /// intervals past the last heartbeat on a regular network, more on a jittery one), and half
+    /// φ 3 to doubt (a 1-in-1,000 silence), 8 to suspect (1 in 10^8: about 3.8 heartbeat
+    /// intervals after the last heartbeat on a regular network, more on a jittery one), and half
     /// an interval of jitter.
     pub fn for_heartbeat_interval(heartbeat_interval_us: u64) -> DetectionConfig {
         DetectionConfig {
@@ -92,8 +92,21 @@ impl Detection {
         }
     }
 
+    /// The host's clock. A host runs at least once per heartbeat interval (its ticks); a longer
+    /// gap means this member itself did not run (its process starved on a busy box, or stopped),
+    /// and the time beyond an interval is excused: a leader is not suspected for what its
+    /// follower could not hear.
     pub(crate) fn set_clock(&mut self, now_us: u64) {
-        self.now = self.now.max(now_us);
+        if now_us <= self.now {
+            return;
+        }
+        let excused = (now_us - self.now).saturating_sub(self.cfg.heartbeat_interval_us);
+        if self.now > 0 && excused > 0 {
+            for watch in self.watches.values_mut() {
+                watch.phi.excuse(excused);
+            }
+        }
+        self.now = now_us;
     }
 
     pub(crate) fn stats(&self) -> DetectionStats {

@@ -255,7 +255,7 @@ fn a_steady_leader_is_never_suspected() {
 
 /// Twenty times over: the leader hangs (no word from it, no closed connection), the others
 /// replace it, it comes back and follows. The heartbeat interval is 10 ms and the election timeout
-/// 100–200 ms: suspicion at phi 8 comes about 2 intervals after the last heartbeat, plus up to half
+/// 100–200 ms: suspicion at phi 8 comes about 4 intervals after the last heartbeat, plus up to half
 /// an interval of jitter, and one campaign must do (two candidates in one term would split the
 /// vote and wait out the election timeout).
 #[test]
@@ -272,7 +272,7 @@ fn a_hung_leader_is_replaced_by_one_campaign_long_before_the_election_timeout() 
             assert!(trio.now_us - hung_at < 100_000, "trial {trial}: no leader 100 ms after the hang");
         }
         let took_ms = (trio.now_us - hung_at) / 1_000;
-        assert!(took_ms <= 45, "trial {trial}: a new leader only after {took_ms} ms");
+        assert!(took_ms <= 60, "trial {trial}: a new leader only after {took_ms} ms");
         assert_eq!(trio.suspicions(), suspicions + 1, "trial {trial}: the first to suspect won alone");
         trio.hung.clear();
         trio.run_ms(300);
