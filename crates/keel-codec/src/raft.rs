@@ -126,14 +126,14 @@ pub fn put_message(w: &mut Writer, msg: &Message) {
         MessageBody::PreVote { last_index, last_term } => {
             w.u8(MSG_PRE_VOTE).u64(*last_index).u64(*last_term);
         }
-        MessageBody::PreVoteResponse { reject } => {
-            w.u8(MSG_PRE_VOTE_RESPONSE).bool(*reject);
+        MessageBody::PreVoteResponse { reject, commit, commit_term } => {
+            w.u8(MSG_PRE_VOTE_RESPONSE).bool(*reject).u64(*commit).u64(*commit_term);
         }
         MessageBody::Vote { last_index, last_term, transfer } => {
             w.u8(MSG_VOTE).u64(*last_index).u64(*last_term).bool(*transfer);
         }
-        MessageBody::VoteResponse { reject } => {
-            w.u8(MSG_VOTE_RESPONSE).bool(*reject);
+        MessageBody::VoteResponse { reject, commit, commit_term } => {
+            w.u8(MSG_VOTE_RESPONSE).bool(*reject).u64(*commit).u64(*commit_term);
         }
         MessageBody::Append { prev_index, prev_term, entries, commit } => {
             w.u8(MSG_APPEND).u64(*prev_index).u64(*prev_term).u64(*commit);
@@ -172,13 +172,21 @@ pub fn get_message(r: &mut Reader) -> Result<Message, DecodeError> {
     let term = r.u64("message term")?;
     let body = match r.u8("message type")? {
         MSG_PRE_VOTE => MessageBody::PreVote { last_index: r.u64("last index")?, last_term: r.u64("last term")? },
-        MSG_PRE_VOTE_RESPONSE => MessageBody::PreVoteResponse { reject: r.bool("reject")? },
+        MSG_PRE_VOTE_RESPONSE => MessageBody::PreVoteResponse {
+            reject: r.bool("reject")?,
+            commit: r.u64("commit")?,
+            commit_term: r.u64("commit term")?,
+        },
         MSG_VOTE => MessageBody::Vote {
             last_index: r.u64("last index")?,
             last_term: r.u64("last term")?,
             transfer: r.bool("transfer")?,
         },
-        MSG_VOTE_RESPONSE => MessageBody::VoteResponse { reject: r.bool("reject")? },
+        MSG_VOTE_RESPONSE => MessageBody::VoteResponse {
+            reject: r.bool("reject")?,
+            commit: r.u64("commit")?,
+            commit_term: r.u64("commit term")?,
+        },
         MSG_APPEND => {
             let prev_index = r.u64("prev index")?;
             let prev_term = r.u64("prev term")?;

@@ -36,7 +36,8 @@ fn records_round_trip() {
 fn messages_round_trip() {
     let bodies = vec![
         MessageBody::PreVote { last_index: 1, last_term: 2 },
-        MessageBody::VoteResponse { reject: true },
+        MessageBody::VoteResponse { reject: true, commit: 7, commit_term: 2 },
+        MessageBody::PreVoteResponse { reject: false, commit: 9, commit_term: 3 },
         MessageBody::Append { prev_index: 9, prev_term: 3, entries: entries(10, 2), commit: 8 },
         MessageBody::AppendResponse { reject: false, index: 11, log_term: 3, hint_index: 0 },
         MessageBody::Heartbeat { commit: 5, read_round: 6 },

@@ -282,5 +282,6 @@ impl RaftLog {
         debug_assert!(self.handed_out <= self.last_index());
         debug_assert!(self.applied <= self.committed, "applied {} > committed {}", self.applied, self.committed);
         debug_assert!(self.committed <= self.last_index());
+        debug_assert!(self.snapshot_index <= self.committed, "the commit index is never compacted past");
     }
 }

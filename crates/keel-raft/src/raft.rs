@@ -463,6 +463,12 @@ impl Raft {
         if msg.from == self.cfg.id || msg.from == NO_NODE || msg.to != self.cfg.id {
             return; // misrouted; nothing sensible to do with it
         }
+        if let MessageBody::PreVoteResponse { commit, commit_term, .. }
+        | MessageBody::VoteResponse { commit, commit_term, .. } = msg.body
+        {
+            // A fact about the log, true whatever the sender's term.
+            self.learn_committed(commit, commit_term);
+        }
         if msg.term > self.term {
             if !self.step_higher_term(&msg) {
                 return;
@@ -508,7 +514,7 @@ impl Raft {
                 }
                 true
             }
-            MessageBody::PreVoteResponse { reject: false } => true, // at the term we would campaign at
+            MessageBody::PreVoteResponse { reject: false, .. } => true, // at the term we would campaign at
             MessageBody::Append { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. } => {
                 self.become_follower(msg.term, msg.from);
                 true
@@ -536,7 +542,8 @@ impl Raft {
             }
             MessageBody::PreVote { .. } => {
                 let term = self.term;
-                self.send(msg.from, term, MessageBody::PreVoteResponse { reject: true });
+                let body = self.vote_response(true, true);
+                self.send(msg.from, term, body);
             }
             _ => {}
         }
@@ -565,22 +572,36 @@ impl Raft {
         }
         let grant = can_vote && self.log.is_up_to_date(last_index, last_term);
         if grant {
-            if pre_vote {
-                self.send(msg.from, msg.term, MessageBody::PreVoteResponse { reject: false });
-            } else {
+            if !pre_vote {
                 // The vote is persisted (in this Ready's hard state) before the response leaves.
                 self.vote = msg.from;
                 self.election_elapsed = 0;
-                self.send(msg.from, msg.term, MessageBody::VoteResponse { reject: false });
             }
+            let body = self.vote_response(pre_vote, false);
+            self.send(msg.from, msg.term, body);
         } else {
             let term = self.term;
-            let body = if pre_vote {
-                MessageBody::PreVoteResponse { reject: true }
-            } else {
-                MessageBody::VoteResponse { reject: true }
-            };
+            let body = self.vote_response(pre_vote, true);
             self.send(msg.from, term, body);
+        }
+    }
+
+    fn vote_response(&self, pre_vote: bool, reject: bool) -> MessageBody {
+        let commit = self.log.committed;
+        let commit_term = self.log.term(commit).expect("the commit index is never compacted past");
+        if pre_vote {
+            MessageBody::PreVoteResponse { reject, commit, commit_term }
+        } else {
+            MessageBody::VoteResponse { reject, commit, commit_term }
+        }
+    }
+
+    /// Another member says the entry (`index`, `term`) is committed. If ours matches it, so does
+    /// everything before it (Log Matching), and all of it is committed here too. A leader counts
+    /// its own commits.
+    fn learn_committed(&mut self, index: Index, term: Term) {
+        if self.role != Role::Leader && index > self.log.committed && self.log.matches(index, term) {
+            self.log.commit_to(index);
         }
     }
 
@@ -590,10 +611,10 @@ impl Raft {
                 self.become_follower(msg.term, msg.from);
                 self.step_follower(msg);
             }
-            MessageBody::PreVoteResponse { reject } if self.role == Role::PreCandidate => {
+            MessageBody::PreVoteResponse { reject, .. } if self.role == Role::PreCandidate => {
                 self.record_vote(msg.from, !reject);
             }
-            MessageBody::VoteResponse { reject } if self.role == Role::Candidate => {
+            MessageBody::VoteResponse { reject, .. } if self.role == Role::Candidate => {
                 self.record_vote(msg.from, !reject);
             }
             _ => {}

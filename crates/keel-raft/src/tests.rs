@@ -495,9 +495,9 @@ fn a_restarted_member_keeps_the_lease_promise_for_an_election_timeout() {
     // Under ReadIndex nothing relies on the promise: the restarted member grants at once.
     let mut safe = RawNode::new(Config::new(3, 1), recovered).unwrap();
     safe.step(pre_vote.clone());
-    let granted = safe
-        .ready()
-        .is_some_and(|r| r.messages.iter().any(|m| m.body == MessageBody::PreVoteResponse { reject: false }));
+    let granted = safe.ready().is_some_and(|r| {
+        r.messages.iter().any(|m| matches!(m.body, MessageBody::PreVoteResponse { reject: false, .. }))
+    });
     assert!(granted, "a ReadIndex member grants right after a restart");
     node.step(pre_vote.clone());
     assert!(node.ready().is_none_or(|r| r.messages.is_empty() && r.persisted_messages.is_empty()));
@@ -509,8 +509,11 @@ fn a_restarted_member_keeps_the_lease_promise_for_an_election_timeout() {
     }
     node.step(pre_vote);
     let ready = node.ready().unwrap();
-    let grants: Vec<_> =
-        ready.messages.iter().filter(|m| m.body == MessageBody::PreVoteResponse { reject: false }).collect();
+    let grants: Vec<_> = ready
+        .messages
+        .iter()
+        .filter(|m| matches!(m.body, MessageBody::PreVoteResponse { reject: false, .. }))
+        .collect();
     assert_eq!(grants.len(), 1);
 }
 
@@ -635,4 +638,49 @@ fn two_followers_campaigning_at_the_same_instant_elect_one_leader_without_a_spli
         assert_eq!(cluster.leaders().into_iter().filter(|&id| id != 1).collect::<Vec<_>>(), vec![3], "the higher id");
         assert_eq!(cluster.node(3).status().hard_state.term, 2, "one term, no split");
     }
+}
+
+#[test]
+fn a_member_learns_what_is_committed_from_a_refused_vote() {
+    // Found by the simulator (seed 10028156). Leader 1 of {1, 2, 3, 4} removes itself at index r
+    // and appends one more entry. Member 3 gets r but never hears it committed; member 4 gets
+    // everything, then its disk dies; member 2 was down. Member 3 still counts the old voters, so
+    // it needs 1's vote, and 1 — no longer a voter, so it cannot campaign — refuses it for its
+    // longer log. A quorum of both configurations is alive, yet nobody could lead, for ever.
+    let mut cluster = Cluster::new(&[1, 2, 3, 4]);
+    cluster.elect(1);
+    cluster.isolate(2);
+    cluster.cut.insert((3, 4));
+    cluster.cut.insert((4, 3));
+    let removal = cluster.node(1).propose_conf_change(ConfChange::Remove(1)).unwrap();
+    cluster.node(1).propose(Bytes::from_static(b"after the removal")).unwrap();
+    // Member 3 takes both entries' first delivery, then hears nothing more from 1.
+    let ready = cluster.node(1).ready().unwrap();
+    let (to_3, others): (Vec<Message>, Vec<Message>) =
+        ready.messages.iter().chain(&ready.persisted_messages).cloned().partition(|m| m.to == 3);
+    cluster.node(1).advance(ready.number());
+    for msg in others.into_iter().filter(|m| m.to == 4) {
+        cluster.node(4).step(msg);
+    }
+    let first = to_3.into_iter().find(|m| matches!(&m.body, MessageBody::Append { entries, .. } if entries.first().is_some_and(|e| e.index == removal))).expect("an append carrying the removal");
+    let MessageBody::Append { prev_index, prev_term, entries, commit } = first.body else { unreachable!() };
+    let only_removal: Vec<Entry> = entries.into_iter().filter(|e| e.index == removal).collect();
+    cluster
+        .node(3)
+        .step(Message { body: MessageBody::Append { prev_index, prev_term, entries: only_removal, commit }, ..first });
+    cluster.cut.insert((1, 3));
+    cluster.stabilize();
+    assert_eq!(cluster.node(1).status().conf.voters, [2, 3, 4].into_iter().collect(), "1 applied its removal");
+    assert!(cluster.node(3).status().hard_state.commit < removal, "3 never heard the removal committed");
+    assert!(cluster.node(1).status().last_index > cluster.node(3).status().last_index);
+    // Member 4's disk dies; member 2 comes back.
+    cluster.nodes.remove(&4);
+    cluster.heal();
+    cluster.tick_only(&[1, 2, 3], 60);
+    let leaders = cluster.leaders();
+    assert_eq!(leaders, vec![3], "3 leads the remaining voters");
+    assert_eq!(cluster.node(3).status().conf.voters, [2, 3, 4].into_iter().collect());
+    cluster.node(3).propose(Bytes::from_static(b"written after")).unwrap();
+    cluster.stabilize();
+    assert!(cluster.applied_data(2).contains(&Bytes::from_static(b"written after")));
 }

@@ -191,8 +191,16 @@ pub enum MessageBody {
         last_index: Index,
         last_term: Term,
     },
+    /// Every vote response carries the responder's commit index and the term of its entry there:
+    /// a fact about the log any member may learn, whoever says it (by Log Matching, a member
+    /// holding that entry holds everything before it). A candidate that lags in commit learns it
+    /// from a refusal: a leader removed by a conf change refuses votes while it holds a longer
+    /// log, and a voter that never heard the removal committed would otherwise count that
+    /// refusal under the old configuration for ever (simulator seed 10028156).
     PreVoteResponse {
         reject: bool,
+        commit: Index,
+        commit_term: Term,
     },
     /// `transfer` marks a campaign started by TimeoutNow: voters then skip the leader-lease check.
     Vote {
@@ -202,6 +210,8 @@ pub enum MessageBody {
     },
     VoteResponse {
         reject: bool,
+        commit: Index,
+        commit_term: Term,
     },
     Append {
         prev_index: Index,

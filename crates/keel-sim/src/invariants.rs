@@ -159,7 +159,7 @@ impl Invariants {
         let durable = disk.group(msg.group);
         let hard = durable.map(|d| d.hard_state).unwrap_or_default();
         match msg.body {
-            MessageBody::VoteResponse { reject: false }
+            MessageBody::VoteResponse { reject: false, .. }
                 if !(hard.term > msg.term || (hard.term == msg.term && hard.vote == msg.to)) =>
             {
                 self.violation(format!(
