@@ -10,8 +10,13 @@
 //!   regular network a silent peer is suspected after a few missed heartbeats, and on a loaded,
 //!   jittery one the same threshold waits longer by itself.
 //!
+//! - [`slow`]: fail-slow detection of the member's own disk: write latencies in one-second
+//!   windows against a baseline learned while healthy (the seeds' state-based detection).
+//!
 //! SWIM-style gossip of member liveness (see `DESIGN.md`) will live here too.
 
 pub mod phi;
+pub mod slow;
 
 pub use phi::{PhiAccrual, PhiConfig};
+pub use slow::{SlowChange, SlowConfig, SlowDisk, SlowReport};

@@ -18,9 +18,11 @@
 //! No IO, no clock, no threads: time is [`Node::tick`].
 
 mod detect;
+mod health;
 mod node;
 
 pub use detect::{DetectionConfig, DetectionStats};
+pub use health::{HealthConfig, HealthStats};
 pub use node::*;
 
 #[cfg(test)]

@@ -3,6 +3,7 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::Bytes;
 
 use crate::detect::{Detection, DetectionConfig, DetectionStats};
+use crate::health::{Health, HealthConfig, HealthStats};
 use keel_raft::{
     ConfChange, ConfState, Config, Entry, EntryKind, GroupId, HardState, Index, Message, MessageBody, NodeId, Plant,
     Plants, RaftError, RawNode, Ready, RecoveredState, Role, Snapshot, SnapshotMeta, Status, Term,
@@ -148,6 +149,9 @@ pub struct NodeConfig {
     /// Phi-accrual detection of silent leaders (see [`DetectionConfig`]); `None` leaves it to
     /// raft's election timeout (and the host's closed connections).
     pub detection: Option<DetectionConfig>,
+    /// Fail-slow handling of this member's own disk (see [`HealthConfig`]); `None` leaves a
+    /// slow member in place.
+    pub health: Option<HealthConfig>,
     pub plants: Plants,
 }
 
@@ -160,6 +164,7 @@ impl NodeConfig {
             request_timeout_ticks: 50,
             max_pending_requests: 100_000,
             detection: None,
+            health: None,
             plants: Plants::NONE,
         }
     }
@@ -230,6 +235,9 @@ pub struct Node<S: StateMachine> {
     write_in_flight: Option<(u64, Vec<Message>)>,
     outcomes: Vec<OutcomeOf<S>>,
     detection: Option<Detection>,
+    health: Option<Health>,
+    /// The host's clock (see [`Node::set_clock`]), microseconds.
+    now_us: u64,
 }
 
 impl<S: StateMachine> Node<S> {
@@ -238,6 +246,7 @@ impl<S: StateMachine> Node<S> {
             let seed = cfg.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD37E_C7ED;
             Detection::new(detection, seed, cfg.plants.is(Plant::SuspectAlways))
         });
+        let health = cfg.health.map(|health| Health::new(health, cfg.plants.is(Plant::SlowAlways)));
         Node {
             cfg,
             groups: BTreeMap::new(),
@@ -246,6 +255,8 @@ impl<S: StateMachine> Node<S> {
             write_in_flight: None,
             outcomes: Vec::new(),
             detection,
+            health,
+            now_us: 0,
         }
     }
 
@@ -325,6 +336,9 @@ impl<S: StateMachine> Node<S> {
 
     pub fn step(&mut self, msg: Message) {
         let Some(group) = self.groups.get_mut(&msg.group) else { return };
+        if let Some(health) = self.health.as_mut() {
+            health.received(&msg, self.now_us);
+        }
         let Some(detection) = self.detection.as_mut() else {
             group.raw.step(msg);
             return;
@@ -343,6 +357,7 @@ impl<S: StateMachine> Node<S> {
     /// The host's monotonic clock, in microseconds: the time of the inputs that follow (see
     /// [`Node::detect`]). Never goes back; a value lower than the last is ignored.
     pub fn set_clock(&mut self, now_us: u64) {
+        self.now_us = self.now_us.max(now_us);
         if let Some(detection) = self.detection.as_mut() {
             detection.set_clock(now_us);
         }
@@ -351,10 +366,26 @@ impl<S: StateMachine> Node<S> {
     /// Doubts and suspects silent leaders as of the clock (see [`DetectionConfig`]). The host
     /// calls it after each batch of inputs, and by [`Node::next_detection_at`] at the latest.
     pub fn detect(&mut self) {
+        if let Some(health) = self.health.as_mut() {
+            for (&group_id, group) in self.groups.iter_mut() {
+                health.check(group_id, &mut group.raw, self.now_us);
+            }
+        }
         let Some(detection) = self.detection.as_mut() else { return };
         for (&group_id, group) in self.groups.iter_mut() {
             detection.check(group_id, &mut group.raw, true);
         }
+    }
+
+    /// What the fail-slow handling knows and did (see [`HealthConfig`]); `None` when it is off.
+    pub fn health_stats(&self) -> Option<HealthStats> {
+        self.health.as_ref().map(Health::stats)
+    }
+
+    /// The smoothed round trip of an append to `member` and back (microseconds), as timed by
+    /// the fail-slow handling.
+    pub fn append_round_trip_us(&self, member: NodeId) -> Option<u64> {
+        self.health.as_ref().and_then(|health| health.rtt_us(member))
     }
 
     /// When [`Node::detect`] may next find something to do, on the host's clock; `None` when
@@ -519,6 +550,12 @@ impl<S: StateMachine> Node<S> {
         }
         out.outcomes.append(&mut self.outcomes);
         self.attach_snapshot_data(&mut out.messages);
+        if let Some(health) = self.health.as_mut() {
+            health.sent(&out.messages, self.now_us);
+            if out.write.is_some() {
+                health.write_started(self.now_us);
+            }
+        }
         out
     }
 
@@ -559,6 +596,11 @@ impl<S: StateMachine> Node<S> {
         self.advance_all();
         let mut held = held;
         self.attach_snapshot_data(&mut held);
+        if let Some(health) = self.health.as_mut() {
+            // The host set the clock to when the write became durable.
+            health.write_finished(self.now_us);
+            health.sent(&held, self.now_us);
+        }
         held
     }
 

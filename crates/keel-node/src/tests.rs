@@ -159,6 +159,13 @@ struct Trio {
     nodes: Vec<Node<Counter>>,
     now_us: u64,
     hung: Vec<NodeId>,
+    /// How long each member's writes take to become durable (0: at once).
+    write_us: [u64; 3],
+    /// Writes in flight: (member, write id, durable at).
+    writing: Vec<(NodeId, u64, u64)>,
+    /// The leader takes a proposal every this many steps (0: no load).
+    propose_every_steps: u64,
+    next_request: u64,
 }
 
 const TICK_MS: u64 = 10;
@@ -167,12 +174,17 @@ const STEP_US: u64 = 100;
 
 impl Trio {
     fn new() -> Trio {
+        Trio::with_config(|_| {})
+    }
+
+    fn with_config(adjust: impl Fn(&mut NodeConfig)) -> Trio {
         let voters = [1, 2, 3];
         let nodes = voters
             .iter()
             .map(|&id| {
                 let mut cfg = NodeConfig::new(id);
                 cfg.detection = Some(DetectionConfig::for_heartbeat_interval(TICK_MS * 1_000));
+                adjust(&mut cfg);
                 let mut node = Node::new(cfg);
                 let (hard_state, entries) = bootstrap(&voters);
                 let state = RecoveredState { hard_state, entries, ..Default::default() };
@@ -181,7 +193,15 @@ impl Trio {
                 node
             })
             .collect();
-        Trio { nodes, now_us: 0, hung: Vec::new() }
+        Trio {
+            nodes,
+            now_us: 0,
+            hung: Vec::new(),
+            write_us: [0; 3],
+            writing: Vec::new(),
+            propose_every_steps: 0,
+            next_request: 1,
+        }
     }
 
     fn running(&self, id: NodeId) -> bool {
@@ -203,12 +223,28 @@ impl Trio {
                 node.detect();
             }
         }
+        if self.propose_every_steps > 0 && (self.now_us / STEP_US).is_multiple_of(self.propose_every_steps) {
+            if let Some(&leader) = self.leaders().first() {
+                let request = self.next_request;
+                self.next_request += 1;
+                let _ = self.nodes[leader as usize - 1].propose(GROUP, request, Bytes::from_static(b"x"));
+            }
+        }
+        let now = self.now_us;
+        for (id, write, _) in self.writing.extract_if(.., |&mut (_, _, at)| at <= now) {
+            messages.extend(self.nodes[id as usize - 1].on_write_durable(write));
+        }
         for _ in 0..100 {
             for node in self.nodes.iter_mut().filter(|n| !self.hung.contains(&n.id())) {
                 let out = node.poll();
                 messages.extend(out.messages);
                 if let Some(write) = out.write {
-                    messages.extend(node.on_write_durable(write.id));
+                    let delay = self.write_us[node.id() as usize - 1];
+                    if delay == 0 {
+                        messages.extend(node.on_write_durable(write.id));
+                    } else {
+                        self.writing.push((node.id(), write.id, now + delay));
+                    }
                 }
             }
             if messages.is_empty() {
@@ -278,4 +314,53 @@ fn a_hung_leader_is_replaced_by_one_campaign_long_before_the_election_timeout() 
         trio.run_ms(300);
         assert_eq!(trio.leaders().len(), 1, "trial {trial}: the old leader follows again");
     }
+}
+
+/// A leader's disk turns 20 times slower under a steady write load (1 ms writes become 20 ms;
+/// heartbeats stay on time, so raft alone would keep it). Fail-slow detection flags it within
+/// a few one-second windows, it hands leadership to a follower, and while it stays slow it is
+/// not elected again; once its disk recovers the flag clears.
+#[test]
+fn a_leader_whose_disk_turns_slow_hands_over_and_is_not_elected_while_slow() {
+    let mut trio = Trio::with_config(|cfg| cfg.health = Some(HealthConfig::default_thresholds()));
+    trio.write_us = [1_000; 3];
+    trio.propose_every_steps = 10;
+    trio.run_ms(15_000);
+    let leaders = trio.leaders();
+    assert_eq!(leaders.len(), 1);
+    let slow = leaders[0];
+    let flags = |trio: &Trio, id: NodeId| trio.nodes[id as usize - 1].health_stats().expect("on").disk.flags;
+    assert!((1..=3).all(|id| flags(&trio, id) == 0), "a steady disk is never flagged");
+    trio.write_us[slow as usize - 1] = 20_000;
+    let slowed_at = trio.now_us;
+    while trio.leaders() == [slow] {
+        trio.step();
+        assert!(trio.now_us - slowed_at < 8_000_000, "still leading 8 s after its disk slowed");
+    }
+    let moved_ms = (trio.now_us - slowed_at) / 1_000;
+    assert!(moved_ms <= 5_000, "leadership moved only after {moved_ms} ms");
+    let stats = trio.nodes[slow as usize - 1].health_stats().expect("on");
+    assert!(stats.disk.slow && stats.hand_offs == 1, "{stats:?}");
+    for _ in 0..(10_000_000 / STEP_US) {
+        trio.step();
+        assert!(!trio.leaders().contains(&slow), "the slow member led again");
+    }
+    // The healthy leader hangs, again and again: of the two left, the healthy one takes over.
+    for trial in 0..5 {
+        let healthy = trio.leaders()[0];
+        trio.hung.push(healthy);
+        let hung_at = trio.now_us;
+        while trio.leaders().is_empty() {
+            trio.step();
+            assert!(trio.now_us - hung_at < 2_000_000, "trial {trial}: nobody took over");
+        }
+        assert!(!trio.leaders().contains(&slow), "trial {trial}: the slow member was elected");
+        trio.hung.clear();
+        trio.run_ms(1_000);
+    }
+    assert_eq!(trio.leaders().len(), 1, "the others keep a leader");
+    trio.write_us[slow as usize - 1] = 1_000;
+    trio.run_ms(15_000);
+    let stats = trio.nodes[slow as usize - 1].health_stats().expect("on");
+    assert!(!stats.disk.slow, "cleared once the disk recovered: {stats:?}");
 }

@@ -27,6 +27,9 @@ pub enum Plant {
     /// The failure detector suspects every leader whenever it is asked. Not a safety bug: it
     /// must cost only churn (pre-votes that fail, counted), never a violation.
     SuspectAlways = 1 << 7,
+    /// The fail-slow detector judges every member's disk slow: leaders hand off and everyone is
+    /// reluctant to campaign. Not a safety bug either: only churn and slower elections.
+    SlowAlways = 1 << 8,
 }
 
 impl Plant {
@@ -41,7 +44,7 @@ impl Plant {
     ];
 
     /// Plants that must *not* break safety: the simulator shows their runs stay clean.
-    pub const HARMLESS: [Plant; 1] = [Plant::SuspectAlways];
+    pub const HARMLESS: [Plant; 2] = [Plant::SuspectAlways, Plant::SlowAlways];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -53,6 +56,7 @@ impl Plant {
             Plant::ReforwardUnknown => "reforward-unknown",
             Plant::TornTailAnywhere => "torn-tail-anywhere",
             Plant::SuspectAlways => "suspect-always",
+            Plant::SlowAlways => "slow-always",
         }
     }
 

@@ -74,6 +74,11 @@ pub struct Raft {
     /// This leader sent TimeoutNow in its term: another member may take over without waiting
     /// for the followers' leases to run out, so this leader's lease is void for the term.
     lease_forfeited: bool,
+    /// The host judged this member unfit to lead for now (its disk is slow): it waits an extra
+    /// election timeout before campaigning and never campaigns on a suspicion, so a healthy
+    /// member takes over first. It still campaigns in the end: a group whose members are all
+    /// slow must still elect someone.
+    reluctant: bool,
 }
 
 impl Raft {
@@ -116,6 +121,7 @@ impl Raft {
             snapshot: recovered.snapshot,
             persisted_term: recovered.hard_state.term,
             lease_forfeited: false,
+            reluctant: false,
             cfg,
         };
         // Conf changes between the snapshot and the applied index were applied before the
@@ -254,6 +260,7 @@ impl Raft {
             || self.leader != peer
             || self.cfg.read_mode == ReadMode::LeaseBased
             || !self.is_promotable()
+            || self.reluctant
         {
             return false;
         }
@@ -270,6 +277,15 @@ impl Raft {
     fn campaign_in_a_few_ticks(&mut self) {
         let wait = self.rng.range(1, 4) as u32;
         self.election_elapsed = self.randomized_election_timeout.saturating_sub(wait);
+    }
+
+    /// Set while the host judges this member unfit to lead (see the `reluctant` field).
+    pub fn set_reluctant(&mut self, reluctant: bool) {
+        self.reluctant = reluctant;
+    }
+
+    pub fn is_reluctant(&self) -> bool {
+        self.reluctant
     }
 
     fn reset_randomized_election_timeout(&mut self) {
@@ -338,7 +354,8 @@ impl Raft {
             self.tick_leader();
         } else {
             self.election_elapsed += 1;
-            if self.is_promotable() && self.election_elapsed >= self.randomized_election_timeout {
+            let extra = if self.reluctant { self.cfg.election_ticks } else { 0 };
+            if self.is_promotable() && self.election_elapsed >= self.randomized_election_timeout + extra {
                 self.election_elapsed = 0;
                 self.campaign(false);
             }

@@ -141,6 +141,12 @@ impl RawNode {
         self.raft.report_leader_suspected(peer)
     }
 
+    /// While `reluctant`, this member lets healthy members campaign first (see
+    /// [`Raft::set_reluctant`]); a host sets it while the member's disk is slow.
+    pub fn set_reluctant(&mut self, reluctant: bool) {
+        self.raft.set_reluctant(reluctant);
+    }
+
     /// The leader this member knows of ([`NO_NODE`] for none), and its own role and term.
     pub fn leadership(&self) -> (NodeId, Role, Term) {
         (self.raft.leader, self.raft.role, self.raft.term)

@@ -118,6 +118,13 @@ pub struct ServerConfig {
     /// over the leader's heartbeat intervals; see `keel_node::DetectionConfig`); 0 turns the
     /// detector off and leaves it to the election timeout.
     pub leader_suspicion_phi: f64,
+    /// keel's own: this member's disk is judged slow when its writes take this many times their
+    /// healthy baseline (see `keel_node::HealthConfig`); a slow leader hands leadership over.
+    /// 0 turns fail-slow detection off.
+    pub fail_slow_factor: f64,
+    /// Test and chaos builds only: faults can be injected into this process over HTTP (see
+    /// `crate::faults`). Never set in production.
+    pub unsafe_fault_injection: bool,
 }
 
 /// `--auto-compaction-mode` and `--auto-compaction-retention`.
@@ -181,6 +188,8 @@ const FLAGS: &[(&str, &str)] = &[
     ("auto-compaction-retention", "0"),
     ("experimental-min-free-bytes", "134217728"),
     ("experimental-leader-suspicion-phi", "8"),
+    ("experimental-fail-slow-factor", "5"),
+    ("unsafe-fault-injection", "false"),
 ];
 
 /// etcd's bounds: an election timeout of at most 50 s, and at least five heartbeats.
@@ -205,6 +214,26 @@ fn phi(flag: &'static str, text: &str) -> Result<f64, ConfigError> {
     match text.trim().parse::<f64>() {
         Ok(phi) if phi.is_finite() && phi >= 0.0 => Ok(phi),
         _ => Err(ConfigError::Invalid { flag, value: text.into(), reason: "expected a number, 0 or more".into() }),
+    }
+}
+
+/// A factor: 0 (off) or a finite number of at least 1.
+fn factor(flag: &'static str, text: &str) -> Result<f64, ConfigError> {
+    match text.trim().parse::<f64>() {
+        Ok(factor) if factor == 0.0 || (factor.is_finite() && factor >= 1.0) => Ok(factor),
+        _ => Err(ConfigError::Invalid {
+            flag,
+            value: text.into(),
+            reason: "expected 0 (off) or a number of at least 1".into(),
+        }),
+    }
+}
+
+fn boolean(flag: &'static str, text: &str) -> Result<bool, ConfigError> {
+    match text.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(ConfigError::Invalid { flag, value: text.into(), reason: "expected true or false".into() }),
     }
 }
 
@@ -330,6 +359,8 @@ impl ServerConfig {
             auto_compaction,
             min_free_bytes: number("experimental-min-free-bytes", &get("experimental-min-free-bytes"))?,
             leader_suspicion_phi: phi("experimental-leader-suspicion-phi", &get("experimental-leader-suspicion-phi"))?,
+            fail_slow_factor: factor("experimental-fail-slow-factor", &get("experimental-fail-slow-factor"))?,
+            unsafe_fault_injection: boolean("unsafe-fault-injection", &get("unsafe-fault-injection"))?,
             data_dir: get("data-dir"),
             listen_client_urls: PeerUrl::parse_list("listen-client-urls", &get("listen-client-urls"))?,
             advertise_client_urls: PeerUrl::parse_list("advertise-client-urls", &get("advertise-client-urls"))?,

@@ -170,6 +170,8 @@ pub struct Driver<S: StateMachine, H: Hook<S> = ()> {
     /// [`Input::Stop`] came: the run ends once no group is led here (leadership handed off) or
     /// at this deadline.
     stopping: Option<Instant>,
+    /// `--unsafe-fault-injection` only: a slow disk on demand.
+    faults: Option<Arc<crate::faults::InjectedFaults>>,
 }
 
 impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
@@ -205,7 +207,19 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
             requests: Requests::new(first_request, plants),
             effects: Effects::default(),
             stopping: None,
+            faults: None,
         }
+    }
+
+    /// Lets `faults` slow this member's WAL writes (see [`crate::faults`]).
+    pub fn with_injected_faults(mut self, faults: Arc<crate::faults::InjectedFaults>) -> Self {
+        self.faults = Some(faults);
+        self
+    }
+
+    /// The node's clock is the time since the driver started (see `Node::set_clock`).
+    fn set_clock(&mut self, now: Instant) {
+        self.node.set_clock(now.saturating_duration_since(self.epoch).as_micros() as u64);
     }
 
     /// Keeps `retention` of the obsolete WAL segments and snapshot files (etcd's defaults
@@ -232,7 +246,7 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
             };
             // Time first: every tick that is due, before any input is looked at.
             let now = Instant::now();
-            self.node.set_clock(now.saturating_duration_since(self.epoch).as_micros() as u64);
+            self.set_clock(now);
             if self.next_tick <= now {
                 while self.next_tick <= now {
                     self.node.tick();
@@ -386,8 +400,14 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
         let Some(write) = output.write else { return Ok(false) };
         let started = Instant::now();
         self.persist_waiting_for_space(&write.groups)?;
+        if let Some(faults) = &self.faults {
+            faults.after_write();
+        }
         self.compactions.written(&write);
-        self.hook.on_fsync(started.elapsed());
+        let durable_at = Instant::now();
+        self.hook.on_fsync(durable_at - started);
+        // The node times its own writes (fail-slow detection) on its clock.
+        self.set_clock(durable_at);
         for msg in self.node.on_write_durable(write.id) {
             (self.send)(Outgoing::Raft(msg));
         }

@@ -134,6 +134,13 @@ impl MembershipSync {
 impl Hook<Machine> for ServerHook {
     fn after_turn(&mut self, node: &mut Node<Machine>, now: Instant, propose: &mut Vec<(GroupId, Bytes)>) {
         self.metrics.leader_suspicions.store(node.detection_stats().suspicions, Relaxed);
+        if let Some(health) = node.health_stats() {
+            self.metrics.disk_slow.store(u64::from(health.disk.slow), Relaxed);
+            self.metrics.disk_slow_flags.store(health.disk.flags, Relaxed);
+            self.metrics.slow_hand_offs.store(health.hand_offs, Relaxed);
+            self.metrics.disk_write_recent_us.store(health.disk.recent_us.unwrap_or(0), Relaxed);
+            self.metrics.disk_write_baseline_us.store(health.disk.baseline_us.unwrap_or(0), Relaxed);
+        }
         let Some(status) = node.status(self.group) else { return };
         let Some(machine) = node.machine_mut(self.group) else { return };
         if let Some(sync) = self.membership.as_mut() {

@@ -26,7 +26,12 @@ use crate::api::maintenance::MaintenanceService;
 use crate::api::Shared;
 
 pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let router = if shared.faults.is_some() {
+        Router::new().route("/debug/fault/fsync-delay-ms", post(set_fsync_delay))
+    } else {
+        Router::new()
+    };
+    router
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/v3/kv/range", post(kv_range))
@@ -45,14 +50,31 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
-    // etcd: healthy when there is a leader and no alarm.
+    // etcd: healthy when there is a leader and no alarm. keel adds its fail-slow verdict: a
+    // member whose disk is slow is one to route clients away from.
     if shared.metrics.nospace_alarm.load(std::sync::atomic::Ordering::Relaxed) == 1 {
         json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"health": "false", "reason": "ALARM NOSPACE"}))
+    } else if shared.metrics.disk_slow.load(std::sync::atomic::Ordering::Relaxed) == 1 {
+        json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"health": "false", "reason": "SLOW DISK"}))
     } else if shared.metrics.leader() != 0 {
         json_response(StatusCode::OK, json!({"health": "true", "reason": ""}))
     } else {
         json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"health": "false", "reason": "RAFT NO LEADER"}))
     }
+}
+
+/// `--unsafe-fault-injection` only: the body is the delay added to every WAL write, in
+/// milliseconds (0 restores the disk).
+async fn set_fsync_delay(State(shared): State<Arc<Shared>>, body: Body) -> Response {
+    let Some(faults) = shared.faults.as_ref() else { return StatusCode::NOT_FOUND.into_response() };
+    let Some(ms) = std::str::from_utf8(&body).ok().and_then(|text| text.trim().parse::<u64>().ok()) else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "the body must be a whole number of milliseconds"}),
+        );
+    };
+    faults.set_fsync_delay(std::time::Duration::from_millis(ms));
+    json_response(StatusCode::OK, json!({"fsync_delay_ms": faults.fsync_delay().as_millis() as u64}))
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {

@@ -10,6 +10,7 @@ pub mod auto_compaction;
 pub mod config;
 pub mod convert;
 pub mod driver;
+pub mod faults;
 pub mod hook;
 pub mod http;
 pub mod ids;

@@ -23,6 +23,15 @@ pub struct Metrics {
     /// Times this member suspected its leader (a silence the phi-accrual detector found too long)
     /// and campaigned; each either elected a new leader or cost a refused pre-vote.
     pub leader_suspicions: AtomicU64,
+    /// This member's disk is judged slow (1) or not (0) by fail-slow detection.
+    pub disk_slow: AtomicU64,
+    pub disk_slow_flags: AtomicU64,
+    /// Groups this member led and handed over because its disk was slow.
+    pub slow_hand_offs: AtomicU64,
+    /// Median WAL write latency of the last judged second, and the healthy baseline
+    /// (microseconds; 0 while unknown).
+    pub disk_write_recent_us: AtomicU64,
+    pub disk_write_baseline_us: AtomicU64,
     pub proposals_committed: AtomicU64,
     pub proposals_failed: AtomicU64,
     pub db_size: AtomicI64,
@@ -97,6 +106,36 @@ impl Metrics {
             "The number of times this member suspected its leader and campaigned.",
             "counter",
             self.leader_suspicions.load(Relaxed).to_string(),
+        );
+        gauge(
+            "keel_disk_slow",
+            "Whether fail-slow detection judges this member's disk slow (1) or not (0).",
+            "gauge",
+            self.disk_slow.load(Relaxed).to_string(),
+        );
+        gauge(
+            "keel_disk_slow_flags_total",
+            "The number of times this member's disk was judged slow.",
+            "counter",
+            self.disk_slow_flags.load(Relaxed).to_string(),
+        );
+        gauge(
+            "keel_slow_leader_hand_offs_total",
+            "The number of times this member handed leadership over because its disk was slow.",
+            "counter",
+            self.slow_hand_offs.load(Relaxed).to_string(),
+        );
+        gauge(
+            "keel_disk_write_recent_seconds",
+            "Median WAL write latency over the last judged second.",
+            "gauge",
+            (self.disk_write_recent_us.load(Relaxed) as f64 / 1e6).to_string(),
+        );
+        gauge(
+            "keel_disk_write_baseline_seconds",
+            "The healthy baseline of the median WAL write latency (0 while still learned).",
+            "gauge",
+            (self.disk_write_baseline_us.load(Relaxed) as f64 / 1e6).to_string(),
         );
         gauge(
             "etcd_server_proposals_committed_total",

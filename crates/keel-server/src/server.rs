@@ -21,7 +21,7 @@ use keel_api::v3electionpb::election_server::ElectionServer;
 use keel_api::v3lockpb::lock_server::LockServer;
 use keel_codec::peer::PeerFrame;
 use keel_mvcc::{RedbBackend, Store, StoreOptions};
-use keel_node::{DetectionConfig, Node, NodeConfig};
+use keel_node::{DetectionConfig, HealthConfig, Node, NodeConfig};
 use keel_raft::{Config, NodeId, RecoveredState};
 use keel_storage::{Disk, NodeStorage, RealDisk, StorageOptions};
 use thiserror::Error;
@@ -252,6 +252,11 @@ fn open_node(
         detection.doubt_phi = detection.doubt_phi.min(config.leader_suspicion_phi);
         node_config.detection = Some(detection);
     }
+    if config.fail_slow_factor > 0.0 {
+        let mut health = HealthConfig::default_thresholds();
+        health.slow.factor = config.fail_slow_factor;
+        node_config.health = Some(health);
+    }
     let mut node = Node::new(node_config);
     let mut raft = Config::new(me, GROUP);
     raft.campaign_soon_at_start = true;
@@ -334,8 +339,15 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     hook.lease_grace = Duration::from_millis(config.election_timeout_ms);
     let tick = Duration::from_millis(config.heartbeat_interval_ms.max(1));
     hook.auto_compaction = crate::auto_compaction::AutoCompactor::new(config.auto_compaction);
-    let driver = Driver::new(node, storage, receiver, inbox, Box::new(move |out| peers.send_out(out)), hook, tick)
+    let faults = config.unsafe_fault_injection.then(|| {
+        tracing::warn!("--unsafe-fault-injection is on: this member's disk can be slowed over HTTP");
+        Arc::new(crate::faults::InjectedFaults::default())
+    });
+    let mut driver = Driver::new(node, storage, receiver, inbox, Box::new(move |out| peers.send_out(out)), hook, tick)
         .with_retention(config.retention());
+    if let Some(faults) = &faults {
+        driver = driver.with_injected_faults(faults.clone());
+    }
     let (stopped, driver_stopped) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("keel-driver".into())
@@ -373,6 +385,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         metrics,
         snapshot_streams: Arc::default(),
         read_slots: Arc::new(tokio::sync::Semaphore::new(crate::api::READS_AT_ONCE)),
+        faults,
     });
 
     tracing::info!(

@@ -54,6 +54,8 @@ pub struct RunReport {
     pub trace_hash: u64,
     /// Times a follower suspected its leader and campaigned (leader detection's churn).
     pub suspicions: u64,
+    /// Times a leader handed its group over because its disk was judged slow.
+    pub slow_hand_offs: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -173,6 +175,8 @@ struct Member {
     /// A write the full disk refused: the member waits (paused) until it fits, as the server's
     /// driver does. Nothing after it may be written first.
     stalled: Option<keel_node::WriteBatch>,
+    /// Its fsyncs take 20 times as long until then (a failing disk, a noisy neighbour).
+    slow_until: Time,
 }
 
 struct Client {
@@ -213,6 +217,8 @@ pub struct Cluster {
     faults: u64,
     /// Suspicions of members that have since crashed (the running ones count their own).
     suspicions: u64,
+    /// Slow-disk hand-offs of members that have since crashed.
+    slow_hand_offs: u64,
     steps: u64,
 }
 
@@ -242,6 +248,7 @@ impl Cluster {
             trace: DefaultHasher::new(),
             faults: 0,
             suspicions: 0,
+            slow_hand_offs: 0,
             steps: 0,
             opts,
         };
@@ -317,6 +324,7 @@ impl Cluster {
             rotted: false,
             disk_dead: false,
             stalled: None,
+            slow_until: 0,
         };
         self.members.insert(id, member);
         self.start(id);
@@ -386,6 +394,9 @@ impl Cluster {
         node_cfg.request_timeout_ticks = 100;
         if self.swarm.leader_detection {
             node_cfg.detection = Some(DetectionConfig::for_heartbeat_interval(TICK_MS * 1_000));
+        }
+        if self.swarm.fail_slow {
+            node_cfg.health = Some(sim_health_config());
         }
         let mut node = Node::new(node_cfg);
         for &group in &member.groups {
@@ -474,6 +485,13 @@ impl Cluster {
                     .values()
                     .filter_map(|m| m.node.as_ref())
                     .map(|n| n.detection_stats().suspicions)
+                    .sum::<u64>(),
+            slow_hand_offs: self.slow_hand_offs
+                + self
+                    .members
+                    .values()
+                    .filter_map(|m| m.node.as_ref()?.health_stats())
+                    .map(|h| h.hand_offs)
                     .sum::<u64>(),
         }
     }
@@ -681,7 +699,11 @@ impl Cluster {
         }
         member.compactions.written(&write);
         let incarnation = member.incarnation;
-        let delay = self.rng.range(1, self.swarm.fsync_ms_max + 1);
+        let slow = self.now < member.slow_until;
+        let mut delay = self.rng.range(1, self.swarm.fsync_ms_max + 1);
+        if slow {
+            delay *= SLOW_DISK_FACTOR;
+        }
         self.schedule(self.now + delay, Event::FsyncDone { node: id, incarnation, write: write.id });
     }
 
@@ -745,6 +767,22 @@ impl Cluster {
             }
         }
     }
+}
+
+/// How much slower a slow disk's fsyncs are.
+const SLOW_DISK_FACTOR: u64 = 20;
+
+/// The server's fail-slow thresholds on the simulator's time scale: its ticks are 10 ms where
+/// the server's are 100 ms, so windows and waits are a tenth as long.
+fn sim_health_config() -> keel_node::HealthConfig {
+    let mut cfg = keel_node::HealthConfig::default_thresholds();
+    cfg.slow.window_us /= 10;
+    cfg.slow.floor_us /= 5;
+    cfg.slow.healthy_windows = 5;
+    cfg.slow.baseline_windows = 50;
+    cfg.slow.min_baseline_windows = 5;
+    cfg.hand_off_interval_us /= 10;
+    cfg
 }
 
 /// The WAL in small segments, so that runs roll over and remove segments often.

@@ -95,13 +95,14 @@ fn main() -> ExitCode {
         let report = run_seed(seed, args.plant, true);
         print_violations(&report);
         println!(
-            "seed={} steps={} faults={} ops={} committed={} suspicions={} trace_hash={:016x} violations={}",
+            "seed={} steps={} faults={} ops={} committed={} suspicions={} slow_hand_offs={} trace_hash={:016x} violations={}",
             seed,
             report.steps,
             report.faults,
             report.ops,
             report.committed,
             report.suspicions,
+            report.slow_hand_offs,
             report.trace_hash,
             report.violations.len()
         );
@@ -152,6 +153,7 @@ fn run_many(args: &Args) -> ExitCode {
         violations: u64,
         committed: u64,
         suspicions: u64,
+        slow_hand_offs: u64,
         failed: Vec<u64>,
     }
     let totals = Mutex::new(Totals::default());
@@ -170,6 +172,7 @@ fn run_many(args: &Args) -> ExitCode {
                 t.violations += report.violations.len() as u64;
                 t.committed += report.committed;
                 t.suspicions += report.suspicions;
+                t.slow_hand_offs += report.slow_hand_offs;
                 if !report.violations.is_empty() {
                     t.failed.push(seed);
                     print_violations(&report);
@@ -178,7 +181,7 @@ fn run_many(args: &Args) -> ExitCode {
             });
         }
     });
-    let Totals { steps, faults, ops, violations, committed, suspicions, failed } =
+    let Totals { steps, faults, ops, violations, committed, suspicions, slow_hand_offs, failed } =
         totals.into_inner().expect("threads joined");
     let elapsed = started.elapsed().as_secs_f64();
     if !failed.is_empty() {
@@ -187,7 +190,7 @@ fn run_many(args: &Args) -> ExitCode {
         println!("failing seeds: {failed:?}");
     }
     println!(
-        "seeds={} steps={steps} faults={faults} ops={ops} committed={committed} suspicions={suspicions} violations={violations} elapsed={elapsed:.1}s",
+        "seeds={} steps={steps} faults={faults} ops={ops} committed={committed} suspicions={suspicions} slow_hand_offs={slow_hand_offs} violations={violations} elapsed={elapsed:.1}s",
         args.seeds
     );
     if violations == 0 {

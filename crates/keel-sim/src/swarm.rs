@@ -59,6 +59,11 @@ pub struct Swarm {
     /// Followers suspect a silent leader by phi-accrual and campaign at once (the server's
     /// setting), instead of waiting out the election timeout.
     pub leader_detection: bool,
+    /// Members judge their own disk by its write latency and a slow one hands off leadership
+    /// and stands back from elections (the server's setting; see keel-node's `HealthConfig`).
+    pub fail_slow: bool,
+    /// A member's fsyncs become 20 times slower for a while.
+    pub slow_disk_ppm: u64,
 }
 
 fn maybe(rng: &mut SplitMix64, ppm_max: u64) -> u64 {
@@ -104,6 +109,8 @@ impl Swarm {
             disk_full_ppm: 0,
             bit_rot_ppm: 0,
             leader_detection: true,
+            fail_slow: true,
+            slow_disk_ppm: 0,
         }
     }
 
@@ -138,6 +145,8 @@ impl Swarm {
             disk_full_ppm: maybe(rng, 500),
             bit_rot_ppm: maybe(rng, 300),
             leader_detection: rng.range(0, 4) != 0,
+            fail_slow: rng.range(0, 4) != 0,
+            slow_disk_ppm: maybe(rng, 1_000),
         };
         swarm.persistent_machine |= swarm.etcd_machine;
         // Lease reads are only safe behind check-quorum (keel-raft refuses the combination).

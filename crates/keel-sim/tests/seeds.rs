@@ -110,3 +110,20 @@ fn a_detector_that_suspects_every_leader_churns_but_breaks_no_safety_invariant()
     }
     assert!(suspicions > 10_000, "the churn shows in the counter: {suspicions}");
 }
+
+/// A fail-slow detector that judges every member's disk slow makes every leader hand its group
+/// over (at most once per hand-off interval) and every member reluctant to campaign: churn,
+/// counted in the hand-offs, and slower elections — but no run may break an invariant about
+/// what is committed, applied or read.
+#[test]
+fn a_detector_that_judges_every_disk_slow_churns_but_breaks_no_safety_invariant() {
+    let mut hand_offs = 0;
+    for seed in 0..100 {
+        let report = run_seed(seed, Some(Plant::SlowAlways), false);
+        hand_offs += report.slow_hand_offs;
+        for violation in &report.violations {
+            assert!(violation.starts_with("liveness"), "seed {seed} with the plant: {violation}");
+        }
+    }
+    assert!(hand_offs > 100, "the churn shows in the counter: {hand_offs}");
+}

@@ -64,6 +64,8 @@ pub struct Shared {
     /// Reads running off the driver thread at once (each holds a blocking thread and a view);
     /// more wait here, in the order they came.
     pub read_slots: Arc<tokio::sync::Semaphore>,
+    /// `--unsafe-fault-injection` only (see [`crate::faults`]).
+    pub faults: Option<Arc<crate::faults::InjectedFaults>>,
 }
 
 /// Reads that may run at once on blocking threads (see [`Shared::read_slots`]).

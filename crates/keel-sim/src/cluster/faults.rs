@@ -34,6 +34,19 @@ impl Cluster {
         if self.roll(self.swarm.bit_rot_ppm) {
             self.rot_disk();
         }
+        if self.roll(self.swarm.slow_disk_ppm) {
+            self.slow_disk();
+        }
+    }
+
+    /// A member's disk turns slow for a while (its fsyncs take 20 times as long): it keeps
+    /// working, only slowly — the gray failure heartbeats do not see.
+    fn slow_disk(&mut self) {
+        let running = self.running_members();
+        let Some(id) = self.pick(&running) else { return };
+        let until = self.now + self.rng.range(200, 1_500);
+        self.members.get_mut(&id).expect("picked").slow_until = until;
+        self.fault(format_args!("disk of n{id} slow until {until}"));
     }
 
     fn fault(&mut self, what: std::fmt::Arguments) {
@@ -69,6 +82,7 @@ impl Cluster {
         member.storage = None;
         member.compactions.forget();
         let suspicions = member.node.as_ref().map_or(0, |node| node.detection_stats().suspicions);
+        self.slow_hand_offs += member.node.as_ref().and_then(|node| node.health_stats()).map_or(0, |h| h.hand_offs);
         member.node = None;
         member.paused = false;
         member.stalled = None;

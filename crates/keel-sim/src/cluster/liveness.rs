@@ -15,6 +15,7 @@ impl Cluster {
         let ids: Vec<NodeId> = self.members.keys().copied().collect();
         for &id in &ids {
             self.members[&id].disk.set_capacity(None);
+            self.members.get_mut(&id).expect("listed").slow_until = 0;
             let incarnation = self.members[&id].incarnation;
             if self.members[&id].stalled.is_some() {
                 self.retry_write(id, incarnation);
