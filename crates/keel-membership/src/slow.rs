@@ -49,14 +49,15 @@ pub struct SlowConfig {
 }
 
 impl SlowConfig {
-    /// One-second windows; 5× the baseline and over 10 ms, or over 500 ms; flagged after 3 slow
+    /// One-second windows; 5× the baseline and over 5 ms, or over 500 ms; flagged after 3 slow
     /// windows (a disk that became 10× slower is flagged in 3–4 s), cleared after 10 healthy
-    /// ones; a baseline over the last 5 healthy minutes, judged from 10 windows on.
+    /// ones; a baseline over the last 5 healthy minutes, judged from 10 windows on. (A 10 ms
+    /// floor let a 0.8 ms disk turned 10× slower, 8 ms, go unflagged for 15 s on this box.)
     pub fn default_thresholds() -> SlowConfig {
         SlowConfig {
             window_us: 1_000_000,
             factor: 5.0,
-            floor_us: 10_000,
+            floor_us: 5_000,
             ceiling_us: 500_000,
             min_samples: 3,
             slow_windows: 3,
@@ -269,6 +270,15 @@ mod tests {
     }
 
     #[test]
+    fn a_sub_millisecond_disk_turned_ten_times_slower_is_flagged() {
+        let mut disk = SlowDisk::new(SlowConfig::default_thresholds());
+        let (now, _) = write_for(&mut disk, 0, 30 * SECOND, 800);
+        let (_, changes) = write_for(&mut disk, now, 10 * SECOND, 8 * MS);
+        let flagged = changes.iter().find(|c| c.1 == SlowChange::BecameSlow).map(|c| (c.0 - now) / MS);
+        assert!(flagged.is_some_and(|ms| ms <= 4_000), "0.8 ms to 8 ms flagged after {flagged:?} ms");
+    }
+
+    #[test]
     fn a_few_slow_writes_among_many_flag_nothing() {
         let mut disk = SlowDisk::new(SlowConfig::default_thresholds());
         let mut now = 0;
@@ -284,8 +294,8 @@ mod tests {
     fn a_fast_disk_getting_slower_but_still_fast_is_not_flagged() {
         let mut disk = SlowDisk::new(SlowConfig::default_thresholds());
         let (now, _) = write_for(&mut disk, 0, 30 * SECOND, 100);
-        let (_, changes) = write_for(&mut disk, now, 30 * SECOND, 5 * MS);
-        assert!(changes.is_empty(), "0.1 ms to 5 ms is 50× but under the floor: {changes:?}");
+        let (_, changes) = write_for(&mut disk, now, 30 * SECOND, 4 * MS);
+        assert!(changes.is_empty(), "0.1 ms to 4 ms is 40× but under the floor: {changes:?}");
     }
 
     #[test]

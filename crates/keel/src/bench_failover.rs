@@ -7,16 +7,12 @@
 //! cluster is whole again. Prints every trial and the distribution.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use keel_api::etcdserverpb::{kv_client::KvClient, maintenance_client::MaintenanceClient, PutRequest, StatusRequest};
-use keel_api::tonic::transport::{Channel, Endpoint};
+use keel_api::etcdserverpb::{kv_client::KvClient, PutRequest};
 
-const PORTS: [(u16, u16); 3] = [(61379, 61380), (62379, 62380), (63379, 63380)];
-/// Each write attempt gives up after this long and tries the next survivor.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(200);
+use crate::local_cluster::{channel, leader, LocalCluster};
 
 struct Options {
     trials: usize,
@@ -30,11 +26,10 @@ struct Options {
 }
 
 fn parse(args: &[String]) -> anyhow::Result<Options> {
-    let exe = std::env::current_exe().context("find the keel binary")?;
     let mut opts = Options {
         trials: 20,
         dir: std::env::temp_dir().join("keel-bench-failover"),
-        server: vec![exe.to_string_lossy().into_owned(), "server".into()],
+        server: LocalCluster::keel_server()?,
         stop: false,
         term: false,
         heartbeat_ms: None,
@@ -64,125 +59,36 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
     Ok(opts)
 }
 
-struct Cluster {
-    opts: Options,
-    children: Vec<Option<Child>>,
-}
-
-impl Cluster {
-    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
-        let cluster = PORTS
-            .iter()
-            .enumerate()
-            .map(|(n, (_, peer))| format!("m{}=http://127.0.0.1:{peer}", n + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let (client, peer) = PORTS[i];
-        let name = format!("m{}", i + 1);
-        let log =
-            std::fs::OpenOptions::new().create(true).append(true).open(self.opts.dir.join(format!("{name}.log")))?;
-        let mut command = Command::new(&self.opts.server[0]);
-        command
-            .args(&self.opts.server[1..])
-            .args(["--name", &name])
-            .args(["--data-dir", &self.opts.dir.join(&name).to_string_lossy()])
-            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-cluster", &cluster])
-            .args(["--initial-cluster-token", "keel-bench-failover"])
-            .args(["--initial-cluster-state", "new"]);
-        if let Some(ms) = self.opts.heartbeat_ms {
-            command.args(["--heartbeat-interval", &ms.to_string()]);
-        }
-        if let Some(ms) = self.opts.election_ms {
-            command.args(["--election-timeout", &ms.to_string()]);
-        }
-        let child =
-            command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn().context("start server")?;
-        self.children[i] = Some(child);
-        Ok(())
-    }
-
-    fn signal(&mut self, i: usize, signal: &str) -> anyhow::Result<()> {
-        let pid = self.children[i].as_ref().context("member not running")?.id();
-        let status = Command::new("kill").args([signal, &pid.to_string()]).status()?;
-        if !status.success() {
-            bail!("kill {signal} {pid} failed");
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for child in self.children.iter_mut().flatten() {
-            let _ = Command::new("kill").args(["-CONT", &child.id().to_string()]).status();
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-async fn channel(port: u16) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
-        .connect_timeout(Duration::from_millis(200))
-        .timeout(ATTEMPT_TIMEOUT)
-        .connect_lazy())
-}
-
-/// The member every reachable member names as leader, once they agree.
-async fn leader(members: &[usize]) -> anyhow::Result<usize> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut seen = Vec::new();
-        for &i in members {
-            let mut client = MaintenanceClient::new(channel(PORTS[i].0).await?);
-            if let Ok(status) = client.status(StatusRequest {}).await {
-                let status = status.into_inner();
-                seen.push((i, status.leader, status.header.map_or(0, |h| h.member_id)));
-            }
-        }
-        if seen.len() == members.len() && seen[0].1 != 0 && seen.iter().all(|s| s.1 == seen[0].1) {
-            if let Some(&(i, _, _)) = seen.iter().find(|s| s.2 == seen[0].1) {
-                return Ok(i);
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("the members did not agree on a leader: {seen:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let opts = parse(args)?;
-    let _ = std::fs::remove_dir_all(&opts.dir);
-    std::fs::create_dir_all(&opts.dir)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let mut cluster = Cluster { opts, children: vec![None, None, None] };
-    for i in 0..3 {
-        cluster.spawn(i)?;
+    let mut extra = Vec::new();
+    if let Some(ms) = opts.heartbeat_ms {
+        extra.extend(["--heartbeat-interval".to_string(), ms.to_string()]);
     }
-    runtime.block_on(trials(&mut cluster))
+    if let Some(ms) = opts.election_ms {
+        extra.extend(["--election-timeout".to_string(), ms.to_string()]);
+    }
+    let mut cluster = LocalCluster::new(opts.dir.clone(), opts.server.clone(), extra, "keel-bench-failover")?;
+    cluster.spawn_all()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(trials(&opts, &mut cluster))
 }
 
-async fn trials(cluster: &mut Cluster) -> anyhow::Result<()> {
+async fn trials(opts: &Options, cluster: &mut LocalCluster) -> anyhow::Result<()> {
     let all = [0, 1, 2];
     let mut took = Vec::new();
-    for trial in 0..cluster.opts.trials {
+    for trial in 0..opts.trials {
         let old = leader(&all).await?;
         let survivors: Vec<usize> = all.iter().copied().filter(|&i| i != old).collect();
         let mut clients = Vec::new();
         for &i in &survivors {
-            clients.push(KvClient::new(channel(PORTS[i].0).await?));
+            clients.push(KvClient::new(channel(i)?));
         }
         // Connections to the survivors are warm before the clock starts.
         for client in &mut clients {
             let _ = client.put(PutRequest { key: b"failover/warm".to_vec(), ..Default::default() }).await;
         }
-        let signal = match (cluster.opts.stop, cluster.opts.term) {
+        let signal = match (opts.stop, opts.term) {
             (true, _) => "-STOP",
             (false, true) => "-TERM",
             (false, false) => "-KILL",
@@ -213,12 +119,10 @@ async fn trials(cluster: &mut Cluster) -> anyhow::Result<()> {
             elapsed.as_secs_f64() * 1e3
         );
         took.push(elapsed);
-        if cluster.opts.stop {
+        if opts.stop {
             cluster.signal(old, "-CONT")?;
         } else {
-            if let Some(mut child) = cluster.children[old].take() {
-                let _ = child.wait();
-            }
+            cluster.reap(old);
             cluster.spawn(old)?;
         }
         leader(&all).await?;

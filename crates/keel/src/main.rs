@@ -4,19 +4,22 @@
 //! - `keel playground`: a local 3-member cluster on etcd's usual ports.
 //! - `keel bench kv`: a closed-loop etcd v3 load generator (for keel and etcd alike).
 //! - `keel bench failover`: leader kill -9 (or SIGSTOP) to first write, over many trials.
+//! - `keel bench fail-slow`: a leader's disk turns slow; time to flag it and move leadership.
 //! - `keel bench wal` (this disk and the WAL), `keel bench mvcc` (the state machine's footprint
 //!   and restart time).
 
+mod bench_fail_slow;
 mod bench_failover;
 mod bench_kv;
 mod bench_mvcc;
 mod bench_wal;
+mod local_cluster;
 mod playground;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: keel server [etcd flags; see keel server --help]\n       keel playground [--dir DIR]\n       keel bench kv [--endpoints A,B,C] [--op put|get|get-serializable|txn|mixed|load] [--clients N] [--conns N] [--seconds S] [--keys N] [--value-bytes B]\n       keel bench failover [--trials N] [--sigstop] [--server CMD] [--heartbeat-interval MS] [--election-timeout MS]\n       keel bench wal [--dir DIR] [--seconds S] [--writers N] [--value-bytes B]\n       keel bench mvcc [--dir DIR] [--keys N] [--value-bytes B] [--batch N] [--order sequential|random] [--phase both|load|restart|crash]";
+const USAGE: &str = "usage: keel server [etcd flags; see keel server --help]\n       keel playground [--dir DIR]\n       keel bench kv [--endpoints A,B,C] [--op put|get|get-serializable|txn|mixed|load] [--clients N] [--conns N] [--seconds S] [--keys N] [--value-bytes B]\n       keel bench failover [--trials N] [--sigstop] [--server CMD] [--heartbeat-interval MS] [--election-timeout MS]\n       keel bench fail-slow [--trials N] [--clients N] [--warmup-seconds S] [--slowdown X]\n       keel bench wal [--dir DIR] [--seconds S] [--writers N] [--value-bytes B]\n       keel bench mvcc [--dir DIR] [--keys N] [--value-bytes B] [--batch N] [--order sequential|random] [--phase both|load|restart|crash]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -28,6 +31,7 @@ fn main() -> ExitCode {
         }
         Some("bench") if args.get(1).map(String::as_str) == Some("kv") => bench_kv::run(&args[2..]),
         Some("bench") if args.get(1).map(String::as_str) == Some("failover") => bench_failover::run(&args[2..]),
+        Some("bench") if args.get(1).map(String::as_str) == Some("fail-slow") => bench_fail_slow::run(&args[2..]),
         Some("bench") if args.get(1).map(String::as_str) == Some("wal") => bench_wal::run(&args[2..]),
         Some("bench") if args.get(1).map(String::as_str) == Some("mvcc") => bench_mvcc::run(&args[2..]),
         _ => Err(anyhow::anyhow!("{USAGE}")),
