@@ -27,7 +27,9 @@ use crate::api::Shared;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     let router = if shared.faults.is_some() {
-        Router::new().route("/debug/fault/fsync-delay-ms", post(set_fsync_delay))
+        Router::new()
+            .route("/debug/fault/fsync-delay-ms", post(set_fsync_delay))
+            .route("/debug/fault/stale-reads", post(set_stale_reads))
     } else {
         Router::new()
     };
@@ -75,6 +77,18 @@ async fn set_fsync_delay(State(shared): State<Arc<Shared>>, body: Body) -> Respo
     };
     faults.set_fsync_delay(std::time::Duration::from_millis(ms));
     json_response(StatusCode::OK, json!({"fsync_delay_ms": faults.fsync_delay().as_millis() as u64}))
+}
+
+/// `--unsafe-fault-injection` only: body `true` serves linearizable reads without ReadIndex.
+async fn set_stale_reads(State(shared): State<Arc<Shared>>, body: Body) -> Response {
+    let Some(faults) = shared.faults.as_ref() else { return StatusCode::NOT_FOUND.into_response() };
+    let on = match std::str::from_utf8(&body).map(str::trim) {
+        Ok("true") => true,
+        Ok("false") => false,
+        _ => return json_response(StatusCode::BAD_REQUEST, json!({"error": "the body must be true or false"})),
+    };
+    faults.set_stale_reads(on);
+    json_response(StatusCode::OK, json!({"stale_reads": on}))
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {

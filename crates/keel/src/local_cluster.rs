@@ -26,6 +26,9 @@ pub struct LocalCluster {
     /// Flags every member gets after the cluster's own.
     pub extra_args: Vec<String>,
     pub token: String,
+    /// Members listen for peers this far above their advertised peer port, where a proxy (see
+    /// `keel chaos`) stands in front of them; 0: they listen where they advertise.
+    pub peer_listen_offset: u16,
     children: Vec<Option<Child>>,
 }
 
@@ -34,7 +37,14 @@ impl LocalCluster {
     pub fn new(dir: PathBuf, server: Vec<String>, extra_args: Vec<String>, token: &str) -> anyhow::Result<Self> {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-        Ok(LocalCluster { dir, server, extra_args, token: token.to_string(), children: vec![None, None, None] })
+        Ok(LocalCluster {
+            dir,
+            server,
+            extra_args,
+            token: token.to_string(),
+            peer_listen_offset: 0,
+            children: vec![None, None, None],
+        })
     }
 
     /// `keel server` from this very binary.
@@ -64,7 +74,7 @@ impl LocalCluster {
             .args(["--data-dir", &self.dir.join(&name).to_string_lossy()])
             .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
             .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", peer + self.peer_listen_offset)])
             .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
             .args(["--initial-cluster", &cluster])
             .args(["--initial-cluster-token", &self.token])

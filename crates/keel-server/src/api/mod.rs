@@ -190,7 +190,8 @@ impl Shared {
     pub async fn range(&self, query: RangeRequest) -> Result<RangeResponse, Status> {
         let mut retries = 0;
         loop {
-            let result = if query.serializable {
+            let unsafe_stale = self.faults.as_ref().is_some_and(|faults| faults.stale_reads());
+            let result = if query.serializable || unsafe_stale {
                 let view = self.view().await?;
                 let query = query.clone();
                 self.off_driver(move || view.range(&query)).await?
