@@ -5,7 +5,8 @@
 //! [`faults`] on a schedule drawn from `--seed`. At the end it heals everything, reads every key
 //! through every member, and checks:
 //! - the whole history is linearizable (keel-check, the KV model);
-//! - no acknowledged write was lost ([`workload::lost_writes`]).
+//! - no acknowledged write was lost ([`workload::lost_writes`]);
+//! - no lock holder's write with a stale fencing token was accepted ([`fencing`]).
 //!
 //! It reports, per fault kind, the *detection time* (from the fault to the first member naming a
 //! new leader, for faults that hit the leader) and the *time to recover* (to the first write
@@ -16,6 +17,7 @@
 //! Exits non-zero on a violation, printing the seed that replays the schedule.
 
 mod faults;
+mod fencing;
 mod proxy;
 mod workload;
 
@@ -43,6 +45,8 @@ const SLOW_DISK_DELAY_MS: u64 = 50;
 /// A new leader named this long after a fault healed still counts as its detection (a crash of
 /// every member elects one only after the restart).
 const DETECTION_AFTER_HEAL: Duration = Duration::from_secs(5);
+/// Clients of the lock workload.
+const LOCK_CLIENTS: u64 = 3;
 /// How often the monitor asks every member who leads.
 const MONITOR_EVERY: Duration = Duration::from_millis(50);
 
@@ -220,6 +224,10 @@ async fn chaos(opts: &Options, cluster: &mut LocalCluster) -> anyhow::Result<boo
     }
     // The probe writes its own key, after the workload's.
     clients.push(tokio::spawn(workload::probe(recorder.clone(), opts.keys)));
+    let fencing = Arc::new(fencing::Fencing::default());
+    for i in 0..LOCK_CLIENTS {
+        clients.push(tokio::spawn(fencing::client(recorder.clone(), fencing.clone(), 2_000_000 + i)));
+    }
     let observations: Arc<Mutex<Vec<Observation>>> = Arc::default();
     let monitor = tokio::spawn(monitor(recorder.clone(), observations.clone()));
 
@@ -262,7 +270,7 @@ async fn chaos(opts: &Options, cluster: &mut LocalCluster) -> anyhow::Result<boo
         tokio::task::spawn_blocking(move || check_operations(&KvModel, &ops, Some(budget))).await?
     };
     let lost = workload::lost_writes(&ops, &finals);
-    let report = Report::new(opts, &ops, &injected, &observations, end_us, &recorder, &checked, &lost);
+    let report = Report::new(opts, &ops, &injected, &observations, end_us, &recorder, &checked, &lost, &fencing);
     report.print();
     if let Some(path) = &opts.report {
         std::fs::write(path, serde_json::to_string_pretty(&report.json)?)
@@ -436,6 +444,7 @@ impl Report {
         recorder: &Recorder,
         checked: &CheckResult<KvInput, KvOutput>,
         lost: &[String],
+        fencing: &fencing::Fencing,
     ) -> Report {
         use std::fmt::Write as _;
         let mut text = String::new();
@@ -596,7 +605,20 @@ impl Report {
                 (json!(false), detail)
             }
         };
-        let passed = checked.is_ok() && lost.is_empty();
+        let accepted = fencing.accepted.lock().expect("fencing lock").clone();
+        let breaches = fencing::breaches(&accepted);
+        let acquisitions = fencing.acquisitions.load(Relaxed);
+        let rejected_stale = fencing.rejected_stale.load(Relaxed);
+        let _ = writeln!(
+            text,
+            "locks: {acquisitions} acquisitions, {} fenced writes accepted, {rejected_stale} refused for a stale token, {} breaches",
+            accepted.len(),
+            breaches.len()
+        );
+        for breach in &breaches {
+            let _ = writeln!(text, "  FENCING BREACH: {breach}");
+        }
+        let passed = checked.is_ok() && lost.is_empty() && breaches.is_empty();
         let _ = writeln!(text, "history: {verdict_text}");
         if lost.is_empty() {
             let _ = writeln!(text, "acknowledged writes: all present at the end");
@@ -611,7 +633,7 @@ impl Report {
             "verdict: {} (seed {})",
             if passed {
                 "PASS"
-            } else if checked.is_unknown() && lost.is_empty() {
+            } else if checked.is_unknown() && lost.is_empty() && breaches.is_empty() {
                 "UNKNOWN"
             } else {
                 "FAIL"
@@ -638,6 +660,12 @@ impl Report {
             "leader_changes": leader_changes,
             "linearizable": linearizable,
             "lost_writes": lost,
+            "locks": {
+                "acquisitions": acquisitions,
+                "fenced_writes_accepted": accepted.len(),
+                "refused_stale_token": rejected_stale,
+                "breaches": breaches,
+            },
             "passed": passed,
         });
         Report { passed, json, text }

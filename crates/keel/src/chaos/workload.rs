@@ -53,6 +53,10 @@ impl Recorder {
         self.stop.store(true, Relaxed);
     }
 
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Relaxed)
+    }
+
     pub fn record(&self, op: Op) {
         self.ops.lock().expect("history lock").push(op);
     }
