@@ -11,7 +11,8 @@
 # over 10,000 keys. After every minute
 # it prints throughput, p99, and from every member's /metrics the leader changes it has seen
 # (etcd_server_leader_changes_seen_total, the first election included) and, for keel, the times
-# it suspected its leader (keel_leader_suspicions_total).
+# it suspected its leader (keel_leader_suspicions_total) and judged its own disk slow
+# (keel_disk_slow_flags_total: on a healthy cluster every one is a false flag).
 #   SERVERS="keel" scripts/bench-quiet.sh 2      one server only
 #   KEEL_FLAGS="--experimental-leader-suspicion-phi 0" SERVERS=keel scripts/bench-quiet.sh 4   keel's detector off
 set -euo pipefail
@@ -45,7 +46,8 @@ for server in $SERVERS; do
         p99=$(sed -E 's/.* p99=([0-9.]+ms).*/\1/' <<<"$line")
         echo "server=$server minute=$minute qps=$qps p99=$p99" \
             "leader_changes_seen=[$(metric etcd_server_leader_changes_seen_total)]" \
-            "suspicions=[$(metric keel_leader_suspicions_total)]"
+            "suspicions=[$(metric keel_leader_suspicions_total)]" \
+            "slow_disk_flags=[$(metric keel_disk_slow_flags_total)]"
     done
     stop_cluster
 done

@@ -166,6 +166,6 @@ mod tests {
         let a = |token, revision| Accepted { token, revision, client: 1 };
         assert!(breaches(&[a(5, 10), a(5, 11), a(9, 12)]).is_empty());
         assert_eq!(breaches(&[a(9, 12), a(5, 13)]).len(), 1);
-        assert!(breaches(&[a(5, 13), a(9, 12)]).is_empty(), "ordered by revision, not by arrival");
+        assert!(breaches(&[a(9, 13), a(5, 12)]).is_empty(), "ordered by revision, not by arrival");
     }
 }

@@ -148,3 +148,65 @@ fn pump(
     let _ = dst.shutdown(Shutdown::Both);
     let _ = src.shutdown(Shutdown::Both);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener standing in for a member: collects what arrives on its first connection.
+    fn member() -> (SocketAddr, std::sync::mpsc::Receiver<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    return;
+                }
+            }
+        });
+        (addr, rx)
+    }
+
+    fn received_within(rx: &std::sync::mpsc::Receiver<Vec<u8>>, wait: Duration) -> Vec<u8> {
+        let mut got = Vec::new();
+        while let Ok(bytes) = rx.recv_timeout(wait) {
+            got.extend(bytes);
+        }
+        got
+    }
+
+    #[test]
+    fn a_cut_direction_holds_the_bytes_and_delivers_them_on_heal() {
+        let (target, arrived) = member();
+        let net = Arc::new(Net::default());
+        net.set_members([11, 22, 33]);
+        let listen = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+        start(listen, target, 1, net.clone()).expect("proxy");
+        let mut sender = TcpStream::connect(listen).expect("connect");
+        let hello = PeerFrame::Hello { cluster_id: 7, from: 11, to: 22 }.encode();
+        sender.write_all(&hello).expect("hello");
+        assert_eq!(received_within(&arrived, Duration::from_millis(200)), hello, "an open path passes the hello");
+        net.block(0, 1);
+        sender.write_all(b"during the partition").expect("write");
+        assert!(received_within(&arrived, Duration::from_millis(200)).is_empty(), "nothing crosses a cut");
+        net.block(2, 1);
+        net.heal();
+        assert_eq!(received_within(&arrived, Duration::from_millis(500)), b"during the partition", "held, not lost");
+    }
+
+    #[test]
+    fn a_connection_that_does_not_start_with_a_hello_is_never_held() {
+        let (target, arrived) = member();
+        let net = Arc::new(Net::default());
+        net.set_members([11, 22, 33]);
+        let listen = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+        start(listen, target, 1, net.clone()).expect("proxy");
+        net.block(0, 1);
+        let mut sender = TcpStream::connect(listen).expect("connect");
+        sender.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
+        assert_eq!(received_within(&arrived, Duration::from_millis(500)), b"GET / HTTP/1.1\r\n\r\n");
+    }
+}
