@@ -8,11 +8,16 @@
 //! Time is cut into windows ([`SlowConfig::window_us`]). A window's figure is the median of the
 //! write latencies that ended in it (a median, so one stray slow fsync on a busy box flags
 //! nothing). A window is *slow* when that median is at least [`SlowConfig::factor`] times the
-//! baseline and above [`SlowConfig::floor_us`] (a fast disk's jitter — 0.1 ms becoming 1 ms —
-//! is no failure), or above [`SlowConfig::ceiling_us`] whatever the baseline (a disk slow from
-//! the start has no healthy baseline to compare with). The baseline is the median of the last
-//! [`SlowConfig::baseline_windows`] healthy windows' figures; slow windows never enter it, so a
-//! long slow spell does not become the new normal.
+//! healthy *bar* and above [`SlowConfig::floor_us`] (a fast disk's jitter — 0.1 ms becoming
+//! 1 ms — is no failure), or above [`SlowConfig::ceiling_us`] whatever the history (a disk slow
+//! from the start has no healthy history to compare with). The bar is the 90th percentile of the
+//! last [`SlowConfig::baseline_windows`] healthy windows' figures: the slowest ordinary second,
+//! bar the worst tenth. A median would do on a steady load, but under saturating writes with
+//! periodic compaction a follower's seconds vary several-fold on their own (its store's commits
+//! share the disk), and against the median it was flagged a few times in ten minutes. Slow
+//! windows never enter the history, so a long slow spell does not become the new normal.
+//!
+//! The reported baseline is the healthy median, for people; the bar is what judges.
 //!
 //! [`SlowConfig::slow_windows`] slow windows in a row flag the disk slow;
 //! [`SlowConfig::healthy_windows`] healthy ones in a row clear it. Windows with too few writes
@@ -46,13 +51,16 @@ pub struct SlowConfig {
     pub baseline_windows: usize,
     /// Healthy windows needed before `factor` judges at all (only `ceiling_us` before).
     pub min_baseline_windows: usize,
+    /// The quantile of the healthy windows' figures that `factor` multiplies (the bar).
+    pub bar_quantile: f64,
 }
 
 impl SlowConfig {
-    /// One-second windows; 5× the baseline and over 5 ms, or over 500 ms; flagged after 3 slow
-    /// windows (a disk that became 10× slower is flagged in 3–4 s), cleared after 10 healthy
-    /// ones; a baseline over the last 5 healthy minutes, judged from 10 windows on. (A 10 ms
-    /// floor let a 0.8 ms disk turned 10× slower, 8 ms, go unflagged for 15 s on this box.)
+    /// One-second windows; 5× the bar (the healthy 90th percentile) and over 5 ms, or over
+    /// 500 ms; flagged after 4 slow windows (a steady disk that became 10× slower is flagged in
+    /// 4–5 s), cleared after 10 healthy ones; a history of the last 5 healthy minutes, judged
+    /// from 10 windows on. (A 10 ms floor let a 0.8 ms disk turned 10× slower, 8 ms, go
+    /// unflagged for 15 s on this box.)
     pub fn default_thresholds() -> SlowConfig {
         SlowConfig {
             window_us: 1_000_000,
@@ -60,10 +68,11 @@ impl SlowConfig {
             floor_us: 5_000,
             ceiling_us: 500_000,
             min_samples: 3,
-            slow_windows: 3,
+            slow_windows: 4,
             healthy_windows: 10,
             baseline_windows: 300,
             min_baseline_windows: 10,
+            bar_quantile: 0.9,
         }
     }
 }
@@ -186,9 +195,9 @@ impl SlowDisk {
         let figure = median(&mut self.samples);
         self.samples.clear();
         self.report.recent_us = Some(figure);
-        let baseline = self.baseline();
+        let bar = self.healthy_quantile(self.cfg.bar_quantile);
         let slow_by_factor =
-            baseline.is_some_and(|b| figure as f64 >= b as f64 * self.cfg.factor) && figure > self.cfg.floor_us;
+            bar.is_some_and(|b| figure as f64 >= b as f64 * self.cfg.factor) && figure > self.cfg.floor_us;
         if slow_by_factor || figure > self.cfg.ceiling_us {
             self.slow_run += 1;
             self.healthy_run = 0;
@@ -199,7 +208,7 @@ impl SlowDisk {
                 self.healthy_figures.pop_front();
             }
             self.healthy_figures.push_back(figure);
-            self.report.baseline_us = self.baseline();
+            self.report.baseline_us = self.healthy_quantile(0.5);
         }
         if !self.report.slow && self.slow_run >= self.cfg.slow_windows {
             self.report.slow = true;
@@ -213,13 +222,14 @@ impl SlowDisk {
         None
     }
 
-    /// The median of the healthy windows' figures, once there are enough of them.
-    fn baseline(&self) -> Option<u64> {
+    /// The `q` quantile of the healthy windows' figures, once there are enough of them.
+    fn healthy_quantile(&self, q: f64) -> Option<u64> {
         if self.healthy_figures.len() < self.cfg.min_baseline_windows.max(1) {
             return None;
         }
         let mut figures: Vec<u64> = self.healthy_figures.iter().copied().collect();
-        Some(median(&mut figures))
+        let at = ((figures.len() as f64 * q) as usize).min(figures.len() - 1);
+        Some(*figures.select_nth_unstable(at).1)
     }
 }
 
@@ -261,7 +271,7 @@ mod tests {
         assert_eq!(changes.len(), 1, "{changes:?}");
         let (at, change) = changes[0];
         assert_eq!(change, SlowChange::BecameSlow);
-        assert!(at - now <= 4 * SECOND, "flagged {} ms after it slowed", (at - now) / MS);
+        assert!(at - now <= 5 * SECOND, "flagged {} ms after it slowed", (at - now) / MS);
         assert!(disk.report().baseline_us.is_some_and(|b| b < 3 * MS), "slow windows stay out of the baseline");
         let (_, changes) = write_for(&mut disk, later, 20 * SECOND, 2 * MS);
         assert_eq!(changes.iter().map(|c| c.1).collect::<Vec<_>>(), vec![SlowChange::Recovered]);
@@ -275,7 +285,25 @@ mod tests {
         let (now, _) = write_for(&mut disk, 0, 30 * SECOND, 800);
         let (_, changes) = write_for(&mut disk, now, 10 * SECOND, 8 * MS);
         let flagged = changes.iter().find(|c| c.1 == SlowChange::BecameSlow).map(|c| (c.0 - now) / MS);
-        assert!(flagged.is_some_and(|ms| ms <= 4_000), "0.8 ms to 8 ms flagged after {flagged:?} ms");
+        assert!(flagged.is_some_and(|ms| ms <= 5_000), "0.8 ms to 8 ms flagged after {flagged:?} ms");
+    }
+
+    #[test]
+    fn seconds_that_are_often_slower_under_load_raise_the_bar() {
+        let mut disk = SlowDisk::new(SlowConfig::default_thresholds());
+        // A follower under saturating load: one second in five its store's commit makes the
+        // WAL's writes 4× slower.
+        let mut now = 0;
+        for second in 0..120 {
+            let latency = if second % 5 == 0 { 8 * MS } else { 2 * MS };
+            now = write_for(&mut disk, now, SECOND, latency).0;
+        }
+        // Then a longer burst of the same: 4 s at 4× the median is no failure.
+        let (now, changes) = write_for(&mut disk, now, 4 * SECOND, 8 * MS);
+        assert!(changes.is_empty(), "{changes:?}");
+        // A disk that really turned slow is still caught.
+        let (_, changes) = write_for(&mut disk, now, 10 * SECOND, 60 * MS);
+        assert_eq!(changes.first().map(|c| c.1), Some(SlowChange::BecameSlow));
     }
 
     #[test]
@@ -317,7 +345,7 @@ mod tests {
                 break;
             }
         }
-        assert!(flagged.is_some_and(|s| s <= 4), "flagged after {flagged:?} s");
+        assert!(flagged.is_some_and(|s| s <= 5), "flagged after {flagged:?} s");
     }
 
     #[test]

@@ -15,9 +15,12 @@
 //! follower's disk (and the path to it). A round trip is timed for one append per follower and
 //! group at a time; they are smoothed per member.
 //!
-//! The write latency is measured here, from the poll that hands out a write to the host's
-//! [`crate::Node::on_write_durable`], on the host's clock ([`crate::Node::set_clock`]): the
-//! server and the simulator run the same judgement.
+//! The write latency is measured here, on the host's clock ([`crate::Node::set_clock`]): from
+//! the first clock after the poll that hands out a write (the host sets it as it begins the
+//! write) to [`crate::Node::on_write_durable`] (the host sets it when the write is durable).
+//! The server and the simulator run the same judgement. (Timed from the poll's own clock, the
+//! time a poll spent applying entries counted as the disk's: a follower applying a compaction
+//! was judged slow a few times in ten minutes.)
 
 use std::collections::BTreeMap;
 
@@ -64,6 +67,10 @@ pub(crate) struct Health {
     hand_offs: u64,
     /// Planted: the disk is judged slow always (to show a wrong verdict costs only churn).
     slow_always: bool,
+    /// A write was handed out and the host has not set the clock since: its start is taken at
+    /// the next clock (the host sets it as it begins the write), so the time the poll spent
+    /// applying entries before handing the write out is not counted as the disk's.
+    start_pending: bool,
 }
 
 impl Health {
@@ -76,6 +83,7 @@ impl Health {
             last_hand_off: BTreeMap::new(),
             hand_offs: 0,
             slow_always,
+            start_pending: false,
         }
     }
 
@@ -89,12 +97,23 @@ impl Health {
         self.slow_always || self.disk.is_slow()
     }
 
-    pub(crate) fn write_started(&mut self, now: u64) {
-        let change = self.disk.write_started(now);
-        self.log_change(change);
+    /// A write was handed out to the host (its start is taken at the next clock, see
+    /// `start_pending`).
+    pub(crate) fn write_handed_out(&mut self) {
+        self.start_pending = true;
+    }
+
+    /// The host's clock moved to `now`.
+    pub(crate) fn clock(&mut self, now: u64) {
+        if std::mem::take(&mut self.start_pending) {
+            let change = self.disk.write_started(now);
+            self.log_change(change);
+        }
     }
 
     pub(crate) fn write_finished(&mut self, now: u64) {
+        // Durable before the clock moved: the write took no measurable time.
+        self.clock(now);
         let change = self.disk.write_finished(now);
         self.log_change(change);
     }

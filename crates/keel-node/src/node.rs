@@ -355,9 +355,14 @@ impl<S: StateMachine> Node<S> {
     }
 
     /// The host's monotonic clock, in microseconds: the time of the inputs that follow (see
-    /// [`Node::detect`]). Never goes back; a value lower than the last is ignored.
+    /// [`Node::detect`]). Never goes back; a value lower than the last is ignored. With
+    /// fail-slow handling on, the host also sets it as it begins a write the poll handed out and
+    /// before it reports the write durable: the node times its own writes by it.
     pub fn set_clock(&mut self, now_us: u64) {
         self.now_us = self.now_us.max(now_us);
+        if let Some(health) = self.health.as_mut() {
+            health.clock(self.now_us);
+        }
         if let Some(detection) = self.detection.as_mut() {
             detection.set_clock(now_us);
         }
@@ -553,7 +558,7 @@ impl<S: StateMachine> Node<S> {
         if let Some(health) = self.health.as_mut() {
             health.sent(&out.messages, self.now_us);
             if out.write.is_some() {
-                health.write_started(self.now_us);
+                health.write_handed_out();
             }
         }
         out

@@ -399,6 +399,8 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
         self.carry_out();
         let Some(write) = output.write else { return Ok(false) };
         let started = Instant::now();
+        // The node times its own writes from here (fail-slow detection), not from the poll.
+        self.set_clock(started);
         self.persist_waiting_for_space(&write.groups)?;
         if let Some(faults) = &self.faults {
             faults.after_write();
