@@ -173,6 +173,25 @@ pub fn http(i: usize, method: &str, path: &str, body: &str) -> anyhow::Result<(u
     Ok((status, body.to_string()))
 }
 
+/// [`http`], tried again for up to `patience` while the member does not accept connections
+/// (it is starting, or restarting after a kill).
+pub fn http_patiently(
+    i: usize,
+    method: &str,
+    path: &str,
+    body: &str,
+    patience: Duration,
+) -> anyhow::Result<(u16, String)> {
+    let deadline = Instant::now() + patience;
+    loop {
+        match http(i, method, path, body) {
+            Ok(answer) => return Ok(answer),
+            Err(error) if Instant::now() >= deadline => return Err(error),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
 /// The value of metric `name` (a line `name value`) in member `i`'s `/metrics`.
 pub fn metric(i: usize, name: &str) -> anyhow::Result<f64> {
     let (_, text) = http(i, "GET", "/metrics", "")?;

@@ -34,7 +34,7 @@ use keel_check::{check_operations, CheckResult, KvInput, KvModel, KvOutput};
 use keel_raft::SplitMix64;
 use serde_json::json;
 
-use crate::local_cluster::{channel, http, leader, LocalCluster, PORTS};
+use crate::local_cluster::{channel, http, http_patiently, leader, LocalCluster, PORTS};
 use faults::{FaultKind, Plan, Shape, Target};
 use workload::{Op, Recorder};
 
@@ -45,6 +45,8 @@ const SLOW_DISK_DELAY_MS: u64 = 50;
 /// A new leader named this long after a fault healed still counts as its detection (a crash of
 /// every member elects one only after the restart).
 const DETECTION_AFTER_HEAL: Duration = Duration::from_secs(5);
+/// How long a member that was just (re)started may take to answer HTTP.
+const MEMBER_PATIENCE: Duration = Duration::from_secs(30);
 /// Clients of the lock workload.
 const LOCK_CLIENTS: u64 = 3;
 /// How often the monitor asks every member who leads.
@@ -347,7 +349,7 @@ async fn inject(
         let start_us = recorder.now_us();
         eprintln!("{}[{:>4} s] {what}", if std::io::stderr().is_terminal() { "\n" } else { "" }, start_us / 1_000_000);
         tokio::time::sleep(plan.hold).await;
-        heal(&plan, member, cluster, net)?;
+        heal(&plan, member, cluster, net, opts.unsafe_stale_reads)?;
         let healed_us = recorder.now_us();
         let member = (plan.kind != FaultKind::CrashAll).then_some(member);
         injected.push(Injected { kind: plan.kind, what, member, hit_leader, old_leader_id, start_us, healed_us });
@@ -381,7 +383,9 @@ fn apply(plan: &Plan, m: usize, cluster: &mut LocalCluster, net: &proxy::Net) ->
             format!("partition: {name} {:?}", plan.shape).to_lowercase()
         }
         FaultKind::SlowDisk => {
-            let (code, body) = http(m, "POST", "/debug/fault/fsync-delay-ms", &SLOW_DISK_DELAY_MS.to_string())?;
+            // The member may still be starting after an earlier kill.
+            let delay = SLOW_DISK_DELAY_MS.to_string();
+            let (code, body) = http_patiently(m, "POST", "/debug/fault/fsync-delay-ms", &delay, MEMBER_PATIENCE)?;
             if code != 200 {
                 bail!("{name} refused the fsync delay: {body}");
             }
@@ -399,7 +403,26 @@ fn apply(plan: &Plan, m: usize, cluster: &mut LocalCluster, net: &proxy::Net) ->
     })
 }
 
-fn heal(plan: &Plan, m: usize, cluster: &mut LocalCluster, net: &proxy::Net) -> anyhow::Result<()> {
+fn heal(plan: &Plan, m: usize, cluster: &mut LocalCluster, net: &proxy::Net, stale_reads: bool) -> anyhow::Result<()> {
+    let restarted: Vec<usize> = match plan.kind {
+        FaultKind::Kill => vec![m],
+        FaultKind::CrashAll => vec![0, 1, 2],
+        _ => Vec::new(),
+    };
+    heal_fault(plan, m, cluster, net)?;
+    if stale_reads {
+        // A restarted member forgot it: the unsafe run stays unsafe throughout.
+        for i in restarted {
+            let (code, body) = http_patiently(i, "POST", "/debug/fault/stale-reads", "true", MEMBER_PATIENCE)?;
+            if code != 200 {
+                bail!("m{} refused stale reads: {body}", i + 1);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn heal_fault(plan: &Plan, m: usize, cluster: &mut LocalCluster, net: &proxy::Net) -> anyhow::Result<()> {
     match plan.kind {
         FaultKind::Kill => cluster.spawn(m),
         FaultKind::Pause => cluster.signal(m, "-CONT"),
@@ -408,7 +431,7 @@ fn heal(plan: &Plan, m: usize, cluster: &mut LocalCluster, net: &proxy::Net) -> 
             Ok(())
         }
         FaultKind::SlowDisk => {
-            let (code, body) = http(m, "POST", "/debug/fault/fsync-delay-ms", "0")?;
+            let (code, body) = http_patiently(m, "POST", "/debug/fault/fsync-delay-ms", "0", MEMBER_PATIENCE)?;
             if code != 200 {
                 bail!("m{} refused to restore its disk: {body}", m + 1);
             }
