@@ -178,13 +178,19 @@ mod tests {
         got
     }
 
-    #[test]
-    fn a_cut_direction_holds_the_bytes_and_delivers_them_on_heal() {
+    /// A proxy in front of member 1 (of ids 11, 22, 33), what reaches the member, and the net.
+    fn proxied_member() -> (SocketAddr, std::sync::mpsc::Receiver<Vec<u8>>, Arc<Net>) {
         let (target, arrived) = member();
         let net = Arc::new(Net::default());
         net.set_members([11, 22, 33]);
         let listen = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
         start(listen, target, 1, net.clone()).expect("proxy");
+        (listen, arrived, net)
+    }
+
+    #[test]
+    fn a_cut_direction_holds_the_bytes_and_delivers_them_on_heal() {
+        let (listen, arrived, net) = proxied_member();
         let mut sender = TcpStream::connect(listen).expect("connect");
         let hello = PeerFrame::Hello { cluster_id: 7, from: 11, to: 22 }.encode();
         sender.write_all(&hello).expect("hello");
@@ -199,11 +205,7 @@ mod tests {
 
     #[test]
     fn a_connection_that_does_not_start_with_a_hello_is_never_held() {
-        let (target, arrived) = member();
-        let net = Arc::new(Net::default());
-        net.set_members([11, 22, 33]);
-        let listen = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
-        start(listen, target, 1, net.clone()).expect("proxy");
+        let (listen, arrived, net) = proxied_member();
         net.block(0, 1);
         let mut sender = TcpStream::connect(listen).expect("connect");
         sender.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");

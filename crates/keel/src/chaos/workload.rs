@@ -20,8 +20,12 @@ use crate::local_cluster::PORTS;
 
 /// One client request gives up after this long (its outcome then is unknown).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// A client that got an error waits this long and tries the next member.
+/// A client that got an error waits this long and tries the next member; each further error in
+/// a row doubles the wait, up to [`BACKOFF_MAX`]. (Retrying every 20 ms through a 30-second
+/// outage left tens of thousands of writes of unknown outcome, each of which the checker must
+/// try everywhere after its call: a 10-minute history could not be checked in 5 minutes.)
 const BACKOFF: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 pub type Op = Operation<KvInput, KvOutput>;
 
@@ -31,6 +35,8 @@ pub struct Recorder {
     ops: Mutex<Vec<Op>>,
     pub completed: AtomicU64,
     pub failed: AtomicU64,
+    /// The latest invocation time of a write that was acknowledged.
+    last_write_acked_call: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -41,6 +47,7 @@ impl Recorder {
             ops: Mutex::new(Vec::new()),
             completed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            last_write_acked_call: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         })
     }
@@ -58,7 +65,15 @@ impl Recorder {
     }
 
     pub fn record(&self, op: Op) {
+        if op.ret.is_some() && !matches!(op.input, KvInput::Get { .. }) {
+            self.last_write_acked_call.fetch_max(op.call, Relaxed);
+        }
         self.ops.lock().expect("history lock").push(op);
+    }
+
+    /// Whether a write sent at `since_us` or later has been acknowledged.
+    pub fn served_since(&self, since_us: u64) -> bool {
+        self.last_write_acked_call.load(Relaxed) >= since_us
     }
 
     pub fn take(&self) -> Vec<Op> {
@@ -196,6 +211,7 @@ pub async fn client(recorder: Arc<Recorder>, client_id: u64, seed: u64, keys: u6
     let mut clients = [client_to(0)?, client_to(1)?, client_to(2)?];
     let mut target = (client_id % 3) as usize;
     let mut counter = 0u64;
+    let mut failures = 0u32;
     // The last value this client saw per key: compare-and-set expects it (often stale).
     let mut seen: Vec<Option<u64>> = vec![None; keys as usize];
     while !recorder.stop.load(Relaxed) {
@@ -219,7 +235,10 @@ pub async fn client(recorder: Arc<Recorder>, client_id: u64, seed: u64, keys: u6
         record(&recorder, client_id, input, call, output);
         if failed {
             target = (target + 1) % 3;
-            tokio::time::sleep(BACKOFF).await;
+            tokio::time::sleep((BACKOFF * (1 << failures.min(6))).min(BACKOFF_MAX)).await;
+            failures += 1;
+        } else {
+            failures = 0;
         }
     }
     Ok(())
