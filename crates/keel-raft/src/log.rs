@@ -124,6 +124,13 @@ impl RaftLog {
         Some(out)
     }
 
+    /// Does any entry in `[lo, hi]` that is still in the log satisfy `pred`? No copies.
+    pub fn any_in(&self, lo: Index, hi: Index, pred: impl Fn(&Entry) -> bool) -> bool {
+        let lo = lo.max(self.snapshot_index + 1);
+        let hi = hi.min(self.last_index());
+        (lo..=hi).any(|index| pred(&self.entries[(index - self.snapshot_index - 1) as usize]))
+    }
+
     /// Appends entries that directly follow the last one (the leader's own proposals).
     pub fn append(&mut self, entries: Vec<Entry>) {
         for entry in entries {

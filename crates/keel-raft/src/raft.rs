@@ -424,6 +424,18 @@ impl Raft {
         if !self.is_promotable() || self.role == Role::Leader {
             return;
         }
+        if self.has_unapplied_conf_changes() {
+            // Our membership is older than what is committed: counting votes under it could
+            // elect a leader without a quorum of the current configuration (etcd-io/raft's
+            // hasUnappliedConfChanges). The host applies it within a Ready; the next timeout
+            // campaigns under the right voters.
+            tracing::debug!(
+                group = self.cfg.group,
+                id = self.cfg.id,
+                "not campaigning: committed conf change not applied yet"
+            );
+            return;
+        }
         if self.cfg.pre_vote && !transfer {
             self.become_pre_candidate();
             self.request_votes(true, false);
@@ -431,6 +443,12 @@ impl Raft {
             self.become_candidate();
             self.request_votes(false, transfer);
         }
+    }
+
+    /// Is a conf change committed (known to this member) but not yet handed out for applying?
+    fn has_unapplied_conf_changes(&self) -> bool {
+        self.log.committed > self.log.applied
+            && self.log.any_in(self.log.applied + 1, self.log.committed, |e| e.kind == EntryKind::ConfChange)
     }
 
     fn request_votes(&mut self, pre_vote: bool, transfer: bool) {

@@ -684,3 +684,40 @@ fn a_member_learns_what_is_committed_from_a_refused_vote() {
     cluster.stabilize();
     assert!(cluster.applied_data(2).contains(&Bytes::from_static(b"written after")));
 }
+
+#[test]
+fn a_member_does_not_campaign_under_a_membership_it_has_not_applied() {
+    // Member 1 restarts knowing that AddVoter(4) is committed but not yet applied: its voters are
+    // still {1, 2, 3}. Campaigning now would count a quorum of 2 where {1, 2, 3, 4} needs 3
+    // (etcd-io/raft's hasUnappliedConfChanges guard).
+    let added = Entry { term: 1, index: 1, kind: EntryKind::ConfChange, data: ConfChange::AddVoter(4).encode() };
+    let recovered = RecoveredState {
+        hard_state: HardState { term: 1, vote: 0, commit: 1 },
+        conf: ConfState::with_voters([1, 2, 3]),
+        entries: vec![added],
+        ..Default::default()
+    };
+    let mut node = RawNode::new(Config::new(1, 1), recovered).unwrap();
+    node.campaign();
+    assert_eq!(node.status().role, Role::Follower, "no campaign while the committed AddVoter(4) is unapplied");
+    let ready = node.ready().expect("the committed conf change is handed out");
+    assert!(ready
+        .messages
+        .iter()
+        .chain(&ready.persisted_messages)
+        .all(|m| !matches!(m.body, MessageBody::PreVote { .. } | MessageBody::Vote { .. })));
+    assert_eq!(ready.committed_entries.len(), 1);
+    node.advance(ready.number());
+    assert_eq!(node.status().conf.voters, [1, 2, 3, 4].into_iter().collect());
+    node.campaign();
+    assert_eq!(node.status().role, Role::PreCandidate);
+    let ready = node.ready().unwrap();
+    let asked: BTreeSet<NodeId> = ready
+        .messages
+        .iter()
+        .chain(&ready.persisted_messages)
+        .filter(|m| matches!(m.body, MessageBody::PreVote { .. }))
+        .map(|m| m.to)
+        .collect();
+    assert_eq!(asked, [2, 3, 4].into_iter().collect(), "the campaign counts the applied membership");
+}
