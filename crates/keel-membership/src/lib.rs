@@ -13,10 +13,19 @@
 //! - [`slow`]: fail-slow detection of the member's own disk: write latencies in one-second
 //!   windows against a baseline learned while healthy (the seeds' state-based detection).
 //!
-//! SWIM-style gossip of member liveness (see `DESIGN.md`) will live here too.
+//! - [`swim`]: who is alive, agreed by gossip — SWIM with the Lifeguard refinements (indirect
+//!   probes, suspicion with incarnations, dynamic suspicion timeouts, local health), a shared
+//!   probe permutation per period, rumour mongering of news and anti-entropy.
+//!
+//! - [`sim`]: a deterministic simulator of SWIM groups in virtual time (thousands of members,
+//!   loss, delay, crashes, stalls); `cargo run --release -p keel-membership --bin swim-sim`
+//!   prints the protocol's figures.
 
 pub mod phi;
+pub mod sim;
 pub mod slow;
+pub mod swim;
 
 pub use phi::{PhiAccrual, PhiConfig};
 pub use slow::{SlowChange, SlowConfig, SlowDisk, SlowReport};
+pub use swim::{Event, Incarnation, Liveness, MemberId, Message, Swim, SwimConfig, SwimStats, Update};

@@ -1,0 +1,242 @@
+//! Behaviour of one member driven by hand, and of small groups in the simulator.
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use super::*;
+use crate::sim::{self, Scenario};
+
+const PERIOD: u64 = 1_000_000;
+
+fn member(me: MemberId, peers: &[MemberId]) -> Swim {
+    Swim::new(SwimConfig::lan(), me, 0, Bytes::new(), peers, 7, 0)
+}
+
+fn update(member: MemberId, incarnation: Incarnation, liveness: Liveness, by: MemberId) -> Update {
+    Update { member, incarnation, liveness, by, meta: Bytes::new() }
+}
+
+/// Runs `swim` until its first probe and returns (when, target, seq).
+fn first_probe(swim: &mut Swim) -> (u64, MemberId, u32) {
+    let at = swim.next_deadline();
+    swim.tick(at);
+    let ping = swim.take_outbox().into_iter().find_map(|(to, m)| match m {
+        Message::Ping { seq, target, .. } => Some((to, target, seq)),
+        _ => None,
+    });
+    let (to, target, seq) = ping.expect("the first deadline is a probe");
+    assert_eq!(to, target);
+    (at, target, seq)
+}
+
+#[test]
+fn a_suspected_member_refutes_with_a_higher_incarnation() {
+    let mut swim = member(1, &[1, 2, 3]);
+    swim.take_outbox();
+    swim.step(10, 2, Message::Gossip { updates: vec![update(1, 0, Liveness::Suspect, 2)] });
+    assert_eq!(swim.incarnation(), 1);
+    assert_eq!(swim.stats().refutations, 1);
+    let pushed: Vec<Update> = swim
+        .take_outbox()
+        .into_iter()
+        .flat_map(|(_, m)| match m {
+            Message::Gossip { updates } => updates,
+            _ => Vec::new(),
+        })
+        .collect();
+    assert!(pushed.iter().any(|u| u.member == 1 && u.liveness == Liveness::Alive && u.incarnation == 1));
+    // An old suspicion (incarnation 0) no longer touches it.
+    swim.step(20, 3, Message::Gossip { updates: vec![update(1, 0, Liveness::Suspect, 3)] });
+    assert_eq!(swim.incarnation(), 1);
+}
+
+#[test]
+fn an_unanswered_probe_leads_to_relays_then_suspicion_then_death() {
+    let mut swim = member(1, &[1, 2, 3, 4, 5]);
+    let (at, target, _) = first_probe(&mut swim);
+    // No ack: at the probe timeout it asks relays.
+    let relay_at = swim.next_deadline();
+    assert_eq!(relay_at, at + SwimConfig::lan().probe_timeout_us);
+    swim.tick(relay_at);
+    let relays: Vec<MemberId> = swim
+        .take_outbox()
+        .into_iter()
+        .filter_map(|(to, m)| matches!(m, Message::PingReq { target: t, .. } if t == target).then_some(to))
+        .collect();
+    assert_eq!(relays.len(), 3, "k = 3 relays");
+    assert!(!relays.contains(&target) && !relays.contains(&1));
+    // The relays nack (they are reachable, the target is not): the prober's health holds.
+    let seq = match swim.probe.as_ref() {
+        Some(p) => p.seq,
+        None => panic!("probe open"),
+    };
+    for relay in &relays {
+        swim.step(relay_at + 1, *relay, Message::Nack { seq });
+    }
+    let suspect_at = swim.next_deadline();
+    swim.tick(suspect_at);
+    assert_eq!(swim.liveness(target).map(|l| l.0), Some(Liveness::Suspect));
+    let health_after_suspecting = swim.local_health();
+    assert_eq!(health_after_suspecting, 1, "one failed probe; every relay nacked");
+    // Nobody refutes: it is declared dead when the (unconfirmed, so longest) timeout runs out.
+    let mut now = suspect_at;
+    while swim.liveness(target).map(|l| l.0) == Some(Liveness::Suspect) {
+        now = swim.next_deadline();
+        swim.tick(now);
+        // Keep the other members answering so only the target is in doubt.
+        for (to, m) in swim.take_outbox() {
+            if let Message::Ping { seq, .. } = m {
+                if to != target {
+                    swim.step(now + 1, to, Message::Ack { seq, updates: Vec::new() });
+                }
+            }
+        }
+    }
+    assert_eq!(swim.liveness(target).map(|l| l.0), Some(Liveness::Dead));
+    let waited = now - suspect_at;
+    let longest = (4.0 * 0.5 * PERIOD as f64) as u64;
+    assert!(waited >= longest && waited < longest + 2 * PERIOD, "waited {waited} µs");
+}
+
+#[test]
+fn independent_confirmations_shorten_a_suspicion() {
+    let mut lone = member(1, &(1..=10).collect::<Vec<_>>());
+    let mut confirmed = member(1, &(1..=10).collect::<Vec<_>>());
+    lone.step(0, 2, Message::Gossip { updates: vec![update(9, 0, Liveness::Suspect, 2)] });
+    confirmed.step(0, 2, Message::Gossip { updates: vec![update(9, 0, Liveness::Suspect, 2)] });
+    for by in [3, 4, 5] {
+        confirmed.step(1, by, Message::Gossip { updates: vec![update(9, 0, Liveness::Suspect, by)] });
+    }
+    // The same accuser twice is not a confirmation.
+    lone.step(1, 2, Message::Gossip { updates: vec![update(9, 0, Liveness::Suspect, 2)] });
+    let lone_deadline = lone.suspicions[&9].deadline_us;
+    let confirmed_deadline = confirmed.suspicions[&9].deadline_us;
+    assert_eq!(lone_deadline, lone.suspicion_timeout(0));
+    assert_eq!(confirmed_deadline, confirmed.suspicion_timeout(3));
+    assert!(confirmed_deadline * 3 < lone_deadline, "{confirmed_deadline} vs {lone_deadline}");
+}
+
+#[test]
+fn a_member_stopped_past_its_deadlines_reads_its_socket_before_accusing() {
+    for local_health in [true, false] {
+        let mut cfg = SwimConfig::lan();
+        cfg.local_health = local_health;
+        let mut swim = Swim::new(cfg, 1, 0, Bytes::new(), &[1, 2, 3, 4], 7, 0);
+        let (at, target, seq) = first_probe(&mut swim);
+        // The process stops for 3 s; the ack arrived meanwhile and waits in the socket. On
+        // resuming, the overdue timer fires before the socket is read.
+        let resumed = at + 3 * PERIOD;
+        swim.tick(resumed);
+        if local_health {
+            assert_eq!(swim.stats().stalls_noticed, 1);
+            assert_eq!(swim.local_health(), 1, "a stall makes the member doubt itself");
+        }
+        swim.step(resumed, target, Message::Ack { seq, updates: Vec::new() });
+        swim.tick(swim.next_deadline().min(resumed + PERIOD / 2));
+        let suspected = swim.liveness(target).map(|l| l.0) != Some(Liveness::Alive);
+        assert_eq!(suspected, !local_health, "local health {local_health}: suspected {suspected}");
+    }
+}
+
+#[test]
+fn every_member_is_probed_by_someone_in_every_period() {
+    let ids: Vec<MemberId> = (1..=50).collect();
+    let members: Vec<Swim> = ids.iter().map(|&id| member(id, &ids)).collect();
+    for period in 0..20u64 {
+        let now = period * PERIOD + PERIOD / 2;
+        let mut probed: Vec<MemberId> = members.iter().filter_map(|m| m.probe_target(now)).collect();
+        probed.sort_unstable();
+        assert_eq!(probed, ids, "period {period}: a permutation");
+    }
+}
+
+#[test]
+fn small_groups_detect_a_crash_everywhere_and_never_kill_the_living_at_five_percent_loss() {
+    let mut scenario = Scenario::new(30, SwimConfig::lan());
+    scenario.crash = true;
+    scenario.loss = 0.05;
+    for seed in 0..40 {
+        let outcome = sim::run(&scenario, seed);
+        let detection = outcome.detection_us.expect("every member marks the crashed one dead");
+        assert!(detection < 10 * PERIOD, "seed {seed}: {detection} µs");
+        assert_eq!(outcome.false_dead, 0, "seed {seed}");
+    }
+    let mut quiet = Scenario::new(30, SwimConfig::lan());
+    quiet.loss = 0.05;
+    quiet.run_us = 120 * PERIOD;
+    for seed in 0..10 {
+        assert_eq!(sim::run(&quiet, seed).false_dead, 0, "seed {seed}");
+    }
+}
+
+#[test]
+fn without_loss_a_member_sends_about_two_messages_a_period() {
+    let scenario = Scenario::new(40, SwimConfig::lan());
+    let outcome = sim::run(&scenario, 1);
+    let per = outcome.messages_per_member_period();
+    assert!((1.9..=2.2).contains(&per), "{per} messages per member per period: {:?}", outcome.messages);
+    assert_eq!(outcome.messages.get("ping-req"), None, "no loss, no indirect probe");
+}
+
+#[test]
+fn news_reaches_every_member_even_at_thirty_percent_loss() {
+    let mut scenario = Scenario::new(60, SwimConfig::lan());
+    scenario.news = true;
+    scenario.loss = 0.3;
+    for seed in 0..10 {
+        let spread = sim::run(&scenario, seed).news_spread_us.expect("everyone hears");
+        assert!(spread <= SwimConfig::lan().sync_interval_us, "seed {seed}: {spread} µs");
+    }
+}
+
+fn liveness() -> impl Strategy<Value = Liveness> {
+    prop_oneof![Just(Liveness::Alive), Just(Liveness::Suspect), Just(Liveness::Dead), Just(Liveness::Left)]
+}
+
+proptest! {
+    /// Beliefs form a lattice: whatever order updates arrive in, a member ends at the greatest
+    /// (incarnation, liveness) among them — gossip can reorder and repeat without harm.
+    #[test]
+    fn the_order_updates_arrive_in_does_not_matter(
+        updates in proptest::collection::vec((0u64..4, liveness(), 2u64..6), 1..12),
+        shuffle_seed in any::<u64>(),
+    ) {
+        let updates: Vec<Update> = updates.into_iter().map(|(inc, l, by)| update(9, inc, l, by)).collect();
+        let mut shuffled = updates.clone();
+        let mut state = shuffle_seed;
+        for i in (1..shuffled.len()).rev() {
+            state = scramble(state);
+            shuffled.swap(i, (state % (i as u64 + 1)) as usize);
+        }
+        let peers: Vec<MemberId> = (1..=9).collect();
+        let mut a = member(1, &peers);
+        let mut b = member(1, &peers);
+        for u in updates.iter().cloned() {
+            a.step(1, u.by, Message::Gossip { updates: vec![u] });
+        }
+        for u in shuffled {
+            b.step(1, u.by, Message::Gossip { updates: vec![u] });
+        }
+        let greatest = updates.iter().map(|u| (u.incarnation, u.liveness)).max().unwrap_or((0, Liveness::Alive));
+        let expected = (greatest.1, greatest.0);
+        prop_assert_eq!(a.liveness(9), Some(expected));
+        prop_assert_eq!(b.liveness(9), Some(expected));
+    }
+}
+
+#[test]
+fn local_health_keeps_stalling_members_from_killing_responsive_ones() {
+    // Members that stop for seconds at a time come back to overdue timers. Without local
+    // health they convict members whose refutations wait unread in their socket; with it,
+    // nobody that was answering is declared dead.
+    let responsive_deaths = |local_health: bool| -> u64 {
+        let mut cfg = SwimConfig::lan();
+        cfg.local_health = local_health;
+        let mut scenario = Scenario::new(40, cfg);
+        scenario.stall_fraction = 0.2;
+        scenario.run_us = 120 * PERIOD;
+        (0..10).map(|seed| sim::run(&scenario, seed).false_dead_responsive).sum()
+    };
+    assert_eq!(responsive_deaths(true), 0);
+    assert!(responsive_deaths(false) > 0, "the scenario must be able to show the harm");
+}
