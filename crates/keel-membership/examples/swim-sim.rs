@@ -15,10 +15,11 @@ struct Args {
     start: u64,
     threads: usize,
     members: Option<usize>,
+    loss: Option<f64>,
 }
 
 fn parse() -> Result<Args, String> {
-    let mut args = Args { scenario: "all".into(), seeds: 1_000, start: 0, threads: 2, members: None };
+    let mut args = Args { scenario: "all".into(), seeds: 1_000, start: 0, threads: 2, members: None, loss: None };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
@@ -26,10 +27,11 @@ fn parse() -> Result<Args, String> {
             "--seeds" => args.seeds = value("--seeds")?.parse().map_err(|e| format!("--seeds: {e}"))?,
             "--start" => args.start = value("--start")?.parse().map_err(|e| format!("--start: {e}"))?,
             "--threads" => args.threads = value("--threads")?.parse().map_err(|e| format!("--threads: {e}"))?,
+            "--loss" => args.loss = Some(value("--loss")?.parse().map_err(|e| format!("--loss: {e}"))?),
             "--members" => args.members = Some(value("--members")?.parse().map_err(|e| format!("--members: {e}"))?),
             "-h" | "--help" => {
                 return Err("usage: swim-sim [all|detect|detect-fast|false-dead|stall|messages|news] \
-                            [--seeds N] [--start S] [--threads T] [--members N]"
+                            [--seeds N] [--start S] [--threads T] [--members N] [--loss 0.1]"
                     .into())
             }
             other if !other.starts_with('-') => args.scenario = other.to_string(),
@@ -179,7 +181,7 @@ fn main() {
         detect(&args, "detect(fast)", SwimConfig::fast(), args.members.unwrap_or(100));
     }
     if is("false-dead") {
-        false_dead(&args, args.members.unwrap_or(100), 0.05);
+        false_dead(&args, args.members.unwrap_or(100), args.loss.unwrap_or(0.05));
     }
     if is("stall") {
         stall(&args, args.members.unwrap_or(100));
@@ -188,7 +190,8 @@ fn main() {
         messages(&args);
     }
     if is("news") {
-        news(&args, args.members.unwrap_or(1_000), 0.1);
-        news(&args, args.members.unwrap_or(1_000), 0.3);
+        for loss in args.loss.map_or(vec![0.1, 0.3], |loss| vec![loss]) {
+            news(&args, args.members.unwrap_or(1_000), loss);
+        }
     }
 }

@@ -20,11 +20,14 @@
 //! - [`sim`]: a deterministic simulator of SWIM groups in virtual time (thousands of members,
 //!   loss, delay, crashes, stalls); `cargo run --release -p keel-membership --bin swim-sim`
 //!   prints the protocol's figures.
+//!
+//! - [`wire`]: SWIM messages as bytes, decoded without panics, for hosts on a real network.
 
 pub mod phi;
 pub mod sim;
 pub mod slow;
 pub mod swim;
+pub mod wire;
 
 pub use phi::{PhiAccrual, PhiConfig};
 pub use slow::{SlowChange, SlowConfig, SlowDisk, SlowReport};
