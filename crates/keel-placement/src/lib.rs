@@ -142,17 +142,23 @@
 //! one, marked [`Replacement::SharedDomain`], and the caller's policy decides. It returns
 //! None only when there is no spare at all. [`Placement::from_assignments`] builds the
 //! placement to ask from the groups' actual configurations.
+//!
+//! [`repair::Repairer`] builds on it: the raft leader's decision of the next conf change
+//! (add the spare as a learner, promote it once caught up, remove the dead voter) that heals
+//! its group, one replacement at a time, never at the cost of the group's live majority.
 
 mod hash;
 mod loads;
 mod placement;
 mod recompute;
+pub mod repair;
 mod replacement;
 mod share;
 
 use std::fmt;
 
 pub use placement::{Assignment, Placement, ShardChange, ShardView};
+pub use repair::{GroupView, Peer, RepairConfig, RepairStats, RepairStep, Repairer, Spare};
 pub use replacement::Replacement;
 
 /// The most replicas one shard may have. Raft groups beyond 7 voters buy little (etcd advises

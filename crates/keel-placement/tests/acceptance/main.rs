@@ -8,6 +8,7 @@ mod balance;
 mod churn;
 mod determinism;
 mod domains;
+mod repair;
 mod replacement;
 mod ring;
 mod support;
