@@ -29,6 +29,8 @@ const KIND_FORWARD_CONF_CHANGE: u8 = 6;
 const KIND_CHUNK: u8 = 7;
 const KIND_FILE_CHUNK: u8 = 8;
 const KIND_FILE_END: u8 = 9;
+const KIND_MEMBERSHIP: u8 = 10;
+const KIND_REMOVED: u8 = 11;
 /// Most client URLs a member may advertise.
 pub const CLIENT_URLS_MAX: usize = 64;
 const OUTCOME_ACCEPTED: u8 = 1;
@@ -64,6 +66,12 @@ pub enum PeerFrame {
     /// The streamed file is complete: `size` bytes with this CRC-32C. The raft message that
     /// needs the file follows on the same connection.
     FileEnd { size: u64, crc: u32 },
+    /// A message of the membership protocol (SWIM), encoded by `keel_membership::wire`. It is
+    /// the one frame a process that holds no replica (a spare) may send.
+    Membership(Bytes),
+    /// Written back on a connection from a member that was removed from the cluster (replaced
+    /// while it was down): it must not rejoin with its stale state.
+    Removed,
 }
 
 /// What became of a forwarded proposal.
@@ -142,6 +150,12 @@ impl PeerFrame {
             PeerFrame::FileEnd { size, crc } => {
                 w.u8(KIND_FILE_END).u64(*size).u32(*crc);
             }
+            PeerFrame::Membership(bytes) => {
+                w.u8(KIND_MEMBERSHIP).bytes(bytes);
+            }
+            PeerFrame::Removed => {
+                w.u8(KIND_REMOVED);
+            }
             PeerFrame::Attributes { name, client_urls } => {
                 w.u8(KIND_ATTRIBUTES).bytes(name.as_bytes());
                 w.u32(u32::try_from(client_urls.len()).expect("fewer than 4G urls"));
@@ -192,6 +206,8 @@ impl PeerFrame {
             KIND_CHUNK => PeerFrame::Chunk { last: r.bool("last chunk")?, bytes: r.bytes("chunk")? },
             KIND_FILE_CHUNK => PeerFrame::FileChunk { offset: r.u64("file offset")?, bytes: r.bytes("file chunk")? },
             KIND_FILE_END => PeerFrame::FileEnd { size: r.u64("file size")?, crc: r.u32("file crc")? },
+            KIND_MEMBERSHIP => PeerFrame::Membership(r.bytes("membership message")?),
+            KIND_REMOVED => PeerFrame::Removed,
             KIND_ATTRIBUTES => {
                 let name = String::from_utf8_lossy(&r.bytes("member name")?).into_owned();
                 let count = r.count("client url count", 4)?;
@@ -387,6 +403,8 @@ mod tests {
         let file = [
             PeerFrame::FileChunk { offset: 4096, bytes: Bytes::from_static(b"store bytes") },
             PeerFrame::FileEnd { size: 4107, crc: 0xdead_beef },
+            PeerFrame::Membership(Bytes::from_static(b"\x01\x04\x00\x00\x00\x07")),
+            PeerFrame::Removed,
         ];
         let replies = [
             PeerFrame::ForwardReply { request: 77, outcome: ForwardOutcome::Accepted { index: 9, term: 2 } },

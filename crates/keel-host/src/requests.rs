@@ -260,6 +260,8 @@ impl<W> Requests<W> {
             PeerFrame::Hello { .. }
             | PeerFrame::Messages(_)
             | PeerFrame::Attributes { .. }
+            | PeerFrame::Membership(_)
+            | PeerFrame::Removed
             | PeerFrame::Chunk { .. }
             | PeerFrame::FileChunk { .. }
             | PeerFrame::FileEnd { .. } => {}

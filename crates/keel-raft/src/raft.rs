@@ -162,6 +162,11 @@ impl Raft {
         self.conf.voters.len() / 2 + 1
     }
 
+    /// A conf change is in the log and not applied yet: raft refuses another meanwhile.
+    pub fn conf_change_pending(&self) -> bool {
+        self.pending_conf_index > self.log.applied
+    }
+
     pub fn progress_of(&self, id: NodeId) -> Option<&Progress> {
         self.progress.get(&id)
     }

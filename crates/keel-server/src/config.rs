@@ -125,6 +125,18 @@ pub struct ServerConfig {
     /// Test and chaos builds only: faults can be injected into this process over HTTP (see
     /// `crate::faults`). Never set in production.
     pub unsafe_fault_injection: bool,
+    /// keel's own: this process joins the cluster as a spare — it runs the membership protocol
+    /// and holds no replica until the leader makes it replace a dead voter. Needs
+    /// `--initial-cluster-state existing` and an `--initial-cluster` of the current members
+    /// (itself not among them).
+    pub spare: bool,
+    /// keel's own: this member's failure domain (a zone, a rack); replacements go to a spare in
+    /// a zone the group's surviving voters do not use first. Empty: its host.
+    pub zone: String,
+    /// keel's own: a voter confirmed dead this long is replaced by a spare (0: never).
+    pub replace_dead_after: std::time::Duration,
+    /// keel's own: the membership protocol's period (one probe per member per period).
+    pub membership_probe_interval: std::time::Duration,
 }
 
 /// `--auto-compaction-mode` and `--auto-compaction-retention`.
@@ -190,7 +202,14 @@ const FLAGS: &[(&str, &str)] = &[
     ("experimental-leader-suspicion-phi", "8"),
     ("experimental-fail-slow-factor", "5"),
     ("unsafe-fault-injection", "false"),
+    ("spare", "false"),
+    ("zone", ""),
+    ("replace-dead-after", "60s"),
+    ("membership-probe-interval", "1s"),
 ];
+
+/// Flags that need no value: `--spare` means `--spare=true` (as Go's flag package reads them).
+const SWITCHES: &[&str] = &["spare", "unsafe-fault-injection"];
 
 /// etcd's bounds: an election timeout of at most 50 s, and at least five heartbeats.
 const ELECTION_TIMEOUT_MS_MAX: u64 = 50_000;
@@ -227,6 +246,20 @@ fn factor(flag: &'static str, text: &str) -> Result<f64, ConfigError> {
             reason: "expected 0 (off) or a number of at least 1".into(),
         }),
     }
+}
+
+/// A Go duration ("60s", "1m30s", "200ms"); a bare number is seconds.
+fn duration(flag: &'static str, text: &str) -> Result<std::time::Duration, ConfigError> {
+    let text = text.trim();
+    let parsed = match text.parse::<u64>() {
+        Ok(seconds) => Some(std::time::Duration::from_secs(seconds)),
+        Err(_) => parse_retention_duration(text),
+    };
+    parsed.ok_or_else(|| ConfigError::Invalid {
+        flag,
+        value: text.into(),
+        reason: "expected a duration such as 60s, 5m or 500ms".into(),
+    })
 }
 
 fn boolean(flag: &'static str, text: &str) -> Result<bool, ConfigError> {
@@ -286,6 +319,11 @@ impl ServerConfig {
             };
             let value = match inline {
                 Some(value) => value,
+                None if SWITCHES.contains(flag)
+                    && !matches!(args.get(i + 1).map(String::as_str), Some("true" | "false")) =>
+                {
+                    "true".to_string()
+                }
                 None => {
                     i += 1;
                     args.get(i).cloned().ok_or_else(|| ConfigError::MissingValue(name.to_string()))?
@@ -361,6 +399,10 @@ impl ServerConfig {
             leader_suspicion_phi: phi("experimental-leader-suspicion-phi", &get("experimental-leader-suspicion-phi"))?,
             fail_slow_factor: factor("experimental-fail-slow-factor", &get("experimental-fail-slow-factor"))?,
             unsafe_fault_injection: boolean("unsafe-fault-injection", &get("unsafe-fault-injection"))?,
+            spare: boolean("spare", &get("spare"))?,
+            zone: get("zone"),
+            replace_dead_after: duration("replace-dead-after", &get("replace-dead-after"))?,
+            membership_probe_interval: duration("membership-probe-interval", &get("membership-probe-interval"))?,
             data_dir: get("data-dir"),
             listen_client_urls: PeerUrl::parse_list("listen-client-urls", &get("listen-client-urls"))?,
             advertise_client_urls: PeerUrl::parse_list("advertise-client-urls", &get("advertise-client-urls"))?,
@@ -421,6 +463,28 @@ impl ServerConfig {
                 value: "0".into(),
                 reason: "must be > 0".into(),
             });
+        }
+        if self.membership_probe_interval < std::time::Duration::from_millis(10) {
+            return Err(ConfigError::Invalid {
+                flag: "membership-probe-interval",
+                value: format!("{:?}", self.membership_probe_interval),
+                reason: "must be at least 10ms".into(),
+            });
+        }
+        if self.spare {
+            // A spare is not a member yet: it names the members it joins, not itself.
+            if self.initial_cluster_state != ClusterState::Existing {
+                return Err(ConfigError::Inconsistent(
+                    "--spare joins a running cluster: it needs --initial-cluster-state existing".into(),
+                ));
+            }
+            if self.initial_cluster.contains_key(&self.name) {
+                return Err(ConfigError::Inconsistent(format!(
+                    "--spare {:?} must not be in --initial-cluster (it lists the current members)",
+                    self.name
+                )));
+            }
+            return Ok(());
         }
         // As etcd: this member must be in the initial cluster, with the URLs it advertises.
         match self.initial_cluster.get(&self.name) {

@@ -38,6 +38,12 @@ pub struct MembershipSync {
     /// Who the peer listener accepts.
     member_ids: Arc<std::sync::RwLock<std::collections::BTreeSet<u64>>>,
     last_publish: Option<Instant>,
+    /// Members seen leaving the records (the listener tells them so if they come back), and
+    /// whether this process is in the records itself.
+    removed: Option<Arc<std::sync::RwLock<std::collections::BTreeSet<u64>>>>,
+    joined: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// The member records' ids at the last change.
+    recorded: std::collections::BTreeSet<u64>,
 }
 
 pub struct ServerHook {
@@ -91,8 +97,29 @@ impl ServerHook {
         peers: Arc<PeerSender>,
         member_ids: Arc<std::sync::RwLock<std::collections::BTreeSet<u64>>>,
     ) -> ServerHook {
-        self.membership = Some(MembershipSync { own, peers, member_ids, last_publish: None });
+        self.membership = Some(MembershipSync {
+            own,
+            peers,
+            member_ids,
+            last_publish: None,
+            removed: None,
+            joined: None,
+            recorded: Default::default(),
+        });
         self
+    }
+
+    /// Records members that leave the member records in `removed`, and whether this process is
+    /// in them in `joined` (see [`ServerHook::with_membership`], which must come first).
+    pub fn track_removals(
+        &mut self,
+        removed: Arc<std::sync::RwLock<std::collections::BTreeSet<u64>>>,
+        joined: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        if let Some(sync) = self.membership.as_mut() {
+            sync.removed = Some(removed);
+            sync.joined = Some(joined);
+        }
     }
 
     /// Keeps the metrics' view of the alarms in step with the applied ones.
@@ -116,6 +143,18 @@ impl MembershipSync {
             let members = machine.members();
             self.peers.set_peers(&crate::server::peer_addresses(members, me));
             let mut ids: std::collections::BTreeSet<u64> = members.keys().copied().collect();
+            if let Some(joined) = &self.joined {
+                joined.store(ids.contains(&me), std::sync::atomic::Ordering::Relaxed);
+            }
+            if let Some(removed) = &self.removed {
+                let mut removed = removed.write().expect("removed ids lock");
+                // Only ids that were in the records before (the flags' ids a spare starts with
+                // are not records it saw removed).
+                removed.extend(self.recorded.difference(&ids).filter(|&&id| id != me));
+                // A member added again (same URLs, so the same id) is welcome again.
+                removed.retain(|id| !ids.contains(id));
+            }
+            self.recorded = ids.clone();
             ids.insert(me);
             *self.member_ids.write().expect("member ids lock") = ids;
         }

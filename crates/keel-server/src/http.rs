@@ -35,6 +35,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     };
     router
         .route("/health", get(health))
+        .route("/membership", get(membership))
         .route("/metrics", get(metrics))
         .route("/v3/kv/range", post(kv_range))
         .route("/v3/kv/put", post(kv_put))
@@ -59,7 +60,15 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
     } else if shared.metrics.disk_slow.load(std::sync::atomic::Ordering::Relaxed) == 1 {
         json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"health": "false", "reason": "SLOW DISK"}))
     } else if shared.metrics.leader() != 0 {
-        json_response(StatusCode::OK, json!({"health": "true", "reason": ""}))
+        // A voter dead and not replaced yet: the cluster serves, with less margin. Said, not
+        // failed: a load balancer must not route clients away from a serving member for it.
+        let under = shared.metrics.under_replicated.load(std::sync::atomic::Ordering::Relaxed);
+        if under > 0 {
+            let reason = format!("UNDER-REPLICATED: {under} dead voter(s) not replaced yet");
+            json_response(StatusCode::OK, json!({"health": "true", "reason": reason, "under_replicated_voters": under}))
+        } else {
+            json_response(StatusCode::OK, json!({"health": "true", "reason": ""}))
+        }
     } else {
         json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"health": "false", "reason": "RAFT NO LEADER"}))
     }
@@ -89,6 +98,32 @@ async fn set_stale_reads(State(shared): State<Arc<Shared>>, body: Body) -> Respo
     };
     faults.set_stale_reads(on);
     json_response(StatusCode::OK, json!({"stale_reads": on}))
+}
+
+/// keel's own: every process the membership protocol knows — members and spares — with its
+/// liveness, zone and URLs (spares are not raft members, so MemberList cannot show them).
+async fn membership(State(shared): State<Arc<Shared>>) -> Response {
+    let view = shared.gossip.read().expect("gossip view lock").clone();
+    let now = std::time::Instant::now();
+    let members: Vec<Value> = view
+        .members
+        .iter()
+        .map(|(&id, m)| {
+            let meta = m.meta.clone();
+            json!({
+                "id": format!("{id:x}"),
+                "name": meta.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
+                "liveness": format!("{:?}", m.liveness).to_lowercase(),
+                "incarnation": m.incarnation,
+                "spare": meta.as_ref().is_some_and(|m| m.spare),
+                "zone": meta.as_ref().map(|m| m.zone.clone()).unwrap_or_default(),
+                "peer_url": meta.as_ref().map(|m| m.peer_url.clone()).unwrap_or_default(),
+                "client_urls": meta.map(|m| m.client_urls).unwrap_or_default(),
+                "for_seconds": now.saturating_duration_since(m.since).as_secs_f64(),
+            })
+        })
+        .collect();
+    json_response(StatusCode::OK, json!({"me": format!("{:x}", view.me), "members": members}))
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {

@@ -3,7 +3,9 @@
 //! What `keel server` runs: etcd's flags and defaults ([`config`]), the node driver that executes
 //! keel-node's output on the real WAL ([`driver`]), the TCP peer transport ([`transport`]), the
 //! etcd state machine ([`machine`]), and etcd's gRPC services ([`api`]) and HTTP endpoints
-//! ([`http`]) on the client URLs, put together by [`server::run`].
+//! ([`http`]) on the client URLs, put together by [`server::run`]. Self-healing: the membership
+//! protocol over the peer port ([`gossip`]) and the leader's replacement of dead voters by
+//! spares ([`healing`]).
 
 pub mod api;
 pub mod auto_compaction;
@@ -11,6 +13,8 @@ pub mod config;
 pub mod convert;
 pub mod driver;
 pub mod faults;
+pub mod gossip;
+pub mod healing;
 pub mod hook;
 pub mod http;
 pub mod ids;

@@ -47,6 +47,18 @@ pub struct Metrics {
     /// Obsolete WAL segments and snapshot files compaction removed.
     pub wal_segments_removed: AtomicU64,
     pub snapshot_files_removed: AtomicU64,
+    /// The membership protocol's view: members alive, suspected, dead; spares alive.
+    pub gossip_alive: AtomicU64,
+    pub gossip_suspect: AtomicU64,
+    pub gossip_dead: AtomicU64,
+    pub spares: AtomicU64,
+    /// Voters confirmed dead and not replaced yet (as the leader sees them; 0 elsewhere).
+    pub under_replicated: AtomicU64,
+    /// Steps of automatic replacement this member (as leader) proposed.
+    pub replacements_started: AtomicU64,
+    pub replacements_promoted: AtomicU64,
+    pub replacements_removed: AtomicU64,
+    pub replacements_abandoned: AtomicU64,
     fsync_buckets: [AtomicU64; FSYNC_BUCKETS],
     fsync_count: AtomicU64,
     fsync_sum_nanos: AtomicU64,
@@ -106,6 +118,60 @@ impl Metrics {
             "The number of times this member suspected its leader and campaigned.",
             "counter",
             self.leader_suspicions.load(Relaxed).to_string(),
+        );
+        gauge(
+            "keel_membership_members",
+            "Members (and spares) the membership protocol holds alive.",
+            "gauge",
+            self.gossip_alive.load(Relaxed).to_string(),
+        );
+        gauge(
+            "keel_membership_suspects",
+            "Members the membership protocol suspects.",
+            "gauge",
+            self.gossip_suspect.load(Relaxed).to_string(),
+        );
+        gauge(
+            "keel_membership_dead",
+            "Members the membership protocol confirmed dead.",
+            "gauge",
+            self.gossip_dead.load(Relaxed).to_string(),
+        );
+        gauge(
+            "keel_spares",
+            "Alive spares: processes ready to replace a dead voter.",
+            "gauge",
+            self.spares.load(Relaxed).to_string(),
+        );
+        gauge(
+            "keel_under_replicated_voters",
+            "Voters confirmed dead and not yet replaced (reported by the leader).",
+            "gauge",
+            self.under_replicated.load(Relaxed).to_string(),
+        );
+        gauge(
+            "keel_replacements_started_total",
+            "Replacements of a dead voter this member started as leader (a spare added as learner).",
+            "counter",
+            self.replacements_started.load(Relaxed).to_string(),
+        );
+        gauge(
+            "keel_replacements_promoted_total",
+            "Spares this member promoted to voter as leader.",
+            "counter",
+            self.replacements_promoted.load(Relaxed).to_string(),
+        );
+        gauge(
+            "keel_replacements_removed_total",
+            "Dead voters this member removed as leader once replaced.",
+            "counter",
+            self.replacements_removed.load(Relaxed).to_string(),
+        );
+        gauge(
+            "keel_replacements_abandoned_total",
+            "Learners removed because they died or did not catch up.",
+            "counter",
+            self.replacements_abandoned.load(Relaxed).to_string(),
         );
         gauge(
             "keel_disk_slow",

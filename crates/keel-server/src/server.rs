@@ -40,7 +40,7 @@ use crate::machine::{
     read_members_file, split_snapshot, FileTicket, MemberRecord, MvccMachine, Roster, SnapshotOutbox,
 };
 use crate::metrics::Metrics;
-use crate::transport::{resolve_host, start_listener_with_files, Incoming, PeerAddress, PeerSender};
+use crate::transport::{resolve_host, start_listener_with_files, Admission, Incoming, PeerAddress, PeerSender};
 use crate::watch_hub::{HeaderBase, WatchHub};
 use crate::{http, ids};
 
@@ -91,11 +91,17 @@ pub fn membership(config: &ServerConfig) -> Result<Membership, ServerError> {
         let peer_urls = urls.iter().map(ToString::to_string).collect();
         members.insert(id, MemberRecord { id, name: name.clone(), peer_urls, client_urls: Vec::new(), learner: false });
     }
-    let me = members
-        .values()
-        .find(|m| m.name == config.name)
-        .map(|m| m.id)
-        .ok_or_else(|| ServerError::Config(format!("--name {} is not in --initial-cluster", config.name)))?;
+    // A spare is not in --initial-cluster: its id comes from its own peer URLs, as the id a
+    // MemberAdd of those URLs gives (so the leader adds it under the id it already uses).
+    let me = if config.spare {
+        ids::member_id(token, &config.initial_advertise_peer_urls)
+    } else {
+        members
+            .values()
+            .find(|m| m.name == config.name)
+            .map(|m| m.id)
+            .ok_or_else(|| ServerError::Config(format!("--name {} is not in --initial-cluster", config.name)))?
+    };
     Ok(Membership { me, cluster_id: ids::cluster_id(token), members })
 }
 
@@ -295,21 +301,63 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     };
     let mut addresses = peer_addresses(&membership.members, me);
     addresses.extend(peer_addresses(&current_members, me));
-    let peers =
-        Arc::new(PeerSender::start_with(membership.cluster_id, me, &addresses, Some(attributes)).with_outbox(outbox));
+    let peers = Arc::new(
+        PeerSender::start_with(membership.cluster_id, me, &BTreeMap::new(), Some(attributes))
+            .with_outbox(outbox)
+            .with_on_removed(Arc::new(removed_from_cluster)),
+    );
+    peers.set_peers(&addresses);
     let peer_inputs = inputs.clone();
     let inbox = Arc::new(PeerInbox::default());
     let peer_inbox = inbox.clone();
     let known = member_ids.clone();
+    // Members this one saw removed (replaced while down, or by an operator): told so if they
+    // come back. Kept in memory: a member restarted since only refuses them at the raft level.
+    let removed: Arc<std::sync::RwLock<BTreeSet<u64>>> = Arc::default();
+    // Whether this process is in the cluster's member records yet (a spare is not until the
+    // leader adds it): until then it accepts raft traffic from any process of the cluster,
+    // since the leader that adds it may be one its flags did not name.
+    let joined = Arc::new(std::sync::atomic::AtomicBool::new(current_members.contains_key(&me)));
+    let gossip = crate::gossip::Gossip::start(
+        crate::gossip::GossipSettings {
+            cluster_id: membership.cluster_id,
+            me,
+            meta: crate::gossip::MemberMeta {
+                name: config.name.clone(),
+                peer_url: config.initial_advertise_peer_urls.first().map(ToString::to_string).unwrap_or_default(),
+                client_urls: config.advertise_client_urls.iter().map(ToString::to_string).collect(),
+                zone: config.zone.clone(),
+                spare: config.spare,
+            },
+            seeds: addresses.clone(),
+            period: config.membership_probe_interval,
+            on_removed: Some(Arc::new(removed_from_cluster)),
+        },
+        metrics.clone(),
+    )
+    .map_err(io("start the membership thread"))?;
+    let gossip_view = gossip.view.clone();
+    let (admit_removed, admit_joined) = (removed.clone(), joined.clone());
     start_listener_with_files(
         listener,
         membership.cluster_id,
         me,
-        Arc::new(move |id| known.read().expect("member ids lock").contains(&id)),
+        Arc::new(move |id| {
+            if admit_removed.read().expect("removed ids lock").contains(&id) {
+                Admission::Removed
+            } else if known.read().expect("member ids lock").contains(&id)
+                || !admit_joined.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                Admission::Member
+            } else {
+                Admission::Guest
+            }
+        }),
         Arc::new(move |incoming| match incoming {
             Incoming::Frame { from, frame: PeerFrame::Attributes { name, client_urls } } => {
                 tracing::debug!(peer = %format!("{from:x}"), %name, ?client_urls, "peer connected");
             }
+            Incoming::Frame { from, frame: PeerFrame::Membership(bytes) } => gossip.deliver(from, bytes),
             incoming => {
                 if peer_inbox.push(incoming) {
                     // A full client queue means the driver is busy and drains the inbox anyway.
@@ -333,6 +381,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         peers.clone(),
         member_ids,
     );
+    hook.track_removals(removed, joined);
     hook.quota_bytes = config.quota_bytes();
     hook.member_id = me;
     hook.min_free_bytes = config.min_free_bytes;
@@ -386,6 +435,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         snapshot_streams: Arc::default(),
         read_slots: Arc::new(tokio::sync::Semaphore::new(crate::api::READS_AT_ONCE)),
         faults,
+        gossip: gossip_view.clone(),
     });
 
     tracing::info!(
@@ -404,6 +454,14 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         .thread_name("keel-api")
         .build()
         .map_err(io("start the async runtime"))?;
+    runtime.spawn(
+        crate::healing::Healer {
+            shared: shared.clone(),
+            gossip: gossip_view,
+            replace_dead_after: config.replace_dead_after,
+        }
+        .run(),
+    );
     let served = runtime.block_on(serve_clients(config, shared.clone()));
     // A graceful stop (the signal came; the client listeners still answer until the runtime
     // goes, but the driver takes nothing after this turn): it drops the node and so closes the
@@ -431,6 +489,18 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         tracing::warn!("the driver did not stop in time: the store will be repaired at the next start");
     }
     served
+}
+
+/// A member answered this one's connection with "you were removed from the cluster": it was
+/// replaced while it was down (or removed by an operator). Its state is stale and the cluster
+/// no longer counts it, so it stops, as etcd's removed members do, rather than run unheard.
+fn removed_from_cluster(by: u64) {
+    tracing::error!(
+        by = %format!("{by:x}"),
+        "this member has been removed from the cluster (replaced while it was down?); stopping. \
+         To bring this machine back, wipe its data dir and start it as a --spare"
+    );
+    std::process::exit(2);
 }
 
 /// How long a graceful stop waits for the driver to close the stores.

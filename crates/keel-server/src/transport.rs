@@ -48,6 +48,24 @@ pub enum Incoming {
     PeerLost(NodeId),
 }
 
+/// Whom the peer listener lets in, decided from the id a connection's hello names (after the
+/// cluster id matched).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// A member: everything it sends is delivered.
+    Member,
+    /// A process of this cluster that holds no replica (a spare): only its membership-protocol
+    /// frames are delivered, so it can never speak to raft.
+    Guest,
+    /// A member that was removed from the cluster: it is told so ([`PeerFrame::Removed`]) and
+    /// the connection closed, so it cannot rejoin with its stale state.
+    Removed,
+    Refused,
+}
+
+/// What a dialing member does when a peer tells it it was removed from the cluster.
+pub type OnRemoved = Arc<dyn Fn(NodeId) + Send + Sync>;
+
 /// Messages queued per peer before new ones are dropped.
 const PEER_QUEUE_MAX: usize = 4_096;
 /// Messages coalesced into one frame.
@@ -90,6 +108,7 @@ pub struct PeerSender {
     streamed: Arc<std::sync::Mutex<BTreeMap<NodeId, std::time::Instant>>>,
     /// Where the machine leaves the store views snapshots name.
     outbox: Option<Arc<SnapshotOutbox>>,
+    on_removed: Option<OnRemoved>,
 }
 
 /// Where a peer listens, as its member record names it. Resolved by the thread that connects,
@@ -159,6 +178,7 @@ impl PeerSender {
             streaming: Arc::default(),
             streamed: Arc::default(),
             outbox: None,
+            on_removed: None,
         };
         sender.set_peers(peers);
         sender
@@ -176,12 +196,21 @@ impl PeerSender {
             let addr = addr.clone();
             let (queue, receiver) = mpsc::sync_channel(PEER_QUEUE_MAX);
             let (cluster_id, me, attributes) = (self.cluster_id, self.me, self.attributes.clone());
+            let on_removed = self.on_removed.clone();
             std::thread::Builder::new()
                 .name(format!("keel-peer-{id:x}"))
-                .spawn(move || send_loop(cluster_id, me, id, addr, attributes, receiver))
+                .spawn(move || send_loop(cluster_id, me, id, addr, attributes, receiver, on_removed))
                 .expect("spawn peer sender thread");
             queues.insert(id, (peers[&id].clone(), queue));
         }
+    }
+
+    /// Calls `on_removed` when a peer answers a connection with [`PeerFrame::Removed`]. Set it
+    /// before the first [`PeerSender::set_peers`] that names a peer (senders started earlier
+    /// keep none).
+    pub fn with_on_removed(mut self, on_removed: OnRemoved) -> Self {
+        self.on_removed = Some(on_removed);
+        self
     }
 
     /// Streams the store views snapshots name from `outbox`.
@@ -340,6 +369,7 @@ fn send_loop(
     addr: PeerAddress,
     attributes: Option<PeerFrame>,
     queue: Receiver<Outgoing>,
+    on_removed: Option<OnRemoved>,
 ) {
     let mut backoff = BACKOFF_MIN;
     // Connect right away, not at the first message: the hello and attributes tell the peer who
@@ -367,7 +397,13 @@ fn send_loop(
         };
         let mut batch = vec![first];
         batch.extend(queue.try_iter().take(MESSAGES_PER_FRAME_MAX - 1));
-        if stream.as_ref().is_some_and(closed_by_peer) {
+        if let Some(connected) = stream.as_ref().filter(|s| closed_by_peer(s) || sent_back(s)) {
+            if told_removed(connected) {
+                tracing::error!(peer = to, "a member says this member was removed from the cluster");
+                if let Some(on_removed) = &on_removed {
+                    on_removed(to);
+                }
+            }
             // The peer restarted since: writing into the old connection would seem to succeed
             // and lose the batch (a follower's pre-vote to another follower is the first thing
             // it sends in a long while, and losing it costs a whole election timeout).
@@ -415,6 +451,27 @@ fn send_loop(
     }
 }
 
+/// Whether the peer wrote anything back on our outgoing connection: it never does, except to
+/// say [`PeerFrame::Removed`] before it closes.
+fn sent_back(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let readable = matches!(stream.peek(&mut [0u8; 1]), Ok(n) if n > 0);
+    let _ = stream.set_nonblocking(false);
+    readable
+}
+
+/// Whether what a closing peer left on the connection is [`PeerFrame::Removed`].
+fn told_removed(stream: &TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
+    let Ok(read) = (&*stream).read(&mut buf) else { return false };
+    let mut reader = FrameReader::new(buf.len());
+    reader.push(&buf[..read]);
+    matches!(reader.next_frame(), Ok(Some(PeerFrame::Removed)))
+}
+
 /// Whether the peer has closed (or reset) our outgoing connection to it. Nothing is ever sent back
 /// on it, so anything readable is the end of it.
 fn closed_by_peer(stream: &TcpStream) -> bool {
@@ -454,7 +511,8 @@ pub fn start_listener(
     is_member: Arc<dyn Fn(NodeId) -> bool + Send + Sync>,
     deliver: Arc<dyn Fn(Incoming) + Send + Sync>,
 ) {
-    start_listener_with_files(listener, cluster_id, me, is_member, deliver, None)
+    let admit = Arc::new(move |id| if is_member(id) { Admission::Member } else { Admission::Refused });
+    start_listener_with_files(listener, cluster_id, me, admit, deliver, None)
 }
 
 /// [`start_listener`], receiving stores peers stream for snapshots into `files_dir`.
@@ -462,7 +520,7 @@ pub fn start_listener_with_files(
     listener: TcpListener,
     cluster_id: u64,
     me: NodeId,
-    is_member: Arc<dyn Fn(NodeId) -> bool + Send + Sync>,
+    admit: Arc<dyn Fn(NodeId) -> Admission + Send + Sync>,
     deliver: Arc<dyn Fn(Incoming) + Send + Sync>,
     files_dir: Option<std::path::PathBuf>,
 ) {
@@ -471,16 +529,25 @@ pub fn start_listener_with_files(
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                let (is_member, deliver, files_dir) = (is_member.clone(), deliver.clone(), files_dir.clone());
+                let (admit, deliver, files_dir) = (admit.clone(), deliver.clone(), files_dir.clone());
                 let _ = std::thread::Builder::new().name("keel-peer-conn".into()).spawn(move || {
-                    let mut conn =
-                        Connection { accepted: None, files_dir, incoming: None, received: None, streamed: false };
-                    receive_loop(stream, cluster_id, me, &*is_member, &*deliver, &mut conn);
+                    let mut conn = Connection {
+                        accepted: None,
+                        files_dir,
+                        incoming: None,
+                        received: None,
+                        streamed: false,
+                        guest: false,
+                    };
+                    receive_loop(stream, cluster_id, me, &*admit, &*deliver, &mut conn);
                     // An unfinished stream's receiver removes its partial file when dropped.
                     drop(conn.incoming.take());
                     // A stream's own connection ending says nothing about the peer's health.
+                    // (A guest's connection ending says nothing to raft either.)
                     if let (Some(from), false) = (conn.accepted, conn.streamed) {
-                        deliver(Incoming::PeerLost(from));
+                        if admit(from) == Admission::Member {
+                            deliver(Incoming::PeerLost(from));
+                        }
                     }
                 });
             }
@@ -498,6 +565,9 @@ struct Connection {
     received: Option<std::path::PathBuf>,
     /// This connection carries a stream (not the peer's raft traffic).
     streamed: bool,
+    /// Admitted as a [`Admission::Guest`]: only membership frames count, until the process
+    /// becomes a member (a spare added as a learner keeps its connections).
+    guest: bool,
 }
 
 struct IncomingFile {
@@ -573,7 +643,7 @@ fn receive_loop(
     mut stream: TcpStream,
     cluster_id: u64,
     me: NodeId,
-    is_member: &dyn Fn(NodeId) -> bool,
+    admit: &dyn Fn(NodeId) -> Admission,
     deliver: &dyn Fn(Incoming),
     conn: &mut Connection,
 ) {
@@ -611,16 +681,30 @@ fn receive_loop(
                 }
             };
             match from {
-                None => match check_hello(&frame, cluster_id, me, is_member) {
-                    Ok(id) => {
-                        from = Some(id);
-                        conn.accepted = Some(id);
-                    }
+                None => match check_hello(&frame, cluster_id, me, |id| admit(id) != Admission::Refused) {
+                    Ok(id) => match admit(id) {
+                        Admission::Removed => {
+                            tracing::warn!(%peer, member = %format!("{id:x}"), "a removed member tried to rejoin; telling it so");
+                            let _ = stream.write_all(&PeerFrame::Removed.encode());
+                            return;
+                        }
+                        Admission::Refused => return,
+                        admission => {
+                            from = Some(id);
+                            conn.accepted = Some(id);
+                            conn.guest = admission == Admission::Guest;
+                        }
+                    },
                     Err(refusal) => {
                         tracing::warn!(%peer, %refusal, "refusing a peer connection");
                         return;
                     }
                 },
+                Some(id)
+                    if conn.guest && !matches!(frame, PeerFrame::Membership(_)) && admit(id) != Admission::Member =>
+                {
+                    tracing::debug!(%peer, "dropping a frame from a process that is not a member");
+                }
                 Some(id) => match frame {
                     PeerFrame::Messages(messages) => {
                         // A peer speaks only for itself and only to us.

@@ -15,10 +15,21 @@ const READY_WAIT: Duration = Duration::from_secs(30);
 
 struct Options {
     dir: PathBuf,
+    /// Spares started beside the three members (`--spares N`).
+    spares: usize,
 }
 
+/// Spare `k` (from 1) listens on these loopback ports.
+fn spare_ports(k: usize) -> (u16, u16) {
+    let base = 2479 + 100 * k as u16;
+    (base, base + 1)
+}
+
+/// Most spares the playground starts (their ports stay below the members').
+const SPARES_MAX: usize = 50;
+
 fn parse(args: &[String]) -> anyhow::Result<Options> {
-    let mut options = Options { dir: PathBuf::from("keel-data") };
+    let mut options = Options { dir: PathBuf::from("keel-data"), spares: 0 };
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
@@ -26,7 +37,15 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
                 i += 1;
                 options.dir = PathBuf::from(args.get(i).context("--dir needs a value")?);
             }
-            other => bail!("unknown playground flag {other} (usage: keel playground [--dir DIR])"),
+            "--spares" => {
+                i += 1;
+                let text = args.get(i).context("--spares needs a value")?;
+                options.spares = text.parse().with_context(|| format!("--spares {text}: not a number"))?;
+                if options.spares > SPARES_MAX {
+                    bail!("--spares {}: at most {SPARES_MAX}", options.spares);
+                }
+            }
+            other => bail!("unknown playground flag {other} (usage: keel playground [--dir DIR] [--spares N])"),
         }
         i += 1;
     }
@@ -66,7 +85,38 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             .with_context(|| format!("start member {name}"))?;
         children.push(child);
     }
-    let result = wait_ready(&mut children);
+    // Spares: members-in-waiting that replace a member dead for --replace-dead-after (60 s).
+    let mut names: Vec<String> = MEMBERS.iter().map(|(name, _, _)| name.to_string()).collect();
+    for k in 1..=options.spares {
+        let name = format!("spare{k}");
+        let (client, peer) = spare_ports(k);
+        let log_path = options.dir.join(format!("{name}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("open {}", log_path.display()))?;
+        let child = Command::new(&exe)
+            .arg("server")
+            .arg("--spare")
+            .args(["--name", &name])
+            .args(["--data-dir", &options.dir.join(&name).to_string_lossy()])
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-cluster", &cluster])
+            .args(["--initial-cluster-token", "keel-playground"])
+            .args(["--initial-cluster-state", "existing"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start spare {name}"))?;
+        children.push(child);
+        names.push(name);
+    }
+    let result = wait_ready(&mut children[..MEMBERS.len()]);
     if let Err(error) = result {
         stop(&mut children);
         return Err(error);
@@ -80,6 +130,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     );
     for (name, client, peer) in MEMBERS {
         println!("  {name}: client http://127.0.0.1:{client}  peer http://127.0.0.1:{peer}");
+    }
+    for k in 1..=options.spares {
+        let (client, peer) = spare_ports(k);
+        println!("  spare{k}: client http://127.0.0.1:{client}  peer http://127.0.0.1:{peer}  (replaces a member dead for 60 s)");
+    }
+    if options.spares > 0 {
+        println!("  keel spares --endpoint http://127.0.0.1:2379   lists them");
     }
     println!();
     println!("try, in another terminal:");
@@ -101,7 +158,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 _ = poll.tick() => {
                     for (i, child) in children.iter_mut().enumerate() {
                         if let Some(status) = child.try_wait()? {
-                            return Ok(Some((MEMBERS[i].0, status)));
+                            return Ok(Some((names[i].clone(), status)));
                         }
                     }
                 }
@@ -161,4 +218,36 @@ fn stop(children: &mut [Child]) {
     for child in children.iter_mut() {
         let _ = child.wait();
     }
+}
+
+/// `keel spares`: what a member's membership protocol knows — every member and spare with its
+/// liveness (spares are not raft members, so `etcdctl member list` cannot show them).
+pub fn list_spares(args: &[String]) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let endpoint = match args {
+        [] => "http://127.0.0.1:2379".to_string(),
+        [flag, value] if flag == "--endpoint" => value.clone(),
+        _ => bail!("usage: keel spares [--endpoint http://127.0.0.1:2379]"),
+    };
+    let address = endpoint.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let mut stream = std::net::TcpStream::connect(&address).with_context(|| format!("connect to {address}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET /membership HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body).context("no HTTP body")?;
+    let view: serde_json::Value = serde_json::from_str(body).context("not the membership JSON")?;
+    println!("{:<18} {:<12} {:<8} {:<8} {:<10} PEER URL", "ID", "NAME", "ROLE", "STATE", "ZONE");
+    for member in view["members"].as_array().into_iter().flatten() {
+        println!(
+            "{:<18} {:<12} {:<8} {:<8} {:<10} {}",
+            member["id"].as_str().unwrap_or(""),
+            member["name"].as_str().unwrap_or(""),
+            if member["spare"].as_bool() == Some(true) { "spare" } else { "member" },
+            member["liveness"].as_str().unwrap_or(""),
+            member["zone"].as_str().unwrap_or(""),
+            member["peer_url"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
 }

@@ -66,6 +66,8 @@ pub struct Shared {
     pub read_slots: Arc<tokio::sync::Semaphore>,
     /// `--unsafe-fault-injection` only (see [`crate::faults`]).
     pub faults: Option<Arc<crate::faults::InjectedFaults>>,
+    /// What the membership protocol knows (`/membership`, `keel spares`).
+    pub gossip: Arc<std::sync::RwLock<crate::gossip::GossipView>>,
 }
 
 /// Reads that may run at once on blocking threads (see [`Shared::read_slots`]).

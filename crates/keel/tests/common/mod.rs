@@ -20,6 +20,10 @@ pub struct Member {
     pub client_port: u16,
     pub peer_port: u16,
     pub child: Option<Child>,
+    /// Flags for this member only (a zone, --spare).
+    pub args: Vec<String>,
+    /// Started as a spare: not in --initial-cluster, joins with state existing.
+    pub spare: bool,
 }
 
 impl Member {
@@ -48,15 +52,25 @@ impl Cluster {
     }
 
     pub fn start_with(name: &str, size: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_members(name, vec![Vec::new(); size], extra)
+    }
+
+    /// Starts one member per entry of `args`, each with its own flags besides `extra`.
+    pub fn start_members(name: &str, args: Vec<Vec<String>>, extra: &[&str]) -> Cluster {
+        let size = args.len();
         let dir = std::env::temp_dir().join(format!("keel-it-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("test dir");
-        let members = (0..size)
-            .map(|i| Member {
+        let members = args
+            .into_iter()
+            .enumerate()
+            .map(|(i, args)| Member {
                 name: format!("m{}", i + 1),
                 client_port: free_port(),
                 peer_port: free_port(),
                 child: None,
+                args,
+                spare: false,
             })
             .collect();
         let extra = extra.iter().map(|s| s.to_string()).collect();
@@ -71,6 +85,7 @@ impl Cluster {
     fn initial_cluster(&self) -> String {
         self.members
             .iter()
+            .filter(|m| !m.spare)
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",")
@@ -84,8 +99,26 @@ impl Cluster {
     /// Adds a member slot (not started): for `MemberAdd`, then [`Cluster::spawn_joining`].
     pub fn add_slot(&mut self) -> usize {
         let name = format!("m{}", self.members.len() + 1);
-        self.members.push(Member { name, client_port: free_port(), peer_port: free_port(), child: None });
+        self.members.push(Member {
+            name,
+            client_port: free_port(),
+            peer_port: free_port(),
+            child: None,
+            args: Vec::new(),
+            spare: false,
+        });
         self.members.len() - 1
+    }
+
+    /// Adds and starts a spare (`--spare`, with `args` too): it joins the membership protocol
+    /// and holds nothing until the leader makes it replace a dead voter.
+    pub fn spawn_spare(&mut self, args: &[&str]) -> usize {
+        let i = self.add_slot();
+        self.members[i].name = format!("s{}", i + 1);
+        self.members[i].spare = true;
+        self.members[i].args = std::iter::once("--spare").chain(args.iter().copied()).map(String::from).collect();
+        self.spawn_with_state(i, "existing");
+        i
     }
 
     /// Starts member `i` to join the running cluster (`--initial-cluster-state existing`).
@@ -119,6 +152,7 @@ impl Cluster {
             .args(["--heartbeat-interval", &HEARTBEAT_MS.to_string()])
             .args(["--election-timeout", &ELECTION_MS.to_string()])
             .args(&self.extra)
+            .args(&member.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -181,6 +215,9 @@ impl Cluster {
             for (i, member) in self.members.iter().enumerate().filter(|(_, m)| m.child.is_some()) {
                 if let Ok(mut client) = Client::connect([member.endpoint()], None).await {
                     if let Ok(status) = client.status().await {
+                        if member.spare && status.leader() == 0 {
+                            continue; // a spare not added yet knows no leader
+                        }
                         leaders.push((i, status.leader(), status.header().map_or(0, |h| h.member_id())));
                     }
                 }
@@ -211,6 +248,25 @@ impl Drop for Cluster {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// A plain HTTP GET on a member's client port: the body, if it answered 200.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+/// A metric's value from a member's `/metrics`.
+pub fn metric(port: u16, name: &str) -> Option<f64> {
+    let body = http_get(port, "/metrics")?;
+    body.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 pub fn healthy(port: u16) -> bool {
