@@ -453,4 +453,26 @@ impl Repairer {
     pub fn in_progress(&self) -> Option<(MemberId, MemberId)> {
         self.job.map(|job| (job.dead, job.spare))
     }
+
+    /// Takes over a replacement a previous leader started: `learner` (a spare it added) is
+    /// to replace `dead`. A new leader's repairer knows nothing of its predecessor's work;
+    /// without this it would leave that learner alone and add another spare for the same
+    /// dead voter. The replacement continues from what the view shows (promote once caught up,
+    /// then remove `dead`), and counts as started now for the catch-up timeout. Refused (false)
+    /// while another replacement is in flight.
+    pub fn adopt(&mut self, dead: MemberId, learner: MemberId, now_us: u64) -> bool {
+        if self.job.is_some() || dead == learner {
+            return false;
+        }
+        self.job = Some(Job {
+            dead,
+            spare: learner,
+            shares_domain: false,
+            started_us: now_us,
+            seen_learner: false,
+            promoted: false,
+            abandoning: false,
+        });
+        true
+    }
 }

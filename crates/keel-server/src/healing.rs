@@ -84,6 +84,7 @@ impl Healer {
                 self.shared.metrics.under_replicated.store(0, Relaxed);
                 continue;
             };
+            let fresh = repairer.is_none();
             let repairer = repairer.get_or_insert_with(|| {
                 counted = RepairStats::default();
                 Repairer::new(cfg.clone())
@@ -116,6 +117,11 @@ impl Healer {
                 last_index: raft.last_index,
                 conf_change_pending: raft.conf_change_pending,
             };
+            if fresh && repairer.in_progress().is_none() {
+                // A new leadership: a learner that is a spare (one a previous leader added to
+                // replace a dead voter) is adopted, not left beside a second replacement.
+                adopt(repairer, &voters, &learners, &self.gossip, now_us);
+            }
             let step = repairer.next_step(&view);
             let under = repairer.under_replicated(&view).len() as u64;
             self.shared.metrics.under_replicated.store(under, Relaxed);
@@ -192,6 +198,27 @@ impl Healer {
             client_urls: meta.client_urls,
             learner: true,
         })
+    }
+}
+
+/// Adopts the longest-dead voter's replacement a previous leader left as a learner, if any.
+fn adopt(repairer: &mut Repairer, voters: &[Peer], learners: &[Peer], gossip: &RwLock<GossipView>, now_us: u64) {
+    let Some(dead) = voters.iter().filter_map(|p| p.dead_since_us.map(|since| (since, p.id))).min() else {
+        return;
+    };
+    let gossip = gossip.read().expect("gossip view lock");
+    let spare_learner = learners.iter().find(|learner| {
+        learner.dead_since_us.is_none()
+            && gossip.members.get(&learner.id.0).and_then(|m| m.meta.as_ref()).is_some_and(|meta| meta.spare)
+    });
+    if let Some(learner) = spare_learner {
+        if repairer.adopt(dead.1, learner.id, now_us) {
+            tracing::info!(
+                dead = %format!("{:x}", dead.1 .0),
+                learner = %format!("{:x}", learner.id.0),
+                "continuing a replacement a previous leader started"
+            );
+        }
     }
 }
 

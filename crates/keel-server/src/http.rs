@@ -104,6 +104,16 @@ async fn set_stale_reads(State(shared): State<Arc<Shared>>, body: Body) -> Respo
 /// liveness, zone and URLs (spares are not raft members, so MemberList cannot show them).
 async fn membership(State(shared): State<Arc<Shared>>) -> Response {
     let view = shared.gossip.read().expect("gossip view lock").clone();
+    let group = shared.group;
+    // The role comes from raft's configuration as this member applied it; a process in none is
+    // a spare if it says so (a removed member that came back says it is not).
+    let conf = shared.inspect(move |node, _| node.status(group).map(|s| s.conf)).await.ok().flatten();
+    let role = |id: u64, spare: bool| match &conf {
+        Some(conf) if conf.voters.contains(&id) => "voter",
+        Some(conf) if conf.learners.contains(&id) => "learner",
+        _ if spare => "spare",
+        _ => "none",
+    };
     let now = std::time::Instant::now();
     let members: Vec<Value> = view
         .members
@@ -115,7 +125,8 @@ async fn membership(State(shared): State<Arc<Shared>>) -> Response {
                 "name": meta.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
                 "liveness": format!("{:?}", m.liveness).to_lowercase(),
                 "incarnation": m.incarnation,
-                "spare": meta.as_ref().is_some_and(|m| m.spare),
+                "spare": role(id, meta.as_ref().is_some_and(|m| m.spare)) == "spare",
+                "role": role(id, meta.as_ref().is_some_and(|m| m.spare)),
                 "zone": meta.as_ref().map(|m| m.zone.clone()).unwrap_or_default(),
                 "peer_url": meta.as_ref().map(|m| m.peer_url.clone()).unwrap_or_default(),
                 "client_urls": meta.map(|m| m.client_urls).unwrap_or_default(),

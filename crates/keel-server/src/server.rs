@@ -498,7 +498,8 @@ fn removed_from_cluster(by: u64) {
     tracing::error!(
         by = %format!("{by:x}"),
         "this member has been removed from the cluster (replaced while it was down?); stopping. \
-         To bring this machine back, wipe its data dir and start it as a --spare"
+         To bring this machine back, wipe its data dir and start it as a --spare with new peer \
+         URLs (the cluster refuses the old ones' member id)"
     );
     std::process::exit(2);
 }

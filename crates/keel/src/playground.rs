@@ -243,7 +243,7 @@ pub fn list_spares(args: &[String]) -> anyhow::Result<()> {
             "{:<18} {:<12} {:<8} {:<8} {:<10} {}",
             member["id"].as_str().unwrap_or(""),
             member["name"].as_str().unwrap_or(""),
-            if member["spare"].as_bool() == Some(true) { "spare" } else { "member" },
+            member["role"].as_str().unwrap_or(""),
             member["liveness"].as_str().unwrap_or(""),
             member["zone"].as_str().unwrap_or(""),
             member["peer_url"].as_str().unwrap_or(""),

@@ -484,6 +484,31 @@ fn learners_the_repairer_did_not_add_are_left_alone() {
     assert_eq!(repairer.stats(), Default::default());
 }
 
+#[test]
+fn a_new_leader_adopts_its_predecessors_learner_instead_of_adding_another_spare() {
+    let (mut group, mut old_leader) = dead_voter_and_a_spare();
+    group.add_spare(11, "zone-other");
+    let add = group.step(&mut old_leader).expect("the old leader starts");
+    group.apply(add);
+    // Leadership moves: the new leader's repairer starts empty.
+    let mut new_leader = Repairer::new(config());
+    group.advance(TICK);
+    assert!(new_leader.adopt(id(3), id(10), group.now));
+    assert!(!new_leader.adopt(id(3), id(11), group.now), "one replacement at a time");
+    assert_eq!(group.step(&mut new_leader), None, "the adopted learner still lags; no second spare");
+    group.catch_up(id(10));
+    group.advance(TICK);
+    let promote = group.step(&mut new_leader);
+    assert_eq!(promote, Some(RepairStep::Promote { learner: id(10), replacing: id(3) }));
+    group.apply(promote.unwrap());
+    group.advance(TICK);
+    let remove = group.step(&mut new_leader);
+    assert_eq!(remove, Some(RepairStep::RemoveDead { dead: id(3) }));
+    group.apply(remove.unwrap());
+    assert_eq!(group.voter_ids(), vec![id(1), id(2), id(10)]);
+    assert_eq!(group.spares.len(), 1, "spare 11 was never used");
+}
+
 // ---------------------------------------------------------------------------------------------
 // A random model: deaths, revivals, spares appearing, steps applied after a delay or lost.
 
