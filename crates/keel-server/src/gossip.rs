@@ -168,8 +168,9 @@ fn run(
     let seed = incarnation ^ me.rotate_left(17);
     let mut swim =
         Swim::new(SwimConfig::with_period(period_us), me, incarnation, meta.encode(), &peers, seed, now_us());
-    let mut addresses = seeds;
-    addresses.remove(&me);
+    let mut seeds = seeds;
+    seeds.remove(&me);
+    let mut addresses = seeds.clone();
     let mut sender = PeerSender::start(cluster_id, me, &BTreeMap::new());
     if let Some(on_removed) = on_removed {
         sender = sender.with_on_removed(on_removed);
@@ -196,15 +197,17 @@ fn run(
         if changed {
             published = true;
             let at = Instant::now();
-            let mut learned_address = false;
+            // Connections only to processes believed alive (or suspected): the protocol sends
+            // nothing to the dead, and a sender thread per dead member would redial it ten
+            // times a second for as long as this process runs. One that comes back is heard
+            // from first, and gets its connection again.
+            let mut wanted = BTreeMap::new();
             for (id, liveness, incarnation) in swim.members() {
                 let meta = swim.meta(id).and_then(|bytes| MemberMeta::decode(bytes));
-                if id != me {
-                    if let Some(address) = meta.as_ref().and_then(MemberMeta::address) {
-                        if addresses.get(&id) != Some(&address) {
-                            addresses.insert(id, address);
-                            learned_address = true;
-                        }
+                if id != me && !liveness.is_gone() {
+                    let address = meta.as_ref().and_then(MemberMeta::address).or_else(|| seeds.get(&id).cloned());
+                    if let Some(address) = address {
+                        wanted.insert(id, address);
                     }
                 }
                 let entry = members.entry(id).or_insert(GossipMember { liveness, incarnation, meta: None, since: at });
@@ -220,7 +223,8 @@ fn run(
                     entry.meta = meta;
                 }
             }
-            if learned_address {
+            if wanted != addresses {
+                addresses = wanted;
                 sender.set_peers(&addresses);
             }
             let count = |l: Liveness| members.values().filter(|m| m.liveness == l).count() as u64;

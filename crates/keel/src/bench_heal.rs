@@ -31,6 +31,8 @@ struct Options {
     period: String,
     preload: usize,
     value_bytes: usize,
+    /// `--snapshot-count` for every member: small, the spare catches up from a streamed store.
+    snapshot_count: Option<u64>,
 }
 
 fn parse(args: &[String]) -> anyhow::Result<Options> {
@@ -41,6 +43,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
         period: "200ms".into(),
         preload: 10_000,
         value_bytes: 256,
+        snapshot_count: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -52,6 +55,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
             "--membership-probe-interval" => opts.period = value.clone(),
             "--preload" => opts.preload = value.parse().context("--preload")?,
             "--value-bytes" => opts.value_bytes = value.parse().context("--value-bytes")?,
+            "--snapshot-count" => opts.snapshot_count = Some(value.parse().context("--snapshot-count")?),
             other => bail!("unknown flag {other}"),
         }
     }
@@ -111,6 +115,9 @@ fn start(opts: &Options, dir: &std::path::Path) -> anyhow::Result<Processes> {
             .args(["--membership-probe-interval", &opts.period]);
         if spare {
             command.arg("--spare");
+        }
+        if let Some(count) = opts.snapshot_count {
+            command.args(["--snapshot-count", &count.to_string()]);
         }
         let child = command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn()?;
         children.push(Some(child));

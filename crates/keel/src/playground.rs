@@ -60,60 +60,15 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         MEMBERS.iter().map(|(name, _, peer)| format!("{name}=http://127.0.0.1:{peer}")).collect::<Vec<_>>().join(",");
     let resuming = options.dir.join("m1").exists();
     let mut children: Vec<Child> = Vec::new();
+    let mut names: Vec<String> = Vec::new();
     for (name, client, peer) in MEMBERS {
-        let log_path = options.dir.join(format!("{name}.log"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("open {}", log_path.display()))?;
-        let child = Command::new(&exe)
-            .arg("server")
-            .args(["--name", name])
-            .args(["--data-dir", &options.dir.join(name).to_string_lossy()])
-            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-cluster", &cluster])
-            .args(["--initial-cluster-token", "keel-playground"])
-            .args(["--initial-cluster-state", "new"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("start member {name}"))?;
-        children.push(child);
+        children.push(spawn(&exe, &options.dir, &cluster, name, (client, peer), false)?);
+        names.push(name.to_string());
     }
     // Spares: members-in-waiting that replace a member dead for --replace-dead-after (60 s).
-    let mut names: Vec<String> = MEMBERS.iter().map(|(name, _, _)| name.to_string()).collect();
     for k in 1..=options.spares {
         let name = format!("spare{k}");
-        let (client, peer) = spare_ports(k);
-        let log_path = options.dir.join(format!("{name}.log"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("open {}", log_path.display()))?;
-        let child = Command::new(&exe)
-            .arg("server")
-            .arg("--spare")
-            .args(["--name", &name])
-            .args(["--data-dir", &options.dir.join(&name).to_string_lossy()])
-            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-cluster", &cluster])
-            .args(["--initial-cluster-token", "keel-playground"])
-            .args(["--initial-cluster-state", "existing"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("start spare {name}"))?;
-        children.push(child);
+        children.push(spawn(&exe, &options.dir, &cluster, &name, spare_ports(k), true)?);
         names.push(name);
     }
     let result = wait_ready(&mut children[..MEMBERS.len()]);
@@ -175,6 +130,44 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             bail!("member {name} exited ({status}); see {}/{name}.log", options.dir.display())
         }
     }
+}
+
+/// Starts one `keel server` from etcd's flags: a founding member, or a spare that joins the
+/// running cluster (`--spare`, state existing). Its output goes to `DIR/NAME.log`.
+fn spawn(
+    exe: &std::path::Path,
+    dir: &std::path::Path,
+    cluster: &str,
+    name: &str,
+    (client, peer): (u16, u16),
+    spare: bool,
+) -> anyhow::Result<Child> {
+    let log_path = dir.join(format!("{name}.log"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("open {}", log_path.display()))?;
+    let mut command = Command::new(exe);
+    command.arg("server");
+    if spare {
+        command.arg("--spare");
+    }
+    command
+        .args(["--name", name])
+        .args(["--data-dir", &dir.join(name).to_string_lossy()])
+        .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+        .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args(["--initial-cluster", cluster])
+        .args(["--initial-cluster-token", "keel-playground"])
+        .args(["--initial-cluster-state", if spare { "existing" } else { "new" }])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("start {name}"))
 }
 
 /// Waits until every member answers `/health` with a leader.
