@@ -1001,7 +1001,11 @@ impl Swim {
             return Vec::new();
         }
         let limit = self.transmit_limit();
-        self.queue.sort_by_key(|q| (Some(q.update.member) != to, q.transmits, q.update.member));
+        // Ties among the least-sent go by a hash salted afresh for each message: under a storm
+        // of news (heavy loss suspects many) a fixed order, by member id, would starve the same
+        // members' news every time.
+        let salt = self.random(u64::MAX);
+        self.queue.sort_by_key(|q| (Some(q.update.member) != to, q.transmits, scramble(q.update.member ^ salt)));
         let take = self.queue.len().min(self.cfg.max_piggyback);
         let mut updates = Vec::with_capacity(take);
         for queued in self.queue.iter_mut().take(take) {
