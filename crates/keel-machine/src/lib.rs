@@ -63,6 +63,8 @@ const MEMBER_ALARM: u8 = 6;
 /// Marks the alarms after the member records in their encoding (absent when there are none, so
 /// records without alarms encode as they always did).
 const ALARMS_TRAILER: u8 = 1;
+/// Then, if any, the ids of members removed from the cluster.
+const REMOVED_TRAILER: u8 = 2;
 /// Snapshots of this machine start with this, then the etcd store's snapshot and the members.
 const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSM1\0";
 /// A snapshot that names a store file instead of holding the state (see [`FileTicket`]).
@@ -355,16 +357,19 @@ fn remove_older_received(installed: &Path) {
     }
 }
 
-/// What the cluster records of its members: their records and their raised alarms.
+/// What the cluster records of its members: their records, their raised alarms, and the ids of
+/// members removed (as etcd keeps them: a removed member that comes back is told so and refused,
+/// by every member, also after restarts, since this is replicated state).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Roster {
     pub members: BTreeMap<u64, MemberRecord>,
     pub alarms: Alarms,
+    pub removed: std::collections::BTreeSet<u64>,
 }
 
 impl Roster {
     pub fn new(members: BTreeMap<u64, MemberRecord>) -> Roster {
-        Roster { members, alarms: Alarms::new() }
+        Roster { members, alarms: Alarms::new(), removed: Default::default() }
     }
 }
 
@@ -381,6 +386,12 @@ pub fn encode_members(roster: &Roster) -> Vec<u8> {
             w.u64(alarm.member).u8(alarm.kind as u8);
         }
     }
+    if !roster.removed.is_empty() {
+        w.u8(REMOVED_TRAILER).u32(u32::try_from(roster.removed.len()).expect("fewer than 4G removed members"));
+        for &id in &roster.removed {
+            w.u64(id);
+        }
+    }
     w.into_vec()
 }
 
@@ -392,12 +403,26 @@ pub fn decode_members(data: &[u8]) -> Result<Roster, DecodeError> {
         let record = get_record(&mut r)?;
         roster.members.insert(record.id, record);
     }
-    if r.remaining() > 0 {
-        if r.u8("alarms trailer")? != ALARMS_TRAILER {
-            return Err(r.error("alarms trailer", "unknown trailer"));
+    // Trailers, each at most once and in this order (older files have fewer).
+    let mut last_trailer = 0;
+    while r.remaining() > 0 {
+        let trailer = r.u8("members trailer")?;
+        if trailer <= last_trailer {
+            return Err(r.error("members trailer", "trailers out of order or repeated"));
         }
-        for _ in 0..r.count("alarm count", 9)? {
-            roster.alarms.insert(get_alarm(&mut r)?);
+        last_trailer = trailer;
+        match trailer {
+            ALARMS_TRAILER => {
+                for _ in 0..r.count("alarm count", 9)? {
+                    roster.alarms.insert(get_alarm(&mut r)?);
+                }
+            }
+            REMOVED_TRAILER => {
+                for _ in 0..r.count("removed member count", 8)? {
+                    roster.removed.insert(r.u64("removed member id")?);
+                }
+            }
+            _ => return Err(r.error("members trailer", "unknown trailer")),
         }
     }
     r.finish("members")?;
@@ -616,6 +641,11 @@ impl<B: Backend> MvccMachine<B> {
         &self.roster.alarms
     }
 
+    /// Members removed from the cluster, as applied.
+    pub fn removed_members(&self) -> &std::collections::BTreeSet<u64> {
+        &self.roster.removed
+    }
+
     /// Whether member records changed since the last call.
     pub fn take_members_changed(&mut self) -> bool {
         std::mem::take(&mut self.members_changed)
@@ -643,10 +673,15 @@ impl<B: Backend> MvccMachine<B> {
         let members = &mut roster.members;
         match command? {
             MemberCommand::Add(record) => {
+                // Ids derive from peer URLs, so a member added again with the same URLs has its
+                // old id: welcome again (etcd, whose ids are random, never meets this).
+                roster.removed.remove(&record.id);
                 members.insert(record.id, record);
             }
             MemberCommand::Remove(id) => {
-                members.remove(&id);
+                if members.remove(&id).is_some() {
+                    roster.removed.insert(id);
+                }
             }
             MemberCommand::Publish { id, name, client_urls } => {
                 if let Some(record) = members.get_mut(&id) {
@@ -1065,6 +1100,27 @@ mod tests {
         assert_eq!((machine.members().len(), machine.store().applied_index()), (1, 4));
         machine.apply_conf_change(5, &MemberCommand::Remove(4).encode());
         assert!(machine.members().is_empty());
+        assert!(machine.removed_members().contains(&4), "a removed member is remembered");
+        // Added again (the same peer URLs give the same id): no longer refused.
+        machine.apply_conf_change(6, &MemberCommand::Add(record(4)).encode());
+        assert!(machine.removed_members().is_empty());
+    }
+
+    #[test]
+    fn removed_members_survive_the_members_file_after_the_alarms() {
+        let mut roster = Roster::new([record(1)].into_iter().map(|r| (r.id, r)).collect());
+        roster.removed.extend([7, 9]);
+        assert_eq!(decode_members(&encode_members(&roster)), Ok(roster.clone()), "without alarms");
+        roster.alarms.insert(AlarmMember { member: 1, kind: AlarmKind::NoSpace });
+        let encoded = encode_members(&roster);
+        assert_eq!(decode_members(&encoded), Ok(roster.clone()), "after the alarms");
+        // The trailers in the wrong order, or one twice, are refused.
+        let mut only_removed = Roster::new(roster.members.clone());
+        only_removed.removed = roster.removed.clone();
+        let tail = encode_members(&only_removed)[encode_members(&Roster::new(roster.members.clone())).len()..].to_vec();
+        let mut twice = encoded.clone();
+        twice.extend(&tail);
+        assert!(decode_members(&twice).is_err(), "a trailer repeated");
     }
 
     #[test]

@@ -42,8 +42,6 @@ pub struct MembershipSync {
     /// whether this process is in the records itself.
     removed: Option<Arc<std::sync::RwLock<std::collections::BTreeSet<u64>>>>,
     joined: Option<Arc<std::sync::atomic::AtomicBool>>,
-    /// The member records' ids at the last change.
-    recorded: std::collections::BTreeSet<u64>,
 }
 
 pub struct ServerHook {
@@ -97,15 +95,8 @@ impl ServerHook {
         peers: Arc<PeerSender>,
         member_ids: Arc<std::sync::RwLock<std::collections::BTreeSet<u64>>>,
     ) -> ServerHook {
-        self.membership = Some(MembershipSync {
-            own,
-            peers,
-            member_ids,
-            last_publish: None,
-            removed: None,
-            joined: None,
-            recorded: Default::default(),
-        });
+        self.membership =
+            Some(MembershipSync { own, peers, member_ids, last_publish: None, removed: None, joined: None });
         self
     }
 
@@ -147,14 +138,10 @@ impl MembershipSync {
                 joined.store(ids.contains(&me), std::sync::atomic::Ordering::Relaxed);
             }
             if let Some(removed) = &self.removed {
-                let mut removed = removed.write().expect("removed ids lock");
-                // Only ids that were in the records before (the flags' ids a spare starts with
-                // are not records it saw removed).
-                removed.extend(self.recorded.difference(&ids).filter(|&&id| id != me));
-                // A member added again (same URLs, so the same id) is welcome again.
-                removed.retain(|id| !ids.contains(id));
+                // Replicated (the member records keep removed ids), so every member refuses a
+                // removed one alike, restarted or not.
+                *removed.write().expect("removed ids lock") = machine.removed_members().clone();
             }
-            self.recorded = ids.clone();
             ids.insert(me);
             *self.member_ids.write().expect("member ids lock") = ids;
         }

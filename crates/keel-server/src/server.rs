@@ -311,9 +311,10 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     let inbox = Arc::new(PeerInbox::default());
     let peer_inbox = inbox.clone();
     let known = member_ids.clone();
-    // Members this one saw removed (replaced while down, or by an operator): told so if they
-    // come back. Kept in memory: a member restarted since only refuses them at the raft level.
-    let removed: Arc<std::sync::RwLock<BTreeSet<u64>>> = Arc::default();
+    // Members removed from the cluster (replaced while down, or by an operator), as the
+    // replicated member records keep them: told so if they come back.
+    let removed: Arc<std::sync::RwLock<BTreeSet<u64>>> =
+        Arc::new(std::sync::RwLock::new(node.machine(GROUP).map(|m| m.removed_members().clone()).unwrap_or_default()));
     // Whether this process is in the cluster's member records yet (a spare is not until the
     // leader adds it): until then it accepts raft traffic from any process of the cluster,
     // since the leader that adds it may be one its flags did not name.
