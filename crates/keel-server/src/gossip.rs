@@ -239,6 +239,10 @@ fn run(
             let mut shared = view.write().expect("gossip view lock");
             shared.members = members.clone();
         }
+        let stats = swim.stats();
+        metrics.gossip_suspicions_raised.store(stats.suspicions_raised, Relaxed);
+        metrics.gossip_refutations.store(stats.refutations, Relaxed);
+        metrics.gossip_local_health.store(u64::from(swim.local_health()), Relaxed);
         for (to, message) in swim.take_outbox() {
             let frame = PeerFrame::Membership(Bytes::from(wire::encode(&message)));
             sender.send_out(Outgoing::Frame { to, frame });

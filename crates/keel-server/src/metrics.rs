@@ -52,6 +52,11 @@ pub struct Metrics {
     pub gossip_suspect: AtomicU64,
     pub gossip_dead: AtomicU64,
     pub spares: AtomicU64,
+    /// This process's own side of the protocol: suspicions it raised, times it refuted one of
+    /// itself, and its Lifeguard local-health score (0 healthy; higher stretches its timeouts).
+    pub gossip_suspicions_raised: AtomicU64,
+    pub gossip_refutations: AtomicU64,
+    pub gossip_local_health: AtomicU64,
     /// Voters confirmed dead and not replaced yet (as the leader sees them; 0 elsewhere).
     pub under_replicated: AtomicU64,
     /// Steps of automatic replacement this member (as leader) proposed.
@@ -142,6 +147,24 @@ impl Metrics {
             "Alive spares: processes ready to replace a dead voter.",
             "gauge",
             self.spares.load(Relaxed).to_string(),
+        );
+        gauge(
+            "keel_membership_suspicions_raised_total",
+            "Members this process suspected after a failed direct and indirect probe.",
+            "counter",
+            self.gossip_suspicions_raised.load(Relaxed).to_string(),
+        );
+        gauge(
+            "keel_membership_refutations_total",
+            "Times this process heard itself suspected or declared dead and refuted it.",
+            "counter",
+            self.gossip_refutations.load(Relaxed).to_string(),
+        );
+        gauge(
+            "keel_membership_local_health",
+            "Lifeguard's local-health score of this process (0: healthy).",
+            "gauge",
+            self.gossip_local_health.load(Relaxed).to_string(),
         );
         gauge(
             "keel_under_replicated_voters",

@@ -206,10 +206,18 @@ async fn without_a_spare_the_cluster_serves_reports_under_replication_and_heals_
         assert!(Instant::now() < deadline, "under-replication never reported: {health}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The membership protocol's own figures: somebody suspected the dead member, and the
+    // survivors count it dead.
+    let survivors = [cluster.members[0].client_port, cluster.members[1].client_port];
+    let sum = |name: &str| survivors.iter().filter_map(|&port| metric(port, name)).sum::<f64>();
+    assert!(sum("keel_membership_suspicions_raised_total") >= 1.0);
+    assert_eq!(sum("keel_membership_dead"), 2.0, "each survivor counts one dead member");
+    assert_eq!(sum("keel_spares"), 0.0);
     // It keeps serving meanwhile.
     write_keys(&client, "/n/more/", 10).await;
     // A spare appears: the dead voter is replaced.
     let spare = cluster.spawn_spare(&[]);
+    wait_for_spares(&cluster, 0, 1);
     let voters = wait_for_three_voters(&cluster, 0, &BTreeSet::from([dead])).await;
     assert!(voters.contains(&cluster.member_id(spare).await));
     assert_eq!(count_keys(&client, "/n/").await, 20);
