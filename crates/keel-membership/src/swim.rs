@@ -174,6 +174,9 @@ pub struct SwimConfig {
     pub stall_slack_us: u64,
     /// Most relayed probes a member keeps in flight for others.
     pub max_relays: usize,
+    /// A direct ping unanswered after half the probe timeout is sent once more (only on loss:
+    /// without it no message is added).
+    pub resend_probes: bool,
 }
 
 impl SwimConfig {
@@ -206,6 +209,7 @@ impl SwimConfig {
             max_local_health: 8,
             stall_slack_us: period_us / 4,
             max_relays: 64,
+            resend_probes: true,
         }
     }
 }
@@ -215,6 +219,8 @@ impl SwimConfig {
 pub struct SwimStats {
     pub probes: u64,
     pub failed_probes: u64,
+    /// Direct pings sent a second time (no ack after half the probe timeout).
+    pub resent_probes: u64,
     pub suspicions_raised: u64,
     pub refutations: u64,
     pub declared_dead: u64,
@@ -241,6 +247,8 @@ struct Suspicion {
 struct Probe {
     seq: u32,
     target: MemberId,
+    /// When the direct ping is sent once more if no ack came (None: sent twice already).
+    resend_us: Option<u64>,
     direct_deadline_us: u64,
     indirect_deadline_us: u64,
     relays_asked: u32,
@@ -253,6 +261,9 @@ struct Relay {
     seq: u32,
     requester: MemberId,
     requester_seq: u32,
+    target: MemberId,
+    /// When the ping is sent once more if the target has not answered (None: sent twice).
+    resend_us: Option<u64>,
     deadline_us: u64,
 }
 
@@ -411,13 +422,16 @@ impl Swim {
                 let pending =
                     if probe.relays_asked == 0 { probe.direct_deadline_us } else { probe.indirect_deadline_us };
                 next = next.min(pending);
+                if let (Some(at), 0) = (probe.resend_us, probe.relays_asked) {
+                    next = next.min(at);
+                }
             }
         }
         if let Some((retry, _)) = self.sync_pending {
             next = next.min(retry);
         }
         for relay in &self.relays {
-            next = next.min(relay.deadline_us);
+            next = next.min(relay.deadline_us).min(relay.resend_us.unwrap_or(u64::MAX));
         }
         for suspicion in self.suspicions.values() {
             next = next.min(suspicion.deadline_us);
@@ -506,7 +520,15 @@ impl Swim {
                 if self.relays.len() < self.cfg.max_relays && target != self.me {
                     let my_seq = self.next_seq();
                     let deadline_us = now + self.cfg.probe_timeout_us;
-                    self.relays.push(Relay { seq: my_seq, requester: from, requester_seq: seq, deadline_us });
+                    let resend_us = self.cfg.resend_probes.then_some(now + self.cfg.probe_timeout_us / 2);
+                    self.relays.push(Relay {
+                        seq: my_seq,
+                        requester: from,
+                        requester_seq: seq,
+                        target,
+                        resend_us,
+                        deadline_us,
+                    });
                     let updates = self.piggyback(Some(target));
                     self.send(target, Message::Ping { seq: my_seq, target, updates });
                 }
@@ -591,6 +613,23 @@ impl Swim {
     // ------------------------------------------------------------------ probing
 
     fn probe_due(&mut self, now: u64) {
+        let resend = self.probe.as_ref().and_then(|p| match p.resend_us {
+            Some(at) if !p.acked && p.relays_asked == 0 && now >= at && now < p.direct_deadline_us => {
+                Some((p.seq, p.target))
+            }
+            _ => None,
+        });
+        if let Some((seq, target)) = resend {
+            // The ping or its ack may have been lost: one more try before troubling k relays,
+            // whose round costs four messages each and, if it fails too, a suspicion that has
+            // to be spread and refuted.
+            if let Some(probe) = self.probe.as_mut() {
+                probe.resend_us = None;
+            }
+            self.stats.resent_probes += 1;
+            let updates = self.piggyback(Some(target));
+            self.send(target, Message::Ping { seq, target, updates });
+        }
         if let Some(probe) = self.probe.as_ref() {
             if !probe.acked && probe.relays_asked == 0 && now >= probe.direct_deadline_us {
                 self.ask_relays(now);
@@ -677,9 +716,11 @@ impl Swim {
         let seq = self.next_seq();
         let timeout = self.scaled(self.cfg.probe_timeout_us);
         let indirect = self.scaled(self.cfg.indirect_timeout_us);
+        let resend_us = self.cfg.resend_probes.then_some(now + timeout / 2);
         self.probe = Some(Probe {
             seq,
             target,
+            resend_us,
             direct_deadline_us: now + timeout,
             indirect_deadline_us: now + timeout + indirect,
             relays_asked: 0,
@@ -742,6 +783,21 @@ impl Swim {
     }
 
     fn relays_due(&mut self, now: u64) {
+        // A relayed ping unanswered after half its time is sent once more, as a direct one is.
+        let resends: Vec<(u32, MemberId)> = self
+            .relays
+            .iter_mut()
+            .filter(|r| r.resend_us.is_some_and(|at| now >= at) && now < r.deadline_us)
+            .map(|r| {
+                r.resend_us = None;
+                (r.seq, r.target)
+            })
+            .collect();
+        for (seq, target) in resends {
+            self.stats.resent_probes += 1;
+            let updates = self.piggyback(Some(target));
+            self.send(target, Message::Ping { seq, target, updates });
+        }
         let mut i = 0;
         while i < self.relays.len() {
             if self.relays[i].deadline_us <= now {

@@ -53,8 +53,21 @@ fn a_suspected_member_refutes_with_a_higher_incarnation() {
 #[test]
 fn an_unanswered_probe_leads_to_relays_then_suspicion_then_death() {
     let mut swim = member(1, &[1, 2, 3, 4, 5]);
-    let (at, target, _) = first_probe(&mut swim);
-    // No ack: at the probe timeout it asks relays.
+    let (at, target, first_seq) = first_probe(&mut swim);
+    // No ack after half the probe timeout: the ping goes once more (it or its ack may be lost).
+    let resend_at = swim.next_deadline();
+    assert_eq!(resend_at, at + SwimConfig::lan().probe_timeout_us / 2);
+    swim.tick(resend_at);
+    let resent: Vec<(MemberId, u32)> = swim
+        .take_outbox()
+        .into_iter()
+        .filter_map(|(to, m)| match m {
+            Message::Ping { seq, .. } => Some((to, seq)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resent, vec![(target, first_seq)], "the same probe, to the same member");
+    // Still no ack: at the probe timeout it asks relays.
     let relay_at = swim.next_deadline();
     assert_eq!(relay_at, at + SwimConfig::lan().probe_timeout_us);
     swim.tick(relay_at);
