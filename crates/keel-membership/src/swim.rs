@@ -8,9 +8,13 @@
 //! time.
 //!
 //! ## The protocol (Das et al., "SWIM", 2002; Dadgar et al., "Lifeguard", 2017)
-//! - **Probes.** Once per protocol period a member pings one other member. No ack within the
-//!   probe timeout → it asks `indirect_checks` (k) others to ping the target for it (ping-req);
-//!   no ack, direct or relayed, by the indirect deadline → it *suspects* the target.
+//! - **Probes.** Once per protocol period a member pings one other member. No ack within half
+//!   the probe timeout → the ping goes once more (a lost ping or ack is the common case of a
+//!   missing answer, and one message is cheaper than k relays and a suspicion everyone must
+//!   hear and the target must refute); no ack within the probe timeout → it asks
+//!   `indirect_checks` (k) others to ping the target for it (ping-req), and each relay resends
+//!   its ping the same way; no ack, direct or relayed, by the indirect deadline → it *suspects*
+//!   the target. Resends happen only on loss: at 0 % loss a probe costs a ping and an ack.
 //! - **Who probes whom.** Not each member's own shuffled round-robin (SWIM, memberlist) but one
 //!   permutation per period that every member computes alike: members sorted by a hash of their
 //!   id, each probing the one `offset(period)` places after itself, the offset drawn from the

@@ -103,6 +103,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     println!("Ctrl-C stops the cluster; run `keel playground` again to resume with the same data.");
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let spares = options.spares;
+    let mut reported = vec![false; children.len()];
     let exited = runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut poll = tokio::time::interval(Duration::from_millis(200));
@@ -112,8 +114,21 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 _ = term.recv() => return Ok(None),
                 _ = poll.tick() => {
                     for (i, child) in children.iter_mut().enumerate() {
+                        if reported[i] {
+                            continue;
+                        }
                         if let Some(status) = child.try_wait()? {
-                            return Ok(Some((names[i].clone(), status)));
+                            if spares == 0 {
+                                return Ok(Some((names[i].clone(), status)));
+                            }
+                            // With spares, a member that dies is what the cluster heals from:
+                            // watch it happen (`keel spares`, `etcdctl member list`).
+                            reported[i] = true;
+                            println!(
+                                "{} exited ({status}); if it stays down 60 s a spare replaces it \
+                                 (`keel spares`, `etcdctl member list` show it)",
+                                names[i]
+                            );
                         }
                     }
                 }
