@@ -152,6 +152,9 @@ pub struct Repairer {
     last_issued: Option<(RepairStep, u64)>,
     /// Why the previous call could not act, for counting episodes.
     blocked: Option<Blocked>,
+    /// A dead voter of an even group this repairer chose to remove (outside a replacement): it
+    /// counts as removed once the view no longer lists it.
+    removing: Option<MemberId>,
     stats: RepairStats,
 }
 
@@ -208,6 +211,7 @@ impl Repairer {
             avoid: BTreeMap::new(),
             last_issued: None,
             blocked: None,
+            removing: None,
             stats: RepairStats::default(),
         }
     }
@@ -234,6 +238,12 @@ impl Repairer {
     pub fn next_step(&mut self, view: &GroupView) -> Option<RepairStep> {
         let now = view.now_us;
         self.avoid.retain(|_, until| *until > now);
+        if let Some(dead) = self.removing {
+            if find(view.voters, dead).is_none() {
+                self.stats.removed += 1;
+                self.removing = None;
+            }
+        }
         if view.conf_change_pending {
             return None;
         }
@@ -380,6 +390,18 @@ impl Repairer {
             // The group cannot commit a conf change, and promoting a learner would not give it a
             // majority back: only an operator (or the dead coming back) can help.
             return Outcome::Blocked(Blocked::Quorum);
+        }
+        if view.voters.len().is_multiple_of(2) {
+            // An even group with a dead voter: removing it first only helps (four voters with
+            // one dead tolerate no further failure; the three left tolerate one). It is also
+            // what a replacement leaves behind when leadership moved between its promotion and
+            // its removal: the new leader's repairer did not start it, but finishes it here.
+            let (voters, alive_voters) = (view.voters.len(), alive(view.voters));
+            let outcome = Self::guarded(view, RepairStep::RemoveDead { dead }, voters - 1, alive_voters);
+            if matches!(outcome, Outcome::Step(_)) {
+                self.removing = Some(dead);
+            }
+            return outcome;
         }
         if self.last_start_us.is_some_and(|last| now.saturating_sub(last) < self.cfg.min_interval_us) {
             return Outcome::Wait;

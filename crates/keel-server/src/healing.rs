@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use keel_placement::repair::{GroupView, Peer, RepairConfig, RepairStats, RepairStep, Repairer, Spare};
+use keel_placement::repair::{GroupView, Peer, RepairConfig, RepairStep, Repairer, Spare};
 use keel_placement::{MemberId, ShardId};
 use keel_raft::{ConfChange, Role};
 
@@ -55,8 +55,6 @@ impl Healer {
             ..RepairConfig::default()
         };
         let mut repairer: Option<Repairer> = None;
-        // What the current repairer's counters were at the last poll.
-        let mut counted = RepairStats::default();
         let group = self.shared.group;
         loop {
             tokio::time::sleep(POLL).await;
@@ -85,10 +83,7 @@ impl Healer {
                 continue;
             };
             let fresh = repairer.is_none();
-            let repairer = repairer.get_or_insert_with(|| {
-                counted = RepairStats::default();
-                Repairer::new(cfg.clone())
-            });
+            let repairer = repairer.get_or_insert_with(|| Repairer::new(cfg.clone()));
             let now = Instant::now();
             let now_us = micros(now.duration_since(start));
             let (voters, learners, spares) = {
@@ -125,14 +120,6 @@ impl Healer {
             let step = repairer.next_step(&view);
             let under = repairer.under_replicated(&view).len() as u64;
             self.shared.metrics.under_replicated.store(under, Relaxed);
-            // Counters for the process's life: each leadership's repairer adds what it did.
-            let stats = repairer.stats();
-            let m = &self.shared.metrics;
-            m.replacements_started.fetch_add(stats.replacements_started - counted.replacements_started, Relaxed);
-            m.replacements_promoted.fetch_add(stats.promoted - counted.promoted, Relaxed);
-            m.replacements_removed.fetch_add(stats.removed - counted.removed, Relaxed);
-            m.replacements_abandoned.fetch_add(stats.abandoned - counted.abandoned, Relaxed);
-            counted = stats;
             if let Some(step) = step {
                 self.carry_out(step).await;
             }
@@ -171,8 +158,20 @@ impl Healer {
                 (ConfChange::Remove(learner.0), MemberCommand::Remove(learner.0))
             }
         };
-        if let Err(error) = self.shared.propose_conf_change(change, &command).await {
-            tracing::info!(?step, %error, "a replacement step was not applied (retried later)");
+        match self.shared.propose_conf_change(change, &command).await {
+            // Answered once applied: counted here, by the member that proposed it, whatever
+            // happens to its leadership next.
+            Ok(()) => {
+                let m = &self.shared.metrics;
+                let counter = match step {
+                    RepairStep::AddLearner { .. } => &m.replacements_started,
+                    RepairStep::Promote { .. } => &m.replacements_promoted,
+                    RepairStep::RemoveDead { .. } => &m.replacements_removed,
+                    RepairStep::RemoveLearner { .. } => &m.replacements_abandoned,
+                };
+                counter.fetch_add(1, Relaxed);
+            }
+            Err(error) => tracing::info!(?step, %error, "a replacement step was not applied (retried later)"),
         }
     }
 

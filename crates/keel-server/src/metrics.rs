@@ -59,7 +59,7 @@ pub struct Metrics {
     pub gossip_local_health: AtomicU64,
     /// Voters confirmed dead and not replaced yet (as the leader sees them; 0 elsewhere).
     pub under_replicated: AtomicU64,
-    /// Steps of automatic replacement this member (as leader) proposed.
+    /// Steps of automatic replacement this member proposed as leader, counted once applied.
     pub replacements_started: AtomicU64,
     pub replacements_promoted: AtomicU64,
     pub replacements_removed: AtomicU64,
@@ -174,25 +174,25 @@ impl Metrics {
         );
         gauge(
             "keel_replacements_started_total",
-            "Replacements of a dead voter this member started as leader (a spare added as learner).",
+            "Spares this member, as leader, added as learners to replace a dead voter (applied).",
             "counter",
             self.replacements_started.load(Relaxed).to_string(),
         );
         gauge(
             "keel_replacements_promoted_total",
-            "Spares this member promoted to voter as leader.",
+            "Replacements this member, as leader, promoted to voter (applied).",
             "counter",
             self.replacements_promoted.load(Relaxed).to_string(),
         );
         gauge(
             "keel_replacements_removed_total",
-            "Dead voters this member removed as leader once replaced.",
+            "Dead voters this member, as leader, removed (applied).",
             "counter",
             self.replacements_removed.load(Relaxed).to_string(),
         );
         gauge(
             "keel_replacements_abandoned_total",
-            "Learners removed because they died or did not catch up.",
+            "Learners this member, as leader, removed because they died or did not catch up (applied).",
             "counter",
             self.replacements_abandoned.load(Relaxed).to_string(),
         );

@@ -509,6 +509,27 @@ fn a_new_leader_adopts_its_predecessors_learner_instead_of_adding_another_spare(
     assert_eq!(group.spares.len(), 1, "spare 11 was never used");
 }
 
+#[test]
+fn a_new_leader_removes_the_dead_voter_a_promoted_replacement_left_behind() {
+    // The old leader promoted spare 10 for dead voter 3, then lost leadership before removing 3:
+    // four voters, one dead, and no spare left.
+    let (mut group, mut old_leader) = dead_voter_and_a_spare();
+    let add = group.step(&mut old_leader).expect("add");
+    group.apply(add);
+    group.catch_up(id(10));
+    group.advance(TICK);
+    let promote = group.step(&mut old_leader).expect("promote");
+    group.apply(promote);
+    assert_eq!(group.voters.len(), 4);
+    let mut new_leader = Repairer::new(config());
+    group.advance(TICK);
+    assert_eq!(group.step(&mut new_leader), Some(RepairStep::RemoveDead { dead: id(3) }));
+    group.apply(RepairStep::RemoveDead { dead: id(3) });
+    assert_eq!(group.voter_ids(), vec![id(1), id(2), id(10)]);
+    assert_eq!(group.step(&mut new_leader), None);
+    assert_eq!(new_leader.stats().removed, 1, "counted once seen applied");
+}
+
 // ---------------------------------------------------------------------------------------------
 // A random model: deaths, revivals, spares appearing, steps applied after a delay or lost.
 
