@@ -34,7 +34,10 @@
 //!   dead > suspect > alive. Probes of a suspect carry the suspicion (Lifeguard's buddy
 //!   system), so the suspect hears it within a period even if gossip missed it.
 //! - **Dissemination.** Updates ride on every ping, ack and ping-req (each update at most
-//!   `retransmit_mult × ⌈log10(n + 1)⌉` times, least-sent first). A *change* — a new suspicion,
+//!   `retransmit_mult × ⌈log10(n + 1)⌉` times, least-sent first, except that when the queue
+//!   holds more than a message carries, a quarter of the slots go to the oldest queued updates:
+//!   under a storm of suspicions fresh news would otherwise take every slot, and older news
+//!   would stop spreading halfway). A *change* — a new suspicion,
 //!   a death, a refutation, a join — is also pushed at once to `gossip_fanout` random members by
 //!   each member that learns it (rumour mongering): the probes cost two messages per member per
 //!   period whatever happens, and news costs `fanout × n` messages once, reaching almost
@@ -275,6 +278,8 @@ struct Relay {
 struct Queued {
     update: Update,
     transmits: u32,
+    /// When it was queued (a counter): the oldest news gets a share of every message.
+    queued_at: u64,
     /// News not yet pushed by rumour mongering.
     push: bool,
 }
@@ -300,6 +305,7 @@ pub struct Swim {
     last_push_us: Option<u64>,
     next_push_us: u64,
     local_health: u32,
+    queued_seq: u64,
     seq: u32,
     rng: u64,
     now_us: u64,
@@ -347,6 +353,7 @@ impl Swim {
             last_push_us: None,
             next_push_us: u64::MAX,
             local_health: 0,
+            queued_seq: 0,
             seq: 0,
             rng: seed ^ scramble(me),
             now_us,
@@ -1041,11 +1048,14 @@ impl Swim {
     /// Queues an update for piggybacking (replacing older news of the same member); `push`
     /// marks it as news to spread at once.
     fn enqueue(&mut self, update: Update, push: bool) {
+        self.queued_seq += 1;
         let push = push && self.cfg.gossip_fanout > 0;
         if let Some(queued) = self.queue.iter_mut().find(|q| q.update.member == update.member) {
-            *queued = Queued { update, transmits: 0, push: push || queued.push };
+            let queued_at = self.queued_seq;
+            *queued = Queued { update, transmits: 0, queued_at, push: push || queued.push };
         } else {
-            self.queue.push(Queued { update, transmits: 0, push });
+            let queued_at = self.queued_seq;
+            self.queue.push(Queued { update, transmits: 0, queued_at, push });
         }
     }
 
@@ -1067,6 +1077,12 @@ impl Swim {
         let salt = self.random(u64::MAX);
         self.queue.sort_by_key(|q| (Some(q.update.member) != to, q.transmits, scramble(q.update.member ^ salt)));
         let take = self.queue.len().min(self.cfg.max_piggyback);
+        // Under a storm fresh news fills every slot and older news never finishes spreading:
+        // a quarter of the slots go to the oldest queued updates instead.
+        let fresh = if self.queue.len() > take { take - take / 4 } else { take };
+        if fresh < take {
+            self.queue[fresh..].sort_by_key(|q| q.queued_at);
+        }
         let mut updates = Vec::with_capacity(take);
         for queued in self.queue.iter_mut().take(take) {
             queued.transmits += 1;

@@ -254,3 +254,23 @@ fn local_health_keeps_stalling_members_from_killing_responsive_ones() {
     assert!(without >= 20, "the scenario must show the harm: {without}");
     assert!(with * 20 <= without, "local health: {with} responsive members killed, without it {without}");
 }
+
+#[test]
+fn under_a_storm_of_fresh_news_the_oldest_still_gets_a_share_of_every_message() {
+    let peers: Vec<MemberId> = (1..=400).collect();
+    let mut swim = member(1, &peers);
+    swim.step(1, 2, Message::Gossip { updates: vec![update(9, 1, Liveness::Alive, 9)] });
+    for _ in 0..3 {
+        swim.piggyback(None);
+    }
+    // Two hundred fresh suspicions, each sent fewer times than the old news.
+    let storm: Vec<Update> = (100..300).map(|m| update(m, 0, Liveness::Suspect, 2)).collect();
+    swim.step(2, 2, Message::Gossip { updates: storm });
+    let carried = swim.piggyback(None);
+    assert_eq!(carried.len(), swim.cfg.max_piggyback);
+    assert!(
+        carried.iter().any(|u| u.member == 9 && u.incarnation == 1),
+        "the older news rides along: {:?}",
+        carried.iter().map(|u| u.member).collect::<Vec<_>>()
+    );
+}
