@@ -128,6 +128,9 @@ pub struct GossipSettings {
     pub seeds: BTreeMap<NodeId, PeerAddress>,
     pub period: Duration,
     pub on_removed: Option<OnRemoved>,
+    /// The cluster's members as this process's records name them: a spare that became one is
+    /// no longer counted as a spare (its description keeps saying where it came from).
+    pub members: Arc<RwLock<std::collections::BTreeSet<NodeId>>>,
 }
 
 impl Gossip {
@@ -156,7 +159,7 @@ fn run(
     view: Arc<RwLock<GossipView>>,
     metrics: Arc<Metrics>,
 ) {
-    let GossipSettings { cluster_id, me, meta, seeds, period, on_removed } = settings;
+    let GossipSettings { cluster_id, me, meta, seeds, period, on_removed, members: recorded } = settings;
     let start = Instant::now();
     let now_us = || start.elapsed().as_micros() as u64;
     // A restarted process must outrank what the others remember of its previous life (dead at
@@ -189,7 +192,8 @@ fn run(
             Err(RecvTimeoutError::Disconnected) => return,
         }
         let now = now_us();
-        if now >= swim.next_deadline() {
+        let ticked = now >= swim.next_deadline();
+        if ticked {
             swim.tick(now);
         }
         let events = swim.take_events();
@@ -231,13 +235,21 @@ fn run(
             metrics.gossip_alive.store(count(Liveness::Alive), Relaxed);
             metrics.gossip_suspect.store(count(Liveness::Suspect), Relaxed);
             metrics.gossip_dead.store(count(Liveness::Dead), Relaxed);
-            let spares = members
-                .values()
-                .filter(|m| m.liveness == Liveness::Alive && m.meta.as_ref().is_some_and(|meta| meta.spare))
-                .count();
-            metrics.spares.store(spares as u64, Relaxed);
             let mut shared = view.write().expect("gossip view lock");
             shared.members = members.clone();
+        }
+        if changed || ticked {
+            // Also at ticks: a spare becomes a member through raft, not through gossip.
+            let recorded = recorded.read().expect("member ids lock");
+            let spares = members
+                .iter()
+                .filter(|(id, m)| {
+                    m.liveness == Liveness::Alive
+                        && m.meta.as_ref().is_some_and(|meta| meta.spare)
+                        && !recorded.contains(id)
+                })
+                .count();
+            metrics.spares.store(spares as u64, Relaxed);
         }
         let stats = swim.stats();
         metrics.gossip_suspicions_raised.store(stats.suspicions_raised, Relaxed);

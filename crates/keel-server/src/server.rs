@@ -333,6 +333,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
             seeds: addresses.clone(),
             period: config.membership_probe_interval,
             on_removed: Some(Arc::new(removed_from_cluster)),
+            members: member_ids.clone(),
         },
         metrics.clone(),
     )
