@@ -38,8 +38,8 @@ pub struct MembershipSync {
     /// Who the peer listener accepts.
     member_ids: Arc<std::sync::RwLock<std::collections::BTreeSet<u64>>>,
     last_publish: Option<Instant>,
-    /// Members seen leaving the records (the listener tells them so if they come back), and
-    /// whether this process is in the records itself.
+    /// The removed member ids as the replicated records keep them (the listener tells such a
+    /// member so if it comes back), and whether this process is in the records itself.
     removed: Option<Arc<std::sync::RwLock<std::collections::BTreeSet<u64>>>>,
     joined: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
@@ -100,8 +100,8 @@ impl ServerHook {
         self
     }
 
-    /// Records members that leave the member records in `removed`, and whether this process is
-    /// in them in `joined` (see [`ServerHook::with_membership`], which must come first).
+    /// Keeps `removed` equal to the records' removed member ids, and `joined` to whether this
+    /// process is in the records (see [`ServerHook::with_membership`], which must come first).
     pub fn track_removals(
         &mut self,
         removed: Arc<std::sync::RwLock<std::collections::BTreeSet<u64>>>,
