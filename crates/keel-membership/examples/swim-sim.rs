@@ -62,6 +62,17 @@ fn run_seeds(scenario: &Scenario, args: &Args) -> Vec<Outcome> {
     results.into_iter().map(|(_, o)| o).collect()
 }
 
+/// The description every update is counted with in byte figures: a server's name, peer and
+/// client URLs and zone.
+const DESCRIPTION_BYTES: u64 = 64;
+
+/// Bytes per member per period over all outcomes.
+fn bytes_per_member_period(outcomes: &[Outcome]) -> f64 {
+    let periods: f64 = outcomes.iter().map(|o| o.member_periods).sum();
+    let bytes: f64 = outcomes.iter().map(|o| o.bytes_per_member_period(DESCRIPTION_BYTES) * o.member_periods).sum();
+    bytes / periods.max(1.0)
+}
+
 fn secs(us: Option<u64>) -> String {
     us.map_or("-".into(), |us| format!("{:.2}", us as f64 / 1e6))
 }
@@ -101,10 +112,11 @@ fn false_dead(args: &Args, members: usize, loss: f64) {
     let periods: f64 = outcomes.iter().map(|o| o.member_periods).sum();
     let messages: u64 = outcomes.iter().map(|o| o.messages_total()).sum();
     println!(
-        "swim false-dead n={members} loss={:.0}% seeds={} member-periods={periods:.0} false_dead={false_dead} marks={marks} msgs/member/period={:.3}",
+        "swim false-dead n={members} loss={:.0}% seeds={} member-periods={periods:.0} false_dead={false_dead} marks={marks} msgs/member/period={:.3} bytes/member/period={:.0}",
         loss * 100.0,
         args.seeds,
-        messages as f64 / periods.max(1.0)
+        messages as f64 / periods.max(1.0),
+        bytes_per_member_period(&outcomes)
     );
 }
 
@@ -137,9 +149,10 @@ fn messages(args: &Args) {
         let periods: f64 = outcomes.iter().map(|o| o.member_periods).sum();
         let messages: u64 = outcomes.iter().map(|o| o.messages_total()).sum();
         println!(
-            "swim messages n={members} loss=0% seeds={} msgs/member/period={:.3}",
+            "swim messages n={members} loss=0% seeds={} msgs/member/period={:.3} bytes/member/period={:.0}",
             seeds.seeds,
-            messages as f64 / periods.max(1.0)
+            messages as f64 / periods.max(1.0),
+            bytes_per_member_period(&outcomes)
         );
     }
 }
@@ -155,10 +168,13 @@ fn news(args: &Args, members: usize, loss: f64) {
     let p99 = sim::quantile(&mut rounds, 0.99).map_or(f64::NAN, |us| us as f64 / period as f64);
     let max = sim::quantile(&mut rounds, 1.0).map_or(f64::NAN, |us| us as f64 / period as f64);
     println!(
-        "swim news n={members} loss={:.0}% seeds={} rounds p99={p99:.2} max={max:.2} never={missing} (anti-entropy interval {} rounds)",
+        "swim news n={members} loss={:.0}% seeds={} rounds p99={p99:.2} max={max:.2} never={missing} (anti-entropy interval {} rounds) msgs/member/period={:.3} bytes/member/period={:.0}",
         loss * 100.0,
         args.seeds,
-        scenario.swim.sync_interval_us / period
+        scenario.swim.sync_interval_us / period,
+        outcomes.iter().map(|o| o.messages_total()).sum::<u64>() as f64
+            / outcomes.iter().map(|o| o.member_periods).sum::<f64>().max(1.0),
+        bytes_per_member_period(&outcomes)
     );
 }
 

@@ -79,6 +79,10 @@ pub struct Outcome {
     pub false_dead_marks: u64,
     /// Messages sent after the warm-up, by kind.
     pub messages: BTreeMap<&'static str, u64>,
+    /// Their bytes as [`crate::wire`] encodes them.
+    pub bytes: u64,
+    /// Updates they carried (piggybacked, pushed or in anti-entropy tables).
+    pub updates_carried: u64,
     /// Member-periods after the warm-up (members running × periods).
     pub member_periods: f64,
     pub stalls: u64,
@@ -97,6 +101,13 @@ impl Outcome {
 
     pub fn messages_per_member_period(&self) -> f64 {
         self.messages_total() as f64 / self.member_periods.max(1.0)
+    }
+
+    /// Bytes sent per member per period, had every update carried a description of
+    /// `description_bytes` (the simulated members mostly know each other's as empty; the
+    /// server's — name, URLs, zone — are 50–100 bytes).
+    pub fn bytes_per_member_period(&self, description_bytes: u64) -> f64 {
+        (self.bytes + self.updates_carried * description_bytes) as f64 / self.member_periods.max(1.0)
     }
 }
 
@@ -332,6 +343,8 @@ impl World<'_> {
         for (to, message) in self.members[i].take_outbox() {
             if self.now >= s.warmup_us {
                 *self.outcome.messages.entry(message.kind()).or_default() += 1;
+                self.outcome.bytes += crate::wire::encoded_len(&message) as u64;
+                self.outcome.updates_carried += message.updates().len() as u64;
             }
             if self.rng.chance(s.loss) {
                 continue;

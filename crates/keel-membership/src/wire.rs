@@ -88,6 +88,23 @@ fn put_updates(out: &mut Vec<u8>, updates: &[Update]) {
     }
 }
 
+/// The bytes [`encode`] spends on one update.
+pub fn update_bytes(update: &Update) -> usize {
+    UPDATE_FIXED_BYTES + update.meta.len().min(META_BYTES_MAX)
+}
+
+/// `encode(message).len()`, without encoding (the simulator counts bytes of every message).
+pub fn encoded_len(message: &Message) -> usize {
+    let listed = 4 + message.updates().iter().take(UPDATES_MAX).map(update_bytes).sum::<usize>();
+    2 + match message {
+        Message::Ping { .. } | Message::PingReq { .. } => 4 + 8 + listed,
+        Message::Ack { .. } => 4 + listed,
+        Message::Nack { .. } => 4,
+        Message::Gossip { .. } => listed,
+        Message::Sync { .. } => 1 + listed,
+    }
+}
+
 pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {
     let mut r = Reader { bytes, at: 0 };
     let version = r.u8()?;
@@ -221,6 +238,11 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn encoded_len_is_the_encodings_length(message in message()) {
+            prop_assert_eq!(encoded_len(&message), encode(&message).len());
+        }
+
         #[test]
         fn every_message_survives_the_round_trip(message in message()) {
             prop_assert_eq!(decode(&encode(&message)), Ok(message));

@@ -257,14 +257,15 @@ fn local_health_keeps_stalling_members_from_killing_responsive_ones() {
 
 #[test]
 fn under_a_storm_of_fresh_news_the_oldest_still_gets_a_share_of_every_message() {
-    let peers: Vec<MemberId> = (1..=400).collect();
+    let peers: Vec<MemberId> = (1..=1_000).collect();
     let mut swim = member(1, &peers);
     swim.step(1, 2, Message::Gossip { updates: vec![update(9, 1, Liveness::Alive, 9)] });
     for _ in 0..3 {
         swim.piggyback(None);
     }
-    // Two hundred fresh suspicions, each sent fewer times than the old news.
-    let storm: Vec<Update> = (100..300).map(|m| update(m, 0, Liveness::Suspect, 2)).collect();
+    // Twice a message's worth of fresh suspicions, each sent fewer times than the old news.
+    let storm_size = 2 * swim.cfg.max_piggyback as u64;
+    let storm: Vec<Update> = (100..100 + storm_size).map(|m| update(m, 0, Liveness::Suspect, 2)).collect();
     swim.step(2, 2, Message::Gossip { updates: storm });
     let carried = swim.piggyback(None);
     assert_eq!(carried.len(), swim.cfg.max_piggyback);
@@ -273,4 +274,30 @@ fn under_a_storm_of_fresh_news_the_oldest_still_gets_a_share_of_every_message() 
         "the older news rides along: {:?}",
         carried.iter().map(|u| u.member).collect::<Vec<_>>()
     );
+}
+
+#[test]
+fn a_message_carries_at_most_its_byte_budget_of_news() {
+    let peers: Vec<MemberId> = (1..=1_000).collect();
+    let mut swim = member(1, &peers);
+    // News of members with big descriptions: far more than the byte budget.
+    let description = Bytes::from(vec![b'd'; 1_000]);
+    let news: Vec<Update> =
+        (100..400).map(|m| Update { meta: description.clone(), ..update(m, 1, Liveness::Alive, m) }).collect();
+    swim.step(1, 2, Message::Gossip { updates: news });
+    let carried = swim.piggyback(None);
+    let bytes: usize = carried.iter().map(crate::wire::update_bytes).sum();
+    assert!(bytes <= swim.cfg.max_piggyback_bytes, "{bytes} bytes of updates in one message");
+    assert!(
+        bytes + crate::wire::update_bytes(&carried[0]) > swim.cfg.max_piggyback_bytes,
+        "and the budget is used: {} updates, {bytes} bytes",
+        carried.len()
+    );
+    // What did not fit is still queued and rides on the next messages.
+    let next = swim.piggyback(None);
+    assert!(next.iter().any(|u| !carried.iter().any(|c| c.member == u.member)), "the rest follows");
+    for message in swim.take_outbox() {
+        let bytes: usize = message.1.updates().iter().map(crate::wire::update_bytes).sum();
+        assert!(bytes <= swim.cfg.max_piggyback_bytes, "a {} carried {bytes} bytes of updates", message.1.kind());
+    }
 }
