@@ -13,6 +13,8 @@
 //! - [`Requests`]: the requests a member waits on, and the proposals it forwards to the leader
 //!   (see [`requests`]).
 //! - [`bootstrap`]: the founding log of a new group, durable before the first start.
+//! - [`membership`] / [`healing`]: what the membership protocol says of each process, and the
+//!   leader's decisions to replace a dead voter by a spare (conf changes, proposed by the host).
 //!
 //! Many groups per node: every function takes all of a node's groups at once (one WAL holds them
 //! all, tagged by group), so a node hosting thousands of groups still makes one write and one
@@ -25,6 +27,8 @@ use keel_storage::{GroupPersist, NodeStorage, StorageError};
 
 pub use keel_storage::Retention;
 
+pub mod healing;
+pub mod membership;
 pub mod requests;
 pub use requests::{Effects, EffectsOf, Proposal, Requests};
 

@@ -24,94 +24,18 @@ use crate::transport::{OnRemoved, Outgoing, PeerAddress, PeerSender};
 /// tolerates loss; a flood must not grow memory).
 const INBOX_MAX: usize = 4_096;
 
-/// What a process says about itself in the membership protocol.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MemberMeta {
-    pub name: String,
-    pub peer_url: String,
-    pub client_urls: Vec<String>,
-    /// Its failure domain (`--zone`).
-    pub zone: String,
-    /// A spare (`--spare`): it holds no replica yet.
-    pub spare: bool,
+pub use keel_host::membership::{MemberMeta, MembershipView as GossipView};
+
+fn address(meta: &MemberMeta) -> Option<PeerAddress> {
+    let url = PeerUrl::parse("peer-urls", &meta.peer_url).ok()?;
+    Some(PeerAddress { host: url.host, port: url.port })
 }
 
-impl MemberMeta {
-    /// Fields separated by NUL (none of them can hold one: they come from flags).
-    pub fn encode(&self) -> Bytes {
-        let fields = [
-            self.name.as_str(),
-            self.peer_url.as_str(),
-            &self.client_urls.join(","),
-            self.zone.as_str(),
-            if self.spare { "spare" } else { "member" },
-        ];
-        Bytes::from(fields.join("\0"))
-    }
-
-    /// None for anything not made by [`MemberMeta::encode`] (an empty description included: a
-    /// member known only from the flags, not heard from yet).
-    pub fn decode(bytes: &[u8]) -> Option<MemberMeta> {
-        let text = std::str::from_utf8(bytes).ok()?;
-        let fields: Vec<&str> = text.split('\0').collect();
-        let [name, peer_url, client_urls, zone, role] = fields.as_slice() else { return None };
-        let spare = match *role {
-            "spare" => true,
-            "member" => false,
-            _ => return None,
-        };
-        let client_urls = client_urls.split(',').filter(|u| !u.is_empty()).map(str::to_string).collect();
-        Some(MemberMeta {
-            name: name.to_string(),
-            peer_url: peer_url.to_string(),
-            client_urls,
-            zone: zone.to_string(),
-            spare,
-        })
-    }
-
-    fn address(&self) -> Option<PeerAddress> {
-        let url = PeerUrl::parse("peer-urls", &self.peer_url).ok()?;
-        Some(PeerAddress { host: url.host, port: url.port })
-    }
-}
-
-/// One process as this one's membership protocol sees it.
-#[derive(Clone, Debug)]
-pub struct GossipMember {
-    pub liveness: Liveness,
-    pub incarnation: u64,
-    /// None until heard from (a member named only by the flags).
-    pub meta: Option<MemberMeta>,
-    /// When this process last saw its liveness change (for "dead for how long").
-    pub since: Instant,
-}
-
-/// Everything the protocol thread knows, shared read-only with the rest of the server.
-#[derive(Clone, Debug, Default)]
-pub struct GossipView {
-    pub me: NodeId,
-    pub members: BTreeMap<NodeId, GossipMember>,
-}
-
-impl GossipView {
-    /// How long `id` has been confirmed dead (None: alive, suspected or unknown).
-    pub fn dead_for(&self, id: NodeId, now: Instant) -> Option<Duration> {
-        let member = self.members.get(&id)?;
-        member.liveness.is_gone().then(|| now.saturating_duration_since(member.since))
-    }
-
-    /// Alive spares, with their description.
-    pub fn spares(&self) -> impl Iterator<Item = (NodeId, &MemberMeta)> + '_ {
-        self.members.iter().filter_map(|(&id, m)| match &m.meta {
-            Some(meta) if meta.spare && m.liveness == Liveness::Alive => Some((id, meta)),
-            _ => None,
-        })
-    }
-
-    pub fn zone(&self, id: NodeId) -> Option<&str> {
-        self.members.get(&id)?.meta.as_ref().map(|m| m.zone.as_str())
-    }
+/// Microseconds on the process's monotonic clock: the membership view's times and the healer's
+/// "now" must come from one clock.
+pub fn process_us() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    u64::try_from(START.get_or_init(Instant::now).elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 /// The handle: hands received membership frames to the protocol thread and shares its view.
@@ -136,7 +60,7 @@ pub struct GossipSettings {
 impl Gossip {
     pub fn start(settings: GossipSettings, metrics: Arc<Metrics>) -> std::io::Result<Gossip> {
         let (inbox, receiver) = mpsc::sync_channel(INBOX_MAX);
-        let view = Arc::new(RwLock::new(GossipView { me: settings.me, members: BTreeMap::new() }));
+        let view = Arc::new(RwLock::new(GossipView::new(settings.me)));
         let shared = view.clone();
         std::thread::Builder::new()
             .name("keel-gossip".into())
@@ -160,8 +84,7 @@ fn run(
     metrics: Arc<Metrics>,
 ) {
     let GossipSettings { cluster_id, me, meta, seeds, period, on_removed, members: recorded } = settings;
-    let start = Instant::now();
-    let now_us = || start.elapsed().as_micros() as u64;
+    let now_us = process_us;
     // A restarted process must outrank what the others remember of its previous life (dead at
     // some incarnation): the wall clock in milliseconds does, with no state kept on disk.
     let incarnation = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64);
@@ -179,7 +102,7 @@ fn run(
         sender = sender.with_on_removed(on_removed);
     }
     sender.set_peers(&addresses);
-    let mut members: BTreeMap<NodeId, GossipMember> = BTreeMap::new();
+    let mut members = GossipView::new(me);
     let mut published = false;
     loop {
         let wait = swim.next_deadline().saturating_sub(now_us());
@@ -200,55 +123,35 @@ fn run(
         let changed = !events.is_empty() || !published;
         if changed {
             published = true;
-            let at = Instant::now();
+            for change in members.refresh(&swim, now) {
+                tracing::info!(member = %format!("{:x}", change.member), from = ?change.from, to = ?change.to, "membership changed");
+            }
             // Connections only to processes believed alive (or suspected): the protocol sends
             // nothing to the dead, and a sender thread per dead member would redial it ten
             // times a second for as long as this process runs. One that comes back is heard
             // from first, and gets its connection again.
             let mut wanted = BTreeMap::new();
-            for (id, liveness, incarnation) in swim.members() {
-                let meta = swim.meta(id).and_then(|bytes| MemberMeta::decode(bytes));
-                if id != me && !liveness.is_gone() {
-                    let address = meta.as_ref().and_then(MemberMeta::address).or_else(|| seeds.get(&id).cloned());
+            for (&id, seen) in &members.members {
+                if id != me && !seen.liveness.is_gone() {
+                    let address = seen.meta.as_ref().and_then(address).or_else(|| seeds.get(&id).cloned());
                     if let Some(address) = address {
                         wanted.insert(id, address);
                     }
-                }
-                let entry = members.entry(id).or_insert(GossipMember { liveness, incarnation, meta: None, since: at });
-                if entry.liveness != liveness {
-                    entry.since = at;
-                    if id != me {
-                        tracing::info!(member = %format!("{id:x}"), from = ?entry.liveness, to = ?liveness, "membership changed");
-                    }
-                }
-                entry.liveness = liveness;
-                entry.incarnation = incarnation;
-                if meta.is_some() {
-                    entry.meta = meta;
                 }
             }
             if wanted != addresses {
                 addresses = wanted;
                 sender.set_peers(&addresses);
             }
-            let count = |l: Liveness| members.values().filter(|m| m.liveness == l).count() as u64;
-            metrics.gossip_alive.store(count(Liveness::Alive), Relaxed);
-            metrics.gossip_suspect.store(count(Liveness::Suspect), Relaxed);
-            metrics.gossip_dead.store(count(Liveness::Dead), Relaxed);
-            let mut shared = view.write().expect("gossip view lock");
-            shared.members = members.clone();
+            metrics.gossip_alive.store(members.count(Liveness::Alive), Relaxed);
+            metrics.gossip_suspect.store(members.count(Liveness::Suspect), Relaxed);
+            metrics.gossip_dead.store(members.count(Liveness::Dead), Relaxed);
+            *view.write().expect("gossip view lock") = members.clone();
         }
         if changed || ticked {
             // Also at ticks: a spare becomes a member through raft, not through gossip.
             let recorded = recorded.read().expect("member ids lock");
-            let spares = members
-                .iter()
-                .filter(|(id, m)| {
-                    m.liveness == Liveness::Alive
-                        && m.meta.as_ref().is_some_and(|meta| meta.spare)
-                        && !recorded.contains(id)
-                })
-                .count();
+            let spares = members.spares().filter(|(id, _)| !recorded.contains(id)).count();
             metrics.spares.store(spares as u64, Relaxed);
         }
         let stats = swim.stats();
@@ -259,25 +162,5 @@ fn run(
             let frame = PeerFrame::Membership(Bytes::from(wire::encode(&message)));
             sender.send_out(Outgoing::Frame { to, frame });
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_description_survives_the_round_trip_and_garbage_is_refused() {
-        let meta = MemberMeta {
-            name: "spare-1".into(),
-            peer_url: "http://127.0.0.1:2480".into(),
-            client_urls: vec!["http://127.0.0.1:2479".into(), "http://10.0.0.1:2479".into()],
-            zone: "zone-b".into(),
-            spare: true,
-        };
-        assert_eq!(MemberMeta::decode(&meta.encode()), Some(meta));
-        assert_eq!(MemberMeta::decode(b""), None, "a member known only from the flags");
-        assert_eq!(MemberMeta::decode(b"a\0b\0c\0d\0king"), None);
-        assert_eq!(MemberMeta::decode(&[0xff, 0, 0, 0, 0]), None);
     }
 }

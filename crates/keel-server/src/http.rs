@@ -114,7 +114,7 @@ async fn membership(State(shared): State<Arc<Shared>>) -> Response {
         _ if spare => "spare",
         _ => "none",
     };
-    let now = std::time::Instant::now();
+    let now_us = crate::gossip::process_us();
     let members: Vec<Value> = view
         .members
         .iter()
@@ -130,7 +130,7 @@ async fn membership(State(shared): State<Arc<Shared>>) -> Response {
                 "zone": meta.as_ref().map(|m| m.zone.clone()).unwrap_or_default(),
                 "peer_url": meta.as_ref().map(|m| m.peer_url.clone()).unwrap_or_default(),
                 "client_urls": meta.map(|m| m.client_urls).unwrap_or_default(),
-                "for_seconds": now.saturating_duration_since(m.since).as_secs_f64(),
+                "for_seconds": now_us.saturating_sub(m.since_us) as f64 / 1e6,
             })
         })
         .collect();
