@@ -103,7 +103,6 @@ impl Healer {
             self.repairer = None;
             return Poll::default();
         };
-        let fresh = self.repairer.is_none();
         let repairer = self.repairer.get_or_insert_with(|| Repairer::new(self.cfg.clone()));
         let peer = |&(id, matched): &(NodeId, u64)| Peer {
             id: MemberId(id),
@@ -129,9 +128,11 @@ impl Healer {
             conf_change_pending: raft.conf_change_pending,
         };
         let mut adopted = None;
-        if fresh && repairer.in_progress().is_none() {
-            // A new leadership: a learner that is a spare (one a previous leader added to replace
-            // a dead voter) is adopted, not left beside a second replacement.
+        if repairer.in_progress().is_none() {
+            // A learner that is a spare (one a previous leader added to replace a dead voter) is
+            // adopted, not left beside a second replacement. At every poll, not only the first
+            // of a leadership: a leader that just restarted has a fresh membership view, and the
+            // dead voter is only confirmed dead again a few periods later.
             adopted = adopt(repairer, &voters, &learners, view, now_us);
         }
         let step = repairer.next_step(&group_view);

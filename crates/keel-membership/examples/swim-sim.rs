@@ -30,7 +30,7 @@ fn parse() -> Result<Args, String> {
             "--loss" => args.loss = Some(value("--loss")?.parse().map_err(|e| format!("--loss: {e}"))?),
             "--members" => args.members = Some(value("--members")?.parse().map_err(|e| format!("--members: {e}"))?),
             "-h" | "--help" => {
-                return Err("usage: swim-sim [all|detect|detect-fast|false-dead|stall|messages|news] \
+                return Err("usage: swim-sim [all|detect|detect-fast|false-dead|stall|messages|news|partition] \
                             [--seeds N] [--start S] [--threads T] [--members N] [--loss 0.1]"
                     .into())
             }
@@ -178,6 +178,23 @@ fn news(args: &Args, members: usize, loss: f64) {
     );
 }
 
+fn partition(args: &Args, members: usize) {
+    let mut scenario = Scenario::new(members, SwimConfig::lan());
+    scenario.partition =
+        Some(sim::Partition { members: members * 3 / 10, length_us: 30 * scenario.swim.probe_interval_us });
+    scenario.run_us = 150 * scenario.swim.probe_interval_us;
+    let outcomes = run_seeds(&scenario, args);
+    let split: usize = outcomes.iter().filter(|o| o.partition_declared_dead).count();
+    let never = outcomes.iter().filter(|o| o.rejoined_us.is_none()).count();
+    let rejoined: Vec<u64> = outcomes.iter().filter_map(|o| o.rejoined_us).collect();
+    println!(
+        "swim partition n={members} cut_off=30% for 30 periods seeds={} declared_dead_across={split} rejoined {} never={never} (reconnect interval {} periods)",
+        args.seeds,
+        percentiles(rejoined),
+        scenario.swim.reconnect_interval_us / scenario.swim.probe_interval_us
+    );
+}
+
 fn main() {
     let args = match parse() {
         Ok(args) => args,
@@ -204,6 +221,9 @@ fn main() {
     }
     if is("messages") {
         messages(&args);
+    }
+    if is("partition") {
+        partition(&args, args.members.unwrap_or(100));
     }
     if is("news") {
         for loss in args.loss.map_or(vec![0.1, 0.3], |loss| vec![loss]) {

@@ -35,6 +35,16 @@ pub struct Scenario {
     /// After the warm-up, one random member changes its description: measure how long until
     /// every member has it.
     pub news: bool,
+    /// After the warm-up, the first `members` members are cut off from the rest (both ways)
+    /// for `length_us`: measure how long after it heals until every member believes every
+    /// other alive again.
+    pub partition: Option<Partition>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Partition {
+    pub members: usize,
+    pub length_us: u64,
 }
 
 impl Scenario {
@@ -52,6 +62,7 @@ impl Scenario {
             stall_us: (500_000, 3_000_000),
             stall_gap_us: (5_000_000, 20_000_000),
             news: false,
+            partition: None,
         }
     }
 }
@@ -65,6 +76,11 @@ pub struct Outcome {
     pub first_suspicion_us: Option<u64>,
     /// From the news until every member had it.
     pub news_spread_us: Option<u64>,
+    /// From the partition's end until every member believed every other alive again.
+    pub rejoined_us: Option<u64>,
+    /// Whether, during the partition, some member believed one across it dead (the partition
+    /// lasted long enough to matter).
+    pub partition_declared_dead: bool,
     /// Members declared dead (by anyone) while running: distinct (member, incarnation).
     pub false_dead: u64,
     /// The same, counting only members that never stall.
@@ -112,12 +128,19 @@ impl Outcome {
 }
 
 enum Happening {
-    Deliver { to: usize, from: MemberId, message: Message },
+    Deliver {
+        to: usize,
+        from: MemberId,
+        message: Message,
+    },
     Tick(usize),
     Crash(usize),
     StallStart(usize),
     StallEnd(usize),
     News(usize),
+    PartitionEnd,
+    /// Every period after a partition heals: does everyone believe everyone alive?
+    CheckRejoined,
     Stop,
 }
 
@@ -186,6 +209,9 @@ struct World<'a> {
     news_at: Option<(usize, u64, u64)>,
     news_known_by: BTreeSet<usize>,
     false_dead_seen: BTreeSet<(MemberId, u64)>,
+    /// Members cut off from the rest while a partition lasts.
+    cut_off: Option<usize>,
+    partition_end: Option<u64>,
 }
 
 fn id_of(index: usize) -> MemberId {
@@ -223,6 +249,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> Outcome {
         news_at: None,
         news_known_by: BTreeSet::new(),
         false_dead_seen: BTreeSet::new(),
+        cut_off: None,
+        partition_end: None,
     };
     world.run();
     world.outcome
@@ -254,6 +282,10 @@ impl World<'_> {
             let who = (self.rng.next() % s.members as u64) as usize;
             let at = s.warmup_us + self.rng.uniform(0, period);
             self.push(at, Happening::News(who));
+        }
+        if let Some(partition) = s.partition {
+            self.cut_off = Some(partition.members);
+            self.push(s.warmup_us + partition.length_us, Happening::PartitionEnd);
         }
         self.push(end, Happening::Stop);
         while let Some(Reverse(next)) = self.queue.pop() {
@@ -310,6 +342,23 @@ impl World<'_> {
                     let gap = self.rng.uniform(s.stall_gap_us.0, s.stall_gap_us.1);
                     self.push(self.now + gap, Happening::StallStart(i));
                 }
+                Happening::PartitionEnd => {
+                    self.cut_off = None;
+                    self.partition_end = Some(self.now);
+                    self.push(self.now + period, Happening::CheckRejoined);
+                }
+                Happening::CheckRejoined => {
+                    let everyone_alive = self.members.iter().enumerate().all(|(i, m)| {
+                        self.crashed[i]
+                            || m.members()
+                                .all(|(id, liveness, _)| liveness == Liveness::Alive || self.crashed[index_of(id)])
+                    });
+                    if everyone_alive {
+                        self.outcome.rejoined_us = Some(self.now - self.partition_end.expect("healed"));
+                    } else {
+                        self.push(self.now + period, Happening::CheckRejoined);
+                    }
+                }
                 Happening::News(i) => {
                     let member = &mut self.members[i];
                     member.set_meta(Bytes::from_static(b"new description"));
@@ -333,7 +382,8 @@ impl World<'_> {
         let s = self.scenario;
         let crash_done = !s.crash || self.outcome.detection_us.is_some();
         let news_done = !s.news || self.outcome.news_spread_us.is_some();
-        (s.crash || s.news) && crash_done && news_done
+        let partition_done = s.partition.is_none() || self.outcome.rejoined_us.is_some();
+        (s.crash || s.news || s.partition.is_some()) && crash_done && news_done && partition_done
     }
 
     /// After member `i` ran: send what it sent, learn what it concluded, wake it when due.
@@ -349,6 +399,9 @@ impl World<'_> {
             if self.rng.chance(s.loss) {
                 continue;
             }
+            if self.cut_off.is_some_and(|k| (i < k) != (index_of(to) < k)) {
+                continue;
+            }
             let delay = self.rng.uniform(s.latency_us.0, s.latency_us.1);
             self.push(self.now + delay, Happening::Deliver { to: index_of(to), from, message });
         }
@@ -356,6 +409,9 @@ impl World<'_> {
             let subject = index_of(event.member);
             match event.liveness {
                 Liveness::Dead | Liveness::Left if !self.crashed[subject] => {
+                    if self.cut_off.is_some_and(|k| (i < k) != (subject < k)) {
+                        self.outcome.partition_declared_dead = true;
+                    }
                     self.outcome.false_dead_marks += 1;
                     if self.false_dead_seen.insert((event.member, event.incarnation)) {
                         self.outcome.false_dead += 1;

@@ -191,6 +191,12 @@ pub struct SwimConfig {
     pub gossip_interval_us: u64,
     /// Anti-entropy: how often a member exchanges its whole table with a random member.
     pub sync_interval_us: u64,
+    /// How often a member offers its table to one member it believes dead (0: never). Without
+    /// it a partition that heals leaves each side believing the other dead for good: nobody
+    /// probes the dead, so nothing ever crosses again (Serf reconnects to failed members the
+    /// same way). A member that was dead by mistake hears it, refutes, and answers with its
+    /// table; a member that is really dead costs one message per interval.
+    pub reconnect_interval_us: u64,
     /// Lifeguard's local health: probe timing stretched by the score, and a grace period after
     /// the member's own stall. Off only to measure what it buys.
     pub local_health: bool,
@@ -232,6 +238,7 @@ impl SwimConfig {
             gossip_fanout: 3,
             gossip_interval_us: period_us / 10,
             sync_interval_us: 30 * period_us,
+            reconnect_interval_us: 10 * period_us,
             local_health: true,
             max_local_health: 8,
             stall_slack_us: period_us / 4,
@@ -253,6 +260,8 @@ pub struct SwimStats {
     pub declared_dead: u64,
     /// Times this member found its own timers late by more than the slack.
     pub stalls_noticed: u64,
+    /// Tables offered to members believed dead.
+    pub reconnects: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -318,6 +327,7 @@ pub struct Swim {
     next_probe_us: u64,
     relays: Vec<Relay>,
     next_sync_us: u64,
+    next_reconnect_us: u64,
     /// An anti-entropy exchange awaiting its answer: (retry at, retries left).
     sync_pending: Option<(u64, u32)>,
     queue: Vec<Queued>,
@@ -368,6 +378,7 @@ impl Swim {
             next_probe_us: 0,
             relays: Vec::new(),
             next_sync_us: 0,
+            next_reconnect_us: u64::MAX,
             sync_pending: None,
             queue: Vec::new(),
             last_push_us: None,
@@ -393,6 +404,9 @@ impl Swim {
         let period = swim.cfg.probe_interval_us;
         swim.next_probe_us = now_us + swim.random(period);
         swim.next_sync_us = now_us + swim.cfg.sync_interval_us / 2 + swim.random(swim.cfg.sync_interval_us);
+        if swim.cfg.reconnect_interval_us > 0 {
+            swim.next_reconnect_us = now_us + swim.random(swim.cfg.reconnect_interval_us) + 1;
+        }
         swim.enqueue(Update { member: me, incarnation, liveness: Liveness::Alive, by: me, meta }, true);
         // Stall detection measures lateness against this: a first tick at the first deadline is
         // on time, not a stall.
@@ -447,7 +461,7 @@ impl Swim {
 
     /// The next instant [`Swim::tick`] has work.
     pub fn next_deadline(&self) -> u64 {
-        let mut next = self.next_probe_us.min(self.next_sync_us).min(self.next_push_us);
+        let mut next = self.next_probe_us.min(self.next_sync_us).min(self.next_push_us).min(self.next_reconnect_us);
         if let Some(probe) = &self.probe {
             if !probe.acked {
                 let pending =
@@ -516,6 +530,7 @@ impl Swim {
             self.merge(update, self.me);
         }
         self.sync_due(now);
+        self.reconnect_due(now);
         self.flush_push();
         self.due_us = self.next_deadline();
     }
@@ -858,6 +873,26 @@ impl Swim {
         } else {
             self.sync_pending = None;
         }
+    }
+
+    fn reconnect_due(&mut self, now: u64) {
+        if now < self.next_reconnect_us {
+            return;
+        }
+        self.next_reconnect_us = now + self.cfg.reconnect_interval_us;
+        let dead: Vec<MemberId> = self
+            .members
+            .iter()
+            .filter(|(&id, m)| id != self.me && m.liveness == Liveness::Dead)
+            .map(|(&id, _)| id)
+            .collect();
+        if dead.is_empty() {
+            return;
+        }
+        let peer = dead[self.random(dead.len() as u64) as usize];
+        self.stats.reconnects += 1;
+        let updates = self.table();
+        self.send(peer, Message::Sync { updates, reply: true });
     }
 
     /// This member's whole table, as updates.

@@ -26,6 +26,15 @@ const INBOX_MAX: usize = 4_096;
 
 pub use keel_host::membership::{MemberMeta, MembershipView as GossipView};
 
+/// How long a connection to a dead member stays up after the protocol last wrote to it.
+const RECONNECT_PERIODS: u32 = 3;
+
+/// Where `id` listens: what it says of itself, else the flags.
+fn known_address(view: &GossipView, seeds: &BTreeMap<NodeId, PeerAddress>, id: NodeId) -> Option<PeerAddress> {
+    let meta = view.members.get(&id).and_then(|seen| seen.meta.as_ref());
+    meta.and_then(address).or_else(|| seeds.get(&id).cloned())
+}
+
 fn address(meta: &MemberMeta) -> Option<PeerAddress> {
     let url = PeerUrl::parse("peer-urls", &meta.peer_url).ok()?;
     Some(PeerAddress { host: url.host, port: url.port })
@@ -104,6 +113,7 @@ fn run(
     sender.set_peers(&addresses);
     let mut members = GossipView::new(me);
     let mut published = false;
+    let mut reconnecting: BTreeMap<NodeId, Instant> = BTreeMap::new();
     loop {
         let wait = swim.next_deadline().saturating_sub(now_us());
         match inbox.recv_timeout(Duration::from_micros(wait)) {
@@ -126,23 +136,6 @@ fn run(
             for change in members.refresh(&swim, now) {
                 tracing::info!(member = %format!("{:x}", change.member), from = ?change.from, to = ?change.to, "membership changed");
             }
-            // Connections only to processes believed alive (or suspected): the protocol sends
-            // nothing to the dead, and a sender thread per dead member would redial it ten
-            // times a second for as long as this process runs. One that comes back is heard
-            // from first, and gets its connection again.
-            let mut wanted = BTreeMap::new();
-            for (&id, seen) in &members.members {
-                if id != me && !seen.liveness.is_gone() {
-                    let address = seen.meta.as_ref().and_then(address).or_else(|| seeds.get(&id).cloned());
-                    if let Some(address) = address {
-                        wanted.insert(id, address);
-                    }
-                }
-            }
-            if wanted != addresses {
-                addresses = wanted;
-                sender.set_peers(&addresses);
-            }
             metrics.gossip_alive.store(members.count(Liveness::Alive), Relaxed);
             metrics.gossip_suspect.store(members.count(Liveness::Suspect), Relaxed);
             metrics.gossip_dead.store(members.count(Liveness::Dead), Relaxed);
@@ -158,7 +151,34 @@ fn run(
         metrics.gossip_suspicions_raised.store(stats.suspicions_raised, Relaxed);
         metrics.gossip_refutations.store(stats.refutations, Relaxed);
         metrics.gossip_local_health.store(u64::from(swim.local_health()), Relaxed);
-        for (to, message) in swim.take_outbox() {
+        let outbox = swim.take_outbox();
+        // Connections only to processes believed alive (or suspected), and for a few periods
+        // to a dead one the protocol writes to (its reconnect offers, and the answers to them):
+        // a sender thread per dead member would otherwise redial it ten times a second for as
+        // long as this process runs.
+        let at = Instant::now();
+        let before = reconnecting.len();
+        reconnecting.retain(|_, since| at.duration_since(*since) < period * RECONNECT_PERIODS);
+        let mut rewire = changed || reconnecting.len() != before;
+        for (to, _) in &outbox {
+            if !addresses.contains_key(to) && known_address(&members, &seeds, *to).is_some() {
+                reconnecting.insert(*to, at);
+                rewire = true;
+            }
+        }
+        if rewire {
+            let wanted: BTreeMap<NodeId, PeerAddress> = members
+                .members
+                .iter()
+                .filter(|&(&id, seen)| id != me && (!seen.liveness.is_gone() || reconnecting.contains_key(&id)))
+                .filter_map(|(&id, _)| Some((id, known_address(&members, &seeds, id)?)))
+                .collect();
+            if wanted != addresses {
+                addresses = wanted;
+                sender.set_peers(&addresses);
+            }
+        }
+        for (to, message) in outbox {
             let frame = PeerFrame::Membership(Bytes::from(wire::encode(&message)));
             sender.send_out(Outgoing::Frame { to, frame });
         }

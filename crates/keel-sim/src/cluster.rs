@@ -56,6 +56,10 @@ pub struct RunReport {
     pub suspicions: u64,
     /// Times a leader handed its group over because its disk was judged slow.
     pub slow_hand_offs: u64,
+    /// Voters killed for good (self-healing runs).
+    pub kills: u64,
+    /// Conf changes the healers proposed, and replacements a new leader adopted.
+    pub healing_steps: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -177,6 +181,10 @@ struct Member {
     stalled: Option<keel_node::WriteBatch>,
     /// Its fsyncs take 20 times as long until then (a failing disk, a noisy neighbour).
     slow_until: Time,
+    /// A spare or a member, and its zone (self-healing runs).
+    role: healing::Role,
+    /// Its membership protocol and healers while it runs (self-healing runs).
+    gossip: Option<Box<healing::Gossip>>,
 }
 
 struct Client {
@@ -220,6 +228,12 @@ pub struct Cluster {
     /// Slow-disk hand-offs of members that have since crashed.
     slow_hand_offs: u64,
     steps: u64,
+    /// Members removed from a group (proposed): never spares again, as the server's records say.
+    removed_ids: BTreeSet<NodeId>,
+    /// Voters killed for good.
+    killed: u64,
+    /// Steps the healers proposed (and adoptions).
+    healing_steps: u64,
 }
 
 impl Cluster {
@@ -250,6 +264,9 @@ impl Cluster {
             suspicions: 0,
             slow_hand_offs: 0,
             steps: 0,
+            removed_ids: BTreeSet::new(),
+            killed: 0,
+            healing_steps: 0,
             opts,
         };
         cluster.found();
@@ -295,8 +312,10 @@ impl Cluster {
             durable.fsync();
             drop(storage);
             let groups = self.group_ids().into_iter().collect();
-            self.add_member(id, disk, durable, groups);
+            let role = healing::Role { spare: false, zone: self.draw_zone() };
+            self.add_member(id, disk, durable, groups, role);
         }
+        self.found_spares();
         for client in 0..self.swarm.clients {
             let target = ids[self.rng.range(0, ids.len() as u64) as usize];
             self.clients.push(Client { target, waiting: None, next_op_at: client });
@@ -304,7 +323,14 @@ impl Cluster {
         self.log(format_args!("founded {} members, {} groups, swarm {:?}", ids.len(), self.swarm.groups, self.swarm));
     }
 
-    fn add_member(&mut self, id: NodeId, disk: SimDisk, durable: DurableModel, groups: BTreeSet<GroupId>) {
+    fn add_member(
+        &mut self,
+        id: NodeId,
+        disk: SimDisk,
+        durable: DurableModel,
+        groups: BTreeSet<GroupId>,
+        role: healing::Role,
+    ) {
         let tick_ms = TICK_MS - self.swarm.tick_drift_ms + self.rng.range(0, 2 * self.swarm.tick_drift_ms + 1);
         let member = Member {
             node: None,
@@ -325,6 +351,8 @@ impl Cluster {
             disk_dead: false,
             stalled: None,
             slow_until: 0,
+            role,
+            gossip: None,
         };
         self.members.insert(id, member);
         self.start(id);
@@ -455,6 +483,7 @@ impl Cluster {
         self.schedule(first_tick, Event::Tick { node: id, incarnation });
         self.invariants.on_start(id, incarnation);
         self.log(format_args!("n{id} started (incarnation {incarnation})"));
+        self.start_gossip(id);
     }
 
     // ------------------------------------------------------------------ the run
@@ -493,6 +522,8 @@ impl Cluster {
                     .filter_map(|m| m.node.as_ref()?.health_stats())
                     .map(|h| h.hand_offs)
                     .sum::<u64>(),
+            kills: self.killed,
+            healing_steps: self.healing_steps,
         }
     }
 
@@ -586,6 +617,10 @@ impl Cluster {
         if self.opts.trace {
             self.log(format_args!("frame n{from}->n{to} {frame:?}"));
         }
+        if let PeerFrame::Membership(bytes) = &frame {
+            self.gossip_frame(from, to, bytes);
+            return;
+        }
         let Some(member) = self.members.get_mut(&to) else { return };
         let Some(node) = member.node.as_mut() else { return };
         let mut effects = SimEffects::default();
@@ -605,6 +640,7 @@ impl Cluster {
         let next = self.now + member.tick_ms;
         self.schedule(next, Event::Tick { node: id, incarnation });
         self.carry_out(id, effects);
+        self.tick_gossip(id);
     }
 
     /// What a member's requests asked for: frames onto the network, answers to the clients.
@@ -805,4 +841,5 @@ fn short(body: &MessageBody) -> String {
 
 mod clients;
 mod faults;
+mod healing;
 mod liveness;

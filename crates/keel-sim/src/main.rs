@@ -95,7 +95,7 @@ fn main() -> ExitCode {
         let report = run_seed(seed, args.plant, true);
         print_violations(&report);
         println!(
-            "seed={} steps={} faults={} ops={} committed={} suspicions={} slow_hand_offs={} trace_hash={:016x} violations={}",
+            "seed={} steps={} faults={} ops={} committed={} suspicions={} slow_hand_offs={} kills={} healing_steps={} trace_hash={:016x} violations={}",
             seed,
             report.steps,
             report.faults,
@@ -103,6 +103,8 @@ fn main() -> ExitCode {
             report.committed,
             report.suspicions,
             report.slow_hand_offs,
+            report.kills,
+            report.healing_steps,
             report.trace_hash,
             report.violations.len()
         );
@@ -154,6 +156,8 @@ fn run_many(args: &Args) -> ExitCode {
         committed: u64,
         suspicions: u64,
         slow_hand_offs: u64,
+        kills: u64,
+        healing_steps: u64,
         failed: Vec<u64>,
     }
     let totals = Mutex::new(Totals::default());
@@ -173,6 +177,8 @@ fn run_many(args: &Args) -> ExitCode {
                 t.committed += report.committed;
                 t.suspicions += report.suspicions;
                 t.slow_hand_offs += report.slow_hand_offs;
+                t.kills += report.kills;
+                t.healing_steps += report.healing_steps;
                 if !report.violations.is_empty() {
                     t.failed.push(seed);
                     print_violations(&report);
@@ -181,7 +187,7 @@ fn run_many(args: &Args) -> ExitCode {
             });
         }
     });
-    let Totals { steps, faults, ops, violations, committed, suspicions, slow_hand_offs, failed } =
+    let Totals { steps, faults, ops, violations, committed, suspicions, slow_hand_offs, kills, healing_steps, failed } =
         totals.into_inner().expect("threads joined");
     let elapsed = started.elapsed().as_secs_f64();
     if !failed.is_empty() {
@@ -190,7 +196,7 @@ fn run_many(args: &Args) -> ExitCode {
         println!("failing seeds: {failed:?}");
     }
     println!(
-        "seeds={} steps={steps} faults={faults} ops={ops} committed={committed} suspicions={suspicions} slow_hand_offs={slow_hand_offs} violations={violations} elapsed={elapsed:.1}s",
+        "seeds={} steps={steps} faults={faults} ops={ops} committed={committed} suspicions={suspicions} slow_hand_offs={slow_hand_offs} kills={kills} healing_steps={healing_steps} violations={violations} elapsed={elapsed:.1}s",
         args.seeds
     );
     if violations == 0 {

@@ -64,6 +64,15 @@ pub struct Swarm {
     pub fail_slow: bool,
     /// A member's fsyncs become 20 times slower for a while.
     pub slow_disk_ppm: u64,
+    /// Every process runs the membership protocol and the leader's healer, spares stand by, and
+    /// voters die for good: the server's self-healing, under every other fault.
+    pub self_healing: bool,
+    /// Spares started beside the founding members (self-healing runs).
+    pub spares: u64,
+    /// A voter dies for good (one at a time, only while a spare could replace it).
+    pub kill_ppm: u64,
+    /// Processes get one of three zones (failure domains) instead of none.
+    pub zones: bool,
 }
 
 fn maybe(rng: &mut SplitMix64, ppm_max: u64) -> u64 {
@@ -111,6 +120,10 @@ impl Swarm {
             leader_detection: true,
             fail_slow: true,
             slow_disk_ppm: 0,
+            self_healing: false,
+            spares: 0,
+            kill_ppm: 0,
+            zones: false,
         }
     }
 
@@ -147,7 +160,20 @@ impl Swarm {
             leader_detection: rng.range(0, 4) != 0,
             fail_slow: rng.range(0, 4) != 0,
             slow_disk_ppm: maybe(rng, 1_000),
+            self_healing: false,
+            spares: 0,
+            kill_ppm: 0,
+            zones: false,
         };
+        // Drawn last, so every other field of a seed's swarm stays what it was before.
+        if rng.range(0, 3) == 0 {
+            swarm.self_healing = true;
+            swarm.spares = rng.range(1, 3);
+            swarm.kill_ppm = rng.range(200, 1_001);
+            swarm.zones = rng.range(0, 2) == 0;
+            // Time for a replacement (detection, the wait, catch-up, promotion) within the run.
+            swarm.safety_ms = 6_000;
+        }
         swarm.persistent_machine |= swarm.etcd_machine;
         // Lease reads are only safe behind check-quorum (keel-raft refuses the combination).
         swarm.check_quorum |= swarm.lease_reads;

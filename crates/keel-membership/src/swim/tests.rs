@@ -301,3 +301,30 @@ fn a_message_carries_at_most_its_byte_budget_of_news() {
         assert!(bytes <= swim.cfg.max_piggyback_bytes, "a {} carried {bytes} bytes of updates", message.1.kind());
     }
 }
+
+#[test]
+fn after_a_partition_heals_both_sides_believe_each_other_alive_again() {
+    // Three of ten cut off for 30 periods: each side declares the other dead. Nobody probes
+    // the dead, so only the reconnect offers let anything cross once the network heals.
+    let rejoined = |reconnect: bool| -> Vec<Option<u64>> {
+        let mut cfg = SwimConfig::lan();
+        if !reconnect {
+            cfg.reconnect_interval_us = 0;
+        }
+        let mut scenario = Scenario::new(10, cfg);
+        scenario.partition = Some(sim::Partition { members: 3, length_us: 30 * PERIOD });
+        scenario.run_us = 120 * PERIOD;
+        (0..10)
+            .map(|seed| {
+                let outcome = sim::run(&scenario, seed);
+                assert!(outcome.partition_declared_dead, "seed {seed}: the partition must matter");
+                outcome.rejoined_us
+            })
+            .collect()
+    };
+    for (seed, rejoined) in rejoined(true).into_iter().enumerate() {
+        let rejoined = rejoined.unwrap_or_else(|| panic!("seed {seed}: still split 90 periods after the heal"));
+        assert!(rejoined <= 2 * SwimConfig::lan().reconnect_interval_us, "seed {seed}: {rejoined} us");
+    }
+    assert!(rejoined(false).iter().all(Option::is_none), "without reconnecting, the split is for good");
+}

@@ -37,6 +37,9 @@ impl Cluster {
         if self.roll(self.swarm.slow_disk_ppm) {
             self.slow_disk();
         }
+        if self.roll(self.swarm.kill_ppm) {
+            self.kill_for_good();
+        }
     }
 
     /// A member's disk turns slow for a while (its fsyncs take 20 times as long): it keeps
@@ -49,7 +52,7 @@ impl Cluster {
         self.fault(format_args!("disk of n{id} slow until {until}"));
     }
 
-    fn fault(&mut self, what: std::fmt::Arguments) {
+    pub(super) fn fault(&mut self, what: std::fmt::Arguments) {
         self.faults += 1;
         self.faults.hash(&mut self.trace);
         self.log(format_args!("FAULT {what}"));
@@ -59,7 +62,7 @@ impl Cluster {
         self.members.iter().filter(|(_, m)| m.node.is_some() && !m.retired).map(|(id, _)| *id).collect()
     }
 
-    fn pick(&mut self, ids: &[NodeId]) -> Option<NodeId> {
+    pub(super) fn pick(&mut self, ids: &[NodeId]) -> Option<NodeId> {
         if ids.is_empty() {
             return None;
         }
@@ -72,7 +75,7 @@ impl Cluster {
         self.crash(id);
     }
 
-    fn crash(&mut self, id: NodeId) {
+    pub(super) fn crash(&mut self, id: NodeId) {
         // Power loss: the disk keeps what was synced plus a random prefix of the rest, the last
         // write possibly torn (decided by the simulated disk from this seed).
         let crash_seed = self.rng.next_u64();
@@ -84,6 +87,7 @@ impl Cluster {
         let suspicions = member.node.as_ref().map_or(0, |node| node.detection_stats().suspicions);
         self.slow_hand_offs += member.node.as_ref().and_then(|node| node.health_stats()).map_or(0, |h| h.hand_offs);
         member.node = None;
+        member.gossip = None;
         member.paused = false;
         member.stalled = None;
         member.held.clear();
@@ -301,10 +305,12 @@ impl Cluster {
         }
         if let Some(id) = new_member {
             self.next_node_id += 1;
-            self.add_member(id, SimDisk::new(), DurableModel::default(), [group].into_iter().collect());
+            let role = healing::Role { spare: false, zone: self.draw_zone() };
+            self.add_member(id, SimDisk::new(), DurableModel::default(), [group].into_iter().collect(), role);
         }
         if let ConfChange::Remove(victim) = change {
             self.invariants.on_removed(victim, group);
+            self.removed_ids.insert(victim);
         }
         self.fault(format_args!("membership g{group} {change:?} via n{leader}"));
     }

@@ -41,6 +41,7 @@ impl Cluster {
                 return;
             }
         }
+        self.check_healed(deadline);
     }
 
     /// Runs until `group` has one leader that every member of its configuration follows, and
