@@ -69,9 +69,29 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
         } else {
             json_response(StatusCode::OK, json!({"health": "true", "reason": ""}))
         }
+    } else if is_waiting_spare(&shared).await {
+        // Not serving either, but nothing is wrong: say so, so an operator does not go looking.
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"health": "false", "reason": "SPARE: holds no replica until a leader adds it"}),
+        )
     } else {
         json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"health": "false", "reason": "RAFT NO LEADER"}))
     }
+}
+
+/// This process was started as a spare (`--spare`) and no configuration names it yet.
+async fn is_waiting_spare(shared: &Arc<Shared>) -> bool {
+    let (me, group) = (shared.member_id, shared.group);
+    let spare = {
+        let view = shared.gossip.read().expect("gossip view lock");
+        view.members.get(&me).and_then(|seen| seen.meta.as_ref()).is_some_and(|meta| meta.spare)
+    };
+    spare
+        && shared
+            .inspect(move |node, _| node.status(group).is_none_or(|s| !s.conf.members().any(|id| id == me)))
+            .await
+            .unwrap_or(false)
 }
 
 /// `--unsafe-fault-injection` only: the body is the delay added to every WAL write, in

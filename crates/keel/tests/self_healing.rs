@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{eventually, http_get, metric, Cluster};
+use common::{eventually, http_get, http_get_any, metric, Cluster};
 use etcd_client::{Client, GetOptions};
 
 /// Fast timing for loopback: a 200 ms membership period (detection within ~1.5 s) and a
@@ -91,6 +91,12 @@ async fn dead_voters_are_replaced_by_spares_and_nothing_acknowledged_is_lost() {
 
     let client = cluster.client(0).await;
     write_keys(&client, "/before/", 50).await;
+    // A spare does not serve, and says why.
+    let health = http_get_any(cluster.members[s1].client_port, "/health");
+    assert!(
+        health.as_ref().is_some_and(|(status, body)| *status == 503 && body.contains("SPARE")),
+        "a waiting spare's /health: {health:?}"
+    );
 
     // The first voter dies for good.
     let first = cluster.member_id(1).await;

@@ -252,6 +252,11 @@ impl Drop for Cluster {
 
 /// A plain HTTP GET on a member's client port: the body, if it answered 200.
 pub fn http_get(port: u16, path: &str) -> Option<String> {
+    http_get_any(port, path).and_then(|(status, body)| (status == 200).then_some(body))
+}
+
+/// A GET's status and body, whatever the status.
+pub fn http_get_any(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
@@ -260,7 +265,8 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
     let (head, body) = response.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    let status = head.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
+    Some((status, body.to_string()))
 }
 
 /// A metric's value from a member's `/metrics`.
