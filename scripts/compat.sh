@@ -512,6 +512,39 @@ check "gateway /v3/kv/txn success branch" "True" "$(js 'd.get("succeeded", False
 run gw kv/txn "$TXN"
 check "gateway /v3/kv/txn failure branch reads the value" "[False, '$(b64 first)']" \
     "$(js '[d.get("succeeded", False), d["responses"][0]["response_range"]["kvs"][0]["value"]]' <<<"$OUT")"
+# What gateway clients (Patroni, etcd3gw) need beyond unary KV: the version, the lease
+# keep-alive and the watch stream (chunked `{"result": ...}` lines), the older prefix, and 404.
+run curl -sS -m 20 "$GW/version"
+check "gateway GET /version names the server and cluster versions" "True" \
+    "$(js '"etcdserver" in d and "etcdcluster" in d' <<<"$OUT")"
+check "gateway unknown path is 404" "404" "$(curl -s -o /dev/null -w '%{http_code}' -m 20 "$GW/no/such/path")"
+check "gateway unknown /v3 route is 404" "404" \
+    "$(curl -s -o /dev/null -w '%{http_code}' -m 20 -X POST "$GW/v3/no/such/route" -d '{}')"
+run curl -sS -m 20 -X POST "$GW/v3beta/kv/range" -d "{\"key\": \"$(b64 gw/t)\"}"
+check "gateway /v3beta prefix" "$(b64 first)" "$(js 'd["kvs"][0]["value"]' <<<"$OUT")"
+run gw lease/grant '{"TTL": "60"}'
+GW_LEASE=$(js 'd["ID"]' <<<"$OUT")
+run gw lease/keepalive "{\"ID\": \"$GW_LEASE\"}"
+check "gateway /v3/lease/keepalive renews the lease" "['$GW_LEASE', '60']" \
+    "$(js '[d["result"]["ID"], d["result"]["TTL"]]' <<<"$(head -n 1 <<<"$OUT")")"
+run gw lease/timetolive "{\"ID\": \"$GW_LEASE\"}"
+check "gateway /v3/lease/timetolive" "60" "$(js 'd["grantedTTL"]' <<<"$OUT")"
+run gw lease/revoke "{\"ID\": \"$GW_LEASE\"}"
+check "gateway /v3/lease/revoke" "True" "$(js '"header" in d' <<<"$OUT")"
+run gw cluster/member/list '{}'
+check "gateway /v3/cluster/member/list" "3" "$(js 'len(d["members"])' <<<"$OUT")"
+run gw maintenance/status '{}'
+check "gateway /v3/maintenance/status" "True" "$(js 'int(d["leader"]) != 0' <<<"$OUT")"
+GW_WATCH=$(mktemp)
+curl -sS -N -m 6 -X POST "$GW/v3/watch" -d "{\"create_request\": {\"key\": \"$(b64 gw/w)\"}}" >"$GW_WATCH" 2>/dev/null &
+GW_WATCH_PID=$!
+wait_for 5 grep -q created "$GW_WATCH"
+run gw kv/put "{\"key\": \"$(b64 gw/w)\", \"value\": \"$(b64 watched)\"}"
+wait_for 5 grep -q "$(b64 watched)" "$GW_WATCH"
+W_CREATED=$(js 'd["result"]["created"]' <<<"$(head -n 1 "$GW_WATCH")")
+W_VALUE=$(js 'd["result"]["events"][0]["kv"]["value"]' <<<"$(sed -n 2p "$GW_WATCH")")
+check "gateway /v3/watch streams created, then the put" "True $(b64 watched)" "$W_CREATED $W_VALUE"
+kill "$GW_WATCH_PID" 2>/dev/null; wait "$GW_WATCH_PID" 2>/dev/null; rm -f "$GW_WATCH"
 run curl -sS -m 20 "$GW/health"
 check "/health" "true" "$(js 'd["health"]' <<<"$OUT")"
 run curl -sS -m 20 "$GW/metrics"

@@ -27,11 +27,64 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let protos: Vec<PathBuf> = PROTOS.iter().map(PathBuf::from).collect();
     let includes = [PathBuf::from("proto"), protoc_include];
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    let descriptors = out.join("etcd_descriptors.bin");
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
         .build_transport(true)
         .emit_rerun_if_changed(false)
+        .file_descriptor_set_path(&descriptors)
         .compile_protos(&protos, &includes)?;
+
+    // The protobuf JSON mapping, as etcd's gateway marshals it (grpc-gateway's JSONPb with
+    // OrigName: the proto field names; 64-bit integers as strings; enums by name; bytes in
+    // base64; zero values left out).
+    let set = std::fs::read(&descriptors)?;
+    pbjson_build::Builder::new().register_descriptors(&set)?.preserve_proto_field_names().build(&[
+        ".etcdserverpb",
+        ".mvccpb",
+        ".authpb",
+        ".v3lockpb",
+        ".v3electionpb",
+    ])?;
+
+    std::fs::write(out.join("gateway_routes.rs"), gateway_routes()?)?;
     Ok(())
+}
+
+/// The JSON gateway's routes, read from the `google.api.http` options of the protos themselves
+/// (`post: "/v3/kv/range"` under `rpc Range`), so the route table cannot drift from them.
+fn gateway_routes() -> Result<String, Box<dyn std::error::Error>> {
+    let mut rows = String::new();
+    for proto in PROTOS {
+        let text = std::fs::read_to_string(proto)?;
+        let package = text
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("package ")?.strip_suffix(';'))
+            .ok_or(format!("{proto}: no package"))?
+            .to_string();
+        let (mut service, mut rpc): (Option<String>, Option<(String, bool, bool)>) = (None, None);
+        for line in text.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix("service ") {
+                service = rest.split_whitespace().next().map(str::to_string);
+                rpc = None;
+            } else if let Some(rest) = line.strip_prefix("rpc ") {
+                // rpc Name(stream Request) returns (stream Response) {
+                let name = rest.split('(').next().unwrap_or_default().trim().to_string();
+                let (request, response) = rest.split_once("returns").ok_or(format!("{proto}: {line}"))?;
+                rpc = Some((name, request.contains("(stream "), response.contains("(stream ")));
+            } else if let Some(path) = line.strip_prefix("post: \"").and_then(|p| p.strip_suffix('"')) {
+                // An rpc may have several (`additional_bindings`).
+                let (Some(service), Some((method, client_streaming, server_streaming))) = (&service, &rpc) else {
+                    return Err(format!("{proto}: a route outside an rpc: {line}").into());
+                };
+                rows.push_str(&format!(
+                    "    GatewayRoute {{ path: {path:?}, service: \"{package}.{service}\", method: {method:?}, \
+                     client_streaming: {client_streaming}, server_streaming: {server_streaming} }},\n"
+                ));
+            }
+        }
+    }
+    Ok(format!("pub const GATEWAY_ROUTES: &[GatewayRoute] = &[\n{rows}];\n"))
 }

@@ -68,12 +68,14 @@ pub use tonic_prost;
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
 }
 
 /// `mvccpb`: `KeyValue` and `Event` (etcd `api/mvccpb/kv.proto`).
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
 }
 
 /// `authpb`: stored user, role and permission records (etcd
@@ -81,6 +83,7 @@ pub mod mvccpb {
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
 pub mod authpb {
     tonic::include_proto!("authpb");
+    include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
 }
 
 /// `v3lockpb`: the Lock service (etcd
@@ -88,6 +91,7 @@ pub mod authpb {
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
 pub mod v3lockpb {
     tonic::include_proto!("v3lockpb");
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.serde.rs"));
 }
 
 /// `v3electionpb`: the Election service (etcd
@@ -95,7 +99,23 @@ pub mod v3lockpb {
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
 pub mod v3electionpb {
     tonic::include_proto!("v3electionpb");
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
 }
+
+/// One route of etcd's JSON gateway: `POST path` with the JSON form of the method's request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GatewayRoute {
+    /// Under `/v3` (etcd 3.4 also serves it under `/v3beta` and `/v3alpha`).
+    pub path: &'static str,
+    /// The gRPC service, as `package.Service`.
+    pub service: &'static str,
+    pub method: &'static str,
+    pub client_streaming: bool,
+    pub server_streaming: bool,
+}
+
+// `GATEWAY_ROUTES`: every route, read from the protos' `google.api.http` options at build time.
+include!(concat!(env!("OUT_DIR"), "/gateway_routes.rs"));
 
 /// The fully-qualified names of every gRPC service etcd v3.5 serves (and so
 /// keel must serve), including the standard health service.

@@ -13,6 +13,7 @@ pub mod config;
 pub mod convert;
 pub mod driver;
 pub mod faults;
+pub mod gateway;
 pub mod gossip;
 pub mod healing;
 pub mod hook;

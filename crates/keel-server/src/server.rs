@@ -525,7 +525,13 @@ async fn serve_clients(config: ServerConfig, shared: Arc<Shared>) -> Result<(), 
         .add_service(MaintenanceServer::new(MaintenanceService { shared: shared.clone() }))
         .add_service(LockServer::new(LockService { shared: shared.clone() }))
         .add_service(ElectionServer::new(ElectionService { shared: shared.clone() }));
-    let app = routes.into_axum_router().merge(http::router(shared.clone()));
+    // Unknown paths: etcd's 404, or gRPC's Unimplemented for gRPC clients (the fallback set
+    // last replaces tonic's, which answered every unknown path 200 with grpc-status 12).
+    let app = routes
+        .into_axum_router()
+        .merge(http::router(shared.clone()))
+        .merge(crate::gateway::router(shared.clone()))
+        .fallback(crate::gateway::not_found);
 
     let mut servers = Vec::new();
     for url in &config.listen_client_urls {

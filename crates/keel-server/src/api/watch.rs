@@ -13,6 +13,7 @@ use keel_api::etcdserverpb::{self as pb, watch_request::RequestUnion, watch_serv
 use keel_api::tonic::{self, Request, Response, Status, Streaming};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 
 use super::Shared;
 use crate::status;
@@ -40,20 +41,30 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let incoming = request.into_inner();
-        let (sender, receiver) = mpsc::channel(STREAM_QUEUE_MAX);
-        let stream = self.shared.hub.lock().expect("watch hub lock").open_stream(sender.clone());
-        tokio::spawn(serve_stream(self.shared.clone(), stream, incoming, sender));
-        Ok(Response::new(ReceiverStream::new(receiver)))
+        Ok(Response::new(open(self.shared.clone(), request.into_inner())))
     }
 }
 
-async fn serve_stream(
+/// A watch stream serving the requests `incoming` brings (a gRPC stream, or the JSON gateway's
+/// requests); it ends when they end or fail, or when nobody reads the responses any more.
+pub fn open<S>(shared: Arc<Shared>, incoming: S) -> ReceiverStream<Result<WatchResponse, Status>>
+where
+    S: Stream<Item = Result<pb::WatchRequest, Status>> + Unpin + Send + 'static,
+{
+    let (sender, receiver) = mpsc::channel(STREAM_QUEUE_MAX);
+    let stream = shared.hub.lock().expect("watch hub lock").open_stream(sender.clone());
+    tokio::spawn(serve_stream(shared, stream, incoming, sender));
+    ReceiverStream::new(receiver)
+}
+
+async fn serve_stream<S>(
     shared: Arc<Shared>,
     stream: StreamId,
-    mut incoming: Streaming<pb::WatchRequest>,
+    mut incoming: S,
     sender: mpsc::Sender<Result<WatchResponse, Status>>,
-) {
+) where
+    S: Stream<Item = Result<pb::WatchRequest, Status>> + Unpin + Send + 'static,
+{
     shared.metrics.watch_streams.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut next_watch_id: i64 = 0;
     let mut catch_up = tokio::time::interval(CATCH_UP_EVERY);
@@ -62,8 +73,8 @@ async fn serve_stream(
     progress.tick().await; // the first tick is immediate
     loop {
         tokio::select! {
-            message = incoming.message() => {
-                let Ok(Some(message)) = message else { break };
+            message = incoming.next() => {
+                let Some(Ok(message)) = message else { break };
                 let Some(request) = message.request_union else { continue };
                 if !handle(&shared, stream, request, &sender, &mut next_watch_id).await {
                     break;
