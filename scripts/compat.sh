@@ -185,9 +185,10 @@ if [[ ${#need[@]} -gt 0 ]]; then apt_install "${need[@]}"; fi
 #  - Lock.acquire passes tenacity an old-style wait(previous_attempt_number, delay) callback,
 #    which tenacity 7+ no longer adapts (TypeError): pin the last 6.x.
 # The venv is rebuilt whenever this list changes (it is stamped into the venv).
-PY_REQS=(etcd3==0.12.0 protobuf==3.20.3 tenacity==6.3.1)
+# etcd3gw speaks the JSON gateway (OpenStack's client).
+PY_REQS=(etcd3==0.12.0 protobuf==3.20.3 tenacity==6.3.1 etcd3gw==2.4.2)
 if [[ "$(cat "$VENV/.keel-compat-reqs" 2>/dev/null)" != "${PY_REQS[*]}" ]] ||
-    ! "$VENV/bin/python" -c 'import etcd3' 2>/dev/null; then
+    ! "$VENV/bin/python" -c 'import etcd3, etcd3gw' 2>/dev/null; then
     rm -rf "$VENV"
     { /usr/bin/python3 -m venv "$VENV" &&
         "$VENV/bin/pip" install -q --disable-pip-version-check wheel &&
@@ -586,6 +587,16 @@ PASSED=$((PASSED + $(grep -c '^ok ' <<<"$py_out")))
 FAILED=$((FAILED + $(grep -c '^FAIL ' <<<"$py_out")))
 if [[ $py_rc -ne 0 ]] && ! grep -q '^FAIL ' <<<"$py_out"; then
     fail "python etcd3" "exit $py_rc: $(show "$(tail -n 5 "$WORK/python.err")")"
+fi
+
+# The Python etcd3gw client, through the JSON gateway.
+gw_out=$(timeout 300 "$VENV/bin/python" "$HERE/compat_etcd3gw.py" "${EP[0]}" 2>"$WORK/etcd3gw.err")
+gw_rc=$?
+echo "$gw_out"
+PASSED=$((PASSED + $(grep -c '^ok ' <<<"$gw_out")))
+FAILED=$((FAILED + $(grep -c '^FAIL ' <<<"$gw_out")))
+if [[ $gw_rc -ne 0 ]] && ! grep -q '^FAIL ' <<<"$gw_out"; then
+    fail "python etcd3gw" "exit $gw_rc: $(show "$(tail -n 5 "$WORK/etcd3gw.err")")"
 fi
 
 # ---------------------------------------------------------------------------------------------
