@@ -147,6 +147,7 @@ cleanup() {
     local rc=$?
     # Logs first, so their tails show the failure rather than the shutdown.
     [[ $FAILED -gt 0 || $rc -ne 0 ]] && print_logs
+    declare -F pat_stop_all >/dev/null && pat_stop_all
     for p in "${BG_PIDS[@]}"; do stop_pid "$p"; done
     for p in "${MEMBER_PID[@]}"; do [[ -n "$p" ]] && stop_pid "$p"; done
     if [[ $FAILED -gt 0 || $rc -ne 0 ]]; then echo "(work dir kept: $WORK)"; else rm -rf "$WORK"; fi
@@ -172,6 +173,11 @@ need=()
 command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v curl >/dev/null || need+=(curl)
 command -v setsid >/dev/null || need+=(util-linux)
+# Patroni with PostgreSQL 15 (section 11), ss to see which member it talks to, bc for times.
+command -v patroni >/dev/null || need+=(patroni)
+[[ -x /usr/lib/postgresql/15/bin/postgres ]] || need+=(postgresql-15)
+command -v ss >/dev/null || need+=(iproute2)
+command -v bc >/dev/null || need+=(bc)
 /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 # Only the reference run (`compat.sh etcd`) installs etcd; otherwise the server is under test.
 if [[ "${SERVER[0]}" == etcd ]] && ! command -v etcd >/dev/null; then
@@ -598,6 +604,13 @@ FAILED=$((FAILED + $(grep -c '^FAIL ' <<<"$gw_out")))
 if [[ $gw_rc -ne 0 ]] && ! grep -q '^FAIL ' <<<"$gw_out"; then
     fail "python etcd3gw" "exit $gw_rc: $(show "$(tail -n 5 "$WORK/etcd3gw.err")")"
 fi
+
+# ---------------------------------------------------------------------------------------------
+# 11b. Patroni end to end (scripts/compat_patroni.sh): bootstrap, failover after kill -9 of the
+# primary, and the primary surviving the loss of the member its Patroni talks to.
+
+source "$HERE/compat_patroni.sh"
+patroni_checks
 
 # ---------------------------------------------------------------------------------------------
 # 12. Quorum loss (destructive, so last): kill two members, the survivor must refuse writes.
