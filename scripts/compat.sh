@@ -586,24 +586,21 @@ check_err "put with an unknown lease" "etcdserver: requested lease not found" ct
 # ---------------------------------------------------------------------------------------------
 # 11. The Python etcd3 client (gRPC from another implementation than Go's)
 
-py_out=$(timeout 300 "$VENV/bin/python" "$HERE/compat_etcd3.py" "${EP[0]}" 2>"$WORK/python.err")
-py_rc=$?
-echo "$py_out"
-PASSED=$((PASSED + $(grep -c '^ok ' <<<"$py_out")))
-FAILED=$((FAILED + $(grep -c '^FAIL ' <<<"$py_out")))
-if [[ $py_rc -ne 0 ]] && ! grep -q '^FAIL ' <<<"$py_out"; then
-    fail "python etcd3" "exit $py_rc: $(show "$(tail -n 5 "$WORK/python.err")")"
-fi
-
+# py_checks NAME SCRIPT: run a Python check script (it prints ok/FAIL lines) and count them.
+py_checks() {
+    local out rc
+    out=$(timeout 300 "$VENV/bin/python" "$HERE/$2" "${EP[0]}" 2>"$WORK/$1.err")
+    rc=$?
+    echo "$out"
+    PASSED=$((PASSED + $(grep -c '^ok ' <<<"$out")))
+    FAILED=$((FAILED + $(grep -c '^FAIL ' <<<"$out")))
+    if [[ $rc -ne 0 ]] && ! grep -q '^FAIL ' <<<"$out"; then
+        fail "python $1" "exit $rc: $(show "$(tail -n 5 "$WORK/$1.err")")"
+    fi
+}
+py_checks etcd3 compat_etcd3.py
 # The Python etcd3gw client, through the JSON gateway.
-gw_out=$(timeout 300 "$VENV/bin/python" "$HERE/compat_etcd3gw.py" "${EP[0]}" 2>"$WORK/etcd3gw.err")
-gw_rc=$?
-echo "$gw_out"
-PASSED=$((PASSED + $(grep -c '^ok ' <<<"$gw_out")))
-FAILED=$((FAILED + $(grep -c '^FAIL ' <<<"$gw_out")))
-if [[ $gw_rc -ne 0 ]] && ! grep -q '^FAIL ' <<<"$gw_out"; then
-    fail "python etcd3gw" "exit $gw_rc: $(show "$(tail -n 5 "$WORK/etcd3gw.err")")"
-fi
+py_checks etcd3gw compat_etcd3gw.py
 
 # ---------------------------------------------------------------------------------------------
 # 11b. Patroni end to end (scripts/compat_patroni.sh): bootstrap, failover after kill -9 of the

@@ -11,28 +11,8 @@ import time
 
 import etcd3
 
-PASSED = 0
-FAILED = 0
-
-
-def check(name, want, got):
-    global PASSED, FAILED
-    if want == got:
-        PASSED += 1
-        print(f"ok {name}", flush=True)
-    else:
-        FAILED += 1
-        print(f"FAIL {name}: expected {want!r} got {got!r}", flush=True)
-
-
-def area(func):
-    """Run one area's checks; an exception fails the area instead of ending the run."""
-    global FAILED
-    try:
-        func()
-    except Exception as e:  # noqa: BLE001 - report anything as a failed check
-        FAILED += 1
-        print(f"FAIL python {func.__name__}: raised {type(e).__name__}: {e}", flush=True)
+import compat_checks
+from compat_checks import area, check
 
 
 host, port = sys.argv[1].rsplit(":", 1)
@@ -154,4 +134,4 @@ def status():
 for f in (kv, prefix, transaction, lease, watch, lock, status):
     area(f)
 c.close()
-sys.exit(1 if FAILED else 0)
+sys.exit(compat_checks.exit_code())

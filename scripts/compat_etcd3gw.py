@@ -10,27 +10,10 @@ import threading
 
 from etcd3gw.client import Etcd3Client
 
-PASSED = 0
-FAILED = 0
+import compat_checks
+from compat_checks import area, check
 
-
-def check(name, want, got):
-    global PASSED, FAILED
-    if want == got:
-        PASSED += 1
-        print(f"ok etcd3gw {name}", flush=True)
-    else:
-        FAILED += 1
-        print(f"FAIL etcd3gw {name}: expected {want!r} got {got!r}", flush=True)
-
-
-def area(func):
-    global FAILED
-    try:
-        func()
-    except Exception as e:  # noqa: BLE001 - report anything as a failed check
-        FAILED += 1
-        print(f"FAIL etcd3gw {func.__name__}: raised {type(e).__name__}: {e}", flush=True)
+compat_checks.PREFIX = "etcd3gw "
 
 
 host, port = sys.argv[1].rsplit(":", 1)
@@ -87,5 +70,5 @@ def watch():
 
 for f in (put_get, lease, lock, watch):
     area(f)
-print(f"etcd3gw: {PASSED} passed, {FAILED} failed", flush=True)
-sys.exit(1 if FAILED else 0)
+print(f"etcd3gw: {compat_checks.PASSED} passed, {compat_checks.FAILED} failed", flush=True)
+sys.exit(compat_checks.exit_code())

@@ -9,7 +9,7 @@
 # keeps its role. Prints the failover time.
 
 PG_BIN=/usr/lib/postgresql/15/bin
-PAT=$WORK/patroni
+PAT=$WORK/patroni/1 # one directory (and DCS scope) per trial
 declare -a PAT_PID=()
 
 # pat_json I PATH: GET from node I's Patroni REST API.
@@ -50,17 +50,27 @@ pat_kill9() { # Patroni and its PostgreSQL, as a machine that dies would lose bo
 
 pat_stop_all() {
     for i in 0 1 2; do [[ -n "${PAT_PID[$i]:-}" ]] && pat_kill9 "$i"; done
-    pkill -KILL -u postgres -f -- "$PAT/" 2>/dev/null
+    pkill -KILL -u postgres -f -- "$WORK/patroni/" 2>/dev/null
 }
 
+# All the checks once, then (PATRONI_TRIALS=N) N-1 more bootstraps and failovers for figures.
 patroni_checks() {
+    patroni_trial 1 member-loss
+    local t
+    for ((t = 2; t <= ${PATRONI_TRIALS:-1}; t++)); do patroni_trial "$t"; done
+}
+
+# patroni_trial T [member-loss]: a fresh Patroni cluster (scope keel-compat-T) through
+# bootstrap and failover, then, if asked, the loss of the primary's cluster member.
+patroni_trial() {
+    PAT=$WORK/patroni/$1
     mkdir -p "$PAT"
-    chmod o+x "$WORK"
+    chmod o+x "$WORK" "$WORK/patroni"
     local hosts i
     hosts=$(printf '127.0.0.1:%s,' "${CPORTS[@]}")
     for i in 0 1 2; do
         cat >"$PAT/pg$i.yml" <<EOF
-scope: keel-compat
+scope: keel-compat-$1
 name: pg$i
 restapi:
   listen: 127.0.0.1:$((8008 + i))
@@ -142,6 +152,10 @@ EOF
     check "patroni's other replica streams from the new primary" "pg$follower" "$got"
     check "patroni data written before the failover is on the new primary" "42" "$(pat_psql "$new" 'select x from t')"
 
+    if [[ ${2:-} != member-loss ]]; then
+        pat_stop_all
+        return
+    fi
     # kill -9 of the cluster member the primary's Patroni talks to: it moves to another member
     # and keeps its role (its leader key is renewed through the others).
     local port member=""

@@ -213,14 +213,7 @@ where
     F: FnOnce(Req) -> Fut,
     Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
 {
-    let request = match decode::<Req>(body) {
-        Ok(request) => request,
-        Err(status) => return error_response(&status),
-    };
-    match call(request).await {
-        Ok(response) => json_response(StatusCode::OK, &response.into_inner()),
-        Err(status) => error_response(&status),
-    }
+    answer(body, call, |response: Resp| json_response(StatusCode::OK, &response)).await
 }
 
 async fn server_stream<Req, Resp, S, F, Fut>(body: &[u8], call: F) -> Response
@@ -231,12 +224,22 @@ where
     F: FnOnce(Req) -> Fut,
     Fut: Future<Output = Result<tonic::Response<S>, Status>>,
 {
+    answer(body, call, stream_response).await
+}
+
+/// Decodes the request, calls the method, and answers with `respond` or the error.
+async fn answer<Req, T, F, Fut>(body: &[u8], call: F, respond: impl FnOnce(T) -> Response) -> Response
+where
+    Req: DeserializeOwned + Default,
+    F: FnOnce(Req) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+{
     let request = match decode::<Req>(body) {
         Ok(request) => request,
         Err(status) => return error_response(&status),
     };
     match call(request).await {
-        Ok(response) => stream_response(response.into_inner()),
+        Ok(response) => respond(response.into_inner()),
         Err(status) => error_response(&status),
     }
 }
