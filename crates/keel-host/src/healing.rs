@@ -191,3 +191,86 @@ pub fn conf_change(step: RepairStep, spare: Option<MemberRecord>) -> Option<(Con
         RepairStep::RemoveLearner { learner } => (ConfChange::Remove(learner.0), MemberCommand::Remove(learner.0)),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use keel_membership::Liveness;
+
+    use super::*;
+    use crate::membership::Seen;
+
+    const WAIT_US: u64 = 2_000_000;
+
+    fn seen(liveness: Liveness, spare: bool) -> Seen {
+        let meta = MemberMeta {
+            name: String::new(),
+            peer_url: String::new(),
+            client_urls: Vec::new(),
+            zone: String::new(),
+            spare,
+        };
+        Seen { liveness, incarnation: 1, meta: Some(meta), since_us: 0 }
+    }
+
+    #[test]
+    fn a_restarted_leader_adopts_the_half_done_replacement_once_it_sees_the_voter_dead() {
+        // The previous leader added spare 4 as a learner to replace voter 3 and went down. This
+        // member now leads, with a fresh membership view: 3 still looks alive at first.
+        let mut view = MembershipView {
+            me: 1,
+            members: BTreeMap::from([
+                (1, seen(Liveness::Alive, false)),
+                (2, seen(Liveness::Alive, false)),
+                (3, seen(Liveness::Alive, false)),
+                (4, seen(Liveness::Alive, true)),
+            ]),
+        };
+        let raft = RaftView {
+            voters: vec![(1, 50), (2, 50), (3, 10)],
+            learners: vec![(4, 50)],
+            last_index: 50,
+            conf_change_pending: false,
+        };
+        let mut healer = Healer::new(1, repair_config(WAIT_US));
+        let none = BTreeSet::new();
+        assert_eq!(healer.poll(0, Some(&raft), &view, &none), Poll::default(), "nothing is dead yet");
+        // A few periods later the protocol confirms 3 dead, and the wait passes.
+        view.members.insert(3, Seen { since_us: 1_000_000, ..seen(Liveness::Dead, false) });
+        let poll = healer.poll(1_000_000 + WAIT_US + 1, Some(&raft), &view, &none);
+        assert_eq!(poll.adopted, Some((3, 4)), "the learner is taken over: {poll:?}");
+        assert_eq!(
+            poll.step,
+            Some(RepairStep::Promote { learner: MemberId(4), replacing: MemberId(3) }),
+            "and promoted, not left beside a second replacement"
+        );
+        assert_eq!(poll.under_replicated, 1);
+    }
+
+    #[test]
+    fn a_member_that_does_not_lead_decides_nothing_and_a_removed_one_is_no_spare() {
+        let view = MembershipView {
+            me: 1,
+            members: BTreeMap::from([
+                (1, seen(Liveness::Alive, false)),
+                (2, seen(Liveness::Alive, false)),
+                (3, Seen { since_us: 0, ..seen(Liveness::Dead, false) }),
+                (5, seen(Liveness::Alive, true)),
+            ]),
+        };
+        let mut healer = Healer::new(1, repair_config(WAIT_US));
+        assert_eq!(healer.poll(WAIT_US * 10, None, &view, &BTreeSet::new()), Poll::default());
+        let raft = RaftView {
+            voters: vec![(1, 50), (2, 50), (3, 10)],
+            learners: vec![],
+            last_index: 50,
+            conf_change_pending: false,
+        };
+        // 5 says it is a spare, but the records say it was removed: it must not be recruited.
+        let poll = healer.poll(WAIT_US * 10, Some(&raft), &view, &BTreeSet::from([5]));
+        assert_eq!((poll.step, poll.under_replicated), (None, 1), "{poll:?}");
+        let poll = healer.poll(WAIT_US * 10 + 1, Some(&raft), &view, &BTreeSet::new());
+        assert!(matches!(poll.step, Some(RepairStep::AddLearner { spare: MemberId(5), .. })), "{poll:?}");
+    }
+}

@@ -256,7 +256,7 @@ impl Cluster {
             }
             let Some(waiting) = waiting else { return true };
             if self.now >= deadline || !self.invariants.violations.is_empty() {
-                self.invariants.violation(format!("self-healing: {waiting} at the end of the run"));
+                self.invariants.violation(format!("liveness: self-healing: {waiting} at the end of the run"));
                 return false;
             }
             self.step();
