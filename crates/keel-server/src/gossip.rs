@@ -150,6 +150,7 @@ fn run(
         let stats = swim.stats();
         metrics.gossip_suspicions_raised.store(stats.suspicions_raised, Relaxed);
         metrics.gossip_refutations.store(stats.refutations, Relaxed);
+        metrics.gossip_reconnects.store(stats.reconnects, Relaxed);
         metrics.gossip_local_health.store(u64::from(swim.local_health()), Relaxed);
         let outbox = swim.take_outbox();
         // Connections only to processes believed alive (or suspected), and for a few periods

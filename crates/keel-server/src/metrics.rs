@@ -57,6 +57,9 @@ pub struct Metrics {
     pub gossip_suspicions_raised: AtomicU64,
     pub gossip_refutations: AtomicU64,
     pub gossip_local_health: AtomicU64,
+    /// Tables this process offered to members it believed dead (a partition that healed, or a
+    /// member that is really gone).
+    pub gossip_reconnects: AtomicU64,
     /// Voters confirmed dead and not replaced yet (as the leader sees them; 0 elsewhere).
     pub under_replicated: AtomicU64,
     /// Steps of automatic replacement this member proposed as leader, counted once applied.
@@ -159,6 +162,12 @@ impl Metrics {
             "Times this process heard itself suspected or declared dead and refuted it.",
             "counter",
             self.gossip_refutations.load(Relaxed).to_string(),
+        );
+        gauge(
+            "keel_membership_reconnects_total",
+            "Tables this process offered to members it believed dead, in case they are not.",
+            "counter",
+            self.gossip_reconnects.load(Relaxed).to_string(),
         );
         gauge(
             "keel_membership_local_health",

@@ -219,6 +219,13 @@ async fn without_a_spare_the_cluster_serves_reports_under_replication_and_heals_
     assert!(sum("keel_membership_suspicions_raised_total") >= 1.0);
     assert_eq!(sum("keel_membership_dead"), 2.0, "each survivor counts one dead member");
     assert_eq!(sum("keel_spares"), 0.0);
+    // The survivors keep offering their tables to the dead member, in case it is only cut off
+    // (every 10 periods: 2 s here).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sum("keel_membership_reconnects_total") < 1.0 {
+        assert!(Instant::now() < deadline, "no reconnect offer to the dead member");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // It keeps serving meanwhile.
     write_keys(&client, "/n/more/", 10).await;
     // A spare appears: the dead voter is replaced.
