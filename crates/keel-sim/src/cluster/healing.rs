@@ -239,8 +239,15 @@ impl Cluster {
                     break;
                 };
                 let Some(status) = self.members[&leader].node.as_ref().and_then(|n| n.status(group)) else { continue };
-                let dead: Vec<NodeId> =
-                    status.conf.members().filter(|id| self.members.get(id).is_some_and(|m| m.disk_dead)).collect();
+                // Voters only: a dead learner costs no tolerance, and one an operator added is
+                // the operator's to remove.
+                let dead: Vec<NodeId> = status
+                    .conf
+                    .voters
+                    .iter()
+                    .copied()
+                    .filter(|id| self.members.get(id).is_some_and(|m| m.disk_dead))
+                    .collect();
                 let spares = self.eligible_spares(group, &status.conf);
                 // A spare already added as a learner is a replacement under way (a learner an
                 // operator added is the operator's business: the healer leaves it alone).
@@ -248,7 +255,7 @@ impl Cluster {
                     status.conf.learners.iter().any(|id| self.members.get(id).is_some_and(|m| m.role.spare));
                 if !dead.is_empty() && (!spares.is_empty() || replacing) {
                     waiting = Some(format!(
-                        "g{group} still has dead members {dead:?} (voters {:?}, learners {:?}) with spares {spares:?}",
+                        "g{group} still has dead voters {dead:?} (voters {:?}, learners {:?}) with spares {spares:?}",
                         status.conf.voters, status.conf.learners
                     ));
                     break;
