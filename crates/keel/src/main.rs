@@ -19,11 +19,12 @@ mod bench_wal;
 mod chaos;
 mod local_cluster;
 mod playground;
+mod snapshot;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: keel server [etcd flags; see keel server --help]\n       keel playground [--dir DIR] [--spares N]\n       keel spares [--endpoint http://127.0.0.1:2379]\n       keel bench kv [--endpoints A,B,C] [--op put|get|get-serializable|txn|mixed|load] [--clients N] [--conns N] [--seconds S] [--keys N] [--value-bytes B]\n       keel bench failover [--trials N] [--sigstop] [--server CMD] [--heartbeat-interval MS] [--election-timeout MS]\n       keel bench heal [--trials N] [--replace-dead-after 2s] [--membership-probe-interval 200ms] [--preload N] [--value-bytes B] [--snapshot-count N]\n       keel chaos [--duration 60s] [--faults kill,pause,partition,slow-disk,crash-all] [--clients N] [--keys N] [--seed S] [--report out.json] [--unsafe-stale-reads]\n       keel bench fail-slow [--trials N] [--clients N] [--warmup-seconds S] [--slowdown X]\n       keel bench wal [--dir DIR] [--seconds S] [--writers N] [--value-bytes B]\n       keel bench mvcc [--dir DIR] [--keys N] [--value-bytes B] [--batch N] [--order sequential|random] [--phase both|load|restart|crash]";
+const USAGE: &str = "usage: keel server [etcd flags; see keel server --help]\n       keel playground [--dir DIR] [--spares N]\n       keel spares [--endpoint http://127.0.0.1:2379]\n       keel snapshot status FILE [-w table|json]\n       keel bench kv [--endpoints A,B,C] [--op put|get|get-serializable|txn|mixed|load] [--clients N] [--conns N] [--seconds S] [--keys N] [--value-bytes B]\n       keel bench failover [--trials N] [--sigstop] [--server CMD] [--heartbeat-interval MS] [--election-timeout MS]\n       keel bench heal [--trials N] [--replace-dead-after 2s] [--membership-probe-interval 200ms] [--preload N] [--value-bytes B] [--snapshot-count N]\n       keel chaos [--duration 60s] [--faults kill,pause,partition,slow-disk,crash-all] [--clients N] [--keys N] [--seed S] [--report out.json] [--unsafe-stale-reads]\n       keel bench fail-slow [--trials N] [--clients N] [--warmup-seconds S] [--slowdown X]\n       keel bench wal [--dir DIR] [--seconds S] [--writers N] [--value-bytes B]\n       keel bench mvcc [--dir DIR] [--keys N] [--value-bytes B] [--batch N] [--order sequential|random] [--phase both|load|restart|crash]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
         }
         Some("chaos") => chaos::run(&args[1..]),
         Some("spares") => playground::list_spares(&args[1..]),
+        Some("snapshot") => snapshot::run(&args[1..]),
         Some("bench") if args.get(1).map(String::as_str) == Some("kv") => bench_kv::run(&args[2..]),
         Some("bench") if args.get(1).map(String::as_str) == Some("failover") => bench_failover::run(&args[2..]),
         Some("bench") if args.get(1).map(String::as_str) == Some("heal") => bench_heal::run(&args[2..]),

@@ -449,4 +449,37 @@ async fn the_snapshot_rpc_streams_a_store_that_rebuilds_with_every_key() {
     assert_eq!(all.kvs[7].value, "value 7".as_bytes());
     drop(store);
     let _ = std::fs::remove_file(&path);
+
+    // `keel snapshot status` on the saved file: the revision, the keys, and the HashKV the
+    // cluster itself gives at that revision.
+    let saved = std::env::temp_dir().join(format!("keel-snapshot-saved-{}.db", std::process::id()));
+    std::fs::write(&saved, &bytes).expect("save");
+    let status = |file: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["snapshot", "status", "-w", "json"])
+            .arg(file)
+            .output()
+            .expect("run keel snapshot status")
+    };
+    let out = status(&saved);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let described: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let revision = described["revision"].as_i64().expect("revision");
+    assert!(revision >= 201, "{described}");
+    assert_eq!(described["totalKey"], 200, "{described}");
+    assert_eq!(described["totalSize"], bytes.len(), "{described}");
+    let hash = c.hash_kv(revision).await.expect("hashkv").hash();
+    assert_eq!(described["hash"], hash, "the cluster's HashKV at the snapshot's revision");
+    // A flipped byte, or a file cut short, is refused with what is wrong.
+    let mut damaged = bytes.clone();
+    damaged[bytes.len() / 2] ^= 0x40;
+    std::fs::write(&saved, &damaged).expect("save");
+    let out = status(&saved);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not match"), "{out:?}");
+    std::fs::write(&saved, &bytes[..bytes.len() - 100]).expect("save");
+    let out = status(&saved);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("truncated"), "{out:?}");
+    let _ = std::fs::remove_file(&saved);
 }
