@@ -28,6 +28,8 @@ use keel_storage::{NodeStorage, SimDisk, StorageOptions};
 pub type Time = u64;
 
 const TICK_MS: u64 = 10;
+/// A run's random stream is the seed's, salted: the swarm is drawn from it first.
+const RUN_SALT: u64 = 0x5EED_CAFE_F00D_D00D;
 const LIVENESS_BUDGET_MS: u64 = 20_000;
 const FIRST_GROUP: GroupId = 1;
 /// The key the final liveness write and read use; clients never touch it.
@@ -145,6 +147,12 @@ impl Ord for Scheduled {
     }
 }
 
+/// The swarm `seed` drew before self-healing runs existed (see [`Swarm::draw_self_healing`]):
+/// a run with it replays, step for step, what the seed ran when it found a bug.
+pub fn swarm_as_found(seed: u64) -> Swarm {
+    Swarm::draw(&mut SplitMix64::new(seed ^ RUN_SALT))
+}
+
 /// What a member's requests answer: the client request each one serves.
 type SimEffects = Effects<u64, Bytes, Bytes>;
 
@@ -238,8 +246,9 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(opts: RunOptions) -> Cluster {
-        let mut rng = SplitMix64::new(opts.seed ^ 0x5EED_CAFE_F00D_D00D);
-        let drawn = Swarm::draw(&mut rng);
+        let mut rng = SplitMix64::new(opts.seed ^ RUN_SALT);
+        let mut drawn = Swarm::draw(&mut rng);
+        drawn.draw_self_healing(opts.seed);
         let swarm = opts.swarm.clone().unwrap_or(drawn);
         let mut cluster = Cluster {
             swarm,

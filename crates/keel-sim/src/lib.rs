@@ -18,7 +18,7 @@ pub mod kv;
 pub mod machine;
 pub mod swarm;
 
-pub use cluster::{Cluster, RunOptions, RunReport};
+pub use cluster::{swarm_as_found, Cluster, RunOptions, RunReport};
 pub use swarm::Swarm;
 
 /// Runs one seed.

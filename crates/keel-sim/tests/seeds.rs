@@ -92,6 +92,12 @@ fn seeds_that_once_found_bugs_stay_clean() {
     for seed in [1_160, 538, 125, 1_994, 4_958, 4_593, 6_500, 19_481, 19_873] {
         let report = run_seed(seed, None, false);
         assert!(report.violations.is_empty(), "seed {seed}: {:#?}", report.violations);
+        // The run that found the bug, step for step (the seed as drawn today may add swarm
+        // dimensions that came later, such as self-healing).
+        let options =
+            keel_sim::RunOptions { seed, plant: None, trace: false, swarm: Some(keel_sim::swarm_as_found(seed)) };
+        let report = keel_sim::Cluster::new(options).run();
+        assert!(report.violations.is_empty(), "seed {seed} as found: {:#?}", report.violations);
     }
 }
 
