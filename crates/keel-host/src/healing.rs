@@ -141,6 +141,18 @@ impl Healer {
     }
 }
 
+impl Healer {
+    /// The host's proposal of `step` was refused outright (not proposed at all): decide it
+    /// again at the next poll rather than after the reissue interval. A leader handing over
+    /// (a fail-slow hand-off that keeps failing) refuses every proposal for a while; a repair
+    /// retried only every few seconds could keep landing in those windows.
+    pub fn refused(&mut self, step: RepairStep) {
+        if let Some(repairer) = self.repairer.as_mut() {
+            repairer.refused(step);
+        }
+    }
+}
+
 /// Adopts the longest-dead voter's replacement a previous leader left as a learner, if any.
 fn adopt(
     repairer: &mut Repairer,

@@ -467,6 +467,15 @@ impl Repairer {
         dead
     }
 
+    /// The caller's proposal of `step` was refused outright (the leader was handing over, or
+    /// was busy): it was never proposed, so the next call returns it again at once instead of
+    /// waiting [`RepairConfig::reissue_after_us`] as for a proposal that may be on its way.
+    pub fn refused(&mut self, step: RepairStep) {
+        if self.last_issued.is_some_and(|(last, _)| last == step) {
+            self.last_issued = None;
+        }
+    }
+
     pub fn stats(&self) -> RepairStats {
         self.stats
     }

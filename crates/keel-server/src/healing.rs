@@ -61,19 +61,24 @@ impl Healer {
             }
             self.shared.metrics.under_replicated.store(poll.under_replicated, Relaxed);
             if let Some(step) = poll.step {
-                self.carry_out(step).await;
+                if !self.carry_out(step).await {
+                    // Decided again at the next poll. Safe whatever the failure was: a step that
+                    // did reach the log shows in the next view (a pending conf change), and raft
+                    // refuses a second one while it is.
+                    decisions.refused(step);
+                }
             }
         }
     }
 
     /// Proposes `step` and does not wait past the proposal's answer: the next poll sees
-    /// whether it applied (the repairer infers progress from the view).
-    async fn carry_out(&self, step: RepairStep) {
+    /// whether it applied (the repairer infers progress from the view). False if it failed.
+    async fn carry_out(&self, step: RepairStep) -> bool {
         let spare = match step {
             RepairStep::AddLearner { spare, .. } => self.spare_record(spare.0),
             _ => None,
         };
-        let Some((change, command)) = healing::conf_change(step, spare) else { return };
+        let Some((change, command)) = healing::conf_change(step, spare) else { return false };
         match step {
             RepairStep::AddLearner { spare, replacing, shares_domain } => tracing::warn!(
                 spare = %format!("{:x}", spare.0),
@@ -105,8 +110,12 @@ impl Healer {
                     RepairStep::RemoveLearner { .. } => &m.replacements_abandoned,
                 };
                 counter.fetch_add(1, Relaxed);
+                true
             }
-            Err(error) => tracing::info!(?step, %error, "a replacement step was not applied (retried later)"),
+            Err(error) => {
+                tracing::info!(?step, %error, "a replacement step was not applied (retried at the next poll)");
+                false
+            }
         }
     }
 

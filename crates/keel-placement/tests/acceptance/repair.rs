@@ -206,6 +206,21 @@ fn a_lost_proposal_is_reissued_but_at_most_once_per_reissue_interval() {
 }
 
 #[test]
+fn a_refused_proposal_is_decided_again_at_once() {
+    let (mut group, mut repairer) = dead_voter_and_a_spare();
+    let add = group.step(&mut repairer).expect("a replacement starts");
+    // The leader refused it outright (handing over): it was never proposed.
+    repairer.refused(add);
+    group.advance(TICK);
+    assert_eq!(group.step(&mut repairer), Some(add), "not after reissue_after_us: at once");
+    assert_eq!(repairer.stats().replacements_started, 1, "the same replacement");
+    // A refusal of some other step changes nothing.
+    repairer.refused(RepairStep::RemoveDead { dead: id(99) });
+    group.advance(TICK);
+    assert_eq!(group.step(&mut repairer), None, "issued, now waiting for it to apply");
+}
+
+#[test]
 fn a_voter_is_replaced_only_once_confirmed_dead_for_replace_dead_after() {
     let mut group = Group::new(3);
     group.add_spare(10, "zone-new");

@@ -167,6 +167,7 @@ impl Cluster {
             let request = next_request;
             next_request += 1;
             if node.propose_conf_change(group, request, change, &command.encode()).is_err() {
+                healer.refused(step);
                 continue;
             }
             if let ConfChange::Remove(victim) = change {
