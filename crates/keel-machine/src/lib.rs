@@ -443,7 +443,7 @@ pub fn split_snapshot(data: &[u8]) -> Result<(Bytes, Option<Roster>), DecodeErro
 }
 
 /// Writes the members file atomically: a crash leaves the old or the new file, never a mix.
-fn write_members_file(path: &std::path::Path, roster: &Roster) -> std::io::Result<()> {
+pub fn write_members_file(path: &std::path::Path, roster: &Roster) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::File::create(&tmp)?;

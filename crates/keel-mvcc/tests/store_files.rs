@@ -120,3 +120,36 @@ fn a_cut_or_garbled_stream_is_an_error_and_leaves_no_file() {
         let _ = std::fs::remove_file(&target.0);
     }
 }
+
+/// `keel snapshot restore`: a store becomes the start of a new cluster's log. Its applied index
+/// goes back to 0 (the new log starts at 1) and the old cluster's member records go; every key,
+/// revision, the compaction and the hash stay, and the new log's entries apply on top.
+#[test]
+fn a_store_restarted_at_a_new_log_keeps_its_data_and_forgets_the_old_position() {
+    let path = TempPath::new("new-log");
+    let mut old = Store::open(RedbBackend::open(&path.0).expect("redb"), StoreOptions::default()).expect("open");
+    for i in 1..=500u64 {
+        put(&mut old, 1_000 + i, &format!("k{:03}", i % 150), &format!("v{i}"));
+    }
+    old.apply(1_501, &Command::Compact { revision: 300 }).expect("compact");
+    old.commit().expect("commit");
+    let (data, revision) = (everything(&old), old.current_revision());
+    let hash = old.hash_kv(revision).expect("hash").hash;
+    drop(old);
+    let mut written = RedbBackend::open(&path.0).expect("redb");
+    let mut batch = WriteBatch::default();
+    batch.meta.insert("keel.members", b"old cluster".to_vec());
+    written.commit(&batch).expect("meta");
+    written.start_new_log(&["keel.members"]).expect("start a new log");
+    drop(written);
+
+    let mut restored = Store::open(RedbBackend::open(&path.0).expect("redb"), StoreOptions::default()).expect("open");
+    assert_eq!((restored.applied_index(), restored.durable_applied_index()), (0, 0));
+    assert_eq!(everything(&restored), data);
+    assert_eq!((restored.current_revision(), restored.compacted_revision()), (revision, 300));
+    assert_eq!(restored.hash_kv(revision).expect("hash").hash, hash);
+    assert!(!restored.backend().load_meta().expect("meta").contains_key("keel.members"));
+    put(&mut restored, 1, "after", "restore");
+    restored.commit().expect("commit");
+    assert_eq!((restored.applied_index(), restored.current_revision()), (1, revision + 1));
+}

@@ -121,6 +121,22 @@ pub fn peer_addresses(members: &BTreeMap<u64, MemberRecord>, me: u64) -> BTreeMa
     out
 }
 
+/// Where a member keeps its files under `--data-dir` (etcd's `member/`): the WAL (`wal/`), the
+/// store, the member records and received snapshots.
+pub fn member_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("member")
+}
+
+/// The member records in a member's dir (the log replays every change after them).
+pub fn members_file(member_dir: &Path) -> PathBuf {
+    member_dir.join("members")
+}
+
+/// The state machine's store file in a member's dir.
+pub fn store_file(member_dir: &Path) -> PathBuf {
+    member_dir.join("db.redb")
+}
+
 /// Opens the state machine's store, restored from the raft snapshot if a crash left it behind
 /// one. The store commits without fsync between its periodic durable commits, so a crash can
 /// take it back behind a snapshot that already replaced that part of the log: it must then start
@@ -190,6 +206,10 @@ fn clean_snapshot_files(dir: &Path) -> Result<(), ServerError> {
     Ok(())
 }
 
+fn hex_ids(ids: &[u64]) -> String {
+    ids.iter().map(|id| format!("{id:x}")).collect::<Vec<_>>().join(", ")
+}
+
 /// Opens (or bootstraps) this member's WAL and store and builds its node.
 fn open_node(
     config: &ServerConfig,
@@ -205,7 +225,7 @@ fn open_node(
     // The store and the WAL are independent until the store is checked against the log's
     // snapshot: open them side by side (indexing a 1M-key store takes a second or more, reading
     // the WAL's live segments a few hundred ms).
-    let db_path = dir.join("db.redb");
+    let db_path = store_file(dir);
     let opening = std::time::Instant::now();
     let store_opening = std::thread::Builder::new()
         .name("open-store".into())
@@ -213,12 +233,31 @@ fn open_node(
         .map_err(io("start the store-opening thread"))?;
     let (mut storage, mut groups, recovery) = NodeStorage::open(disk, StorageOptions::new())?;
     tracing::info!(?recovery, ms = opening.elapsed().as_millis() as u64, "write-ahead log recovered");
+    // Member records: the members file if this member has one (written as the log applies
+    // membership changes, or by `keel snapshot restore`), else the log's snapshot's, else the
+    // flags' (the log after either replays every change since).
+    let members_path = members_file(dir);
+    let members_on_disk = read_members_file(&members_path).map_err(ServerError::Config)?;
     let mut state = match groups.remove(&GROUP) {
         Some(group) => group.raft_state(),
         // Joining a running cluster (after MemberAdd): start empty; the leader sends the log
         // (or a snapshot), membership included.
         None if config.initial_cluster_state == ClusterState::Existing => RecoveredState::default(),
         None => {
+            // A data dir restored from a snapshot for other members than the flags name (another
+            // --initial-cluster, or token): founding a log for these would split the cluster.
+            if let Some(restored) = &members_on_disk {
+                let restored_ids: Vec<u64> = restored.members.keys().copied().collect();
+                if restored_ids != voters {
+                    return Err(ServerError::Config(format!(
+                        "{} holds the member records of members {} (restored for another cluster?), but \
+                         --initial-cluster and --initial-cluster-token give members {}",
+                        members_path.display(),
+                        hex_ids(&restored_ids),
+                        hex_ids(&voters)
+                    )));
+                }
+            }
             let founding = keel_host::bootstrap_write(GROUP, &voters);
             keel_host::persist(&mut storage, std::slice::from_ref(&founding))?;
             let (hard_state, entries) = keel_host::bootstrapped(&founding);
@@ -236,14 +275,11 @@ fn open_node(
         "store opened"
     );
     clean_snapshot_files(&snapshot_files_dir(dir))?;
-    // Member records: the members file if this member has one, else the snapshot's, else the
-    // flags' (the log after either replays every change since).
-    let members_path = dir.join("members");
     let snapshot_members = match &state.snapshot {
         Some(snapshot) => split_snapshot(&snapshot.data).map_err(|e| ServerError::Config(e.to_string()))?.1,
         None => None,
     };
-    let members = match read_members_file(&members_path).map_err(ServerError::Config)? {
+    let members = match members_on_disk {
         Some(members) => members,
         None => snapshot_members.unwrap_or_else(|| Roster::new(initial_members.clone())),
     };
@@ -278,7 +314,7 @@ fn open_node(
 pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     let membership = membership(&config)?;
     let me = membership.me;
-    let dir = PathBuf::from(&config.data_dir).join("member");
+    let dir = member_dir(Path::new(&config.data_dir));
     std::fs::create_dir_all(&dir).map_err(io(format!("create data dir {}", dir.display())))?;
     let outbox = Arc::new(SnapshotOutbox::default());
     let (node, storage) = open_node(&config, &dir, me, &membership.members, outbox.clone())?;
@@ -378,7 +414,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         client_urls: config.advertise_client_urls.iter().map(ToString::to_string).collect(),
         learner: false,
     };
-    let mut hook = ServerHook::new(GROUP, hub.clone(), metrics.clone(), dir.join("db.redb")).with_membership(
+    let mut hook = ServerHook::new(GROUP, hub.clone(), metrics.clone(), store_file(&dir)).with_membership(
         own,
         peers.clone(),
         member_ids,

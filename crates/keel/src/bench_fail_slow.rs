@@ -13,48 +13,44 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use hdrhistogram::Histogram;
 use keel_api::etcdserverpb::{kv_client::KvClient, PutRequest};
 
 use crate::local_cluster::{channel, http, leader, metric, LocalCluster};
 
-struct Options {
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// Slow-disk episodes to time.
+    #[arg(long, default_value_t = 5)]
     trials: usize,
+    /// Where the members keep their data (wiped first).
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("keel-bench-fail-slow"))]
     dir: std::path::PathBuf,
+    /// Concurrent writers.
+    #[arg(long, default_value_t = 16)]
     clients: usize,
+    /// Load before each slowdown, seconds (the detector learns the disk's normal latency).
+    #[arg(long = "warmup-seconds", default_value = "20", value_parser = seconds)]
     warmup: Duration,
+    /// How many times slower the leader's disk becomes (at least 1).
+    #[arg(long, default_value_t = 10.0, value_parser = at_least_one)]
     slowdown: f64,
 }
 
-fn parse(args: &[String]) -> anyhow::Result<Options> {
-    let mut opts = Options {
-        trials: 5,
-        dir: std::env::temp_dir().join("keel-bench-fail-slow"),
-        clients: 16,
-        warmup: Duration::from_secs(20),
-        slowdown: 10.0,
-    };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--trials" => opts.trials = value.parse().context("--trials")?,
-            "--dir" => opts.dir = value.into(),
-            "--clients" => opts.clients = value.parse().context("--clients")?,
-            "--warmup-seconds" => opts.warmup = Duration::from_secs(value.parse().context("--warmup-seconds")?),
-            "--slowdown" => opts.slowdown = value.parse().context("--slowdown")?,
-            other => bail!("unknown flag {other}"),
-        }
-    }
-    if opts.slowdown < 1.0 {
-        bail!("--slowdown must be at least 1");
-    }
-    Ok(opts)
+fn seconds(text: &str) -> Result<Duration, String> {
+    text.parse().map(Duration::from_secs).map_err(|error| format!("{text:?}: {error}"))
 }
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let opts = parse(args)?;
+fn at_least_one(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(x) if x >= 1.0 => Ok(x),
+        Ok(_) => Err("must be at least 1".into()),
+        Err(error) => Err(format!("{text:?}: {error}")),
+    }
+}
+
+pub fn run(opts: Options) -> anyhow::Result<()> {
     let extra = vec!["--unsafe-fault-injection".to_string(), "true".to_string()];
     let mut cluster = LocalCluster::new(opts.dir.clone(), LocalCluster::keel_server()?, extra, "keel-bench-fail-slow")?;
     cluster.spawn_all()?;

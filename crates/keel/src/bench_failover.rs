@@ -9,58 +9,45 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use keel_api::etcdserverpb::{kv_client::KvClient, PutRequest};
 
 use crate::local_cluster::{channel, leader, LocalCluster};
 
-struct Options {
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// Leader failures to time.
+    #[arg(long, default_value_t = 20)]
     trials: usize,
+    /// Where the members keep their data (wiped first).
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("keel-bench-failover"))]
     dir: PathBuf,
-    server: Vec<String>,
+    /// The server command (e.g. `--server etcd` measures etcd with the very same procedure;
+    /// default: this keel binary's `keel server`).
+    #[arg(long)]
+    server: Option<String>,
+    /// SIGSTOP the leader instead of kill -9 (a hung process, not a dead one).
+    #[arg(long = "sigstop", conflicts_with = "term")]
     stop: bool,
-    /// SIGTERM (a graceful stop: a keel or etcd leader hands leadership over first).
+    /// SIGTERM the leader (a graceful stop: a keel or etcd leader hands leadership over first).
+    #[arg(long = "sigterm")]
     term: bool,
+    /// --heartbeat-interval for every member, ms (the server's default if not given).
+    #[arg(long = "heartbeat-interval")]
     heartbeat_ms: Option<u64>,
+    /// --election-timeout for every member, ms.
+    #[arg(long = "election-timeout")]
     election_ms: Option<u64>,
 }
 
-fn parse(args: &[String]) -> anyhow::Result<Options> {
-    let mut opts = Options {
-        trials: 20,
-        dir: std::env::temp_dir().join("keel-bench-failover"),
-        server: LocalCluster::keel_server()?,
-        stop: false,
-        term: false,
-        heartbeat_ms: None,
-        election_ms: None,
-    };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        if flag == "--sigstop" {
-            opts.stop = true;
-            continue;
-        }
-        if flag == "--sigterm" {
-            opts.term = true;
-            continue;
-        }
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--trials" => opts.trials = value.parse().context("--trials")?,
-            "--dir" => opts.dir = value.into(),
-            // e.g. --server etcd: measure etcd with the very same procedure.
-            "--server" => opts.server = value.split_whitespace().map(str::to_string).collect(),
-            "--heartbeat-interval" => opts.heartbeat_ms = Some(value.parse().context("--heartbeat-interval")?),
-            "--election-timeout" => opts.election_ms = Some(value.parse().context("--election-timeout")?),
-            other => bail!("unknown flag {other}"),
-        }
+fn server_command(opts: &Options) -> anyhow::Result<Vec<String>> {
+    match &opts.server {
+        Some(command) => Ok(command.split_whitespace().map(str::to_string).collect()),
+        None => LocalCluster::keel_server(),
     }
-    Ok(opts)
 }
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let opts = parse(args)?;
+pub fn run(opts: Options) -> anyhow::Result<()> {
     let mut extra = Vec::new();
     if let Some(ms) = opts.heartbeat_ms {
         extra.extend(["--heartbeat-interval".to_string(), ms.to_string()]);
@@ -68,7 +55,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     if let Some(ms) = opts.election_ms {
         extra.extend(["--election-timeout".to_string(), ms.to_string()]);
     }
-    let mut cluster = LocalCluster::new(opts.dir.clone(), opts.server.clone(), extra, "keel-bench-failover")?;
+    let mut cluster = LocalCluster::new(opts.dir.clone(), server_command(&opts)?, extra, "keel-bench-failover")?;
     cluster.spawn_all()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(trials(&opts, &mut cluster))

@@ -24,45 +24,29 @@ use keel_api::tonic::transport::{Channel, Endpoint};
 const BASE_PORT: u16 = 64_100;
 const VOTERS: usize = 3;
 
-struct Options {
-    trials: usize,
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// Voters to kill and replace, one per trial.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    trials: u64,
+    /// Where the members keep their data (wiped first).
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("keel-bench-heal"))]
     dir: PathBuf,
+    /// The members' --replace-dead-after.
+    #[arg(long, default_value = "2s")]
     replace_dead_after: String,
+    /// The members' --membership-probe-interval.
+    #[arg(long = "membership-probe-interval", default_value = "200ms")]
     period: String,
+    /// Keys written before the first kill.
+    #[arg(long, default_value_t = 10_000)]
     preload: usize,
+    /// Bytes of each value written.
+    #[arg(long, default_value_t = 256)]
     value_bytes: usize,
     /// `--snapshot-count` for every member: small, the spare catches up from a streamed store.
+    #[arg(long)]
     snapshot_count: Option<u64>,
-}
-
-fn parse(args: &[String]) -> anyhow::Result<Options> {
-    let mut opts = Options {
-        trials: 10,
-        dir: std::env::temp_dir().join("keel-bench-heal"),
-        replace_dead_after: "2s".into(),
-        period: "200ms".into(),
-        preload: 10_000,
-        value_bytes: 256,
-        snapshot_count: None,
-    };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--trials" => opts.trials = value.parse().context("--trials")?,
-            "--dir" => opts.dir = value.into(),
-            "--replace-dead-after" => opts.replace_dead_after = value.clone(),
-            "--membership-probe-interval" => opts.period = value.clone(),
-            "--preload" => opts.preload = value.parse().context("--preload")?,
-            "--value-bytes" => opts.value_bytes = value.parse().context("--value-bytes")?,
-            "--snapshot-count" => opts.snapshot_count = Some(value.parse().context("--snapshot-count")?),
-            other => bail!("unknown flag {other}"),
-        }
-    }
-    if opts.trials == 0 {
-        bail!("--trials must be at least 1");
-    }
-    Ok(opts)
 }
 
 fn ports(i: usize) -> (u16, u16) {
@@ -253,14 +237,13 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let opts = parse(args)?;
+pub fn run(opts: Options) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let mut healed = Vec::new();
     let (mut before, mut during, mut failed) = (Vec::new(), Vec::new(), 0);
     for n in 0..opts.trials {
-        let t = runtime.block_on(trial(&opts, n))?;
+        let t = runtime.block_on(trial(&opts, n as usize))?;
         let mut b = t.before.clone();
         let mut d = t.during.clone();
         b.sort();

@@ -10,12 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use hdrhistogram::Histogram;
 use keel_api::etcdserverpb::{self as pb, kv_client::KvClient};
 use keel_api::tonic::transport::{Channel, Endpoint};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Op {
     Put,
     /// Linearizable range of one key.
@@ -31,58 +31,39 @@ enum Op {
     Load,
 }
 
-struct Options {
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// The members to load, comma-separated (host:port).
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:2379")]
     endpoints: Vec<String>,
+    /// What each request does.
+    #[arg(long, value_enum, default_value_t = Op::Put)]
     op: Op,
-    clients: usize,
+    /// Concurrent requesters, each waiting for its answer before the next request.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    clients: u64,
+    /// gRPC connections shared by the clients (0: one per endpoint, as many as clients at most).
+    #[arg(long, default_value_t = 0)]
     conns: usize,
+    /// How long to run.
+    #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Keys drawn from, uniformly.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     keys: u64,
+    /// Bytes of each value written.
+    #[arg(long, default_value_t = 256)]
     value_bytes: usize,
 }
 
-fn parse(args: &[String]) -> anyhow::Result<Options> {
-    let mut opts = Options {
-        endpoints: vec!["127.0.0.1:2379".into()],
-        op: Op::Put,
-        clients: 16,
-        conns: 0,
-        seconds: 10,
-        keys: 10_000,
-        value_bytes: 256,
-    };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--endpoints" => opts.endpoints = value.split(',').map(str::to_string).collect(),
-            "--op" => {
-                opts.op = match value.as_str() {
-                    "put" => Op::Put,
-                    "get" => Op::Get,
-                    "get-serializable" => Op::GetSerializable,
-                    "txn" => Op::Txn,
-                    "mixed" => Op::Mixed,
-                    "load" => Op::Load,
-                    other => bail!("unknown --op {other} (put, get, get-serializable, txn, mixed, load)"),
-                }
-            }
-            "--clients" => opts.clients = value.parse().context("--clients")?,
-            "--conns" => opts.conns = value.parse().context("--conns")?,
-            "--seconds" => opts.seconds = value.parse().context("--seconds")?,
-            "--keys" => opts.keys = value.parse().context("--keys")?,
-            "--value-bytes" => opts.value_bytes = value.parse().context("--value-bytes")?,
-            other => bail!("unknown flag {other}"),
+impl Options {
+    fn checked(mut self) -> Options {
+        if self.conns == 0 {
+            // etcd's benchmark default is one connection; several spread load over the endpoints.
+            self.conns = self.endpoints.len().min(self.clients as usize);
         }
+        self
     }
-    if opts.clients == 0 || opts.keys == 0 {
-        bail!("--clients and --keys must be positive");
-    }
-    if opts.conns == 0 {
-        // etcd's benchmark default is one connection; several spread load over the endpoints.
-        opts.conns = opts.endpoints.len().min(opts.clients);
-    }
-    Ok(opts)
 }
 
 /// xorshift64*: the key sequence needs no quality, only speed and no shared state.
@@ -101,8 +82,8 @@ fn key(n: u64) -> Vec<u8> {
     format!("bench/{n:08}").into_bytes()
 }
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let opts = parse(args)?;
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    let opts = opts.checked();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(bench(opts))
 }
@@ -128,20 +109,20 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..opts.clients {
-        let channel: Channel = channels[c % channels.len()].clone();
+        let channel: Channel = channels[c as usize % channels.len()].clone();
         let (stop, value, op, keys, clients) = (stop.clone(), value.clone(), opts.op, opts.keys, opts.clients);
         tasks.push(tokio::spawn(async move {
             let mut client = KvClient::new(channel);
-            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (c as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03));
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (c + 1).wrapping_mul(0xd1b5_4a32_d192_ed03));
             let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             let mut errors = 0u64;
-            let mut next_load = c as u64;
+            let mut next_load = c;
             while !stop.load(Ordering::Relaxed) {
                 let k = match op {
                     Op::Load if next_load >= keys => break,
                     Op::Load => {
-                        next_load += clients as u64;
-                        key(next_load - clients as u64)
+                        next_load += clients;
+                        key(next_load - clients)
                     }
                     _ => key(rng.next() % keys),
                 };

@@ -4,49 +4,37 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Context};
 use bytes::Bytes;
 use keel_mvcc::{Command, RedbBackend, Store, StoreOptions};
 
-struct Options {
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// Where the store file goes.
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("keel-bench-mvcc"))]
     dir: std::path::PathBuf,
+    /// Keys to load.
+    #[arg(long, default_value_t = 1_000_000)]
     keys: u64,
+    /// Bytes of each value.
+    #[arg(long, default_value_t = 256)]
     value_bytes: usize,
+    /// Puts per commit.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
     batch: u64,
     /// Keys written in name order (`sequential`) or scattered (`random`, as many clients write:
     /// the index is then rebuilt in no particular key order).
-    random_order: bool,
+    #[arg(long, value_enum, default_value_t = Order::Sequential)]
+    order: Order,
     /// `both` (load, restart, remove), `load` (keep the store), `restart` (reopen a kept one),
     /// `crash` (load, then exit without closing the store, as kill -9 leaves it).
+    #[arg(long, value_parser = ["both", "load", "restart", "crash"], default_value = "both")]
     phase: String,
 }
 
-fn parse(args: &[String]) -> anyhow::Result<Options> {
-    let mut opts = Options {
-        dir: std::env::temp_dir().join("keel-bench-mvcc"),
-        keys: 1_000_000,
-        value_bytes: 256,
-        batch: 1_000,
-        random_order: false,
-        phase: "both".into(),
-    };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--dir" => opts.dir = value.into(),
-            "--keys" => opts.keys = value.parse().context("--keys")?,
-            "--value-bytes" => opts.value_bytes = value.parse().context("--value-bytes")?,
-            "--batch" => opts.batch = value.parse().context("--batch")?,
-            "--order" if value == "sequential" || value == "random" => opts.random_order = value == "random",
-            "--phase" if ["both", "load", "restart", "crash"].contains(&value.as_str()) => opts.phase = value.clone(),
-            other => bail!("unknown flag {other}"),
-        }
-    }
-    if opts.batch == 0 {
-        bail!("--batch must be > 0");
-    }
-    Ok(opts)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Order {
+    Sequential,
+    Random,
 }
 
 fn put(key: u64, value: &Bytes) -> Command {
@@ -57,8 +45,7 @@ fn put(key: u64, value: &Bytes) -> Command {
     })
 }
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let opts = parse(args)?;
+pub fn run(opts: Options) -> anyhow::Result<()> {
     let path = opts.dir.join("db.redb");
     if opts.phase != "restart" {
         load(&opts, &path)?;
@@ -97,7 +84,7 @@ fn load(opts: &Options, path: &std::path::Path) -> anyhow::Result<()> {
                 .map(|k| {
                     index += 1;
                     // 7,919 is a prime: k -> k * 7,919 mod N is a permutation unless N is a multiple.
-                    let name = if opts.random_order { k.wrapping_mul(7_919) % opts.keys } else { k };
+                    let name = if opts.order == Order::Random { k.wrapping_mul(7_919) % opts.keys } else { k };
                     (index, put(name, &value))
                 })
                 .collect();

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use bytes::Bytes;
 use keel_codec::record::Record;
 use keel_raft::{Entry, EntryKind};
@@ -19,32 +19,23 @@ use keel_storage::group_commit::GroupCommitter;
 use keel_storage::wal::{Wal, WalOptions};
 use keel_storage::{Disk, RealDisk};
 
-struct Options {
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// A directory on the disk to measure (wiped first and after).
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("keel-bench-wal"))]
     dir: std::path::PathBuf,
+    /// How long each measurement runs.
+    #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Concurrent appenders in the group-commit measurement.
+    #[arg(long, default_value_t = 64)]
     writers: u64,
+    /// Bytes of each appended record's value.
+    #[arg(long, default_value_t = 256)]
     value_bytes: usize,
 }
 
-fn parse(args: &[String]) -> anyhow::Result<Options> {
-    let mut opts =
-        Options { dir: std::env::temp_dir().join("keel-bench-wal"), seconds: 5, writers: 64, value_bytes: 256 };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--dir" => opts.dir = value.into(),
-            "--seconds" => opts.seconds = value.parse().context("--seconds")?,
-            "--writers" => opts.writers = value.parse().context("--writers")?,
-            "--value-bytes" => opts.value_bytes = value.parse().context("--value-bytes")?,
-            other => bail!("unknown flag {other}"),
-        }
-    }
-    Ok(opts)
-}
-
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let opts = parse(args)?;
+pub fn run(opts: Options) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&opts.dir);
     std::fs::create_dir_all(&opts.dir).with_context(|| format!("creating {}", opts.dir.display()))?;
     let window = Duration::from_secs(opts.seconds);

@@ -1,10 +1,14 @@
-//! `keel` — the command-line entry point.
+//! `keel` — the command-line entry point (clap: `--help` on every command, `--version`, shell
+//! completions).
 //!
-//! - `keel server [etcd flags]`: one member, from exactly the flags one would give etcd.
+//! - `keel server [etcd flags]`: one member, from exactly the flags one would give etcd (parsed
+//!   by keel-server as etcd parses them: `-flag`, `--flag=value`, `ETCD_`-style variables).
 //! - `keel playground`: a local 3-member cluster on etcd's usual ports.
+//! - `keel snapshot status|restore`: what a saved snapshot holds; a new cluster's data dir from it.
 //! - `keel bench kv`: a closed-loop etcd v3 load generator (for keel and etcd alike).
 //! - `keel bench failover`: leader kill -9 (or SIGSTOP) to first write, over many trials.
 //! - `keel bench fail-slow`: a leader's disk turns slow; time to flag it and move leadership.
+//! - `keel bench heal`: kill -9 of a voter to three voters again, with a spare.
 //! - `keel chaos`: faults on a local cluster of real processes, the history checked, and the
 //!   detection, recovery and availability measured.
 //! - `keel bench wal` (this disk and the WAL), `keel bench mvcc` (the state machine's footprint
@@ -24,26 +28,81 @@ mod snapshot;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: keel server [etcd flags; see keel server --help]\n       keel playground [--dir DIR] [--spares N]\n       keel spares [--endpoint http://127.0.0.1:2379]\n       keel snapshot status FILE [-w table|json]\n       keel bench kv [--endpoints A,B,C] [--op put|get|get-serializable|txn|mixed|load] [--clients N] [--conns N] [--seconds S] [--keys N] [--value-bytes B]\n       keel bench failover [--trials N] [--sigstop] [--server CMD] [--heartbeat-interval MS] [--election-timeout MS]\n       keel bench heal [--trials N] [--replace-dead-after 2s] [--membership-probe-interval 200ms] [--preload N] [--value-bytes B] [--snapshot-count N]\n       keel chaos [--duration 60s] [--faults kill,pause,partition,slow-disk,crash-all] [--clients N] [--keys N] [--seed S] [--report out.json] [--unsafe-stale-reads]\n       keel bench fail-slow [--trials N] [--clients N] [--warmup-seconds S] [--slowdown X]\n       keel bench wal [--dir DIR] [--seconds S] [--writers N] [--value-bytes B]\n       keel bench mvcc [--dir DIR] [--keys N] [--value-bytes B] [--batch N] [--order sequential|random] [--phase both|load|restart|crash]";
+use clap::{CommandFactory, Parser, Subcommand};
+
+/// A fault-tolerant distributed key-value and coordination store that speaks etcd's v3 API.
+#[derive(Parser, Debug)]
+#[command(name = "keel", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one member, from the flags one would give etcd (`keel server --help` lists them).
+    #[command(disable_help_flag = true)]
+    Server {
+        /// etcd's flags: --name, --data-dir, --listen-client-urls, --initial-cluster, ...
+        #[arg(allow_hyphen_values = true, trailing_var_arg = true, num_args = 0..)]
+        flags: Vec<String>,
+    },
+    /// Run a local 3-member cluster on etcd's usual ports (2379, 22379, 32379).
+    Playground(playground::Options),
+    /// List the members and spares the membership protocol knows, with their liveness.
+    Spares(playground::SparesOptions),
+    /// Describe a saved snapshot, or restore one into a new cluster's data dir.
+    #[command(subcommand)]
+    Snapshot(snapshot::Command),
+    /// Measure keel (or etcd) on this machine.
+    #[command(subcommand)]
+    Bench(Bench),
+    /// Inject faults into a local cluster of real processes and check the history.
+    Chaos(chaos::Options),
+    /// Print a completion script for a shell (e.g. `keel completions bash > /etc/bash_completion.d/keel`).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum Bench {
+    /// A closed-loop etcd v3 load: qps and latency percentiles (keel and etcd alike).
+    Kv(bench_kv::Options),
+    /// Leader kill -9 (or SIGSTOP/SIGTERM) to the first acknowledged write, over many trials.
+    Failover(bench_failover::Options),
+    /// kill -9 of a voter to three voters again with a spare, with a writer running.
+    Heal(bench_heal::Options),
+    /// A leader's disk turns slow: time to flag it and move leadership.
+    FailSlow(bench_fail_slow::Options),
+    /// This disk and the WAL: raw fsyncs, appends, group commit.
+    Wal(bench_wal::Options),
+    /// The state machine's load rate, footprint and restart time.
+    Mvcc(bench_mvcc::Options),
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("server") => server(&args[1..]),
-        Some("playground") => {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Server { flags } => server(&flags),
+        Command::Playground(options) => {
             init_logging();
-            playground::run(&args[1..])
+            playground::run(options)
         }
-        Some("chaos") => chaos::run(&args[1..]),
-        Some("spares") => playground::list_spares(&args[1..]),
-        Some("snapshot") => snapshot::run(&args[1..]),
-        Some("bench") if args.get(1).map(String::as_str) == Some("kv") => bench_kv::run(&args[2..]),
-        Some("bench") if args.get(1).map(String::as_str) == Some("failover") => bench_failover::run(&args[2..]),
-        Some("bench") if args.get(1).map(String::as_str) == Some("heal") => bench_heal::run(&args[2..]),
-        Some("bench") if args.get(1).map(String::as_str) == Some("fail-slow") => bench_fail_slow::run(&args[2..]),
-        Some("bench") if args.get(1).map(String::as_str) == Some("wal") => bench_wal::run(&args[2..]),
-        Some("bench") if args.get(1).map(String::as_str) == Some("mvcc") => bench_mvcc::run(&args[2..]),
-        _ => Err(anyhow::anyhow!("{USAGE}")),
+        Command::Spares(options) => playground::list_spares(options),
+        Command::Snapshot(command) => snapshot::run(command),
+        Command::Bench(Bench::Kv(options)) => bench_kv::run(options),
+        Command::Bench(Bench::Failover(options)) => bench_failover::run(options),
+        Command::Bench(Bench::Heal(options)) => bench_heal::run(options),
+        Command::Bench(Bench::FailSlow(options)) => bench_fail_slow::run(options),
+        Command::Bench(Bench::Wal(options)) => bench_wal::run(options),
+        Command::Bench(Bench::Mvcc(options)) => bench_mvcc::run(options),
+        Command::Chaos(options) => chaos::run(options),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "keel", &mut std::io::stdout());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -82,4 +141,36 @@ fn server(args: &[String]) -> anyhow::Result<()> {
     init_logging();
     keel_server::server::run(config)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn server_flags_pass_through_untouched() {
+        let cli = Cli::try_parse_from(["keel", "server", "-name", "m1", "--data-dir=d", "--help"]).expect("parses");
+        let Command::Server { flags } = cli.command else { panic!("not server") };
+        assert_eq!(flags, ["-name", "m1", "--data-dir=d", "--help"]);
+    }
+
+    #[test]
+    fn every_command_has_help_and_errors_name_the_flag() {
+        for path in [
+            &["keel", "bench", "kv", "--help"][..],
+            &["keel", "snapshot", "restore", "--help"],
+            &["keel", "chaos", "--help"],
+            &["keel", "playground", "--help"],
+        ] {
+            let error = Cli::try_parse_from(path).expect_err("help exits");
+            assert_eq!(error.kind(), clap::error::ErrorKind::DisplayHelp, "{path:?}");
+        }
+        let error = Cli::try_parse_from(["keel", "bench", "kv", "--clients", "many"]).expect_err("not a number");
+        assert!(error.to_string().contains("--clients"), "{error}");
+    }
 }

@@ -13,47 +13,33 @@ use anyhow::{bail, Context};
 const MEMBERS: [(&str, u16, u16); 3] = [("m1", 2379, 2380), ("m2", 22379, 22380), ("m3", 32379, 32380)];
 const READY_WAIT: Duration = Duration::from_secs(30);
 
-struct Options {
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// Where the members keep their data and logs (kept: run again to resume).
+    #[arg(long, alias = "data-dir", default_value = "keel-data")]
     dir: PathBuf,
-    /// Spares started beside the three members (`--spares N`).
-    spares: usize,
+    /// Spares started beside the three members: each replaces a member dead for 60 s.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=SPARES_MAX))]
+    spares: u64,
 }
 
-/// Spare `k` (from 1) listens on these loopback ports.
-fn spare_ports(k: usize) -> (u16, u16) {
+/// Spare `k`'s client and peer ports (from 1): 2579/2580, 2679/2680, ...
+fn spare_ports(k: u64) -> (u16, u16) {
     let base = 2479 + 100 * k as u16;
     (base, base + 1)
 }
 
 /// Most spares the playground starts (their ports stay below the members').
-const SPARES_MAX: usize = 50;
+const SPARES_MAX: u64 = 50;
 
-fn parse(args: &[String]) -> anyhow::Result<Options> {
-    let mut options = Options { dir: PathBuf::from("keel-data"), spares: 0 };
-    let mut i = 0;
-    while i < args.len() {
-        match args[i].as_str() {
-            "--dir" | "--data-dir" => {
-                i += 1;
-                options.dir = PathBuf::from(args.get(i).context("--dir needs a value")?);
-            }
-            "--spares" => {
-                i += 1;
-                let text = args.get(i).context("--spares needs a value")?;
-                options.spares = text.parse().with_context(|| format!("--spares {text}: not a number"))?;
-                if options.spares > SPARES_MAX {
-                    bail!("--spares {}: at most {SPARES_MAX}", options.spares);
-                }
-            }
-            other => bail!("unknown playground flag {other} (usage: keel playground [--dir DIR] [--spares N])"),
-        }
-        i += 1;
-    }
-    Ok(options)
+#[derive(clap::Args, Debug)]
+pub struct SparesOptions {
+    /// A member's client URL.
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    endpoint: String,
 }
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let options = parse(args)?;
+pub fn run(options: Options) -> anyhow::Result<()> {
     std::fs::create_dir_all(&options.dir).with_context(|| format!("create {}", options.dir.display()))?;
     let exe = std::env::current_exe().context("find the keel binary")?;
     let cluster =
@@ -230,13 +216,9 @@ fn stop(children: &mut [Child]) {
 
 /// `keel spares`: what a member's membership protocol knows — every member and spare with its
 /// liveness (spares are not raft members, so `etcdctl member list` cannot show them).
-pub fn list_spares(args: &[String]) -> anyhow::Result<()> {
+pub fn list_spares(options: SparesOptions) -> anyhow::Result<()> {
     use std::io::{Read, Write};
-    let endpoint = match args {
-        [] => "http://127.0.0.1:2379".to_string(),
-        [flag, value] if flag == "--endpoint" => value.clone(),
-        _ => bail!("usage: keel spares [--endpoint http://127.0.0.1:2379]"),
-    };
+    let endpoint = options.endpoint;
     let address = endpoint.trim_start_matches("http://").trim_end_matches('/').to_string();
     let mut stream = std::net::TcpStream::connect(&address).with_context(|| format!("connect to {address}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;

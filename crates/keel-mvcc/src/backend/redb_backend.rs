@@ -318,6 +318,26 @@ impl RedbBackend {
         self.db.as_ref().ok_or_else(|| StorageError::Backend("the database file is being replaced".into()))
     }
 
+    /// Makes this store the starting point of a new cluster's log (`keel snapshot restore`, as
+    /// etcdutl resets etcd's consistent index): the applied index goes back to 0, since the new
+    /// cluster's log starts at 1 and the old log's indexes mean nothing there, and the old
+    /// cluster's own meta rows named in `forget` (its member records) go. Keys, revisions,
+    /// compaction and leases stay exactly as they were. Durable when it returns; a store open
+    /// over this file must be reopened to see it.
+    pub fn start_new_log(&mut self, forget: &[&str]) -> Result<(), StorageError> {
+        let txn = self.db()?.begin_write().map_err(backend_err)?;
+        {
+            let mut meta = txn.open_table(META).map_err(backend_err)?;
+            meta.insert(super::META_APPLIED_INDEX, 0i64.to_be_bytes().as_slice()).map_err(backend_err)?;
+            for name in forget {
+                meta.remove(*name).map_err(backend_err)?;
+            }
+        }
+        txn.commit().map_err(backend_err)?;
+        // The key index checkpoint names the applied index it was taken at.
+        self.forget_index_checkpoint()
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path

@@ -54,16 +54,54 @@ const LOCK_CLIENTS: u64 = 3;
 /// How often the monitor asks every member who leads.
 const MONITOR_EVERY: Duration = Duration::from_millis(50);
 
-struct Options {
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// How long faults are injected (s, m or ms; a bare number is seconds).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
     duration: Duration,
-    kinds: Vec<FaultKind>,
+    /// Fault kinds, comma-separated: kill, pause, partition, slow-disk, crash-all.
+    #[arg(long = "faults", default_value = "all", value_parser = parse_kinds)]
+    kinds: FaultKinds,
+    /// Concurrent clients of the key-value workload.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     clients: u64,
+    /// Keys the workload touches (fewer keys: more contention, a harder history to check).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     keys: u64,
+    /// The schedule's seed (default: the clock); a run's seed replays its schedule.
+    #[arg(long, default_value_t = clock_seed())]
     seed: u64,
+    /// Write the run's figures as JSON here.
+    #[arg(long)]
     report: Option<std::path::PathBuf>,
+    /// Where the members keep their data (wiped first).
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("keel-chaos"))]
     dir: std::path::PathBuf,
+    /// How long the linearizability check may take.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
     check_budget: Duration,
+    /// Members serve linearizable reads without ReadIndex: a deliberately unsafe cluster the
+    /// checker must catch (exit 1).
+    #[arg(long)]
     unsafe_stale_reads: bool,
+    /// Members in the cluster (only 3 for now).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(3..=3))]
+    nodes: u64,
+}
+
+/// The fault kinds of a run (a type of its own so clap takes the whole list as one value).
+#[derive(Clone, Debug)]
+struct FaultKinds(Vec<FaultKind>);
+
+fn parse_kinds(text: &str) -> anyhow::Result<FaultKinds> {
+    if text == "all" {
+        return Ok(FaultKinds(FaultKind::ALL.to_vec()));
+    }
+    FaultKind::parse_list(text).map(FaultKinds)
+}
+
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64)
 }
 
 fn parse_duration(text: &str) -> anyhow::Result<Duration> {
@@ -81,47 +119,7 @@ fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     })
 }
 
-fn parse(args: &[String]) -> anyhow::Result<Options> {
-    let mut opts = Options {
-        duration: Duration::from_secs(60),
-        kinds: FaultKind::ALL.to_vec(),
-        clients: 16,
-        keys: 16,
-        seed: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64),
-        report: None,
-        dir: std::env::temp_dir().join("keel-chaos"),
-        check_budget: Duration::from_secs(300),
-        unsafe_stale_reads: false,
-    };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        if flag == "--unsafe-stale-reads" {
-            opts.unsafe_stale_reads = true;
-            continue;
-        }
-        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--nodes" if value == "3" => {}
-            "--nodes" => bail!("--nodes: only 3 members for now"),
-            "--duration" => opts.duration = parse_duration(value)?,
-            "--faults" => opts.kinds = FaultKind::parse_list(value)?,
-            "--clients" => opts.clients = value.parse().context("--clients")?,
-            "--keys" => opts.keys = value.parse().context("--keys")?,
-            "--seed" => opts.seed = value.parse().context("--seed")?,
-            "--report" => opts.report = Some(value.into()),
-            "--dir" => opts.dir = value.into(),
-            "--check-budget" => opts.check_budget = parse_duration(value)?,
-            other => bail!("unknown flag {other}"),
-        }
-    }
-    if opts.clients == 0 || opts.keys == 0 {
-        bail!("--clients and --keys must be at least 1");
-    }
-    Ok(opts)
-}
-
-pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let opts = parse(args)?;
+pub fn run(opts: Options) -> anyhow::Result<()> {
     let extra = vec!["--unsafe-fault-injection".to_string(), "true".to_string()];
     let mut cluster = LocalCluster::new(opts.dir.clone(), LocalCluster::keel_server()?, extra, "keel-chaos")?;
     cluster.peer_listen_offset = PEER_PROXY_OFFSET;
@@ -226,7 +224,7 @@ async fn chaos(opts: &Options, cluster: &mut LocalCluster) -> anyhow::Result<Ver
         "keel chaos: seed {} · {} s · faults {} · {} clients on {} keys · data in {}",
         opts.seed,
         opts.duration.as_secs(),
-        opts.kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(","),
+        opts.kinds.0.iter().map(|k| k.name()).collect::<Vec<_>>().join(","),
         opts.clients,
         opts.keys,
         opts.dir.display()
@@ -340,7 +338,7 @@ async fn inject(
     let mut bag = Vec::new();
     let end = recorder.start + opts.duration;
     loop {
-        let plan = faults::next(&mut rng, &opts.kinds, &mut bag);
+        let plan = faults::next(&mut rng, &opts.kinds.0, &mut bag);
         if Instant::now() + plan.after + plan.hold > end {
             tokio::time::sleep(end.saturating_duration_since(Instant::now())).await;
             return Ok(injected);
@@ -686,7 +684,7 @@ impl Report {
         let json = json!({
             "seed": opts.seed,
             "duration_s": opts.duration.as_secs(),
-            "faults_enabled": opts.kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
+            "faults_enabled": opts.kinds.0.iter().map(|k| k.name()).collect::<Vec<_>>(),
             "clients": opts.clients,
             "keys": opts.keys,
             "unsafe_stale_reads": opts.unsafe_stale_reads,

@@ -58,6 +58,21 @@ impl Cluster {
     /// Starts one member per entry of `args`, each with its own flags besides `extra`.
     pub fn start_members(name: &str, args: Vec<Vec<String>>, extra: &[&str]) -> Cluster {
         let size = args.len();
+        let mut cluster = Cluster::prepare_members(name, args, extra);
+        for i in 0..size {
+            cluster.spawn(i);
+        }
+        cluster.wait_ready();
+        cluster
+    }
+
+    /// A cluster's members chosen (names, ports, data dirs) and none started: to put something
+    /// in their data dirs first (a restored snapshot).
+    pub fn prepare(name: &str, size: usize) -> Cluster {
+        Cluster::prepare_members(name, vec![Vec::new(); size], &[])
+    }
+
+    fn prepare_members(name: &str, args: Vec<Vec<String>>, extra: &[&str]) -> Cluster {
         let dir = std::env::temp_dir().join(format!("keel-it-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("test dir");
@@ -74,15 +89,21 @@ impl Cluster {
             })
             .collect();
         let extra = extra.iter().map(|s| s.to_string()).collect();
-        let mut cluster = Cluster { dir, members, token: format!("keel-it-{name}"), extra };
-        for i in 0..size {
-            cluster.spawn(i);
-        }
-        cluster.wait_ready();
-        cluster
+        Cluster { dir, members, token: format!("keel-it-{name}"), extra }
     }
 
-    fn initial_cluster(&self) -> String {
+    /// The token the members start with (`--initial-cluster-token`).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Member `i`'s `--data-dir`.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(&self.members[i].name)
+    }
+
+    /// `--initial-cluster` as the members start with it.
+    pub fn initial_cluster(&self) -> String {
         self.members
             .iter()
             .filter(|m| !m.spare)
@@ -141,7 +162,7 @@ impl Cluster {
         let child = Command::new(env!("CARGO_BIN_EXE_keel"))
             .arg("server")
             .args(["--name", &member.name])
-            .args(["--data-dir", &self.dir.join(&member.name).to_string_lossy()])
+            .args(["--data-dir", &self.data_dir(i).to_string_lossy()])
             .args(["--listen-client-urls", &member.endpoint()])
             .args(["--advertise-client-urls", &member.endpoint()])
             .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", member.peer_port)])
