@@ -4,7 +4,7 @@
 #   scripts/compat.sh etcd                                   # the reference: Debian's etcd 3.4
 #   scripts/compat.sh "/work/main/target/release/keel server"
 #
-# Starts a 3-member cluster on 127.0.0.1 (clients 41379/42379/43379, peers 41380/42380/43380)
+# Starts a 3-member cluster on 127.0.0.1 (clients 21379/22379/23379, peers 21380/22380/23380)
 # by running the given command three times with etcd's flags only, then drives it with the
 # real clients: etcdctl (v3), curl against the JSON gateway, and the Python `etcd3` package.
 # Every check prints `ok NAME` or `FAIL NAME: expected ... got ...`; the run goes on after a
@@ -24,12 +24,15 @@ if [[ $# -eq 1 ]]; then read -ra SERVER <<<"$1"; else SERVER=("$@"); fi
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/keel-compat.XXXXXX")
 NAMES=(m1 m2 m3)
-CPORTS=(41379 42379 43379)
-PPORTS=(41380 42380 43380)
-EP=(127.0.0.1:41379 127.0.0.1:42379 127.0.0.1:43379)
+# Below the kernel's ephemeral range (32768-60999): a port in it can be taken as the local end
+# of some outgoing connection while its member is down, and the member then cannot restart
+# (CI saw etcd's m3 fail with "bind: address already in use" after the Patroni checks).
+CPORTS=(21379 22379 23379)
+PPORTS=(21380 22380 23380)
+EP=(127.0.0.1:21379 127.0.0.1:22379 127.0.0.1:23379)
 ALL_EPS="${EP[0]},${EP[1]},${EP[2]}"
-INITIAL_CLUSTER="m1=http://127.0.0.1:41380,m2=http://127.0.0.1:42380,m3=http://127.0.0.1:43380"
-GW=http://127.0.0.1:41379 # JSON gateway (grpc-gateway) shares the client port
+INITIAL_CLUSTER="m1=http://127.0.0.1:21380,m2=http://127.0.0.1:22380,m3=http://127.0.0.1:23380"
+GW=http://127.0.0.1:21379 # JSON gateway (grpc-gateway) shares the client port
 VENV=${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/keel-compat-venv
 export ETCDCTL_API=3
 
@@ -454,7 +457,7 @@ stop_pid "$observer"
 
 run ctl member list -w json
 check "member list -w json: names and URLs" \
-    "[('m1', ['http://127.0.0.1:41380'], ['http://127.0.0.1:41379']), ('m2', ['http://127.0.0.1:42380'], ['http://127.0.0.1:42379']), ('m3', ['http://127.0.0.1:43380'], ['http://127.0.0.1:43379'])]" \
+    "[('m1', ['http://127.0.0.1:21380'], ['http://127.0.0.1:21379']), ('m2', ['http://127.0.0.1:22380'], ['http://127.0.0.1:22379']), ('m3', ['http://127.0.0.1:23380'], ['http://127.0.0.1:23379'])]" \
     "$(js 'sorted((m["name"], m["peerURLs"], m["clientURLs"]) for m in d["members"])' <<<"$OUT")"
 run ctl member list
 GOT=$OUT
