@@ -49,14 +49,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ".v3electionpb",
     ])?;
 
-    std::fs::write(out.join("gateway_routes.rs"), gateway_routes()?)?;
+    let (routes, methods) = gateway_routes()?;
+    std::fs::write(out.join("gateway_routes.rs"), routes + &methods)?;
     Ok(())
 }
 
 /// The JSON gateway's routes, read from the `google.api.http` options of the protos themselves
-/// (`post: "/v3/kv/range"` under `rpc Range`), so the route table cannot drift from them.
-fn gateway_routes() -> Result<String, Box<dyn std::error::Error>> {
+/// (`post: "/v3/kv/range"` under `rpc Range`), so the route table cannot drift from them; and
+/// every gRPC method with its kind (the labels of etcd's gRPC metrics).
+fn gateway_routes() -> Result<(String, String), Box<dyn std::error::Error>> {
     let mut rows = String::new();
+    let mut methods = String::new();
     for proto in PROTOS {
         let text = std::fs::read_to_string(proto)?;
         let package = text
@@ -73,7 +76,19 @@ fn gateway_routes() -> Result<String, Box<dyn std::error::Error>> {
                 // rpc Name(stream Request) returns (stream Response) {
                 let name = rest.split('(').next().unwrap_or_default().trim().to_string();
                 let (request, response) = rest.split_once("returns").ok_or(format!("{proto}: {line}"))?;
-                rpc = Some((name, request.contains("(stream "), response.contains("(stream ")));
+                let (client_streaming, server_streaming) =
+                    (request.contains("(stream "), response.contains("(stream "));
+                let kind = match (client_streaming, server_streaming) {
+                    (false, false) => "unary",
+                    (true, false) => "client_stream",
+                    (false, true) => "server_stream",
+                    (true, true) => "bidi_stream",
+                };
+                let service = service.as_ref().ok_or(format!("{proto}: an rpc outside a service: {line}"))?;
+                methods.push_str(&format!(
+                    "    GrpcMethod {{ service: \"{package}.{service}\", method: {name:?}, kind: {kind:?} }},\n"
+                ));
+                rpc = Some((name, client_streaming, server_streaming));
             } else if let Some(path) = line.strip_prefix("post: \"").and_then(|p| p.strip_suffix('"')) {
                 // An rpc may have several (`additional_bindings`).
                 let (Some(service), Some((method, client_streaming, server_streaming))) = (&service, &rpc) else {
@@ -86,5 +101,8 @@ fn gateway_routes() -> Result<String, Box<dyn std::error::Error>> {
             }
         }
     }
-    Ok(format!("pub const GATEWAY_ROUTES: &[GatewayRoute] = &[\n{rows}];\n"))
+    Ok((
+        format!("pub const GATEWAY_ROUTES: &[GatewayRoute] = &[\n{rows}];\n"),
+        format!("pub const GRPC_METHODS: &[GrpcMethod] = &[\n{methods}];\n"),
+    ))
 }

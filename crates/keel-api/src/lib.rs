@@ -114,7 +114,18 @@ pub struct GatewayRoute {
     pub server_streaming: bool,
 }
 
-// `GATEWAY_ROUTES`: every route, read from the protos' `google.api.http` options at build time.
+/// One gRPC method of the protos, with its kind as go-grpc-prometheus labels it (`unary`,
+/// `client_stream`, `server_stream`, `bidi_stream`): the labels of etcd's gRPC metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrpcMethod {
+    /// As `package.Service`.
+    pub service: &'static str,
+    pub method: &'static str,
+    pub kind: &'static str,
+}
+
+// `GATEWAY_ROUTES`: every route, read from the protos' `google.api.http` options at build time;
+// `GRPC_METHODS`: every rpc of the protos.
 include!(concat!(env!("OUT_DIR"), "/gateway_routes.rs"));
 
 /// The fully-qualified names of every gRPC service etcd v3.5 serves (and so

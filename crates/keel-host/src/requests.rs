@@ -107,6 +107,13 @@ impl<W> Requests<W> {
         self.waiting.len() + self.forwarding.len()
     }
 
+    /// Requests waiting for an outcome (local or forwarded) whose waiter is `counted`: a walk of
+    /// them all, for metrics now and then, not for every request.
+    pub fn in_flight_where(&self, counted: impl Fn(&W) -> bool) -> usize {
+        self.waiting.values().filter(|w| counted(w)).count()
+            + self.forwarding.values().filter(|f| counted(&f.waiter)).count()
+    }
+
     fn request_id(&mut self) -> RequestId {
         let id = self.next_id;
         self.next_id += 1;

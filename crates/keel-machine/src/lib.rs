@@ -471,6 +471,9 @@ pub fn read_members_file(path: &std::path::Path) -> Result<Option<Roster>, Strin
     decode_members(payload).map(Some).map_err(|error| format!("{}: {error}", path.display()))
 }
 
+/// Durable commit timings kept for a host that does not take them (the simulator).
+const COMMIT_TIMINGS_MAX: usize = 64;
+
 /// How often the store waits for the disk (etcd's backend commits every 100 ms too).
 pub const DURABLE_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -500,6 +503,9 @@ pub struct MvccMachine<B: Backend> {
     lease_changes: Vec<LeaseChange>,
     durable_interval: std::time::Duration,
     last_durable_commit: std::time::Instant,
+    /// How long recent durable commits took, for the host's metrics (at most
+    /// [`COMMIT_TIMINGS_MAX`] kept until taken). Measured only: nothing here depends on them.
+    commit_timings: Vec<std::time::Duration>,
     /// Durable every this many flushes instead of by time (deterministic: the simulator's).
     durable_every_flushes: Option<u32>,
     flushes: u64,
@@ -565,6 +571,7 @@ impl<B: Backend> MvccMachine<B> {
             lease_changes: Vec::new(),
             durable_interval: interval,
             last_durable_commit: std::time::Instant::now(),
+            commit_timings: Vec::new(),
             durable_every_flushes: None,
             flushes: 0,
             roster: Roster::default(),
@@ -625,6 +632,11 @@ impl<B: Backend> MvccMachine<B> {
                 self.fail(error);
             }
         }
+    }
+
+    /// How long the durable commits since the last call took (etcd's backend commits).
+    pub fn take_commit_timings(&mut self) -> impl Iterator<Item = std::time::Duration> + '_ {
+        self.commit_timings.drain(..)
     }
 
     /// How many snapshots replaced this machine's state so far.
@@ -892,7 +904,16 @@ impl<B: Backend> StateMachine for MvccMachine<B> {
                 due
             }
         };
-        let result = if durable { self.store.commit() } else { self.store.commit_buffered() };
+        let result = if durable {
+            let started = std::time::Instant::now();
+            let result = self.store.commit();
+            if self.commit_timings.len() < COMMIT_TIMINGS_MAX {
+                self.commit_timings.push(started.elapsed());
+            }
+            result
+        } else {
+            self.store.commit_buffered()
+        };
         match result {
             Err(error) => {
                 self.fail(error);

@@ -26,6 +26,9 @@ const INPUTS_PER_TURN_MAX: usize = 4_096;
 /// Most polls in one turn before inputs and ticks get their turn again.
 const POLLS_PER_TURN_MAX: usize = 8;
 /// How often a write that found the disk full is tried again.
+/// How often the proposals waiting here are counted for `etcd_server_proposals_pending` (a walk
+/// of every request in flight).
+const PENDING_COUNT_INTERVAL: Duration = Duration::from_millis(250);
 const DISK_FULL_RETRY: Duration = Duration::from_millis(100);
 
 /// Where the answer to a request goes: called exactly once, on the driver thread (so it must
@@ -115,6 +118,8 @@ pub trait Hook<S: StateMachine>: Send {
     fn on_compacted(&mut self, _removed: keel_host::Removed) {}
     /// This member's raft log took a command it proposed as leader (its own or a forwarded one).
     fn on_proposed(&mut self, _data: &Bytes, _now: Instant) {}
+    /// Client proposals waiting for their outcome here, now and then (for metrics).
+    fn on_pending_proposals(&mut self, _proposals: usize) {}
 }
 
 impl<S: StateMachine> Hook<S> for () {
@@ -161,6 +166,8 @@ pub struct Driver<S: StateMachine, H: Hook<S> = ()> {
     hook: H,
     tick: Duration,
     next_tick: Instant,
+    /// When the pending proposals are next counted for metrics.
+    next_pending_count: Instant,
     /// The origin of the node's clock (see `Node::set_clock`).
     epoch: Instant,
     /// Requests waiting for their outcome, and proposals forwarded to the leader.
@@ -203,6 +210,7 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
             hook,
             tick,
             next_tick: Instant::now() + tick,
+            next_pending_count: Instant::now(),
             epoch: Instant::now(),
             requests: Requests::new(first_request, plants),
             effects: Effects::default(),
@@ -283,8 +291,15 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
                     return Ok(());
                 }
             }
+            let now = Instant::now();
+            if now >= self.next_pending_count {
+                self.next_pending_count = now + PENDING_COUNT_INTERVAL;
+                let pending =
+                    self.requests.in_flight_where(|w| matches!(w, Waiter::Propose(_) | Waiter::ConfChange(_)));
+                self.hook.on_pending_proposals(pending);
+            }
             let mut proposals = Vec::new();
-            self.hook.after_turn(&mut self.node, Instant::now(), &mut proposals);
+            self.hook.after_turn(&mut self.node, now, &mut proposals);
             if !proposals.is_empty() {
                 for (group, data) in proposals {
                     // Nobody waits: the hook sees the effect when the command applies. Through

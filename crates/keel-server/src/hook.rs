@@ -169,6 +169,9 @@ impl Hook<Machine> for ServerHook {
         }
         let Some(status) = node.status(self.group) else { return };
         let Some(machine) = node.machine_mut(self.group) else { return };
+        for took in machine.take_commit_timings() {
+            self.metrics.backend_commit.observe(took);
+        }
         if let Some(sync) = self.membership.as_mut() {
             if let Some(publish) = sync.after_turn(machine, status.leader != 0, now) {
                 propose.push((self.group, publish));
@@ -282,6 +285,10 @@ impl Hook<Machine> for ServerHook {
         if let Some((id, ttl_seconds)) = Command::lease_renewal(data) {
             self.leases.renew_if_known(id, ttl_seconds, now);
         }
+    }
+
+    fn on_pending_proposals(&mut self, proposals: usize) {
+        self.metrics.proposals_pending.store(proposals as u64, Relaxed);
     }
 
     fn on_fsync(&mut self, took: Duration) {

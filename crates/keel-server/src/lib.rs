@@ -15,6 +15,7 @@ pub mod driver;
 pub mod faults;
 pub mod gateway;
 pub mod gossip;
+pub mod grpc_metrics;
 pub mod healing;
 pub mod hook;
 pub mod http;

@@ -7,9 +7,6 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-/// Upper bounds of etcd's `etcd_disk_wal_fsync_duration_seconds` buckets (0.001 · 2^k s).
-const FSYNC_BUCKETS: usize = 14;
-
 #[derive(Default)]
 pub struct Metrics {
     pub leader: AtomicU64,
@@ -32,7 +29,6 @@ pub struct Metrics {
     /// (microseconds; 0 while unknown).
     pub disk_write_recent_us: AtomicU64,
     pub disk_write_baseline_us: AtomicU64,
-    pub proposals_committed: AtomicU64,
     pub proposals_failed: AtomicU64,
     pub db_size: AtomicI64,
     pub keys: AtomicI64,
@@ -67,9 +63,50 @@ pub struct Metrics {
     pub replacements_promoted: AtomicU64,
     pub replacements_removed: AtomicU64,
     pub replacements_abandoned: AtomicU64,
-    fsync_buckets: [AtomicU64; FSYNC_BUCKETS],
-    fsync_count: AtomicU64,
-    fsync_sum_nanos: AtomicU64,
+    /// Client proposals waiting for their outcome here (forwarded ones included).
+    pub proposals_pending: AtomicU64,
+    /// The WAL's fsyncs, and the store's durable commits (etcd's backend commits).
+    pub wal_fsync: LatencyHistogram,
+    pub backend_commit: LatencyHistogram,
+    /// gRPC calls by method and code, and the bytes clients sent and received.
+    pub grpc: crate::grpc_metrics::GrpcMetrics,
+    /// Bytes to and from peers.
+    pub peer: std::sync::Arc<crate::transport::PeerTraffic>,
+}
+
+/// Buckets of etcd's disk latency histograms: 1 ms doubling up to 8.192 s.
+const LATENCY_BUCKETS: usize = 14;
+
+/// A latency histogram with etcd's disk buckets, updated from any thread.
+#[derive(Default)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        for (k, bucket) in self.buckets.iter().enumerate() {
+            if seconds <= 0.001 * f64::from(1u32 << k) {
+                bucket.fetch_add(1, Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_nanos.fetch_add(took.as_nanos() as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (k, bucket) in self.buckets.iter().enumerate() {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {}", 0.001 * f64::from(1u32 << k), bucket.load(Relaxed));
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_nanos.load(Relaxed) as f64 / 1e9);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
 }
 
 impl Metrics {
@@ -86,14 +123,7 @@ impl Metrics {
     }
 
     pub fn observe_fsync(&self, took: Duration) {
-        let seconds = took.as_secs_f64();
-        for (k, bucket) in self.fsync_buckets.iter().enumerate() {
-            if seconds <= 0.001 * f64::from(1u32 << k) {
-                bucket.fetch_add(1, Relaxed);
-            }
-        }
-        self.fsync_count.fetch_add(1, Relaxed);
-        self.fsync_sum_nanos.fetch_add(took.as_nanos() as u64, Relaxed);
+        self.wal_fsync.observe(took);
     }
 
     /// The Prometheus text exposition.
@@ -326,16 +356,35 @@ impl Metrics {
             );
             gauge("process_open_fds", "Number of open file descriptors.", "gauge", process.open_fds.to_string());
         }
-        let name = "etcd_disk_wal_fsync_duration_seconds";
-        let _ =
-            writeln!(out, "# HELP {name} The latency distributions of fsync called by WAL.\n# TYPE {name} histogram");
-        for (k, bucket) in self.fsync_buckets.iter().enumerate() {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {}", 0.001 * f64::from(1u32 << k), bucket.load(Relaxed));
-        }
-        let count = self.fsync_count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", self.fsync_sum_nanos.load(Relaxed) as f64 / 1e9);
-        let _ = writeln!(out, "{name}_count {count}");
+        gauge(
+            "etcd_server_proposals_pending",
+            "The current number of pending proposals to commit.",
+            "gauge",
+            self.proposals_pending.load(Relaxed).to_string(),
+        );
+        gauge(
+            "etcd_network_peer_sent_bytes_total",
+            "The total number of bytes sent to peers.",
+            "counter",
+            self.peer.sent.load(Relaxed).to_string(),
+        );
+        gauge(
+            "etcd_network_peer_received_bytes_total",
+            "The total number of bytes received from peers.",
+            "counter",
+            self.peer.received.load(Relaxed).to_string(),
+        );
+        self.wal_fsync.render(
+            &mut out,
+            "etcd_disk_wal_fsync_duration_seconds",
+            "The latency distributions of fsync called by WAL.",
+        );
+        self.backend_commit.render(
+            &mut out,
+            "etcd_disk_backend_commit_duration_seconds",
+            "The latency distributions of commit called by backend.",
+        );
+        self.grpc.render(&mut out);
         out
     }
 }

@@ -340,7 +340,8 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     let peers = Arc::new(
         PeerSender::start_with(membership.cluster_id, me, &BTreeMap::new(), Some(attributes))
             .with_outbox(outbox)
-            .with_on_removed(Arc::new(removed_from_cluster)),
+            .with_on_removed(Arc::new(removed_from_cluster))
+            .with_traffic(metrics.peer.clone()),
     );
     peers.set_peers(&addresses);
     let peer_inputs = inputs.clone();
@@ -404,6 +405,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
             }
         }),
         Some(snapshot_files_dir(&dir)),
+        metrics.peer.clone(),
     );
 
     // The driver.
@@ -565,6 +567,7 @@ async fn serve_clients(config: ServerConfig, shared: Arc<Shared>) -> Result<(), 
     // last replaces tonic's, which answered every unknown path 200 with grpc-status 12).
     let app = routes
         .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(shared.metrics.clone(), crate::grpc_metrics::count))
         .merge(http::router(shared.clone()))
         .merge(crate::gateway::router(shared.clone()))
         .fallback(crate::gateway::not_found);

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,7 +95,17 @@ const BACKOFF_MAX: Duration = Duration::from_millis(100);
 
 /// Sends raft messages to peers; cheap to call from the driver (never blocks). Peers come and
 /// go with membership changes ([`PeerSender::set_peers`]).
+/// Bytes this member's peer transport wrote to its peers' connections (raft messages and the
+/// frames between them) and read from the connections peers opened to it (everything, streamed
+/// stores included): etcd's `etcd_network_peer_{sent,received}_bytes_total`.
+#[derive(Debug, Default)]
+pub struct PeerTraffic {
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+}
+
 pub struct PeerSender {
+    traffic: Arc<PeerTraffic>,
     cluster_id: u64,
     me: NodeId,
     attributes: Option<PeerFrame>,
@@ -179,6 +190,7 @@ impl PeerSender {
             streamed: Arc::default(),
             outbox: None,
             on_removed: None,
+            traffic: Arc::default(),
         };
         sender.set_peers(peers);
         sender
@@ -196,10 +208,10 @@ impl PeerSender {
             let addr = addr.clone();
             let (queue, receiver) = mpsc::sync_channel(PEER_QUEUE_MAX);
             let (cluster_id, me, attributes) = (self.cluster_id, self.me, self.attributes.clone());
-            let on_removed = self.on_removed.clone();
+            let (on_removed, traffic) = (self.on_removed.clone(), self.traffic.clone());
             std::thread::Builder::new()
                 .name(format!("keel-peer-{id:x}"))
-                .spawn(move || send_loop(cluster_id, me, id, addr, attributes, receiver, on_removed))
+                .spawn(move || send_loop(cluster_id, me, (id, addr), attributes, receiver, on_removed, &traffic))
                 .expect("spawn peer sender thread");
             queues.insert(id, (peers[&id].clone(), queue));
         }
@@ -210,6 +222,13 @@ impl PeerSender {
     /// keep none).
     pub fn with_on_removed(mut self, on_removed: OnRemoved) -> Self {
         self.on_removed = Some(on_removed);
+        self
+    }
+
+    /// Counts the bytes sent into `traffic`. Set it before the first [`PeerSender::set_peers`]
+    /// that names a peer.
+    pub fn with_traffic(mut self, traffic: Arc<PeerTraffic>) -> Self {
+        self.traffic = traffic;
         self
     }
 
@@ -365,11 +384,11 @@ fn stream_rows(
 fn send_loop(
     cluster_id: u64,
     me: NodeId,
-    to: NodeId,
-    addr: PeerAddress,
+    (to, addr): (NodeId, PeerAddress),
     attributes: Option<PeerFrame>,
     queue: Receiver<Outgoing>,
     on_removed: Option<OnRemoved>,
+    traffic: &PeerTraffic,
 ) {
     let mut backoff = BACKOFF_MIN;
     // Connect right away, not at the first message: the hello and attributes tell the peer who
@@ -443,9 +462,14 @@ fn send_loop(
             encode_chunked(&mut bytes, &PeerFrame::Messages(messages), PEER_CHUNK_BYTES);
         }
         if let Some(connected) = stream.as_mut() {
-            if let Err(error) = connected.write_all(&bytes) {
-                tracing::debug!(peer = to, %error, "peer connection lost");
-                stream = None;
+            match connected.write_all(&bytes) {
+                Ok(()) => {
+                    traffic.sent.fetch_add(bytes.len() as u64, Relaxed);
+                }
+                Err(error) => {
+                    tracing::debug!(peer = to, %error, "peer connection lost");
+                    stream = None;
+                }
             }
         }
     }
@@ -512,7 +536,7 @@ pub fn start_listener(
     deliver: Arc<dyn Fn(Incoming) + Send + Sync>,
 ) {
     let admit = Arc::new(move |id| if is_member(id) { Admission::Member } else { Admission::Refused });
-    start_listener_with_files(listener, cluster_id, me, admit, deliver, None)
+    start_listener_with_files(listener, cluster_id, me, admit, deliver, None, Arc::default())
 }
 
 /// [`start_listener`], receiving stores peers stream for snapshots into `files_dir`.
@@ -523,6 +547,7 @@ pub fn start_listener_with_files(
     admit: Arc<dyn Fn(NodeId) -> Admission + Send + Sync>,
     deliver: Arc<dyn Fn(Incoming) + Send + Sync>,
     files_dir: Option<std::path::PathBuf>,
+    traffic: Arc<PeerTraffic>,
 ) {
     std::thread::Builder::new()
         .name("keel-peer-listener".into())
@@ -530,6 +555,7 @@ pub fn start_listener_with_files(
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 let (admit, deliver, files_dir) = (admit.clone(), deliver.clone(), files_dir.clone());
+                let traffic = traffic.clone();
                 let _ = std::thread::Builder::new().name("keel-peer-conn".into()).spawn(move || {
                     let mut conn = Connection {
                         accepted: None,
@@ -539,7 +565,7 @@ pub fn start_listener_with_files(
                         streamed: false,
                         guest: false,
                     };
-                    receive_loop(stream, cluster_id, me, &*admit, &*deliver, &mut conn);
+                    receive_loop(stream, cluster_id, me, &*admit, &*deliver, &mut conn, &traffic);
                     // An unfinished stream's receiver removes its partial file when dropped.
                     drop(conn.incoming.take());
                     // A stream's own connection ending says nothing about the peer's health.
@@ -646,6 +672,7 @@ fn receive_loop(
     admit: &dyn Fn(NodeId) -> Admission,
     deliver: &dyn Fn(Incoming),
     conn: &mut Connection,
+    traffic: &PeerTraffic,
 ) {
     let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
     let mut reader = FrameReader::new(PEER_FRAME_BYTES_MAX);
@@ -657,6 +684,7 @@ fn receive_loop(
             Ok(0) | Err(_) => return,
             Ok(read) => read,
         };
+        traffic.received.fetch_add(read as u64, Relaxed);
         reader.push(&buf[..read]);
         loop {
             let frame = match reader.next_frame() {

@@ -483,3 +483,82 @@ async fn the_snapshot_rpc_streams_a_store_that_rebuilds_with_every_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("truncated"), "{out:?}");
     let _ = std::fs::remove_file(&saved);
 }
+
+/// The sum of a metric's samples whose labels include every pair of `labels`.
+fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    body.lines()
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?;
+            let matches = (rest.is_empty() || rest.starts_with('{'))
+                && labels.iter().all(|(label, value)| rest.contains(&format!("{label}=\"{value}\"")));
+            matches.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// Every figure etcd's official Grafana dashboard (Documentation/op-guide/grafana.json) queries,
+/// served by each member, and counting what happened: gRPC calls by method, type and code (a
+/// closed watch stream counts as handled, so "Active Streams" goes back down), client and peer
+/// bytes, the backend's commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_etcds_grafana_dashboard_queries_is_served_and_counts() {
+    const DASHBOARD: &[&str] = &[
+        "etcd_server_has_leader",
+        "grpc_server_started_total",
+        "grpc_server_handled_total",
+        "etcd_debugging_mvcc_db_total_size_in_bytes",
+        "etcd_disk_wal_fsync_duration_seconds_bucket",
+        "etcd_disk_backend_commit_duration_seconds_bucket",
+        "process_resident_memory_bytes",
+        "etcd_network_client_grpc_received_bytes_total",
+        "etcd_network_client_grpc_sent_bytes_total",
+        "etcd_network_peer_received_bytes_total",
+        "etcd_network_peer_sent_bytes_total",
+        "etcd_server_proposals_failed_total",
+        "etcd_server_proposals_pending",
+        "etcd_server_proposals_committed_total",
+        "etcd_server_proposals_applied_total",
+        "etcd_server_leader_changes_seen_total",
+    ];
+    let cluster = Cluster::start("dashboard", 3);
+    let leader = cluster.leader().await;
+    let port = cluster.members[leader].client_port;
+    let mut client = cluster.client(leader).await;
+    for n in 0..20 {
+        client.put(format!("/m/{n}"), "v", None).await.expect("put");
+    }
+    let future = client.get("/m/0", Some(etcd_client::GetOptions::new().with_revision(1_000_000))).await;
+    assert!(future.is_err(), "a future revision is refused (OutOfRange)");
+    let stream = client.watch("/m/", None).await.expect("watch");
+    drop(stream);
+
+    let metrics = || common::http_get(port, "/metrics").expect("/metrics");
+    let body = metrics();
+    for name in DASHBOARD {
+        assert!(body.lines().any(|line| line.starts_with(name)), "{name} is not served:\n{body}");
+    }
+    let put = [("grpc_service", "etcdserverpb.KV"), ("grpc_method", "Put"), ("grpc_type", "unary")];
+    assert_eq!(sample(&body, "grpc_server_started_total", &put), 20.0);
+    let put_ok = [put.as_slice(), &[("grpc_code", "OK")]].concat();
+    assert_eq!(sample(&body, "grpc_server_handled_total", &put_ok), 20.0);
+    let range_out_of_range = [("grpc_method", "Range"), ("grpc_code", "OutOfRange")];
+    assert_eq!(sample(&body, "grpc_server_handled_total", &range_out_of_range), 1.0);
+    let watch = [("grpc_service", "etcdserverpb.Watch"), ("grpc_type", "bidi_stream")];
+    assert_eq!(sample(&body, "grpc_server_started_total", &watch), 1.0);
+    // The dropped watch stream ends on the server once the client's reset arrives.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sample(&metrics(), "grpc_server_handled_total", &watch) != 1.0 {
+        assert!(std::time::Instant::now() < deadline, "the closed watch never counted as handled:\n{}", metrics());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = metrics();
+    assert!(sample(&body, "etcd_network_client_grpc_received_bytes_total", &[]) > 20.0 * 10.0, "{body}");
+    assert!(sample(&body, "etcd_network_client_grpc_sent_bytes_total", &[]) > 0.0, "{body}");
+    assert!(sample(&body, "etcd_network_peer_sent_bytes_total", &[]) > 0.0, "the leader replicates");
+    assert!(sample(&body, "etcd_disk_backend_commit_duration_seconds_count", &[]) > 0.0, "{body}");
+    assert_eq!(sample(&body, "etcd_server_proposals_pending", &[]), 0.0);
+    let follower = cluster.members[(leader + 1) % 3].client_port;
+    let follower_body = common::http_get(follower, "/metrics").expect("/metrics");
+    assert!(sample(&follower_body, "etcd_network_peer_received_bytes_total", &[]) > 0.0, "{follower_body}");
+}
