@@ -161,7 +161,7 @@ EOF
     local port member=""
     port=$(ss -tnpH state established 2>/dev/null |
         grep -F "pid=$(pgrep -u postgres -f "patroni $PAT/pg$new.yml" | head -n 1)," |
-        awk '{print $4}' | grep -oE ':(4[1-3]379)$' | tr -d ':' | head -n 1)
+        awk '{print $4}' | grep -oE ":(${CPORTS[0]}|${CPORTS[1]}|${CPORTS[2]})$" | tr -d ':' | head -n 1)
     for i in 0 1 2; do [[ "${CPORTS[$i]}" == "$port" ]] && member=$i; done
     if [[ -z "$member" ]]; then
         fail "patroni primary keeps its role when its cluster member dies" "no connection from its Patroni to a member"

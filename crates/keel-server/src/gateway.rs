@@ -318,7 +318,9 @@ fn error_body(status: &Status) -> serde_json::Value {
 /// grpc-gateway's error body, with the HTTP status it maps the gRPC code to.
 pub fn error_response(status: &Status) -> Response {
     let http = match status.code() {
-        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => StatusCode::BAD_REQUEST,
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        // grpc-gateway v1, which etcd 3.4 serves, answers 412 here (v2 changed it to 400).
+        Code::FailedPrecondition => StatusCode::PRECONDITION_FAILED,
         Code::NotFound => StatusCode::NOT_FOUND,
         Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
         Code::PermissionDenied => StatusCode::FORBIDDEN,
