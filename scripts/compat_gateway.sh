@@ -123,15 +123,18 @@ check "gateway /v3/election/leader after resign: no leader" "election: no leader
     "$(js 'd["error"]' <<<"${OUT#* }")"
 gw lease/revoke "{\"ID\": \"$GW_LOCK_LEASE\"}" >/dev/null 2>&1
 
-# /v3/cluster/member/*: a learner added (never started), updated, removed; promoting a voter is
-# refused. (etcd also refuses to promote a learner that is not in sync with the leader; keel
-# does not check that yet: see the session notes.)
+# /v3/cluster/member/*: a learner added (never started), updated, removed; promoting it is
+# refused because it holds none of the leader's log, and promoting a voter is refused.
 run gw cluster/member/add '{"peerURLs": ["http://127.0.0.1:24380"], "isLearner": true}'
 GW_MEMBER=$(js 'd["member"]["ID"]' <<<"$OUT")
 check "gateway /v3/cluster/member/add a learner" "[True, 4]" "$(js '[d["member"]["isLearner"], len(d["members"])]' <<<"$OUT")"
 run gw cluster/member/update "{\"ID\": \"$GW_MEMBER\", \"peerURLs\": [\"http://127.0.0.1:24381\"]}"
 check "gateway /v3/cluster/member/update" "True" \
     "$(js '[m["peerURLs"] for m in d["members"] if m["ID"] == "'"$GW_MEMBER"'"] == [["http://127.0.0.1:24381"]]' <<<"$OUT")"
+run gw_code cluster/member/promote "{\"ID\": \"$GW_MEMBER\"}"
+check "gateway /v3/cluster/member/promote of a learner not in sync is refused" \
+    "412 ['etcdserver: can only promote a learner member which is in sync with leader', 9]" \
+    "${OUT%% *} $(js '[d["error"], d["code"]]' <<<"${OUT#* }")"
 GW_VOTER=$(gw maintenance/status '{}' | js 'd["header"]["member_id"]')
 run gw_code cluster/member/promote "{\"ID\": \"$GW_VOTER\"}"
 check "gateway /v3/cluster/member/promote of a voter is refused" \

@@ -96,6 +96,8 @@ pub enum RefusalKind {
     InvalidConfChange,
     /// Leadership is being handed over.
     TransferInProgress,
+    /// A learner's promotion was asked for before it caught up with the leader.
+    LearnerNotInSync,
     Other,
 }
 
@@ -106,6 +108,7 @@ impl RefusalKind {
             RefusalKind::InvalidConfChange => 2,
             RefusalKind::TransferInProgress => 3,
             RefusalKind::Other => 4,
+            RefusalKind::LearnerNotInSync => 5,
         }
     }
 
@@ -115,6 +118,7 @@ impl RefusalKind {
             1 => RefusalKind::ConfChangePending,
             2 => RefusalKind::InvalidConfChange,
             3 => RefusalKind::TransferInProgress,
+            5 => RefusalKind::LearnerNotInSync,
             _ => RefusalKind::Other,
         }
     }
@@ -392,6 +396,15 @@ mod tests {
             },
             Message { group: 7, from: 1, to: 2, term: 9, body: MessageBody::Heartbeat { commit: 3, read_round: 8 } },
         ])
+    }
+
+    #[test]
+    fn every_refusal_kind_survives_the_wire_and_unknown_codes_read_as_other() {
+        use RefusalKind::*;
+        for kind in [ConfChangePending, InvalidConfChange, TransferInProgress, LearnerNotInSync, Other] {
+            assert_eq!(RefusalKind::from_code(kind.code()), kind);
+        }
+        assert_eq!(RefusalKind::from_code(200), Other, "a newer peer's reason");
     }
 
     #[test]

@@ -258,6 +258,7 @@ impl<W> Requests<W> {
                             RefusalKind::ConfChangePending => RaftError::ConfChangePending,
                             RefusalKind::InvalidConfChange => RaftError::InvalidConfChange("refused by the leader"),
                             RefusalKind::TransferInProgress => RaftError::TransferInProgress,
+                            RefusalKind::LearnerNotInSync => RaftError::LearnerNotInSync,
                             RefusalKind::Other => RaftError::InvalidConfig("refused by the leader"),
                         };
                         out.answers.push((forwarding.waiter, Err(RequestError::Refused(error))))
@@ -361,6 +362,7 @@ fn reply_to_forward<S: StateMachine, W>(
         Err(RaftError::ConfChangePending) => ForwardOutcome::Refused(RefusalKind::ConfChangePending),
         Err(RaftError::InvalidConfChange(_)) => ForwardOutcome::Refused(RefusalKind::InvalidConfChange),
         Err(RaftError::TransferInProgress) => ForwardOutcome::Refused(RefusalKind::TransferInProgress),
+        Err(RaftError::LearnerNotInSync) => ForwardOutcome::Refused(RefusalKind::LearnerNotInSync),
         Err(_) => ForwardOutcome::Refused(RefusalKind::Other),
     };
     out.frames.push((from, PeerFrame::ForwardReply { request, outcome }));

@@ -198,6 +198,13 @@ fn alive(peers: &[Peer]) -> usize {
 }
 
 /// Whether `alive` of `voters` is a majority (raft can commit).
+/// The leader's own promotion rule (keel-raft's `learner_in_sync`, etcd's `isLearnerReady`): a
+/// learner holding less than 90 % of the leader's log is refused, so the repairer does not ask.
+/// On a short log this is stricter than [`RepairConfig::caught_up_entries`].
+fn holds_nine_tenths(matched: u64, leader_last: u64) -> bool {
+    u128::from(matched) * 10 >= u128::from(leader_last) * 9
+}
+
 fn majority(voters: usize, alive: usize) -> bool {
     alive > voters / 2
 }
@@ -305,7 +312,8 @@ impl Repairer {
                 return Some(Self::guarded(view, remove, voters, alive_voters));
             }
             let alive = learner.dead_since_us.is_none();
-            let caught_up = view.last_index.saturating_sub(learner.matched) <= self.cfg.caught_up_entries;
+            let caught_up = view.last_index.saturating_sub(learner.matched) <= self.cfg.caught_up_entries
+                && holds_nine_tenths(learner.matched, view.last_index);
             let overdue = now.saturating_sub(job.started_us) >= self.cfg.catch_up_timeout_us;
             if !alive || (overdue && !caught_up) {
                 self.job = Some(Job { abandoning: true, ..job });

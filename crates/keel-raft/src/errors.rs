@@ -18,6 +18,10 @@ pub enum RaftError {
     ConfChangePending,
     #[error("invalid membership change: {0}")]
     InvalidConfChange(&'static str),
+    /// A learner may become a voter only once it holds nearly all of the leader's log
+    /// ([`crate::learner_in_sync`]); a lagging voter could not help commit for a while.
+    #[error("the learner is not in sync with the leader")]
+    LearnerNotInSync,
     /// Too much is queued already; retry later.
     #[error("too many pending {0}")]
     Busy(&'static str),

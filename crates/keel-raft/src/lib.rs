@@ -60,7 +60,7 @@ mod types;
 pub use config::{Config, ReadMode};
 pub use errors::RaftError;
 pub use planted::{Plant, Plants};
-pub use progress::{Progress, ProgressState};
+pub use progress::{learner_in_sync, Progress, ProgressState};
 pub use raft::{Raft, RecoveredState};
 pub use raw_node::{RawNode, Ready, Status};
 pub use rng::SplitMix64;

@@ -141,3 +141,11 @@ impl Progress {
         self.inflight.len()
     }
 }
+
+/// Whether a learner whose log matches the leader's up to `matched` may be promoted to voter
+/// while the leader's log ends at `leader_last`: it must hold at least 90 % of it, etcd's rule
+/// (`isLearnerReady`). A voter that lags far behind counts towards the quorum without being able
+/// to help commit, so promoting it early lowers the group's fault tolerance until it catches up.
+pub fn learner_in_sync(matched: Index, leader_last: Index) -> bool {
+    u128::from(matched) * 10 >= u128::from(leader_last) * 9
+}

@@ -9,7 +9,7 @@ use crate::config::{Config, ReadMode};
 use crate::errors::RaftError;
 use crate::log::RaftLog;
 use crate::planted::Plant;
-use crate::progress::{Progress, ProgressState};
+use crate::progress::{learner_in_sync, Progress, ProgressState};
 use crate::read_only::{PendingRead, ReadOrigin, ReadRounds};
 use crate::rng::SplitMix64;
 use crate::types::*;
@@ -1129,6 +1129,14 @@ impl Raft {
         self.check_can_propose()?;
         if self.pending_conf_index > self.log.applied {
             return Err(RaftError::ConfChangePending);
+        }
+        if let ConfChange::AddVoter(id) = change {
+            if self.conf.learners.contains(&id) {
+                let matched = self.progress.get(&id).map_or(0, |p| p.matched);
+                if !learner_in_sync(matched, self.log.last_index()) {
+                    return Err(RaftError::LearnerNotInSync);
+                }
+            }
         }
         let next = change.apply_to(&self.conf);
         if next.voters.is_empty() {

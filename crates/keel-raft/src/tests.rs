@@ -356,6 +356,34 @@ fn a_leader_names_its_most_caught_up_voter_to_hand_over_to() {
 }
 
 #[test]
+fn a_learner_is_promoted_only_once_it_holds_nine_tenths_of_the_leaders_log() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.elect(1);
+    for i in 0..20u8 {
+        cluster.node(1).propose(Bytes::from(vec![i])).unwrap();
+    }
+    cluster.stabilize();
+    // Member 4 is added as a learner but never runs: the leader has heard nothing from it.
+    cluster.node(1).propose_conf_change(ConfChange::AddLearner(4)).unwrap();
+    cluster.stabilize();
+    assert!(cluster.node(1).status().conf.learners.contains(&4));
+    assert_eq!(cluster.node(1).propose_conf_change(ConfChange::AddVoter(4)), Err(RaftError::LearnerNotInSync));
+    assert!(!cluster.node(1).status().conf.voters.contains(&4), "a refused promotion changes nothing");
+    // Once it runs and catches up, the same promotion goes through.
+    cluster.nodes.insert(4, RawNode::new(Config::new(4, 1), RecoveredState::default()).unwrap());
+    cluster.tick_all(5);
+    cluster.stabilize();
+    cluster.node(1).propose_conf_change(ConfChange::AddVoter(4)).unwrap();
+    cluster.stabilize();
+    assert!(cluster.node(1).status().conf.voters.contains(&4));
+    // The rule itself, at its edges.
+    assert!(learner_in_sync(0, 0));
+    assert!(learner_in_sync(90, 100));
+    assert!(!learner_in_sync(89, 100));
+    assert!(learner_in_sync(u64::MAX, u64::MAX), "no overflow");
+}
+
+#[test]
 fn only_one_conf_change_may_be_pending() {
     let mut cluster = Cluster::new(&[1, 2, 3]);
     cluster.elect(1);

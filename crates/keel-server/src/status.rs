@@ -29,6 +29,7 @@ pub const LEASE_PROVIDED: &str = "etcdserver: lease is provided";
 pub const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
 pub const PEER_URL_EXISTS: &str = "etcdserver: Peer URLs already exists";
 pub const NOT_LEARNER: &str = "etcdserver: can only promote a learner member";
+pub const LEARNER_NOT_READY: &str = "etcdserver: can only promote a learner member which is in sync with leader";
 pub const NOT_CAPABLE: &str = "etcdserver: not capable";
 pub const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
 
@@ -92,6 +93,7 @@ pub fn from_request(error: &RequestError) -> Status {
         RequestError::Refused(RaftError::NotLeader { .. }) => Status::unavailable(LEADER_CHANGED),
         RequestError::Refused(RaftError::Busy(_)) => too_many_requests(),
         RequestError::Refused(RaftError::TransferInProgress) => Status::unavailable(LEADER_CHANGED),
+        RequestError::Refused(RaftError::LearnerNotInSync) => Status::failed_precondition(LEARNER_NOT_READY),
         RequestError::Refused(error) => Status::new(Code::FailedPrecondition, format!("etcdserver: {error}")),
         // The slot went to another leader's entry: the write did not happen.
         RequestError::Dropped => Status::unavailable(LEADER_CHANGED),

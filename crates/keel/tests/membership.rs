@@ -45,6 +45,9 @@ async fn a_learner_joins_catches_up_is_promoted_and_a_member_is_removed() {
     let new_id = added.member().expect("the new member").id();
     assert!(added.member().expect("member").is_learner());
     assert_eq!(client.member_list().await.expect("member list").members().len(), 4);
+    // Not yet: it has run not at all, so it holds none of the leader's log (etcd's answer).
+    let early = client.member_promote(new_id).await.expect_err("a learner that never ran is not promoted");
+    assert!(early.to_string().contains("can only promote a learner member which is in sync with leader"), "{early}");
     cluster.spawn_joining(slot);
     cluster.wait_ready();
 

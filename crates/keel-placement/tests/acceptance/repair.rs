@@ -171,6 +171,21 @@ fn a_caught_up_learner_is_one_within_caught_up_entries_of_the_leader() {
 }
 
 #[test]
+fn on_a_short_log_a_learner_must_also_hold_nine_tenths_of_it_as_the_leader_demands() {
+    let (mut group, mut repairer) = dead_voter_and_a_spare();
+    group.apply(group.step(&mut repairer).unwrap());
+    // 60 entries behind is within caught_up_entries, but the leader refuses a learner that holds
+    // less than 90 % of its log, so asking would only be refused.
+    group.last_index = 80;
+    group.peer(id(10)).matched = 20;
+    group.advance(TICK);
+    assert_eq!(group.step(&mut repairer), None, "holds a quarter of the log");
+    group.peer(id(10)).matched = 72;
+    group.advance(TICK);
+    assert_eq!(group.step(&mut repairer), Some(RepairStep::Promote { learner: id(10), replacing: id(3) }));
+}
+
+#[test]
 fn nothing_is_proposed_while_a_conf_change_is_pending() {
     let (mut group, mut repairer) = dead_voter_and_a_spare();
     group.pending = true;
@@ -736,6 +751,7 @@ impl Model {
             RepairStep::Promote { learner: member, replacing } => {
                 let peer = learner(member).expect("promoting a learner");
                 assert!(peer.dead_since_us.is_none() && group.last_index - peer.matched <= cfg.caught_up_entries);
+                assert!(peer.matched * 10 >= group.last_index * 9, "the leader would refuse: {group:?}");
                 assert_eq!(before, Some((replacing, member)));
                 (voters + 1, alive + 1)
             }
