@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 status=0
-pure_crates=(keel-raft keel-node keel-membership keel-placement)
+pure_crates=(keel-raft keel-node keel-membership keel-placement keel-auth)
 
 for crate in "${pure_crates[@]}"; do
   deps=$(cargo tree -p "$crate" -e normal --prefix none --format '{p}' 2>/dev/null | awk '{print $1}' | sort -u)
