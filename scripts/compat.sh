@@ -562,6 +562,8 @@ GOT=$(grep '^etcd_server_has_leader' <<<"$OUT")
 check "/metrics has etcd_server_has_leader 1" "etcd_server_has_leader 1" "$GOT"
 # The rest of the gateway, route by route (scripts/compat_gateway.sh).
 source "$HERE/compat_gateway.sh"
+# Authentication and roles (scripts/compat_auth.sh); it leaves auth off, as it found it.
+source "$HERE/compat_auth.sh"
 
 # ---------------------------------------------------------------------------------------------
 # 10. Error cases with etcd's exact texts

@@ -4,8 +4,8 @@
 # prefix, and etcd's error shape. Sourced by compat.sh (it uses gw, run, check, js, b64,
 # wait_for, file_has, ctl, EP, CPORTS, GW, WORK); the expected answers are etcd 3.4's.
 #
-# Not here: the Auth routes (keel answers Unimplemented until issue 12), and
-# /v3/maintenance/downgrade, which etcd 3.4 does not serve (it came with 3.5). Where etcd 3.4's
+# Not here: the Auth routes (scripts/compat_auth.sh logs in and uses tokens through the gateway),
+# and /v3/maintenance/downgrade, which etcd 3.4 does not serve (it came with 3.5). Where etcd 3.4's
 # gateway lacks a route keel serves (/v3alpha, /v3/maintenance/hashkv), each server is held to
 # its own answer: etcd's 404, keel's result.
 IS_ETCD=false

@@ -13,6 +13,11 @@
 //! replaced the log beyond it, the store is restored from that snapshot first (see
 //! `keel_server::server`).
 
+mod auth;
+
+pub use auth::{check_command, needs_admin, unwrap, wrap, SharedAuth, AUTHED_TAG, AUTH_META_KEY};
+pub use keel_auth;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -20,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use keel_mvcc::redb_backend::StoreCopy;
 
 use bytes::Bytes;
+use keel_auth::AuthCommand;
 use keel_codec::{DecodeError, Reader, Writer};
 use keel_mvcc::{
     ApplyOutcome, Backend, Command, MvccError, RangeRequest, RangeResponse, ReadView, Response, StorageError, Store,
@@ -38,6 +44,8 @@ pub enum ApplyError {
     AlreadyApplied,
     /// The backend failed; the store refuses everything until it is reopened.
     Fatal(String),
+    /// Refused by authentication or access control (etcd's auth errors); nothing changed.
+    Auth(keel_auth::AuthError),
 }
 
 /// What an applied entry answers its proposer.
@@ -47,6 +55,8 @@ pub enum Applied {
     Kv(Response),
     /// A member record was written.
     Members,
+    /// An auth command was applied.
+    Auth,
 }
 
 pub type CommandResult = Result<Applied, ApplyError>;
@@ -429,17 +439,21 @@ pub fn decode_members(data: &[u8]) -> Result<Roster, DecodeError> {
     Ok(roster)
 }
 
-/// Splits this machine's snapshot into the etcd store's snapshot and the member records (`None`
-/// for a bare store snapshot).
-pub fn split_snapshot(data: &[u8]) -> Result<(Bytes, Option<Roster>), DecodeError> {
+/// A machine snapshot's parts: the etcd store's snapshot, the member records (`None` for a bare
+/// store snapshot), the encoded auth store (`None` from a version before auth).
+pub type SnapshotParts = (Bytes, Option<Roster>, Option<Bytes>);
+
+/// Splits this machine's snapshot into its parts.
+pub fn split_snapshot(data: &[u8]) -> Result<SnapshotParts, DecodeError> {
     let Some(rest) = data.strip_prefix(SNAPSHOT_MAGIC.as_slice()) else {
-        return Ok((Bytes::copy_from_slice(data), None));
+        return Ok((Bytes::copy_from_slice(data), None, None));
     };
     let mut r = Reader::new(rest);
     let store = r.bytes("store snapshot")?;
     let members = decode_members(&r.bytes("members")?)?;
+    let auth = if r.remaining() > 0 { Some(r.bytes("auth store")?) } else { None };
     r.finish("machine snapshot")?;
-    Ok((store, Some(members)))
+    Ok((store, Some(members), auth))
 }
 
 /// Writes the members file atomically: a crash leaves the old or the new file, never a mix.
@@ -518,6 +532,10 @@ pub struct MvccMachine<B: Backend> {
     /// Where views of the store for followers' snapshots go; `None` sends the state in the
     /// snapshot itself.
     outbox: Option<Arc<SnapshotOutbox>>,
+    /// Users, roles and permissions, as of the applied index (see [`auth`]).
+    auth: SharedAuth,
+    /// Bugs planted on purpose, for the simulator to prove it catches them.
+    plants: keel_raft::Plants,
     /// When the last background checkpoint of the key index began.
     last_index_checkpoint: std::time::Instant,
     /// [`INDEX_CHECKPOINT_EVERY_REVISIONS`] and [`INDEX_CHECKPOINT_MIN_INTERVAL`], unless a test
@@ -563,7 +581,7 @@ impl<B: Backend> MvccMachine<B> {
 
     /// `interval` zero: every flush waits for the disk.
     pub fn with_durable_interval(store: Store<B>, interval: std::time::Duration) -> MvccMachine<B> {
-        MvccMachine {
+        let mut machine = MvccMachine {
             store,
             applied_commands: 0,
             entries_handed: 0,
@@ -579,9 +597,151 @@ impl<B: Backend> MvccMachine<B> {
             members_changed: false,
             restores: 0,
             outbox: None,
+            auth: SharedAuth::default(),
+            plants: keel_raft::Plants::NONE,
             last_index_checkpoint: std::time::Instant::now(),
             index_checkpoint_every: (INDEX_CHECKPOINT_EVERY_REVISIONS, INDEX_CHECKPOINT_MIN_INTERVAL),
+        };
+        machine.load_auth();
+        machine
+    }
+
+    /// Plants `plants` (with the `planted-bugs` feature; otherwise they do nothing).
+    pub fn with_plants(mut self, plants: keel_raft::Plants) -> Self {
+        self.plants = plants;
+        self
+    }
+
+    /// The auth store, shared with the server.
+    pub fn auth(&self) -> SharedAuth {
+        self.auth.clone()
+    }
+
+    /// Reads the auth store from the store's meta (empty when there is none: a store from
+    /// before auth, or a new one). A damaged one stops the machine: applying without it would
+    /// check requests differently than the other members.
+    fn load_auth(&mut self) {
+        let loaded = self.store.backend().load_meta().map_err(|error| error.to_string()).and_then(|meta| {
+            match meta.get(AUTH_META_KEY) {
+                None => Ok(keel_auth::AuthStore::new()),
+                Some(bytes) => keel_auth::AuthStore::decode(bytes).map_err(|error| format!("the auth store: {error}")),
+            }
+        });
+        match loaded {
+            Ok(store) => self.auth.replace(store),
+            Err(error) => {
+                self.fail(error);
+            }
         }
+    }
+
+    /// Applies an auth command requested by `user` (admin commands need the root role while
+    /// auth is on); a refusal still consumes the index.
+    fn apply_auth_command(&mut self, index: Index, user: &str, data: &[u8]) -> CommandResult {
+        if index <= self.store.applied_index() {
+            return Err(ApplyError::AlreadyApplied);
+        }
+        let decoded = AuthCommand::decode(data);
+        let result = match &decoded {
+            Err(error) => Err(ApplyError::Undecodable(error.to_string())),
+            Ok(command) => {
+                let auth = self.auth.clone();
+                let mut store = auth.lock();
+                let applied = if needs_admin(command) { store.check_admin(user) } else { Ok(()) }
+                    .and_then(|()| store.apply(command));
+                match applied {
+                    Ok(()) => {
+                        auth.refresh_enabled(&store);
+                        let planted = self.plants.is(keel_raft::Plant::AuthApartFromData);
+                        if !matches!(command, AuthCommand::Authenticate { .. }) && !planted {
+                            self.store.stage_host_meta(AUTH_META_KEY, store.encode());
+                        }
+                        self.applied_commands += 1;
+                        Ok(Applied::Auth)
+                    }
+                    Err(error) => Err(ApplyError::Auth(error)),
+                }
+            }
+        };
+        if let Err(error) = self.store.advance_applied(index) {
+            return Err(self.fail(error));
+        }
+        result
+    }
+
+    /// A client's request with its user: checked against the user's permissions as of this
+    /// index, then applied like any command.
+    fn apply_authed(&mut self, index: Index, data: &Bytes) -> CommandResult {
+        let (user, revision, inner) = match unwrap(data) {
+            Ok(parts) => parts,
+            Err(error) => return self.refuse_undecodable(index, error.to_string()),
+        };
+        if AuthCommand::is_auth_command(inner) {
+            return self.apply_auth_command(index, &user, inner);
+        }
+        let command = match Command::decode(inner) {
+            Ok(command) => command,
+            Err(error) => return self.refuse_undecodable(index, error.to_string()),
+        };
+        if index > self.store.applied_index() && self.auth.is_enabled() {
+            let store = &self.store;
+            let lease_keys = |id: i64| store.lease_ttl(id).map(|lease| lease.keys).unwrap_or_default();
+            let checked = check_command(&self.auth.lock(), &user, revision, &command, &lease_keys);
+            if let Err(error) = checked {
+                if let Err(error) = self.store.advance_applied(index) {
+                    return Err(self.fail(error));
+                }
+                return Err(ApplyError::Auth(error));
+            }
+        }
+        self.apply_command(index, command)
+    }
+
+    /// Applies a decoded etcd command (already checked, if it came from a client).
+    fn apply_command(&mut self, index: Index, command: Command) -> CommandResult {
+        // A keep-alive is a checkpoint at the full TTL; the store ignores one for an unknown
+        // lease, but its sender must learn the lease is gone (decided here, at apply, the same
+        // way on every replica).
+        let renews_unknown_lease =
+            matches!(command, Command::LeaseCheckpoint { id, .. } if self.store.lease_ttl(id).is_none());
+        match self.store.apply(index, &command) {
+            Ok(ApplyOutcome::Applied(_)) if renews_unknown_lease => {
+                self.applied_commands += 1;
+                Err(ApplyError::Client(MvccError::LeaseNotFound))
+            }
+            Ok(ApplyOutcome::Applied(result)) => {
+                self.applied_commands += 1;
+                if result.is_ok() {
+                    match command {
+                        Command::LeaseGrant { id, ttl_seconds } => {
+                            self.lease_changes.push(LeaseChange::Started { id, ttl_seconds })
+                        }
+                        // A checkpoint of an unknown lease is a no-op (as in etcd).
+                        Command::LeaseCheckpoint { id, remaining_ttl_seconds }
+                            if self.store.lease_ttl(id).is_some() =>
+                        {
+                            self.lease_changes.push(LeaseChange::Started { id, ttl_seconds: remaining_ttl_seconds })
+                        }
+                        Command::LeaseRevoke { id } => self.lease_changes.push(LeaseChange::Revoked { id }),
+                        _ => {}
+                    }
+                }
+                result.map(Applied::Kv).map_err(ApplyError::Client)
+            }
+            Ok(ApplyOutcome::Skipped) => Err(ApplyError::AlreadyApplied),
+            Err(error) => Err(self.fail(error)),
+        }
+    }
+
+    /// An entry this version cannot read still consumes its index, so every replica stays at
+    /// the same applied index.
+    fn refuse_undecodable(&mut self, index: Index, error: String) -> CommandResult {
+        if index > self.store.applied_index() {
+            if let Err(error) = self.store.advance_applied(index) {
+                return Err(self.fail(error));
+            }
+        }
+        Err(ApplyError::Undecodable(error))
     }
 
     /// Background checkpoints of the key index every `revisions` made durable, at most one per
@@ -622,6 +782,8 @@ impl<B: Backend> MvccMachine<B> {
         }
         self.restores += 1;
         remove_older_received(Path::new(&ticket.path));
+        // Its auth store came in its meta, with the data.
+        self.load_auth();
         match self.store.backend().load_meta() {
             Ok(meta) => {
                 if let Some(roster) = meta.get(MEMBERS_META_KEY).and_then(|m| decode_members(m).ok()) {
@@ -823,51 +985,18 @@ impl<B: Backend> StateMachine for MvccMachine<B> {
 
     fn apply(&mut self, index: Index, data: &Bytes) -> CommandResult {
         self.entries_handed += 1;
-        if data.first() == Some(&MEMBER_COMMAND_TAG) {
-            return self.apply_member_command(index, data);
+        match data.first() {
+            Some(&MEMBER_COMMAND_TAG) => return self.apply_member_command(index, data),
+            Some(&AUTHED_TAG) => return self.apply_authed(index, data),
+            // The cluster's own (none are proposed today); applied as by root.
+            Some(&AuthCommand::TAG) => return self.apply_auth_command(index, "", data),
+            _ => {}
         }
         let command = match Command::decode(data) {
             Ok(command) => command,
-            Err(error) => {
-                // Still consumes the index, so every replica stays at the same applied index.
-                if let Err(error) = self.store.advance_applied(index) {
-                    return Err(self.fail(error));
-                }
-                return Err(ApplyError::Undecodable(error.to_string()));
-            }
+            Err(error) => return self.refuse_undecodable(index, error.to_string()),
         };
-        // A keep-alive is a checkpoint at the full TTL; the store ignores one for an unknown
-        // lease, but its sender must learn the lease is gone (decided here, at apply, the same
-        // way on every replica).
-        let renews_unknown_lease =
-            matches!(command, Command::LeaseCheckpoint { id, .. } if self.store.lease_ttl(id).is_none());
-        match self.store.apply(index, &command) {
-            Ok(ApplyOutcome::Applied(_)) if renews_unknown_lease => {
-                self.applied_commands += 1;
-                Err(ApplyError::Client(MvccError::LeaseNotFound))
-            }
-            Ok(ApplyOutcome::Applied(result)) => {
-                self.applied_commands += 1;
-                if result.is_ok() {
-                    match command {
-                        Command::LeaseGrant { id, ttl_seconds } => {
-                            self.lease_changes.push(LeaseChange::Started { id, ttl_seconds })
-                        }
-                        // A checkpoint of an unknown lease is a no-op (as in etcd).
-                        Command::LeaseCheckpoint { id, remaining_ttl_seconds }
-                            if self.store.lease_ttl(id).is_some() =>
-                        {
-                            self.lease_changes.push(LeaseChange::Started { id, ttl_seconds: remaining_ttl_seconds })
-                        }
-                        Command::LeaseRevoke { id } => self.lease_changes.push(LeaseChange::Revoked { id }),
-                        _ => {}
-                    }
-                }
-                result.map(Applied::Kv).map_err(ApplyError::Client)
-            }
-            Ok(ApplyOutcome::Skipped) => Err(ApplyError::AlreadyApplied),
-            Err(error) => Err(self.fail(error)),
-        }
+        self.apply_command(index, command)
     }
 
     /// The member record a membership change carries is applied with it, in the same entry. A
@@ -948,7 +1077,7 @@ impl<B: Backend> StateMachine for MvccMachine<B> {
         }
         let store = self.store.snapshot().map_err(|e| e.to_string())?;
         let mut w = Writer::with_capacity(store.len() + 256);
-        w.bytes(&store).bytes(&encode_members(&self.roster));
+        w.bytes(&store).bytes(&encode_members(&self.roster)).bytes(&self.auth.lock().encode());
         let mut out = SNAPSHOT_MAGIC.to_vec();
         out.extend(w.into_vec());
         Ok(Bytes::from(out))
@@ -959,17 +1088,20 @@ impl<B: Backend> StateMachine for MvccMachine<B> {
             self.install_file(&ticket);
             return;
         }
-        let (store, members) = match split_snapshot(data) {
+        let (store, members, auth) = match split_snapshot(data) {
             Ok(parts) => parts,
             Err(error) => {
                 self.fail(format!("undecodable snapshot: {error}"));
                 return;
             }
         };
-        if let Err(error) = self.store.restore(&store) {
+        // The auth store goes into the store's meta in the same write as the data it belongs to.
+        let host_meta = auth.map(|auth| vec![(AUTH_META_KEY, auth.to_vec())]).unwrap_or_default();
+        if let Err(error) = self.store.restore_with_meta(&store, host_meta) {
             self.fail(error);
             return;
         }
+        self.load_auth();
         self.restores += 1;
         if let Some(roster) = members {
             self.set_members(roster);
@@ -1165,12 +1297,12 @@ mod tests {
         w.bytes(b"store bytes").bytes(&encode_members(&roster));
         let mut snapshot = SNAPSHOT_MAGIC.to_vec();
         snapshot.extend(w.into_vec());
-        let (store, decoded) = split_snapshot(&snapshot).expect("splits");
+        let (store, decoded, auth) = split_snapshot(&snapshot).expect("splits");
         assert_eq!(&store[..], b"store bytes");
-        assert_eq!(decoded, Some(roster));
+        assert_eq!((decoded, auth), (Some(roster), None), "no auth store: from a version before auth");
         // A bare store snapshot (from before member records) passes through whole.
-        let (store, decoded) = split_snapshot(b"KEELMVCC...").expect("bare");
-        assert_eq!((&store[..], decoded), (&b"KEELMVCC..."[..], None));
+        let (store, decoded, auth) = split_snapshot(b"KEELMVCC...").expect("bare");
+        assert_eq!((&store[..], decoded, auth), (&b"KEELMVCC..."[..], None, None));
     }
 }
 

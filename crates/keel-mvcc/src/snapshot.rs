@@ -129,7 +129,18 @@ impl<B: Backend> Store<B> {
     /// Replaces the whole state with a snapshot's (one backend transaction), dropping
     /// pending changes and undrained events. Malformed bytes leave the store unchanged.
     pub fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError> {
-        let batch = decode_snapshot(snapshot)?;
+        self.restore_with_meta(snapshot, Vec::new())
+    }
+
+    /// [`Store::restore`], with meta entries of the host's own (see [`Store::stage_host_meta`])
+    /// replaced in the same atomic write.
+    pub fn restore_with_meta(
+        &mut self,
+        snapshot: &[u8],
+        host_meta: Vec<(&'static str, Vec<u8>)>,
+    ) -> Result<(), SnapshotError> {
+        let mut batch = decode_snapshot(snapshot)?;
+        batch.meta.extend(host_meta);
         let result = self.backend.replace_all(&batch).and_then(|()| self.load());
         if let Err(e) = result {
             // The in-memory state no longer matches anything: force a reopen.

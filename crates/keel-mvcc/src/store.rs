@@ -428,6 +428,13 @@ impl<B: Backend> Store<B> {
         Ok(out)
     }
 
+    /// Sets a meta entry of the host's own (e.g. the auth store), committed atomically with the
+    /// changes applied so far and the applied index: on a restart it reflects exactly the
+    /// entries up to the durable applied index, like the data.
+    pub fn stage_host_meta(&mut self, name: &'static str, value: Vec<u8>) {
+        self.pending.meta.insert(name, value);
+    }
+
     pub(crate) fn stage_meta(&mut self) {
         let m = &mut self.pending.meta;
         m.insert(META_APPLIED_INDEX, (self.applied_index as i64).to_be_bytes().to_vec());

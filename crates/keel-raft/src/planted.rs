@@ -30,10 +30,14 @@ pub enum Plant {
     /// The fail-slow detector judges every member's disk slow: leaders hand off and everyone is
     /// reluctant to campaign. Not a safety bug either: only churn and slower elections.
     SlowAlways = 1 << 8,
+    /// The etcd state machine keeps changes to users, roles and permissions in memory only, not
+    /// in the store beside the data: after a restart a member checks requests against an older
+    /// auth store than the others, and they diverge.
+    AuthApartFromData = 1 << 9,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 7] = [
+    pub const ALL: [Plant; 8] = [
         Plant::CommitOldTerm,
         Plant::DoubleVote,
         Plant::AckBeforeDurable,
@@ -41,6 +45,7 @@ impl Plant {
         Plant::CompactBeyondDurable,
         Plant::ReforwardUnknown,
         Plant::TornTailAnywhere,
+        Plant::AuthApartFromData,
     ];
 
     /// Plants that must *not* break safety: the simulator shows their runs stay clean.
@@ -57,6 +62,7 @@ impl Plant {
             Plant::TornTailAnywhere => "torn-tail-anywhere",
             Plant::SuspectAlways => "suspect-always",
             Plant::SlowAlways => "slow-always",
+            Plant::AuthApartFromData => "auth-apart-from-data",
         }
     }
 

@@ -100,6 +100,8 @@ pub struct ServerConfig {
     pub election_timeout_ms: u64,
     pub max_request_bytes: u64,
     pub max_txn_ops: u64,
+    /// `--auth-token-ttl`: seconds a simple token lives unused.
+    pub auth_token_ttl_seconds: u64,
     pub snapshot_count: u64,
     /// 0 means etcd's default of 2 GiB.
     pub quota_backend_bytes: u64,
@@ -191,6 +193,8 @@ const FLAGS: &[(&str, &str)] = &[
     ("election-timeout", "1000"),
     ("max-request-bytes", "1572864"),
     ("max-txn-ops", "128"),
+    ("auth-token", "simple"),
+    ("auth-token-ttl", "300"),
     ("snapshot-count", "100000"),
     ("quota-backend-bytes", "0"),
     ("max-wals", "5"),
@@ -362,6 +366,15 @@ impl ServerConfig {
                 })
             }
         };
+        // etcd's `--auth-token simple` (the default) or `jwt,...`; only simple tokens so far.
+        let auth_token = get("auth-token");
+        if auth_token.split(',').next() != Some("simple") {
+            return Err(ConfigError::Invalid {
+                flag: "auth-token",
+                value: auth_token,
+                reason: "only simple tokens are supported yet".into(),
+            });
+        }
         let retention = get("auto-compaction-retention");
         let invalid_retention = |reason: &str| ConfigError::Invalid {
             flag: "auto-compaction-retention",
@@ -418,6 +431,7 @@ impl ServerConfig {
             election_timeout_ms: number("election-timeout", &get("election-timeout"))?,
             max_request_bytes: number("max-request-bytes", &get("max-request-bytes"))?,
             max_txn_ops: number("max-txn-ops", &get("max-txn-ops"))?,
+            auth_token_ttl_seconds: number("auth-token-ttl", &get("auth-token-ttl"))?,
             snapshot_count: number("snapshot-count", &get("snapshot-count"))?,
             quota_backend_bytes: number("quota-backend-bytes", &get("quota-backend-bytes"))?,
             name,
@@ -452,6 +466,13 @@ impl ServerConfig {
                 flag: "election-timeout",
                 value: self.election_timeout_ms.to_string(),
                 reason: format!("must be at most {ELECTION_TIMEOUT_MS_MAX} ms"),
+            });
+        }
+        if self.auth_token_ttl_seconds == 0 {
+            return Err(ConfigError::Invalid {
+                flag: "auth-token-ttl",
+                value: "0".into(),
+                reason: "must be > 0".into(),
             });
         }
         if self.max_txn_ops == 0 {

@@ -22,7 +22,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use keel_api::etcdserverpb::{
-    self as pb, cluster_server::Cluster, kv_server::Kv, lease_server::Lease, maintenance_server::Maintenance,
+    self as pb, auth_server::Auth, cluster_server::Cluster, kv_server::Kv, lease_server::Lease,
+    maintenance_server::Maintenance,
 };
 use keel_api::tonic::{self, Code, Status};
 use keel_api::v3electionpb::election_server::Election;
@@ -33,6 +34,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio_stream::{Stream, StreamExt};
 
+use crate::api::auth::AuthService;
 use crate::api::cluster::ClusterService;
 use crate::api::concurrency::{ElectionService, LockService};
 use crate::api::kv::KvService;
@@ -54,7 +56,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
             let path = format!("{prefix}{rest}");
             router = router.route(
                 &path,
-                post(move |State(shared): State<Arc<Shared>>, body: Bytes| dispatch(shared, route, body)),
+                post(move |State(shared): State<Arc<Shared>>, headers: axum::http::HeaderMap, body: Bytes| {
+                    dispatch(shared, route, headers, body)
+                }),
             );
         }
     }
@@ -85,8 +89,17 @@ pub async fn not_found(request: HttpRequest) -> Response {
     }
 }
 
-/// Calls the route's gRPC method with the request the body holds.
-async fn dispatch(shared: Arc<Shared>, route: GatewayRoute, body: Bytes) -> Response {
+/// Calls the route's gRPC method with the request the body holds, and the token the
+/// `Authorization` header holds (etcd's gateway passes it on as the `token` metadata).
+async fn dispatch(shared: Arc<Shared>, route: GatewayRoute, headers: axum::http::HeaderMap, body: Bytes) -> Response {
+    let token = headers.get(header::AUTHORIZATION).cloned();
+    let token = token.as_ref();
+    macro_rules! req {
+        ($message:expr) => {
+            with_token($message, token)
+        };
+    }
+    let auth = || AuthService { shared: shared.clone(), issued: Default::default() };
     let kv = || KvService { shared: shared.clone() };
     let lease = || LeaseService { shared: shared.clone() };
     let cluster = || ClusterService { shared: shared.clone() };
@@ -94,100 +107,153 @@ async fn dispatch(shared: Arc<Shared>, route: GatewayRoute, body: Bytes) -> Resp
     let lock = || LockService { shared: shared.clone() };
     let election = || ElectionService { shared: shared.clone() };
     match (route.service, route.method) {
-        ("etcdserverpb.KV", "Range") => unary(&body, |r| async move { Kv::range(&kv(), req(r)).await }).await,
-        ("etcdserverpb.KV", "Put") => unary(&body, |r| async move { Kv::put(&kv(), req(r)).await }).await,
+        ("etcdserverpb.KV", "Range") => unary(&body, |r| async move { Kv::range(&kv(), req!(r)).await }).await,
+        ("etcdserverpb.KV", "Put") => unary(&body, |r| async move { Kv::put(&kv(), req!(r)).await }).await,
         ("etcdserverpb.KV", "DeleteRange") => {
-            unary(&body, |r| async move { Kv::delete_range(&kv(), req(r)).await }).await
+            unary(&body, |r| async move { Kv::delete_range(&kv(), req!(r)).await }).await
         }
-        ("etcdserverpb.KV", "Txn") => unary(&body, |r| async move { Kv::txn(&kv(), req(r)).await }).await,
-        ("etcdserverpb.KV", "Compact") => unary(&body, |r| async move { Kv::compact(&kv(), req(r)).await }).await,
-        ("etcdserverpb.Watch", "Watch") => watch(shared.clone(), &body),
+        ("etcdserverpb.KV", "Txn") => unary(&body, |r| async move { Kv::txn(&kv(), req!(r)).await }).await,
+        ("etcdserverpb.KV", "Compact") => unary(&body, |r| async move { Kv::compact(&kv(), req!(r)).await }).await,
+        ("etcdserverpb.Watch", "Watch") => {
+            watch(shared.clone(), &body, token.and_then(|t| t.to_str().ok()).map(str::to_string))
+        }
         ("etcdserverpb.Lease", "LeaseGrant") => {
-            unary(&body, |r| async move { Lease::lease_grant(&lease(), req(r)).await }).await
+            unary(&body, |r| async move { Lease::lease_grant(&lease(), req!(r)).await }).await
         }
         ("etcdserverpb.Lease", "LeaseRevoke") => {
-            unary(&body, |r| async move { Lease::lease_revoke(&lease(), req(r)).await }).await
+            unary(&body, |r| async move { Lease::lease_revoke(&lease(), req!(r)).await }).await
         }
         ("etcdserverpb.Lease", "LeaseKeepAlive") => keep_alive(lease(), &body),
         ("etcdserverpb.Lease", "LeaseTimeToLive") => {
-            unary(&body, |r| async move { Lease::lease_time_to_live(&lease(), req(r)).await }).await
+            unary(&body, |r| async move { Lease::lease_time_to_live(&lease(), req!(r)).await }).await
         }
         ("etcdserverpb.Lease", "LeaseLeases") => {
-            unary(&body, |r| async move { Lease::lease_leases(&lease(), req(r)).await }).await
+            unary(&body, |r| async move { Lease::lease_leases(&lease(), req!(r)).await }).await
         }
         ("etcdserverpb.Cluster", "MemberAdd") => {
-            unary(&body, |r| async move { Cluster::member_add(&cluster(), req(r)).await }).await
+            unary(&body, |r| async move { Cluster::member_add(&cluster(), req!(r)).await }).await
         }
         ("etcdserverpb.Cluster", "MemberRemove") => {
-            unary(&body, |r| async move { Cluster::member_remove(&cluster(), req(r)).await }).await
+            unary(&body, |r| async move { Cluster::member_remove(&cluster(), req!(r)).await }).await
         }
         ("etcdserverpb.Cluster", "MemberUpdate") => {
-            unary(&body, |r| async move { Cluster::member_update(&cluster(), req(r)).await }).await
+            unary(&body, |r| async move { Cluster::member_update(&cluster(), req!(r)).await }).await
         }
         ("etcdserverpb.Cluster", "MemberList") => {
-            unary(&body, |r| async move { Cluster::member_list(&cluster(), req(r)).await }).await
+            unary(&body, |r| async move { Cluster::member_list(&cluster(), req!(r)).await }).await
         }
         ("etcdserverpb.Cluster", "MemberPromote") => {
-            unary(&body, |r| async move { Cluster::member_promote(&cluster(), req(r)).await }).await
+            unary(&body, |r| async move { Cluster::member_promote(&cluster(), req!(r)).await }).await
         }
         ("etcdserverpb.Maintenance", "Alarm") => {
-            unary(&body, |r| async move { Maintenance::alarm(&maintenance(), req(r)).await }).await
+            unary(&body, |r| async move { Maintenance::alarm(&maintenance(), req!(r)).await }).await
         }
         ("etcdserverpb.Maintenance", "Status") => {
-            unary(&body, |r| async move { Maintenance::status(&maintenance(), req(r)).await }).await
+            unary(&body, |r| async move { Maintenance::status(&maintenance(), req!(r)).await }).await
         }
         ("etcdserverpb.Maintenance", "Defragment") => {
-            unary(&body, |r| async move { Maintenance::defragment(&maintenance(), req(r)).await }).await
+            unary(&body, |r| async move { Maintenance::defragment(&maintenance(), req!(r)).await }).await
         }
         ("etcdserverpb.Maintenance", "Hash") => {
-            unary(&body, |r| async move { Maintenance::hash(&maintenance(), req(r)).await }).await
+            unary(&body, |r| async move { Maintenance::hash(&maintenance(), req!(r)).await }).await
         }
         ("etcdserverpb.Maintenance", "HashKV") => {
-            unary(&body, |r| async move { Maintenance::hash_kv(&maintenance(), req(r)).await }).await
+            unary(&body, |r| async move { Maintenance::hash_kv(&maintenance(), req!(r)).await }).await
         }
         ("etcdserverpb.Maintenance", "Snapshot") => {
-            server_stream(
-                &body,
-                |r: pb::SnapshotRequest| async move { Maintenance::snapshot(&maintenance(), req(r)).await },
-            )
+            server_stream(&body, |r: pb::SnapshotRequest| async move {
+                Maintenance::snapshot(&maintenance(), req!(r)).await
+            })
             .await
         }
         ("etcdserverpb.Maintenance", "MoveLeader") => {
-            unary(&body, |r| async move { Maintenance::move_leader(&maintenance(), req(r)).await }).await
+            unary(&body, |r| async move { Maintenance::move_leader(&maintenance(), req!(r)).await }).await
         }
         ("etcdserverpb.Maintenance", "Downgrade") => {
-            unary(&body, |r| async move { Maintenance::downgrade(&maintenance(), req(r)).await }).await
+            unary(&body, |r| async move { Maintenance::downgrade(&maintenance(), req!(r)).await }).await
         }
-        ("v3lockpb.Lock", "Lock") => unary(&body, |r| async move { Lock::lock(&lock(), req(r)).await }).await,
-        ("v3lockpb.Lock", "Unlock") => unary(&body, |r| async move { Lock::unlock(&lock(), req(r)).await }).await,
+        ("v3lockpb.Lock", "Lock") => unary(&body, |r| async move { Lock::lock(&lock(), req!(r)).await }).await,
+        ("v3lockpb.Lock", "Unlock") => unary(&body, |r| async move { Lock::unlock(&lock(), req!(r)).await }).await,
         ("v3electionpb.Election", "Campaign") => {
-            unary(&body, |r| async move { Election::campaign(&election(), req(r)).await }).await
+            unary(&body, |r| async move { Election::campaign(&election(), req!(r)).await }).await
         }
         ("v3electionpb.Election", "Proclaim") => {
-            unary(&body, |r| async move { Election::proclaim(&election(), req(r)).await }).await
+            unary(&body, |r| async move { Election::proclaim(&election(), req!(r)).await }).await
         }
         ("v3electionpb.Election", "Leader") => {
-            unary(&body, |r| async move { Election::leader(&election(), req(r)).await }).await
+            unary(&body, |r| async move { Election::leader(&election(), req!(r)).await }).await
         }
         ("v3electionpb.Election", "Observe") => {
             server_stream(&body, |r: keel_api::v3electionpb::LeaderRequest| async move {
-                Election::observe(&election(), req(r)).await
+                Election::observe(&election(), req!(r)).await
             })
             .await
         }
         ("v3electionpb.Election", "Resign") => {
-            unary(&body, |r| async move { Election::resign(&election(), req(r)).await }).await
+            unary(&body, |r| async move { Election::resign(&election(), req!(r)).await }).await
         }
-        // The Auth service: not implemented yet, as over gRPC.
-        ("etcdserverpb.Auth", method) => {
-            error_response(&Status::unimplemented(format!("etcdserverpb.Auth/{method} is not implemented")))
+        ("etcdserverpb.Auth", "AuthEnable") => {
+            unary(&body, |r| async move { Auth::auth_enable(&auth(), req!(r)).await }).await
+        }
+        ("etcdserverpb.Auth", "AuthDisable") => {
+            unary(&body, |r| async move { Auth::auth_disable(&auth(), req!(r)).await }).await
+        }
+        ("etcdserverpb.Auth", "AuthStatus") => {
+            unary(&body, |r| async move { Auth::auth_status(&auth(), req!(r)).await }).await
+        }
+        ("etcdserverpb.Auth", "Authenticate") => {
+            unary(&body, |r| async move { Auth::authenticate(&auth(), req!(r)).await }).await
+        }
+        ("etcdserverpb.Auth", "UserAdd") => {
+            unary(&body, |r| async move { Auth::user_add(&auth(), req!(r)).await }).await
+        }
+        ("etcdserverpb.Auth", "UserGet") => {
+            unary(&body, |r| async move { Auth::user_get(&auth(), req!(r)).await }).await
+        }
+        ("etcdserverpb.Auth", "UserList") => {
+            unary(&body, |r| async move { Auth::user_list(&auth(), req!(r)).await }).await
+        }
+        ("etcdserverpb.Auth", "UserDelete") => {
+            unary(&body, |r| async move { Auth::user_delete(&auth(), req!(r)).await }).await
+        }
+        ("etcdserverpb.Auth", "UserChangePassword") => {
+            unary(&body, |r| async move { Auth::user_change_password(&auth(), req!(r)).await }).await
+        }
+        ("etcdserverpb.Auth", "UserGrantRole") => {
+            unary(&body, |r| async move { Auth::user_grant_role(&auth(), req!(r)).await }).await
+        }
+        ("etcdserverpb.Auth", "UserRevokeRole") => {
+            unary(&body, |r| async move { Auth::user_revoke_role(&auth(), req!(r)).await }).await
+        }
+        ("etcdserverpb.Auth", "RoleAdd") => {
+            unary(&body, |r| async move { Auth::role_add(&auth(), req!(r)).await }).await
+        }
+        ("etcdserverpb.Auth", "RoleGet") => {
+            unary(&body, |r| async move { Auth::role_get(&auth(), req!(r)).await }).await
+        }
+        ("etcdserverpb.Auth", "RoleList") => {
+            unary(&body, |r| async move { Auth::role_list(&auth(), req!(r)).await }).await
+        }
+        ("etcdserverpb.Auth", "RoleDelete") => {
+            unary(&body, |r| async move { Auth::role_delete(&auth(), req!(r)).await }).await
+        }
+        ("etcdserverpb.Auth", "RoleGrantPermission") => {
+            unary(&body, |r| async move { Auth::role_grant_permission(&auth(), req!(r)).await }).await
+        }
+        ("etcdserverpb.Auth", "RoleRevokePermission") => {
+            unary(&body, |r| async move { Auth::role_revoke_permission(&auth(), req!(r)).await }).await
         }
         (service, method) => error_response(&Status::unimplemented(format!("{service}/{method}: no gateway route"))),
     }
 }
 
-fn req<T>(message: T) -> tonic::Request<T> {
-    tonic::Request::new(message)
+fn with_token<T>(message: T, token: Option<&axum::http::HeaderValue>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let token = token.and_then(|t| t.to_str().ok()).and_then(|t| t.parse().ok());
+    if let Some(token) = token {
+        request.metadata_mut().insert("token", token);
+    }
+    request
 }
 
 /// A request from the body: empty means the empty request (as etcd's gateway reads it).
@@ -246,13 +312,13 @@ where
 
 /// `POST /v3/watch`: the body's requests open (or cancel) watches on one watch stream, which
 /// stays open after the body ends, as etcd's does.
-fn watch(shared: Arc<Shared>, body: &[u8]) -> Response {
+fn watch(shared: Arc<Shared>, body: &[u8], token: Option<String>) -> Response {
     let requests = match decode_all::<pb::WatchRequest>(body) {
         Ok(requests) => requests,
         Err(status) => return error_response(&status),
     };
     let incoming = tokio_stream::iter(requests.into_iter().map(Ok)).chain(tokio_stream::pending());
-    stream_response(crate::api::watch::open(shared, Box::pin(incoming)))
+    stream_response(crate::api::watch::open(shared, Box::pin(incoming), token))
 }
 
 /// `POST /v3/lease/keepalive`: each request in the body renews its lease once.
@@ -346,8 +412,7 @@ mod tests {
         let source = include_str!("gateway.rs");
         for route in GATEWAY_ROUTES {
             let arm = format!("(\"{}\", \"{}\")", route.service, route.method);
-            let auth = route.service == "etcdserverpb.Auth";
-            assert!(auth || source.contains(&arm), "no gateway dispatch for {arm} ({})", route.path);
+            assert!(source.contains(&arm), "no gateway dispatch for {arm} ({})", route.path);
         }
         assert!(GATEWAY_ROUTES.len() >= 50, "the routes come from the protos: {}", GATEWAY_ROUTES.len());
     }

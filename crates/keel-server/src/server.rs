@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keel_api::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use keel_api::tonic;
@@ -26,6 +26,7 @@ use keel_raft::{Config, NodeId, RecoveredState};
 use keel_storage::{Disk, NodeStorage, RealDisk, StorageOptions};
 use thiserror::Error;
 
+use crate::api::auth::AuthService;
 use crate::api::cluster::ClusterService;
 use crate::api::concurrency::{ElectionService, LockService};
 use crate::api::kv::KvService;
@@ -177,9 +178,10 @@ fn store_up_to(
                     snapshot.meta.index
                 )));
             } else {
-                let (store_snapshot, _) =
+                let (store_snapshot, _, auth) =
                     split_snapshot(&snapshot.data).map_err(|e| ServerError::Config(e.to_string()))?;
-                store.restore(&store_snapshot).map_err(|error| {
+                let host_meta = auth.map(|auth| vec![(keel_machine::AUTH_META_KEY, auth.to_vec())]).unwrap_or_default();
+                store.restore_with_meta(&store_snapshot, host_meta).map_err(|error| {
                     ServerError::Config(format!("restore the store from the raft snapshot: {error}"))
                 })?;
             }
@@ -310,6 +312,19 @@ fn open_node(
     Ok((node, storage))
 }
 
+/// Forgets simple tokens nobody used for `ttl_seconds` (etcd's `--auth-token-ttl`), checking
+/// every second.
+async fn sweep_tokens(auth: crate::machine::SharedAuth, ttl_seconds: u64) {
+    let started = std::time::Instant::now();
+    auth.lock().tokens().set_ttl_ms(ttl_seconds.saturating_mul(1000));
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        let now_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        auth.lock().tokens().sweep(now_ms);
+    }
+}
+
 /// Runs the member until Ctrl-C or SIGTERM.
 pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     let membership = membership(&config)?;
@@ -319,6 +334,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     let outbox = Arc::new(SnapshotOutbox::default());
     let (node, storage) = open_node(&config, &dir, me, &membership.members, outbox.clone())?;
     let current_members = node.machine(GROUP).map(|m| m.members().clone()).unwrap_or_default();
+    let auth = node.machine(GROUP).map(|m| m.auth()).unwrap_or_default();
 
     let metrics = Arc::new(Metrics::default());
     let base = HeaderBase { cluster_id: membership.cluster_id, member_id: me };
@@ -476,6 +492,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         read_slots: Arc::new(tokio::sync::Semaphore::new(crate::api::READS_AT_ONCE)),
         faults,
         gossip: gossip_view.clone(),
+        auth,
     });
 
     tracing::info!(
@@ -502,6 +519,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         }
         .run(),
     );
+    runtime.spawn(sweep_tokens(shared.auth.clone(), config.auth_token_ttl_seconds));
     let served = runtime.block_on(serve_clients(config, shared.clone()));
     // A graceful stop (the signal came; the client listeners still answer until the runtime
     // goes, but the driver takes nothing after this turn): it drops the node and so closes the
@@ -562,7 +580,8 @@ async fn serve_clients(config: ServerConfig, shared: Arc<Shared>) -> Result<(), 
         .add_service(ClusterServer::new(ClusterService { shared: shared.clone() }))
         .add_service(MaintenanceServer::new(MaintenanceService { shared: shared.clone() }))
         .add_service(LockServer::new(LockService { shared: shared.clone() }))
-        .add_service(ElectionServer::new(ElectionService { shared: shared.clone() }));
+        .add_service(ElectionServer::new(ElectionService { shared: shared.clone() }))
+        .add_service(AuthServer::new(AuthService { shared: shared.clone(), issued: Default::default() }));
     // Unknown paths: etcd's 404, or gRPC's Unimplemented for gRPC clients (the fallback set
     // last replaces tonic's, which answered every unknown path 200 with grpc-status 12).
     let app = routes

@@ -7,6 +7,8 @@ use keel_mvcc::MvccError;
 use keel_node::RequestError;
 use keel_raft::RaftError;
 
+use keel_auth::AuthError;
+
 use crate::machine::ApplyError;
 
 pub const REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
@@ -77,8 +79,32 @@ pub fn from_mvcc(error: &MvccError) -> Status {
     }
 }
 
+/// etcd's code for each auth error (`rpctypes`); the message is the error's own.
+pub fn from_auth(error: AuthError) -> Status {
+    let code = match error {
+        AuthError::UserEmpty
+        | AuthError::RoleEmpty
+        | AuthError::AuthFailed
+        | AuthError::InvalidAuthMgmt
+        | AuthError::AuthOldRevision => Code::InvalidArgument,
+        AuthError::PermissionDenied => Code::PermissionDenied,
+        AuthError::InvalidAuthToken => Code::Unauthenticated,
+        AuthError::RootUserNotExist
+        | AuthError::RootRoleNotExist
+        | AuthError::UserAlreadyExist
+        | AuthError::UserNotFound
+        | AuthError::RoleAlreadyExist
+        | AuthError::RoleNotFound
+        | AuthError::RoleNotGranted
+        | AuthError::PermissionNotGranted
+        | AuthError::AuthNotEnabled => Code::FailedPrecondition,
+    };
+    Status::new(code, error.to_string())
+}
+
 pub fn from_apply(error: &ApplyError) -> Status {
     match error {
+        ApplyError::Auth(error) => from_auth(*error),
         ApplyError::Client(error) => from_mvcc(error),
         // Replaying an entry after a restart never reaches a client; treat it as unknown.
         ApplyError::AlreadyApplied => Status::unavailable(TIMEOUT),
@@ -116,5 +142,12 @@ mod tests {
         assert_eq!((no_leader.code(), no_leader.message()), (Code::Unavailable, "etcdserver: no leader"));
         assert_eq!(too_large().message(), "etcdserver: request is too large");
         assert_eq!(too_many_ops().code(), Code::InvalidArgument);
+        let denied = from_auth(AuthError::PermissionDenied);
+        assert_eq!((denied.code(), denied.message()), (Code::PermissionDenied, "etcdserver: permission denied"));
+        let token = from_auth(AuthError::InvalidAuthToken);
+        assert_eq!((token.code(), token.message()), (Code::Unauthenticated, "etcdserver: invalid auth token"));
+        for error in AuthError::ALL {
+            assert!(from_auth(error).message().starts_with("etcdserver: "), "{error:?}");
+        }
     }
 }

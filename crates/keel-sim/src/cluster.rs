@@ -249,6 +249,7 @@ impl Cluster {
         let mut rng = SplitMix64::new(opts.seed ^ RUN_SALT);
         let mut drawn = Swarm::draw(&mut rng);
         drawn.draw_self_healing(opts.seed);
+        drawn.draw_auth(opts.seed);
         let swarm = opts.swarm.clone().unwrap_or(drawn);
         let mut cluster = Cluster {
             swarm,
@@ -440,7 +441,7 @@ impl Cluster {
             let mut state = recovered.remove(&group).map_or_else(RecoveredState::default, |g| g.raft_state());
             let disk = member.machine_disks.entry(group).or_default();
             let mut machine = if etcd {
-                SimMachine::Etcd(Box::new(EtcdMachine::open(disk.etcd.clone(), durable_every)))
+                SimMachine::Etcd(Box::new(EtcdMachine::open(disk.etcd.clone(), durable_every, plants)))
             } else if persistent {
                 SimMachine::Kv(KvMachine::persistent(disk.kv.clone(), durable_every))
             } else {

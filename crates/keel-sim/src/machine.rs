@@ -26,6 +26,9 @@ use crate::kv::{self, hash_bytes, KvDisk, KvMachine};
 /// but the answer is unknown.
 pub const SKIPPED: &[u8] = &[0xff];
 
+/// Where [`SimMachine::state`] puts the auth store (clients write only `k....` keys).
+const AUTH_STATE_KEY: &[u8] = b"\xffauth";
+
 /// What an etcd machine holds durably: the memory backend as of its last durable commit (a
 /// clone of a memory backend is exactly its committed state). Survives the member's crashes.
 pub type EtcdDisk = Arc<Mutex<Option<MemBackend>>>;
@@ -88,11 +91,12 @@ pub fn encode_etcd(input: &KvInput) -> Bytes {
 
 impl EtcdMachine {
     /// Starts from what `disk` holds (nothing, for a new member), durable every `every` flushes.
-    pub fn open(disk: EtcdDisk, every: u32) -> EtcdMachine {
+    pub fn open(disk: EtcdDisk, every: u32, plants: keel_raft::Plants) -> EtcdMachine {
         let backend = disk.lock().expect("etcd disk").clone().unwrap_or_default();
         let store = Store::open(backend, StoreOptions::default()).expect("a memory backend's committed state opens");
         let durable_seen = store.durable_applied_index();
-        EtcdMachine { inner: MvccMachine::with_durable_every(store, every), applied: Vec::new(), disk, durable_seen }
+        let inner = MvccMachine::with_durable_every(store, every).with_plants(plants);
+        EtcdMachine { inner, applied: Vec::new(), disk, durable_seen }
     }
 
     /// Copies the backend to the disk whenever the store made more durable.
@@ -104,13 +108,16 @@ impl EtcdMachine {
         }
     }
 
+    /// The keys, and the auth store under a key no client writes: members must agree on both.
     fn state(&self) -> BTreeMap<Vec<u8>, Vec<u8>> {
         let all =
             RangeRequest { key: Bytes::from_static(b"\0"), range_end: Bytes::from_static(b"\0"), ..Default::default() };
-        match self.inner.store().range(&all) {
+        let mut state: BTreeMap<Vec<u8>, Vec<u8>> = match self.inner.store().range(&all) {
             Ok(response) => response.kvs.into_iter().map(|kv| (kv.key.to_vec(), kv.value.to_vec())).collect(),
             Err(_) => BTreeMap::new(),
-        }
+        };
+        state.insert(AUTH_STATE_KEY.to_vec(), self.inner.auth().lock().encode());
+        state
     }
 }
 
@@ -141,12 +148,16 @@ impl SimMachine {
         }
     }
 
-    /// A client operation as this machine's command or query.
-    pub fn encode(etcd: bool, input: &KvInput) -> Bytes {
-        if etcd {
-            encode_etcd(input)
-        } else {
-            kv::encode(input)
+    /// A client operation as this machine's command or query. With `as_root`, an etcd command
+    /// carries the user root, as the server's do while auth is on, so it is checked as it applies
+    /// (root's role allows everything: the answers do not change, only the path they take).
+    pub fn encode(etcd: bool, as_root: bool, input: &KvInput) -> Bytes {
+        match (etcd, input) {
+            (false, _) => kv::encode(input),
+            (true, KvInput::Get { .. }) => encode_etcd(input),
+            // A revision no store reaches: root's requests are never refused as stale.
+            (true, _) if as_root => Bytes::from(keel_machine::wrap("root", u64::MAX, &encode_etcd(input))),
+            (true, _) => encode_etcd(input),
         }
     }
 }

@@ -20,6 +20,9 @@ pub struct Swarm {
     pub pause_ppm: u64,
     pub transfer_ppm: u64,
     pub membership_ppm: u64,
+    /// Changes to users, roles and permissions (and auth on or off) proposed under load, on the
+    /// etcd machine; the clients' requests then carry a user, checked as they apply.
+    pub auth_ppm: u64,
     pub snapshot_interval_entries: u64,
     /// Members tick every 10 ms ± this much (clock drift between members).
     pub tick_drift_ms: u64,
@@ -102,6 +105,7 @@ impl Swarm {
             pause_ppm: 0,
             transfer_ppm: 0,
             membership_ppm: 0,
+            auth_ppm: 0,
             snapshot_interval_entries: 10_000,
             tick_drift_ms: 0,
             safety_ms,
@@ -143,6 +147,15 @@ impl Swarm {
         }
     }
 
+    /// Auth churn, for runs of the etcd machine, from a random stream of its own for the same
+    /// reason as [`Swarm::draw_self_healing`]: runs without it replay exactly as before.
+    pub fn draw_auth(&mut self, seed: u64) {
+        let mut rng = SplitMix64::new(seed ^ 0xA77E_570F_C0DE_5A17);
+        if self.etcd_machine && rng.range(0, 2) == 0 {
+            self.auth_ppm = rng.range(500, 5_001);
+        }
+    }
+
     pub fn draw(rng: &mut SplitMix64) -> Swarm {
         let mut swarm = Swarm {
             founding_members: if rng.range(0, 4) == 0 { 5 } else { 3 },
@@ -158,6 +171,7 @@ impl Swarm {
             pause_ppm: maybe(rng, 1_000),
             transfer_ppm: maybe(rng, 1_000),
             membership_ppm: maybe(rng, 1_500),
+            auth_ppm: 0,
             snapshot_interval_entries: rng.range(5, 200),
             tick_drift_ms: rng.range(0, 2),
             safety_ms: 3_000,

@@ -104,6 +104,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        // Root only, while auth is on (etcd's IsAdminPermitted).
+        self.shared.check_admin(&self.shared.caller(&request)?)?;
         let request = request.into_inner();
         let urls = request
             .peer_ur_ls
@@ -139,6 +141,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        // Root only, while auth is on (etcd's IsAdminPermitted).
+        self.shared.check_admin(&self.shared.caller(&request)?)?;
         let id = request.into_inner().id;
         self.record(id).await?;
         self.change_membership(ConfChange::Remove(id), MemberCommand::Remove(id)).await?;
@@ -149,6 +153,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        // Root only, while auth is on (etcd's IsAdminPermitted).
+        self.shared.check_admin(&self.shared.caller(&request)?)?;
         let request = request.into_inner();
         for url in &request.peer_ur_ls {
             PeerUrl::parse("peer-urls", url)
@@ -167,6 +173,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        // Root only, while auth is on (etcd's IsAdminPermitted).
+        self.shared.check_admin(&self.shared.caller(&request)?)?;
         let id = request.into_inner().id;
         let record = self.record(id).await?;
         if !record.learner {

@@ -20,7 +20,7 @@ use keel_mvcc::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::Shared;
+use super::{Caller, Shared};
 use crate::convert;
 use crate::watch_hub::{Created, StreamId, WatchSpec};
 
@@ -52,8 +52,10 @@ fn unexpected(what: &Applied) -> Status {
     Status::internal(format!("etcdserver: unexpected response {what:?}"))
 }
 
-async fn txn(shared: &Shared, txn: TxnRequest) -> Result<TxnResponse, Status> {
-    match shared.propose(&Command::Txn(txn)).await? {
+/// Locks and elections act for their caller: with auth on, their keys need the caller's
+/// permissions (etcd's lock and election services call its KV service with the caller's token).
+async fn txn(shared: &Shared, caller: &Caller, txn: TxnRequest) -> Result<TxnResponse, Status> {
+    match shared.propose_as(caller, &Command::Txn(txn)).await? {
         Applied::Txn(response) => Ok(response),
         other => Err(unexpected(&other)),
     }
@@ -135,11 +137,26 @@ fn wire_event(event: keel_api::mvccpb::Event) -> Event {
 /// Creates `name/<lease>` (or finds it, if this lease already waits) and returns its create
 /// revision, once it is the oldest key under `name/`.
 /// Also says whether this call created the key (a lease that already waited finds its own).
-async fn acquire(shared: &Arc<Shared>, name: &[u8], lease: i64, value: Bytes) -> Result<(Vec<u8>, i64, bool), Status> {
+/// A linearizable read as `caller`.
+async fn read_as(shared: &Shared, caller: &Caller, query: RangeRequest) -> Result<keel_mvcc::RangeResponse, Status> {
+    let (key, range_end) = (query.key.clone(), query.range_end.clone());
+    let response = shared.read(query).await?;
+    shared.check_read(caller, &key, &range_end)?;
+    Ok(response)
+}
+
+async fn acquire(
+    shared: &Arc<Shared>,
+    caller: &Caller,
+    name: &[u8],
+    lease: i64,
+    value: Bytes,
+) -> Result<(Vec<u8>, i64, bool), Status> {
     let key = owned_key(name, lease);
     let key_bytes = Bytes::from(key.clone());
     let created = txn(
         shared,
+        caller,
         TxnRequest {
             compare: vec![Compare {
                 key: key_bytes.clone(),
@@ -164,8 +181,10 @@ async fn acquire(shared: &Arc<Shared>, name: &[u8], lease: i64, value: Bytes) ->
     prefix.push(b'/');
     loop {
         // The newest key created before ours: we wait for it, not for all of them at once.
-        let older = shared
-            .read(RangeRequest {
+        let older = read_as(
+            shared,
+            caller,
+            RangeRequest {
                 key: Bytes::from(prefix.clone()),
                 range_end: Bytes::from(prefix_end(&prefix)),
                 max_create_revision: my_revision - 1,
@@ -173,8 +192,9 @@ async fn acquire(shared: &Arc<Shared>, name: &[u8], lease: i64, value: Bytes) ->
                 sort_target: SortTarget::Create,
                 limit: 1,
                 ..Default::default()
-            })
-            .await?;
+            },
+        )
+        .await?;
         let Some(waiting_for) = older.kvs.first() else { break };
         let spec = WatchSpec {
             key: waiting_for.key.to_vec(),
@@ -189,7 +209,7 @@ async fn acquire(shared: &Arc<Shared>, name: &[u8], lease: i64, value: Bytes) ->
         }
     }
     // A waiter whose lease expired meanwhile lost its key: it must not be told it holds the lock.
-    let mine = shared.read(RangeRequest { key: key_bytes, ..Default::default() }).await?;
+    let mine = read_as(shared, caller, RangeRequest { key: key_bytes, ..Default::default() }).await?;
     match mine.kvs.first() {
         Some(kv) if kv.create_revision == my_revision => Ok((key, my_revision, created.succeeded)),
         _ => Err(Status::failed_precondition("etcdserver: lock lost: the waiter's lease expired")),
@@ -203,16 +223,21 @@ pub struct LockService {
 #[tonic::async_trait]
 impl Lock for LockService {
     async fn lock(&self, request: Request<lpb::LockRequest>) -> Result<Response<lpb::LockResponse>, Status> {
+        let caller = self.shared.caller(&request)?;
         let request = request.into_inner();
-        let (key, revision, _) = acquire(&self.shared, &request.name, request.lease, Bytes::new()).await?;
+        let (key, revision, _) = acquire(&self.shared, &caller, &request.name, request.lease, Bytes::new()).await?;
         Ok(Response::new(lpb::LockResponse { header: Some(self.shared.header(revision)), key }))
     }
 
     async fn unlock(&self, request: Request<lpb::UnlockRequest>) -> Result<Response<lpb::UnlockResponse>, Status> {
+        let caller = self.shared.caller(&request)?;
         let key = Bytes::from(request.into_inner().key);
         let deleted = match self
             .shared
-            .propose(&Command::DeleteRange(DeleteRangeRequest { key, range_end: Bytes::new(), prev_kv: false }))
+            .propose_as(
+                &caller,
+                &Command::DeleteRange(DeleteRangeRequest { key, range_end: Bytes::new(), prev_kv: false }),
+            )
             .await?
         {
             Applied::DeleteRange(deleted) => deleted,
@@ -228,28 +253,36 @@ pub struct ElectionService {
 
 impl ElectionService {
     /// The current leader's key: the oldest under `name/`.
-    async fn current(&self, name: &[u8]) -> Result<(ResponseHeader, Option<KeyValue>), Status> {
+    async fn current(&self, caller: &Caller, name: &[u8]) -> Result<(ResponseHeader, Option<KeyValue>), Status> {
         let mut prefix = name.to_vec();
         prefix.push(b'/');
-        let range = self
-            .shared
-            .read(RangeRequest {
+        let range = read_as(
+            &self.shared,
+            caller,
+            RangeRequest {
                 key: Bytes::from(prefix.clone()),
                 range_end: Bytes::from(prefix_end(&prefix)),
                 sort_order: SortOrder::Ascend,
                 sort_target: SortTarget::Create,
                 limit: 1,
                 ..Default::default()
-            })
-            .await?;
+            },
+        )
+        .await?;
         Ok((self.shared.header(range.revision), range.kvs.into_iter().next()))
     }
 
     /// A txn that runs `then` only while `leader` still holds its key.
-    async fn while_leading(&self, leader: Option<epb::LeaderKey>, then: RequestOp) -> Result<TxnResponse, Status> {
+    async fn while_leading(
+        &self,
+        caller: &Caller,
+        leader: Option<epb::LeaderKey>,
+        then: RequestOp,
+    ) -> Result<TxnResponse, Status> {
         let leader = leader.ok_or_else(|| Status::invalid_argument("election: leader key is required"))?;
         let response = txn(
             &self.shared,
+            caller,
             TxnRequest {
                 compare: vec![Compare {
                     key: Bytes::from(leader.key),
@@ -276,16 +309,18 @@ impl Election for ElectionService {
         &self,
         request: Request<epb::CampaignRequest>,
     ) -> Result<Response<epb::CampaignResponse>, Status> {
+        let caller = self.shared.caller(&request)?;
         let request = request.into_inner();
         let value = Bytes::from(request.value);
-        let (key, revision, created) = acquire(&self.shared, &request.name, request.lease, value.clone()).await?;
+        let (key, revision, created) =
+            acquire(&self.shared, &caller, &request.name, request.lease, value.clone()).await?;
         let leader = epb::LeaderKey { name: request.name, key: key.clone(), rev: revision, lease: request.lease };
         let mut header_revision = revision;
         if !created {
             // A campaign by a lease that already waited keeps its key: proclaim the new value.
             let put =
                 RequestOp::Put(PutRequest { key: Bytes::from(key), value, lease: request.lease, ..Default::default() });
-            header_revision = self.while_leading(Some(leader.clone()), put).await?.revision;
+            header_revision = self.while_leading(&caller, Some(leader.clone()), put).await?.revision;
         }
         Ok(Response::new(epb::CampaignResponse {
             header: Some(self.shared.header(header_revision)),
@@ -297,6 +332,7 @@ impl Election for ElectionService {
         &self,
         request: Request<epb::ProclaimRequest>,
     ) -> Result<Response<epb::ProclaimResponse>, Status> {
+        let caller = self.shared.caller(&request)?;
         let request = request.into_inner();
         let leader = request.leader.clone();
         let put = RequestOp::Put(PutRequest {
@@ -305,12 +341,13 @@ impl Election for ElectionService {
             lease: leader.as_ref().map_or(0, |l| l.lease),
             ..Default::default()
         });
-        let response = self.while_leading(leader, put).await?;
+        let response = self.while_leading(&caller, leader, put).await?;
         Ok(Response::new(epb::ProclaimResponse { header: Some(self.shared.header(response.revision)) }))
     }
 
     async fn leader(&self, request: Request<epb::LeaderRequest>) -> Result<Response<epb::LeaderResponse>, Status> {
-        match self.current(&request.into_inner().name).await? {
+        let caller = self.shared.caller(&request)?;
+        match self.current(&caller, &request.into_inner().name).await? {
             (header, Some(kv)) => {
                 Ok(Response::new(epb::LeaderResponse { header: Some(header), kv: Some(convert::kv(kv)) }))
             }
@@ -321,6 +358,7 @@ impl Election for ElectionService {
     type ObserveStream = ReceiverStream<Result<epb::LeaderResponse, Status>>;
 
     async fn observe(&self, request: Request<epb::LeaderRequest>) -> Result<Response<Self::ObserveStream>, Status> {
+        let caller = self.shared.caller(&request)?;
         let name = request.into_inner().name;
         let (sender, receiver) = mpsc::channel(16);
         let service = ElectionService { shared: self.shared.clone() };
@@ -329,7 +367,7 @@ impl Election for ElectionService {
             prefix.push(b'/');
             let mut last: Option<(Bytes, i64)> = None;
             loop {
-                let (header, leader) = match service.current(&name).await {
+                let (header, leader) = match service.current(&caller, &name).await {
                     Ok(found) => found,
                     Err(status) => {
                         let _ = sender.send(Err(status)).await;
@@ -369,10 +407,11 @@ impl Election for ElectionService {
     }
 
     async fn resign(&self, request: Request<epb::ResignRequest>) -> Result<Response<epb::ResignResponse>, Status> {
+        let caller = self.shared.caller(&request)?;
         let leader = request.into_inner().leader;
         let key = Bytes::from(leader.as_ref().map(|l| l.key.clone()).unwrap_or_default());
         let delete = RequestOp::DeleteRange(DeleteRangeRequest { key, range_end: Bytes::new(), prev_kv: false });
-        let response = self.while_leading(leader, delete).await?;
+        let response = self.while_leading(&caller, leader, delete).await?;
         Ok(Response::new(epb::ResignResponse { header: Some(self.shared.header(response.revision)) }))
     }
 }

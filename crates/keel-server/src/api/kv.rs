@@ -6,7 +6,7 @@ use keel_api::etcdserverpb::{self as pb, kv_server::Kv};
 use keel_api::tonic::{self, Request, Response, Status};
 use keel_mvcc::{Command, Response as Applied};
 
-use super::Shared;
+use super::{Caller, Shared};
 use crate::{convert, status};
 
 pub struct KvService {
@@ -18,21 +18,25 @@ fn unexpected(what: &Applied) -> Status {
 }
 
 impl KvService {
-    pub async fn range(&self, request: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
+    pub async fn range(&self, caller: &Caller, request: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
         if request.key.is_empty() {
             return Err(status::empty_key());
         }
         let query = convert::range_request(request)?;
+        let (key, range_end) = (query.key.clone(), query.range_end.clone());
         let response = self.shared.range(query).await?;
+        // Checked once the read has run, against this member's auth store as of then: at least
+        // as new as the state read, so a permission revoked before the read is never missed.
+        self.shared.check_read(caller, &key, &range_end)?;
         let header = self.shared.header(response.revision);
         Ok(convert::range_response(response, header))
     }
 
-    pub async fn put(&self, request: pb::PutRequest) -> Result<pb::PutResponse, Status> {
+    pub async fn put(&self, caller: &Caller, request: pb::PutRequest) -> Result<pb::PutResponse, Status> {
         if request.key.is_empty() {
             return Err(status::empty_key());
         }
-        match self.shared.propose(&Command::Put(convert::put_request(request))).await? {
+        match self.shared.propose_as(caller, &Command::Put(convert::put_request(request))).await? {
             Applied::Put(put) => {
                 let header = self.shared.header(put.revision);
                 Ok(convert::put_response(put, header))
@@ -41,11 +45,15 @@ impl KvService {
         }
     }
 
-    pub async fn delete_range(&self, request: pb::DeleteRangeRequest) -> Result<pb::DeleteRangeResponse, Status> {
+    pub async fn delete_range(
+        &self,
+        caller: &Caller,
+        request: pb::DeleteRangeRequest,
+    ) -> Result<pb::DeleteRangeResponse, Status> {
         if request.key.is_empty() {
             return Err(status::empty_key());
         }
-        match self.shared.propose(&Command::DeleteRange(convert::delete_request(request))).await? {
+        match self.shared.propose_as(caller, &Command::DeleteRange(convert::delete_request(request))).await? {
             Applied::DeleteRange(deleted) => {
                 let header = self.shared.header(deleted.revision);
                 Ok(convert::delete_response(deleted, header))
@@ -54,10 +62,10 @@ impl KvService {
         }
     }
 
-    pub async fn txn(&self, request: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
+    pub async fn txn(&self, caller: &Caller, request: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
         convert::check_txn(&request, self.shared.max_txn_ops)?;
         let txn = convert::txn_request(request)?;
-        match self.shared.propose(&Command::Txn(txn)).await? {
+        match self.shared.propose_as(caller, &Command::Txn(txn)).await? {
             Applied::Txn(txn) => {
                 let header = self.shared.header(txn.revision);
                 Ok(convert::txn_response(txn, header))
@@ -66,8 +74,12 @@ impl KvService {
         }
     }
 
-    pub async fn compact(&self, request: pb::CompactionRequest) -> Result<pb::CompactionResponse, Status> {
-        match self.shared.propose(&Command::Compact { revision: request.revision }).await? {
+    pub async fn compact(
+        &self,
+        caller: &Caller,
+        request: pb::CompactionRequest,
+    ) -> Result<pb::CompactionResponse, Status> {
+        match self.shared.propose_as(caller, &Command::Compact { revision: request.revision }).await? {
             Applied::Compact { revision } => Ok(pb::CompactionResponse { header: Some(self.shared.header(revision)) }),
             other => Err(unexpected(&other)),
         }
@@ -77,28 +89,28 @@ impl KvService {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, request: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
-        KvService::range(self, request.into_inner()).await.map(Response::new)
+        KvService::range(self, &self.shared.caller(&request)?, request.into_inner()).await.map(Response::new)
     }
 
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        KvService::put(self, request.into_inner()).await.map(Response::new)
+        KvService::put(self, &self.shared.caller(&request)?, request.into_inner()).await.map(Response::new)
     }
 
     async fn delete_range(
         &self,
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
-        KvService::delete_range(self, request.into_inner()).await.map(Response::new)
+        KvService::delete_range(self, &self.shared.caller(&request)?, request.into_inner()).await.map(Response::new)
     }
 
     async fn txn(&self, request: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
-        KvService::txn(self, request.into_inner()).await.map(Response::new)
+        KvService::txn(self, &self.shared.caller(&request)?, request.into_inner()).await.map(Response::new)
     }
 
     async fn compact(
         &self,
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
-        KvService::compact(self, request.into_inner()).await.map(Response::new)
+        KvService::compact(self, &self.shared.caller(&request)?, request.into_inner()).await.map(Response::new)
     }
 }

@@ -14,7 +14,7 @@ use keel_mvcc::{Command, Response as Applied};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::Shared;
+use super::{Caller, Shared};
 
 /// Keep-alive responses queued per stream.
 const KEEP_ALIVE_QUEUE_MAX: usize = 64;
@@ -37,10 +37,14 @@ fn fresh_lease_id(member_id: u64) -> i64 {
 }
 
 impl LeaseService {
-    pub async fn grant(&self, request: pb::LeaseGrantRequest) -> Result<pb::LeaseGrantResponse, Status> {
+    pub async fn grant(
+        &self,
+        caller: &Caller,
+        request: pb::LeaseGrantRequest,
+    ) -> Result<pb::LeaseGrantResponse, Status> {
         let id = if request.id != 0 { request.id } else { fresh_lease_id(self.shared.member_id) };
         let ttl_seconds = request.ttl.max(self.shared.min_lease_ttl);
-        match self.shared.propose(&Command::LeaseGrant { id, ttl_seconds }).await? {
+        match self.shared.propose_as(caller, &Command::LeaseGrant { id, ttl_seconds }).await? {
             Applied::LeaseGrant { revision, id, ttl } => {
                 Ok(pb::LeaseGrantResponse { header: Some(self.shared.header(revision)), id, ttl, error: String::new() })
             }
@@ -48,8 +52,14 @@ impl LeaseService {
         }
     }
 
-    pub async fn revoke(&self, request: pb::LeaseRevokeRequest) -> Result<pb::LeaseRevokeResponse, Status> {
-        match self.shared.propose(&Command::LeaseRevoke { id: request.id }).await? {
+    /// Revoking deletes the lease's keys: with auth on, the caller needs write permission on
+    /// each (checked as it applies, as etcd does).
+    pub async fn revoke(
+        &self,
+        caller: &Caller,
+        request: pb::LeaseRevokeRequest,
+    ) -> Result<pb::LeaseRevokeResponse, Status> {
+        match self.shared.propose_as(caller, &Command::LeaseRevoke { id: request.id }).await? {
             Applied::LeaseRevoke { revision } => {
                 Ok(pb::LeaseRevokeResponse { header: Some(self.shared.header(revision)) })
             }
@@ -139,14 +149,14 @@ impl Lease for LeaseService {
         &self,
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
-        self.grant(request.into_inner()).await.map(Response::new)
+        self.grant(&self.shared.caller(&request)?, request.into_inner()).await.map(Response::new)
     }
 
     async fn lease_revoke(
         &self,
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
-        self.revoke(request.into_inner()).await.map(Response::new)
+        self.revoke(&self.shared.caller(&request)?, request.into_inner()).await.map(Response::new)
     }
 
     type LeaseKeepAliveStream = ReceiverStream<Result<pb::LeaseKeepAliveResponse, Status>>;

@@ -166,18 +166,27 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(MaintenanceService::status(self)))
     }
 
-    async fn defragment(&self, _: Request<pb::DefragmentRequest>) -> Result<Response<pb::DefragmentResponse>, Status> {
+    async fn defragment(
+        &self,
+        request: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        // Root only, while auth is on (etcd's IsAdminPermitted).
+        self.shared.check_admin(&self.shared.caller(&request)?)?;
         // redb reuses freed pages itself; there is no stop-the-world step to run.
         Ok(Response::new(pb::DefragmentResponse { header: Some(self.shared.header(self.shared.metrics.revision())) }))
     }
 
-    async fn hash(&self, _: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+    async fn hash(&self, request: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+        // Root only, while auth is on (etcd's IsAdminPermitted).
+        self.shared.check_admin(&self.shared.caller(&request)?)?;
         let view = self.shared.view().await?;
         let hash = self.shared.off_driver(move || view.hash_kv(0)).await?.map_err(|error| status::from_mvcc(&error))?;
         Ok(Response::new(pb::HashResponse { header: Some(self.shared.header(hash.revision)), hash: hash.hash }))
     }
 
     async fn hash_kv(&self, request: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
+        // Root only, while auth is on (etcd's IsAdminPermitted).
+        self.shared.check_admin(&self.shared.caller(&request)?)?;
         let revision = request.into_inner().revision;
         let view = self.shared.view().await?;
         let hash =
@@ -197,7 +206,9 @@ impl Maintenance for MaintenanceService {
     /// backup of any size neither stalls raft nor is held in memory. The stream's length is not
     /// known in advance: `remaining_bytes` is the store file's size less what was sent (at least
     /// 1) until the last message, which says 0.
-    async fn snapshot(&self, _: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(&self, request: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        // Root only, while auth is on (etcd's IsAdminPermitted).
+        self.shared.check_admin(&self.shared.caller(&request)?)?;
         let streams = self.shared.snapshot_streams.clone();
         if streams.fetch_add(1, Relaxed) >= SNAPSHOT_STREAMS_MAX {
             streams.fetch_sub(1, Relaxed);
@@ -248,6 +259,8 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        // Root only, while auth is on (etcd's IsAdminPermitted).
+        self.shared.check_admin(&self.shared.caller(&request)?)?;
         let (group, target) = (self.shared.group, request.into_inner().target_id);
         self.shared.inspect(move |node, _| node.transfer_leader(group, target)).await?.map_err(
             |error| match error {

@@ -2,6 +2,7 @@
 //! propose, a read, or an inspection on the driver thread, and maps the answer back to etcd's
 //! wire types and errors (see [`crate::status`]).
 
+pub mod auth;
 pub mod cluster;
 pub mod concurrency;
 pub mod kv;
@@ -14,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use keel_api::etcdserverpb::ResponseHeader;
-use keel_api::tonic::Status;
+use keel_api::tonic::{self, Status};
 use keel_mvcc::redb_backend::RedbView;
 use keel_mvcc::{Command, MvccError, RangeRequest, RangeResponse, ReadView, Response};
 use keel_node::Node;
@@ -23,7 +24,7 @@ use tokio::sync::oneshot;
 
 use crate::driver::Input;
 use crate::hook::{Machine, ServerHook};
-use crate::machine::{Applied, MemberCommand};
+use crate::machine::{Applied, MemberCommand, SharedAuth};
 use crate::metrics::Metrics;
 use crate::status;
 use crate::watch_hub::WatchHub;
@@ -68,6 +69,29 @@ pub struct Shared {
     pub faults: Option<Arc<crate::faults::InjectedFaults>>,
     /// What the membership protocol knows (`/membership`, `keel spares`).
     pub gossip: Arc<std::sync::RwLock<crate::gossip::GossipView>>,
+    /// Users, roles and permissions as this member has applied them, and the tokens it knows.
+    pub auth: SharedAuth,
+}
+
+/// Who made a request, as its token says, while auth is on; `None` when auth was off as it
+/// arrived (nothing is checked, as in etcd).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Caller(Option<(String, u64)>);
+
+impl Caller {
+    /// The user's name; `""` for a request without a token (or with auth off).
+    pub fn user(&self) -> &str {
+        self.0.as_ref().map_or("", |(user, _)| user)
+    }
+}
+
+/// The gRPC metadata keys a token may come under: etcd's clients send `token`; its gateway
+/// passes the HTTP `Authorization` header on.
+const TOKEN_KEYS: [&str; 2] = ["token", "authorization"];
+
+/// The token `request` carries, if any.
+pub fn token_of<T>(request: &tonic::Request<T>) -> Option<&str> {
+    TOKEN_KEYS.iter().find_map(|key| request.metadata().get(*key)).and_then(|value| value.to_str().ok())
 }
 
 /// Reads that may run at once on blocking threads (see [`Shared::read_slots`]).
@@ -87,6 +111,38 @@ impl Shared {
         }
     }
 
+    /// Who sent `request` (see [`Caller`]). A token this member does not know is refused with
+    /// etcd's "invalid auth token": expired, from before a restart, or forged.
+    pub fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {
+        self.caller_with(token_of(request))
+    }
+
+    /// Who holds `token` (`None`: the request carried none).
+    pub fn caller_with(&self, token: Option<&str>) -> Result<Caller, Status> {
+        if !self.auth.is_enabled() {
+            return Ok(Caller(None));
+        }
+        let Some(token) = token else { return Ok(Caller(Some((String::new(), 0)))) };
+        let info = self.auth.lock().token_info(token).map_err(status::from_auth)?;
+        Ok(Caller(Some((info.user, info.revision))))
+    }
+
+    /// Whether `caller` may read `key`..`range_end` here and now (etcd checks reads at the member
+    /// serving them).
+    pub fn check_read(&self, caller: &Caller, key: &[u8], range_end: &[u8]) -> Result<(), Status> {
+        let Some((user, revision)) = &caller.0 else { return Ok(()) };
+        let range = keel_auth::KeyRange::new(key, range_end);
+        self.auth.lock().check(user, *revision, range, false).map_err(status::from_auth)
+    }
+
+    /// Whether `caller` may manage the cluster: the root role, while auth is on.
+    pub fn check_admin(&self, caller: &Caller) -> Result<(), Status> {
+        if caller.0.is_none() {
+            return Ok(());
+        }
+        self.auth.lock().check_admin(caller.user()).map_err(status::from_auth)
+    }
+
     fn submit(&self, input: Input<Machine, ServerHook>) -> Result<(), Status> {
         match self.inputs.try_send(input) {
             Ok(()) => Ok(()),
@@ -95,15 +151,36 @@ impl Shared {
         }
     }
 
-    /// Replicates `command` and returns its applied response. Refused whole, before anything is
-    /// proposed, if it is larger than `--max-request-bytes`.
+    /// Replicates `command` as the cluster's own (not checked against any user's permissions)
+    /// and returns its applied response. Refused whole, before anything is proposed, if it is
+    /// larger than `--max-request-bytes`.
     pub async fn propose(&self, command: &Command) -> Result<Response, Status> {
+        self.propose_as(&Caller(None), command).await
+    }
+
+    /// Replicates a client's `command`; while auth is on it carries its caller, and every
+    /// member checks the caller's permissions as it applies it.
+    pub async fn propose_as(&self, caller: &Caller, command: &Command) -> Result<Response, Status> {
         if self.metrics.nospace_alarm.load(std::sync::atomic::Ordering::Relaxed) == 1 && grows(command) {
             return Err(status::no_space());
         }
-        match self.propose_bytes(Bytes::from(command.encode())).await? {
+        let data = match &caller.0 {
+            None => command.encode(),
+            Some((user, revision)) => crate::machine::wrap(user, *revision, &command.encode()),
+        };
+        match self.propose_bytes(Bytes::from(data)).await? {
             Applied::Kv(response) => Ok(response),
-            Applied::Members => Err(Status::internal("etcdserver: a command was applied as a member record")),
+            other => Err(Status::internal(format!("etcdserver: a command was applied as {other:?}"))),
+        }
+    }
+
+    /// Replicates a change to users, roles or permissions, as `caller` asked it.
+    pub async fn propose_auth(&self, caller: &Caller, command: &keel_auth::AuthCommand) -> Result<(), Status> {
+        let (user, revision) = caller.0.clone().unwrap_or_default();
+        let data = crate::machine::wrap(&user, revision, &command.encode());
+        match self.propose_bytes(Bytes::from(data)).await? {
+            Applied::Auth => Ok(()),
+            other => Err(Status::internal(format!("etcdserver: an auth command was applied as {other:?}"))),
         }
     }
 

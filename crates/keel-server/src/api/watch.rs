@@ -41,19 +41,22 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        Ok(Response::new(open(self.shared.clone(), request.into_inner())))
+        let token = super::token_of(&request).map(str::to_string);
+        Ok(Response::new(open(self.shared.clone(), request.into_inner(), token)))
     }
 }
 
 /// A watch stream serving the requests `incoming` brings (a gRPC stream, or the JSON gateway's
-/// requests); it ends when they end or fail, or when nobody reads the responses any more.
-pub fn open<S>(shared: Arc<Shared>, incoming: S) -> ReceiverStream<Result<WatchResponse, Status>>
+/// requests); it ends when they end or fail, or when nobody reads the responses any more. With
+/// auth on, each watch created on it needs read permission on its range for the holder of
+/// `token` (looked up again at each create, as etcd does).
+pub fn open<S>(shared: Arc<Shared>, incoming: S, token: Option<String>) -> ReceiverStream<Result<WatchResponse, Status>>
 where
     S: Stream<Item = Result<pb::WatchRequest, Status>> + Unpin + Send + 'static,
 {
     let (sender, receiver) = mpsc::channel(STREAM_QUEUE_MAX);
     let stream = shared.hub.lock().expect("watch hub lock").open_stream(sender.clone());
-    tokio::spawn(serve_stream(shared, stream, incoming, sender));
+    tokio::spawn(serve_stream(shared, stream, incoming, sender, token));
     ReceiverStream::new(receiver)
 }
 
@@ -62,6 +65,7 @@ async fn serve_stream<S>(
     stream: StreamId,
     mut incoming: S,
     sender: mpsc::Sender<Result<WatchResponse, Status>>,
+    token: Option<String>,
 ) where
     S: Stream<Item = Result<pb::WatchRequest, Status>> + Unpin + Send + 'static,
 {
@@ -76,7 +80,7 @@ async fn serve_stream<S>(
             message = incoming.next() => {
                 let Some(Ok(message)) = message else { break };
                 let Some(request) = message.request_union else { continue };
-                if !handle(&shared, stream, request, &sender, &mut next_watch_id).await {
+                if !handle(&shared, stream, request, &sender, &mut next_watch_id, token.as_deref()).await {
                     break;
                 }
             }
@@ -143,10 +147,25 @@ async fn handle(
     request: RequestUnion,
     sender: &mpsc::Sender<Result<WatchResponse, Status>>,
     next_watch_id: &mut i64,
+    token: Option<&str>,
 ) -> bool {
     use std::sync::atomic::Ordering::Relaxed;
     match request {
         RequestUnion::CreateRequest(create) => {
+            let permitted =
+                shared.caller_with(token).and_then(|caller| shared.check_read(&caller, &create.key, &create.range_end));
+            if let Err(refused) = permitted {
+                // etcd cancels it at once, with the gRPC error's text as the reason.
+                let response = WatchResponse {
+                    header: Some(shared.hub.lock().expect("watch hub lock").header()),
+                    watch_id: -1,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: format!("rpc error: code = {:?} desc = {}", refused.code(), refused.message()),
+                    ..Default::default()
+                };
+                return sender.try_send(Ok(response)).is_ok();
+            }
             let spec = WatchSpec {
                 key: create.key,
                 range_end: create.range_end,

@@ -88,7 +88,7 @@ impl Cluster {
     pub(super) fn client_request(&mut self, id: NodeId, request: u64) {
         let Some(req) = self.requests.get(&request) else { return };
         let (group, input) = (req.group, req.input.clone());
-        let encoded = SimMachine::encode(self.swarm.etcd_machine, &input);
+        let encoded = SimMachine::encode(self.swarm.etcd_machine, self.swarm.auth_ppm > 0, &input);
         let Some(member) = self.members.get_mut(&id) else { return };
         let Some(node) = member.node.as_mut() else {
             return; // the member is down: the client will time out

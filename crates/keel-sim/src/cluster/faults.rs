@@ -40,6 +40,49 @@ impl Cluster {
         if self.roll(self.swarm.kill_ppm) {
             self.kill_for_good();
         }
+        if self.roll(self.swarm.auth_ppm) {
+            self.change_auth();
+        }
+    }
+
+    /// Proposes a change to users, roles or permissions, or turns auth on or off, as root (the
+    /// server's Auth service does the same): many are refused (an unknown role, root's role
+    /// while auth is on), which must happen alike on every member, and every member must end
+    /// with the same auth store — across crashes, replays and snapshots.
+    fn change_auth(&mut self) {
+        use keel_machine::keel_auth::{AuthCommand, Permission, PermissionKind};
+        let group = FIRST_GROUP + self.rng.range(0, self.swarm.groups);
+        let Some(leader) = self.leader_of(group) else { return };
+        let name = |n: u64| ["root", "alice", "app"][n as usize].to_string();
+        let (a, b) = (self.rng.range(0, 3), self.rng.range(0, 3));
+        let key = format!("k{:04}", self.rng.range(0, self.swarm.keys)).into_bytes();
+        let command = match self.rng.range(0, 12) {
+            0 => AuthCommand::Enable,
+            1 => AuthCommand::Disable,
+            2 => AuthCommand::UserAdd { name: name(a), password_hash: Some(b"hash".to_vec()) },
+            3 => AuthCommand::UserDelete { name: name(a) },
+            4 => AuthCommand::UserGrantRole { user: name(a), role: name(b) },
+            5 => AuthCommand::UserRevokeRole { user: name(a), role: name(b) },
+            6 => AuthCommand::RoleAdd { name: name(a) },
+            7 => AuthCommand::RoleDelete { name: name(a) },
+            8 => {
+                let kind = [PermissionKind::Read, PermissionKind::Write, PermissionKind::ReadWrite][b as usize];
+                AuthCommand::RoleGrantPermission {
+                    role: name(a),
+                    permission: Permission { kind, key, range_end: Vec::new() },
+                }
+            }
+            9 => AuthCommand::RoleRevokePermission { role: name(a), key, range_end: Vec::new() },
+            10 => AuthCommand::UserChangePassword { name: name(a), password_hash: b"new".to_vec() },
+            _ => AuthCommand::Authenticate { user: name(a), token: format!("t{}", self.next_request) },
+        };
+        let request = self.next_request;
+        self.next_request += 1;
+        let data = Bytes::from(keel_machine::wrap("root", u64::MAX, &command.encode()));
+        let node = self.members.get_mut(&leader).and_then(|m| m.node.as_mut()).expect("leader runs");
+        if node.propose(group, request, data).is_ok() {
+            self.fault(format_args!("auth g{group} {command:?} via n{leader}"));
+        }
     }
 
     /// A member's disk turns slow for a while (its fsyncs take 20 times as long): it keeps
