@@ -99,7 +99,7 @@ async fn dispatch(shared: Arc<Shared>, route: GatewayRoute, headers: axum::http:
             with_token($message, token)
         };
     }
-    let auth = || AuthService { shared: shared.clone(), issued: Default::default() };
+    let auth = || AuthService { shared: shared.clone() };
     let kv = || KvService { shared: shared.clone() };
     let lease = || LeaseService { shared: shared.clone() };
     let cluster = || ClusterService { shared: shared.clone() };

@@ -581,7 +581,7 @@ async fn serve_clients(config: ServerConfig, shared: Arc<Shared>) -> Result<(), 
         .add_service(MaintenanceServer::new(MaintenanceService { shared: shared.clone() }))
         .add_service(LockServer::new(LockService { shared: shared.clone() }))
         .add_service(ElectionServer::new(ElectionService { shared: shared.clone() }))
-        .add_service(AuthServer::new(AuthService { shared: shared.clone(), issued: Default::default() }));
+        .add_service(AuthServer::new(AuthService { shared: shared.clone() }));
     // Unknown paths: etcd's 404, or gRPC's Unimplemented for gRPC clients (the fallback set
     // last replaces tonic's, which answered every unknown path 200 with grpc-status 12).
     let app = routes

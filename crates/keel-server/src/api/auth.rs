@@ -25,9 +25,15 @@ const TOKEN_LETTERS: usize = 16;
 
 pub struct AuthService {
     pub shared: Arc<Shared>,
-    /// Makes every token this member issues distinct, whatever the random part.
-    pub issued: AtomicU64,
 }
+
+/// Makes every token this member issues distinct, whatever the random part.
+static ISSUED: AtomicU64 = AtomicU64::new(0);
+
+/// bcrypt hashes and checks running at once; more wait their turn. Each takes a core for tens of
+/// milliseconds by design, so a flood of logins must not take every core from the cluster.
+const PASSWORD_WORK_AT_ONCE: usize = 2;
+static PASSWORD_WORK: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PASSWORD_WORK_AT_ONCE);
 
 fn auth_error(error: AuthError) -> Status {
     status::from_auth(error)
@@ -35,6 +41,7 @@ fn auth_error(error: AuthError) -> Status {
 
 /// bcrypt is slow on purpose (tens of milliseconds): off the async threads.
 async fn hash_password(password: String) -> Result<Vec<u8>, Status> {
+    let _turn = PASSWORD_WORK.acquire().await.map_err(|_| status::stopped())?;
     tokio::task::spawn_blocking(move || bcrypt::hash(password, BCRYPT_COST))
         .await
         .map_err(|error| Status::internal(format!("etcdserver: hashing failed: {error}")))?
@@ -43,6 +50,7 @@ async fn hash_password(password: String) -> Result<Vec<u8>, Status> {
 }
 
 async fn password_matches(password: String, hash: Vec<u8>) -> bool {
+    let Ok(_turn) = PASSWORD_WORK.acquire().await else { return false };
     tokio::task::spawn_blocking(move || {
         std::str::from_utf8(&hash).ok().is_some_and(|hash| bcrypt::verify(password, hash).unwrap_or(false))
     })
@@ -91,7 +99,7 @@ impl AuthService {
         if !password_matches(request.password, hash).await {
             return Err(auth_error(AuthError::AuthFailed));
         }
-        let token = new_token(self.issued.fetch_add(1, Ordering::Relaxed))?;
+        let token = new_token(ISSUED.fetch_add(1, Ordering::Relaxed))?;
         let command = AuthCommand::Authenticate { user: request.name, token: token.clone() };
         self.change(&Caller::default(), command).await?;
         Ok(pb::AuthenticateResponse { header: self.header(), token })
