@@ -240,6 +240,9 @@ fn open_node(
     // flags' (the log after either replays every change since).
     let members_path = members_file(dir);
     let members_on_disk = read_members_file(&members_path).map_err(ServerError::Config)?;
+    let log_found = groups.contains_key(&GROUP);
+    // A new log's founding write waits until the store is known to be new too (below).
+    let mut founding_write = None;
     let mut state = match groups.remove(&GROUP) {
         Some(group) => group.raft_state(),
         // Joining a running cluster (after MemberAdd): start empty; the leader sends the log
@@ -261,8 +264,8 @@ fn open_node(
                 }
             }
             let founding = keel_host::bootstrap_write(GROUP, &voters);
-            keel_host::persist(&mut storage, std::slice::from_ref(&founding))?;
             let (hard_state, entries) = keel_host::bootstrapped(&founding);
+            founding_write = Some(founding);
             RecoveredState { hard_state, entries, ..Default::default() }
         }
     };
@@ -270,6 +273,22 @@ fn open_node(
     let (store, store_took) =
         store_opening.join().map_err(|_| ServerError::Config("opening the store panicked".into()))??;
     let store = store_up_to(store, state.snapshot.as_ref())?;
+    // A store that applied entries of a log this member no longer has (its WAL removed or
+    // replaced): a new log's entries would take the same indexes and be skipped as applied —
+    // acknowledged writes gone. Refused, with what to do.
+    if !log_found && store.durable_applied_index() > 0 {
+        return Err(ServerError::Config(format!(
+            "the store {} has applied the log up to index {}, but the write-ahead log in {} holds no log: \
+             it was removed or replaced. Restore this member from a snapshot (`keel snapshot restore`), \
+             or remove its data dir and add it to the cluster again as a new member",
+            store_file(dir).display(),
+            store.durable_applied_index(),
+            wal_dir.display()
+        )));
+    }
+    if let Some(founding) = founding_write {
+        keel_host::persist(&mut storage, std::slice::from_ref(&founding))?;
+    }
     tracing::info!(
         keys = store.indexed_keys(),
         applied = store.durable_applied_index(),

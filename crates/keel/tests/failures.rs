@@ -195,3 +195,52 @@ async fn a_member_that_missed_compacted_log_catches_up_from_a_streamed_store_fil
         "the store did not travel as a streamed file"
     );
 }
+
+/// A member whose write-ahead log was removed (an operator's cleanup, a disk swapped for the
+/// WAL's directory) but whose store was kept must not start: a new log would give new writes
+/// the indexes the store already applied, and they would be skipped — acknowledged, then gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_log_is_gone_but_whose_store_is_not_refuses_to_start() {
+    let mut cluster = Cluster::start("lostwal", 1);
+    let client = cluster.client(0).await;
+    for n in 0..20 {
+        let key = format!("/w/{n}");
+        eventually("write", || {
+            let mut c = client.clone();
+            let key = key.clone();
+            async move { c.put(key, "v", None).await }
+        })
+        .await;
+    }
+    cluster.stop(0);
+    std::fs::remove_dir_all(cluster.data_dir(0).join("member").join("wal")).expect("remove the WAL");
+    for attempt in 0..2 {
+        let member = &cluster.members[0];
+        let mut started = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+            .arg("server")
+            .args(["--name", &member.name])
+            .arg("--data-dir")
+            .arg(cluster.data_dir(0))
+            .args(["--listen-client-urls", &member.endpoint()])
+            .args(["--advertise-client-urls", &member.endpoint()])
+            .args(["--listen-peer-urls", &cluster.peer_url(0)])
+            .args(["--initial-advertise-peer-urls", &cluster.peer_url(0)])
+            .args(["--initial-cluster", &cluster.initial_cluster()])
+            .args(["--initial-cluster-token", cluster.token()])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run keel server");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while started.try_wait().expect("poll").is_none() {
+            if Instant::now() > deadline {
+                let _ = started.kill();
+                panic!("attempt {attempt}: the member started on a store without its log");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = started.wait_with_output().expect("its output");
+        assert!(!out.status.success(), "attempt {attempt}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("has applied the log up to index") && stderr.contains("holds no log"), "{stderr}");
+    }
+}
