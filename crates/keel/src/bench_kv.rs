@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
-use keel_api::etcdserverpb::{self as pb, kv_client::KvClient};
+use keel_api::etcdserverpb::{self as pb, auth_client::AuthClient, kv_client::KvClient};
+use keel_api::tonic::metadata::{Ascii, MetadataValue};
 use keel_api::tonic::transport::{Channel, Endpoint};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -54,6 +55,10 @@ pub struct Options {
     /// Bytes of each value written.
     #[arg(long, default_value_t = 256)]
     value_bytes: usize,
+    /// `name:password`: log in first (etcd's Authenticate) and send the token with every
+    /// request, as `etcdctl --user` does — to measure a cluster with auth on.
+    #[arg(long)]
+    user: Option<String>,
 }
 
 impl Options {
@@ -78,6 +83,15 @@ impl Rng {
     }
 }
 
+/// `message` with the login token, if there is one.
+fn with_token<T>(message: T, token: Option<&MetadataValue<Ascii>>) -> keel_api::tonic::Request<T> {
+    let mut request = keel_api::tonic::Request::new(message);
+    if let Some(token) = token {
+        request.metadata_mut().insert("token", token.clone());
+    }
+    request
+}
+
 fn key(n: u64) -> Vec<u8> {
     format!("bench/{n:08}").into_bytes()
 }
@@ -97,12 +111,22 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
             Endpoint::from_shared(uri.clone())?.connect().await.with_context(|| format!("connect to {uri}"))?;
         channels.push(channel);
     }
+    let token = match &opts.user {
+        None => None,
+        Some(user) => {
+            let (name, password) = user.split_once(':').context("--user takes name:password")?;
+            let request = pb::AuthenticateRequest { name: name.into(), password: password.into() };
+            let login = AuthClient::new(channels[0].clone()).authenticate(request).await.context("log in")?;
+            Some(login.into_inner().token.parse::<MetadataValue<Ascii>>().context("the token")?)
+        }
+    };
     let value = vec![b'v'; opts.value_bytes];
     // Reads need something to read: fill every key once (not timed).
     if matches!(opts.op, Op::Get | Op::GetSerializable | Op::Txn | Op::Mixed) {
         let mut client = KvClient::new(channels[0].clone());
         for n in 0..opts.keys {
-            client.put(pb::PutRequest { key: key(n), value: value.clone(), ..Default::default() }).await?;
+            let put = pb::PutRequest { key: key(n), value: value.clone(), ..Default::default() };
+            client.put(with_token(put, token.as_ref())).await?;
         }
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -111,6 +135,7 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
     for c in 0..opts.clients {
         let channel: Channel = channels[c as usize % channels.len()].clone();
         let (stop, value, op, keys, clients) = (stop.clone(), value.clone(), opts.op, opts.keys, opts.clients);
+        let token = token.clone();
         tasks.push(tokio::spawn(async move {
             let mut client = KvClient::new(channel);
             let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (c + 1).wrapping_mul(0xd1b5_4a32_d192_ed03));
@@ -135,15 +160,17 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
                 let sent = Instant::now();
                 let result = match op {
                     Op::Put | Op::Load => client
-                        .put(pb::PutRequest { key: k, value: value.clone(), ..Default::default() })
+                        .put(with_token(
+                            pb::PutRequest { key: k, value: value.clone(), ..Default::default() },
+                            token.as_ref(),
+                        ))
                         .await
                         .map(drop),
                     Op::Get | Op::GetSerializable => client
-                        .range(pb::RangeRequest {
-                            key: k,
-                            serializable: op == Op::GetSerializable,
-                            ..Default::default()
-                        })
+                        .range(with_token(
+                            pb::RangeRequest { key: k, serializable: op == Op::GetSerializable, ..Default::default() },
+                            token.as_ref(),
+                        ))
                         .await
                         .map(drop),
                     Op::Txn | Op::Mixed => {
@@ -162,7 +189,10 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
                             })),
                         };
                         client
-                            .txn(pb::TxnRequest { compare: vec![compare], success: vec![put], failure: Vec::new() })
+                            .txn(with_token(
+                                pb::TxnRequest { compare: vec![compare], success: vec![put], failure: Vec::new() },
+                                token.as_ref(),
+                            ))
                             .await
                             .map(drop)
                     }
