@@ -14,11 +14,6 @@ source scripts/bench-cluster.sh
 bench_setup bench-auth
 
 ctl() { ETCDCTL_API=3 etcdctl --endpoints="$ENDPOINTS" "$@" >/dev/null; }
-compact() {
-    local rev
-    rev=$(ETCDCTL_API=3 etcdctl --endpoints="$ENDPOINTS" "$@" endpoint status -w json | python3 -c 'import json,sys; print(max(e["Status"]["header"]["revision"] for e in json.load(sys.stdin)))')
-    ETCDCTL_API=3 etcdctl --endpoints="$ENDPOINTS" "$@" compaction "$rev" >/dev/null 2>&1 || true
-}
 load() { # load NAME OP [--user ...]
     local name=$1 op=$2; shift 2
     if [[ $# -gt 0 ]]; then compact --user=root:root-pw; else compact; fi

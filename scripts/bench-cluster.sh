@@ -38,3 +38,9 @@ start_cluster() { # start_cluster NAME COMMAND [FLAGS...]   (the member flags ar
 }
 
 stop_cluster() { for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done; PIDS=(); }
+
+compact() { # compact [ETCDCTL FLAGS...]: history compacted at the cluster's current revision
+    local rev
+    rev=$(ETCDCTL_API=3 etcdctl --endpoints="$ENDPOINTS" "$@" endpoint status -w json | python3 -c 'import json,sys; print(max(e["Status"]["header"]["revision"] for e in json.load(sys.stdin)))')
+    ETCDCTL_API=3 etcdctl --endpoints="$ENDPOINTS" "$@" compaction "$rev" >/dev/null 2>&1 || true
+}

@@ -14,12 +14,6 @@ SECONDS_PER_LOAD=${1:-10}
 source scripts/bench-cluster.sh
 bench_setup bench
 
-compact() {
-    local rev
-    rev=$(ETCDCTL_API=3 etcdctl --endpoints="$ENDPOINTS" endpoint status -w json | python3 -c 'import json,sys; print(max(e["Status"]["header"]["revision"] for e in json.load(sys.stdin)))')
-    ETCDCTL_API=3 etcdctl --endpoints="$ENDPOINTS" compaction "$rev" >/dev/null 2>&1 || true
-}
-
 IFS=, read -r -a LOADS <<< "${LOADS_OVERRIDE:-}"  # e.g. LOADS_OVERRIDE="put 16,get 16"
 if [[ ${#LOADS[@]} -eq 0 ]]; then LOADS=("put 1" "put 16" "put 256" "get 16" "get-serializable 256" "txn 16" "mixed 16"); fi
 run_loads() { # run_loads NAME

@@ -35,6 +35,11 @@ fn known_address(view: &GossipView, seeds: &BTreeMap<NodeId, PeerAddress>, id: N
     meta.and_then(address).or_else(|| seeds.get(&id).cloned())
 }
 
+/// Where process `id` listens for peers, as the membership protocol last heard it say.
+pub fn address_of(view: &GossipView, id: NodeId) -> Option<PeerAddress> {
+    view.members.get(&id).and_then(|seen| seen.meta.as_ref()).and_then(address)
+}
+
 fn address(meta: &MemberMeta) -> Option<PeerAddress> {
     let url = PeerUrl::parse("peer-urls", &meta.peer_url).ok()?;
     Some(PeerAddress { host: url.host, port: url.port })

@@ -411,6 +411,10 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     )
     .map_err(io("start the membership thread"))?;
     let gossip_view = gossip.view.clone();
+    let view_for_peers = gossip_view.clone();
+    peers.set_address_fallback(Arc::new(move |id| {
+        crate::gossip::address_of(&view_for_peers.read().expect("gossip view lock"), id)
+    }));
     let (admit_removed, admit_joined) = (removed.clone(), joined.clone());
     start_listener_with_files(
         listener,

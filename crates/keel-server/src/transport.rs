@@ -120,7 +120,15 @@ pub struct PeerSender {
     /// Where the machine leaves the store views snapshots name.
     outbox: Option<Arc<SnapshotOutbox>>,
     on_removed: Option<OnRemoved>,
+    /// Where to find a peer the member records do not name (yet): see [`AddressFallback`].
+    fallback: std::sync::Mutex<Option<AddressFallback>>,
 }
+
+/// Where a peer listens, for a peer this member's records do not name yet: a new member must
+/// answer a leader that joined after it was configured (a spare that replaced a voter). Its
+/// answers cannot wait for the record of that leader, which comes with the log it cannot ask
+/// for without answering: the membership protocol's view has the address.
+pub type AddressFallback = Arc<dyn Fn(NodeId) -> Option<PeerAddress> + Send + Sync>;
 
 /// Where a peer listens, as its member record names it. Resolved by the thread that connects,
 /// each time it connects (so a peer whose name moves is found again), never by the driver: a
@@ -191,6 +199,7 @@ impl PeerSender {
             outbox: None,
             on_removed: None,
             traffic: Arc::default(),
+            fallback: std::sync::Mutex::new(None),
         };
         sender.set_peers(peers);
         sender
@@ -205,16 +214,25 @@ impl PeerSender {
             if id == self.me || queues.contains_key(&id) {
                 continue;
             }
-            let addr = addr.clone();
-            let (queue, receiver) = mpsc::sync_channel(PEER_QUEUE_MAX);
-            let (cluster_id, me, attributes) = (self.cluster_id, self.me, self.attributes.clone());
-            let (on_removed, traffic) = (self.on_removed.clone(), self.traffic.clone());
-            std::thread::Builder::new()
-                .name(format!("keel-peer-{id:x}"))
-                .spawn(move || send_loop(cluster_id, me, (id, addr), attributes, receiver, on_removed, &traffic))
-                .expect("spawn peer sender thread");
-            queues.insert(id, (peers[&id].clone(), queue));
+            queues.insert(id, (addr.clone(), self.start_sender(id, addr.clone())));
         }
+    }
+
+    /// A sender thread for peer `id` at `addr`, and its queue.
+    fn start_sender(&self, id: NodeId, addr: PeerAddress) -> SyncSender<Outgoing> {
+        let (queue, receiver) = mpsc::sync_channel(PEER_QUEUE_MAX);
+        let (cluster_id, me, attributes) = (self.cluster_id, self.me, self.attributes.clone());
+        let (on_removed, traffic) = (self.on_removed.clone(), self.traffic.clone());
+        std::thread::Builder::new()
+            .name(format!("keel-peer-{id:x}"))
+            .spawn(move || send_loop(cluster_id, me, (id, addr), attributes, receiver, on_removed, &traffic))
+            .expect("spawn peer sender thread");
+        queue
+    }
+
+    /// Where to look for peers the records do not name (see [`AddressFallback`]).
+    pub fn set_address_fallback(&self, fallback: AddressFallback) {
+        *self.fallback.lock().expect("fallback lock") = Some(fallback);
     }
 
     /// Calls `on_removed` when a peer answers a connection with [`PeerFrame::Removed`]. Set it
@@ -251,9 +269,18 @@ impl PeerSender {
                 }
             }
         }
-        let queues = self.queues.lock().expect("peer queues lock");
-        let Some((_, queue)) = queues.get(&msg.to()) else {
-            tracing::debug!(to = msg.to(), "dropping a message to an unknown peer");
+        let mut queues = self.queues.lock().expect("peer queues lock");
+        let to = msg.to();
+        if !queues.contains_key(&to) && to != self.me {
+            let fallback = self.fallback.lock().expect("fallback lock").clone();
+            if let Some(addr) = fallback.and_then(|find| find(to)) {
+                tracing::info!(peer = %format!("{to:x}"), "reaching a peer the member records do not name yet, at the address gossip knows");
+                let queue = self.start_sender(to, addr.clone());
+                queues.insert(to, (addr, queue));
+            }
+        }
+        let Some((_, queue)) = queues.get(&to) else {
+            tracing::debug!(to, "dropping a message to an unknown peer");
             return;
         };
         match queue.try_send(msg) {

@@ -8,7 +8,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{eventually, Cluster};
+use common::{etcdctl, eventually, Cluster};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Permission, Txn, TxnOp, WatchOptions};
 
 const ROOT_PASSWORD: &str = "root-secret";
@@ -22,15 +22,6 @@ async fn as_user(cluster: &Cluster, member: usize, user: &str, password: &str) -
         async move { Client::connect([endpoint], Some(options)).await }
     })
     .await
-}
-
-fn etcdctl(endpoint: &str, args: &[&str]) -> std::process::Output {
-    Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoint}"))
-        .args(args)
-        .output()
-        .expect("run etcdctl (scripts/install-deps.sh etcd installs it)")
 }
 
 /// `curl -X POST` to the gateway of `port`, with `token` as `Authorization` when given.

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{eventually, Cluster};
+use common::{etcdctl, eventually, Cluster};
 use etcd_client::{GetOptions, PutOptions};
 
 /// Every key, as a serializable read of one member answers it (key, value, create, mod, version,
@@ -27,15 +27,6 @@ async fn everything(cluster: &Cluster, i: usize) -> (i64, Vec<(Vec<u8>, Vec<u8>,
         })
         .collect();
     (revision, kvs)
-}
-
-fn etcdctl(endpoint: &str, args: &[&str]) -> std::process::Output {
-    Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoint}"))
-        .args(args)
-        .output()
-        .expect("run etcdctl (scripts/install-deps.sh etcd installs it)")
 }
 
 fn restore(snapshot: &Path, cluster: &Cluster, i: usize, token: &str, data_dir: &Path) -> std::process::Output {
@@ -159,20 +150,7 @@ async fn a_restored_member_started_for_another_cluster_is_refused() {
     let new = Cluster::prepare("restored-other", 1);
     let out = restore(&snapshot, &new, 0, "token-one", &new.data_dir(0));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let member = &new.members[0];
-    let started = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .arg("server")
-        .args(["--name", &member.name])
-        .arg("--data-dir")
-        .arg(new.data_dir(0))
-        .args(["--listen-client-urls", &member.endpoint()])
-        .args(["--advertise-client-urls", &member.endpoint()])
-        .args(["--listen-peer-urls", &new.peer_url(0)])
-        .args(["--initial-advertise-peer-urls", &new.peer_url(0)])
-        .args(["--initial-cluster", &new.initial_cluster()])
-        .args(["--initial-cluster-token", "token-two"])
-        .output()
-        .expect("run keel server");
+    let started = new.server_command(0, "token-two").output().expect("run keel server");
     assert!(!started.status.success());
     assert!(String::from_utf8_lossy(&started.stderr).contains("restored for another cluster"), "{started:?}");
 }

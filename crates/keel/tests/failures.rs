@@ -215,18 +215,8 @@ async fn a_member_whose_log_is_gone_but_whose_store_is_not_refuses_to_start() {
     cluster.stop(0);
     std::fs::remove_dir_all(cluster.data_dir(0).join("member").join("wal")).expect("remove the WAL");
     for attempt in 0..2 {
-        let member = &cluster.members[0];
-        let mut started = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
-            .arg("server")
-            .args(["--name", &member.name])
-            .arg("--data-dir")
-            .arg(cluster.data_dir(0))
-            .args(["--listen-client-urls", &member.endpoint()])
-            .args(["--advertise-client-urls", &member.endpoint()])
-            .args(["--listen-peer-urls", &cluster.peer_url(0)])
-            .args(["--initial-advertise-peer-urls", &cluster.peer_url(0)])
-            .args(["--initial-cluster", &cluster.initial_cluster()])
-            .args(["--initial-cluster-token", cluster.token()])
+        let mut started = cluster
+            .server_command(0, cluster.token())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("run keel server");

@@ -42,8 +42,17 @@ pub struct Cluster {
 
 fn free_port() -> u16 {
     // Bound and released at once: another process could take it in between, which the
-    // readiness wait would then report.
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    // readiness wait would then report. The kernel may hand the same free port out twice in a
+    // row, though, and two members given one port get one member id: each port goes to one
+    // member of this process only.
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        if GIVEN.lock().expect("ports lock").insert(port) {
+            return port;
+        }
+    }
 }
 
 impl Cluster {
@@ -151,24 +160,33 @@ impl Cluster {
         format!("http://127.0.0.1:{}", self.members[i].peer_port)
     }
 
+    /// `keel server` for member `i` with etcd's flags, its data dir and `token` (the cluster's
+    /// own, or another to see it refused); not started.
+    pub fn server_command(&self, i: usize, token: &str) -> Command {
+        let member = &self.members[i];
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
+        command
+            .arg("server")
+            .args(["--name", &member.name])
+            .args(["--data-dir", &self.data_dir(i).to_string_lossy()])
+            .args(["--listen-client-urls", &member.endpoint()])
+            .args(["--advertise-client-urls", &member.endpoint()])
+            .args(["--listen-peer-urls", &self.peer_url(i)])
+            .args(["--initial-advertise-peer-urls", &self.peer_url(i)])
+            .args(["--initial-cluster", &self.initial_cluster()])
+            .args(["--initial-cluster-token", token]);
+        command
+    }
+
     fn spawn_with_state(&mut self, i: usize, state: &str) {
-        let cluster = self.initial_cluster();
         let member = &self.members[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join(format!("{}.log", member.name)))
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_keel"))
-            .arg("server")
-            .args(["--name", &member.name])
-            .args(["--data-dir", &self.data_dir(i).to_string_lossy()])
-            .args(["--listen-client-urls", &member.endpoint()])
-            .args(["--advertise-client-urls", &member.endpoint()])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", member.peer_port)])
-            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{}", member.peer_port)])
-            .args(["--initial-cluster", &cluster])
-            .args(["--initial-cluster-token", &self.token])
+        let child = self
+            .server_command(i, &self.token)
             .args(["--initial-cluster-state", state])
             .args(["--heartbeat-interval", &HEARTBEAT_MS.to_string()])
             .args(["--election-timeout", &ELECTION_MS.to_string()])
@@ -325,4 +343,14 @@ where
             }
         }
     }
+}
+
+/// `etcdctl` (3.4, API v3) against `endpoint`.
+pub fn etcdctl(endpoint: &str, args: &[&str]) -> std::process::Output {
+    Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(args)
+        .output()
+        .expect("run etcdctl (scripts/install-deps.sh etcd installs it)")
 }
