@@ -45,6 +45,8 @@ check "auth: a watch outside the prefix is canceled by the server" "True" \
 check_err "auth: user list by a non-root user" "etcdserver: permission denied" ctl "$ALICE" user list
 check_ok "auth: user list by root" $'alice\nroot' ctl "$ROOT" user list
 check_ok "auth: a user reads its own user" "Roles: app" ctl "$ALICE" user get alice
+check_ok "auth: role list by root" $'app\nroot' ctl "$ROOT" role list
+check_err "auth: role list by a non-root user" "etcdserver: permission denied" ctl "$ALICE" role list
 check_ok "auth: role get" "[auth/app/, auth/app0) (prefix auth/app/)" ctl "$ROOT" role get app
 check_err "auth: member add by a non-root user" "etcdserver: permission denied" \
     ctl "$ALICE" member add nobody --peer-urls=http://127.0.0.1:24390

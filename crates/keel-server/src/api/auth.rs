@@ -8,6 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use keel_api::authpb;
 use keel_api::etcdserverpb::{self as pb, auth_server::Auth};
@@ -58,6 +59,57 @@ async fn password_matches(password: String, hash: Vec<u8>) -> bool {
     .unwrap_or(false)
 }
 
+/// Failed logins tolerated per user name before each further attempt must wait.
+const FAILURES_BEFORE_BACKOFF: u32 = 5;
+/// The first wait, doubled by each further failure, up to [`BACKOFF_MAX`].
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// User names whose failures are remembered at once; beyond it the oldest is forgotten.
+const FAILING_NAMES_MAX: usize = 10_000;
+
+/// Keel's limit on password guessing (etcd has none): after [`FAILURES_BEFORE_BACKOFF`] failed
+/// logins in a row for one user name, each further attempt before the backoff has passed is
+/// refused as a failed login without the password being looked at (so without the bcrypt work
+/// either); the backoff doubles with each failure, up to a minute. A successful login resets it.
+/// Per member: a guesser spreading over members gets the limit of each.
+#[derive(Debug, Default)]
+struct FailedLogins {
+    /// Per name: failures in a row, and when the next attempt may be checked.
+    names: std::collections::BTreeMap<String, (u32, Instant)>,
+}
+
+impl FailedLogins {
+    fn admits(&self, user: &str, now: Instant) -> bool {
+        self.names.get(user).is_none_or(|&(_, next)| now >= next)
+    }
+
+    fn failed(&mut self, user: &str, now: Instant) {
+        if !self.names.contains_key(user) && self.names.len() >= FAILING_NAMES_MAX {
+            let oldest = self.names.iter().min_by_key(|(_, (_, next))| *next).map(|(name, _)| name.clone());
+            if let Some(oldest) = oldest {
+                self.names.remove(&oldest);
+            }
+        }
+        let entry = self.names.entry(user.to_string()).or_insert((0, now));
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = match entry.0.checked_sub(FAILURES_BEFORE_BACKOFF) {
+            None => now,
+            Some(over) => now + BACKOFF_FIRST.saturating_mul(1 << over.min(6)).min(BACKOFF_MAX),
+        };
+    }
+
+    fn succeeded(&mut self, user: &str) {
+        self.names.remove(user);
+    }
+}
+
+static FAILED_LOGINS: std::sync::Mutex<FailedLogins> =
+    std::sync::Mutex::new(FailedLogins { names: std::collections::BTreeMap::new() });
+
+fn failed_logins() -> std::sync::MutexGuard<'static, FailedLogins> {
+    FAILED_LOGINS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// `TOKEN_LETTERS` letters from the operating system's random source, then `.` and a number.
 fn new_token(serial: u64) -> Result<String, Status> {
     let mut random = [0u8; TOKEN_LETTERS];
@@ -95,10 +147,18 @@ impl AuthService {
             }
             auth.user(&request.name).ok().and_then(|user| user.password_hash.clone())
         };
-        let Some(hash) = hash else { return Err(auth_error(AuthError::AuthFailed)) };
-        if !password_matches(request.password, hash).await {
+        if !failed_logins().admits(&request.name, Instant::now()) {
             return Err(auth_error(AuthError::AuthFailed));
         }
+        let matches = match hash {
+            Some(hash) => password_matches(request.password, hash).await,
+            None => false,
+        };
+        if !matches {
+            failed_logins().failed(&request.name, Instant::now());
+            return Err(auth_error(AuthError::AuthFailed));
+        }
+        failed_logins().succeeded(&request.name);
         let token = new_token(ISSUED.fetch_add(1, Ordering::Relaxed))?;
         let command = AuthCommand::Authenticate { user: request.name, token: token.clone() };
         self.change(&Caller::default(), command).await?;
@@ -349,6 +409,33 @@ impl Auth for AuthService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_failed_logins_for_a_name_must_wait_a_growing_backoff_and_a_success_resets_it() {
+        let mut logins = FailedLogins::default();
+        let start = Instant::now();
+        for _ in 0..FAILURES_BEFORE_BACKOFF - 1 {
+            logins.failed("alice", start);
+            assert!(logins.admits("alice", start), "a few mistakes cost nothing");
+        }
+        logins.failed("alice", start);
+        assert!(!logins.admits("alice", start));
+        assert!(logins.admits("alice", start + BACKOFF_FIRST));
+        assert!(logins.admits("bob", start), "per name");
+        logins.failed("alice", start + BACKOFF_FIRST);
+        assert!(!logins.admits("alice", start + BACKOFF_FIRST * 2), "doubled");
+        assert!(logins.admits("alice", start + BACKOFF_FIRST * 3));
+        for n in 0..20 {
+            logins.failed("alice", start + BACKOFF_MAX * n);
+        }
+        assert!(logins.admits("alice", start + BACKOFF_MAX * 21), "never more than the maximum");
+        logins.succeeded("alice");
+        assert!(logins.admits("alice", start));
+        for n in 0..FAILING_NAMES_MAX + 10 {
+            logins.failed(&format!("u{n}"), start);
+        }
+        assert!(logins.names.len() <= FAILING_NAMES_MAX, "bounded");
+    }
 
     #[test]
     fn tokens_are_letters_then_a_serial_and_never_repeat() {
