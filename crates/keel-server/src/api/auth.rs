@@ -126,14 +126,6 @@ impl AuthService {
         Some(self.shared.header(self.shared.metrics.revision()))
     }
 
-    /// Waits until this member has applied everything committed when it was called.
-    async fn caught_up(&self) -> Result<(), Status> {
-        self.shared
-            .read(keel_mvcc::RangeRequest { key: "\0".into(), limit: 1, count_only: true, ..Default::default() })
-            .await
-            .map(drop)
-    }
-
     async fn change(&self, caller: &Caller, command: AuthCommand) -> Result<(), Status> {
         self.shared.propose_auth(caller, &command).await
     }
@@ -182,7 +174,7 @@ impl AuthService {
     }
 
     pub async fn user_get(&self, caller: &Caller, name: &str) -> Result<Vec<String>, Status> {
-        self.caught_up().await?;
+        self.shared.caught_up().await?;
         // Root may read anyone; a user may read itself.
         if let Err(error) = self.shared.check_admin(caller) {
             if caller.user() != name {
@@ -193,7 +185,7 @@ impl AuthService {
     }
 
     pub async fn role_get(&self, caller: &Caller, name: &str) -> Result<Vec<authpb::Permission>, Status> {
-        self.caught_up().await?;
+        self.shared.caught_up().await?;
         // Root may read any role; a user may read the roles it has. (`check_admin` takes the
         // lock itself: asked before this function takes it.)
         let admin = self.shared.check_admin(caller);
@@ -217,7 +209,7 @@ impl AuthService {
     }
 
     async fn names(&self, caller: &Caller, users: bool) -> Result<Vec<String>, Status> {
-        self.caught_up().await?;
+        self.shared.caught_up().await?;
         self.shared.check_admin(caller)?;
         let auth = self.shared.auth.lock();
         Ok(if users { auth.user_names() } else { auth.role_names() })
@@ -255,7 +247,7 @@ impl Auth for AuthService {
         request: Request<pb::AuthStatusRequest>,
     ) -> Result<Response<pb::AuthStatusResponse>, Status> {
         self.shared.caller(&request)?;
-        self.caught_up().await?;
+        self.shared.caught_up().await?;
         let (enabled, auth_revision) = {
             let auth = self.shared.auth.lock();
             (auth.is_enabled(), auth.revision())

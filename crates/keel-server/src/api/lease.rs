@@ -75,9 +75,7 @@ impl LeaseService {
             // A follower's store may not have applied the grant yet (or be far behind): ask the
             // leader how far the log is committed and wait until that is applied here, so a
             // live lease is never answered "TTL 0", which would end its client's session.
-            self.shared
-                .read(keel_mvcc::RangeRequest { key: "\0".into(), limit: 1, count_only: true, ..Default::default() })
-                .await?;
+            self.shared.caught_up().await?;
         }
         let granted = self
             .shared
@@ -102,9 +100,7 @@ impl LeaseService {
     ) -> Result<pb::LeaseTimeToLiveResponse, Status> {
         // Linearizable, like etcd's: a read-index round first, so a lease granted through
         // another member is visible here.
-        self.shared
-            .read(keel_mvcc::RangeRequest { key: "\0".into(), limit: 1, count_only: true, ..Default::default() })
-            .await?;
+        self.shared.caught_up().await?;
         let (group, id, with_keys) = (self.shared.group, request.id, request.keys);
         let found = self
             .shared

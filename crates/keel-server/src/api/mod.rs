@@ -218,6 +218,12 @@ impl Shared {
         }
     }
 
+    /// Waits until this member has applied everything committed when it was called: a
+    /// read-index round that reads nothing (for answers served from local state).
+    pub async fn caught_up(&self) -> Result<(), Status> {
+        self.read(RangeRequest { key: "\0".into(), limit: 1, count_only: true, ..Default::default() }).await.map(drop)
+    }
+
     /// A linearizable read (ReadIndex; reads queued together share one leadership check).
     pub async fn read(&self, query: RangeRequest) -> Result<RangeResponse, Status> {
         self.range(RangeRequest { serializable: false, ..query }).await
