@@ -140,6 +140,7 @@ fn wire_event(event: keel_api::mvccpb::Event) -> Event {
 /// A linearizable read as `caller`.
 async fn read_as(shared: &Shared, caller: &Caller, query: RangeRequest) -> Result<keel_mvcc::RangeResponse, Status> {
     let (key, range_end) = (query.key.clone(), query.range_end.clone());
+    shared.check_read(caller, &key, &range_end)?;
     let response = shared.read(query).await?;
     shared.check_read(caller, &key, &range_end)?;
     Ok(response)

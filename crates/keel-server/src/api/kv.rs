@@ -24,6 +24,9 @@ impl KvService {
         }
         let query = convert::range_request(request)?;
         let (key, range_end) = (query.key.clone(), query.range_end.clone());
+        // Refused before any walk when this member already knows it is forbidden (a forbidden
+        // range may hold millions of keys).
+        self.shared.check_read(caller, &key, &range_end)?;
         let response = self.shared.range(query).await?;
         // Checked once the read has run, against this member's auth store as of then: at least
         // as new as the state read, so a permission revoked before the read is never missed.
