@@ -11,6 +11,8 @@ use std::fmt;
 
 use thiserror::Error;
 
+pub use crate::tls::TlsFlags;
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("unknown flag --{0} (see `keel server --help`)")]
@@ -42,6 +44,11 @@ impl fmt::Display for PeerUrl {
 }
 
 impl PeerUrl {
+    /// Whether this URL's scheme asks for TLS.
+    pub fn is_tls(&self) -> bool {
+        self.scheme == "https" || self.scheme == "unixs"
+    }
+
     pub fn parse(flag: &'static str, text: &str) -> Result<PeerUrl, ConfigError> {
         let invalid = |reason: &str| ConfigError::Invalid { flag, value: text.to_string(), reason: reason.to_string() };
         let (scheme, rest) = text.split_once("://").ok_or_else(|| invalid("expected scheme://host:port"))?;
@@ -139,6 +146,15 @@ pub struct ServerConfig {
     pub replace_dead_after: std::time::Duration,
     /// keel's own: the membership protocol's period (one probe per member per period).
     pub membership_probe_interval: std::time::Duration,
+    /// TLS on the client port (`https://` client URLs): `--cert-file`, `--key-file`,
+    /// `--trusted-ca-file`, `--client-cert-auth`, `--auto-tls`.
+    pub client_tls: TlsFlags,
+    /// TLS on the peer port (`https://` peer URLs): the same flags with a `peer-` prefix.
+    pub peer_tls: TlsFlags,
+    /// `--peer-cert-allowed-cn`: only peers whose certificate names this common name get in.
+    pub peer_cert_allowed_cn: String,
+    /// `--self-signed-cert-validity`: years the certificates of `--auto-tls` are valid.
+    pub self_signed_cert_validity_years: u64,
 }
 
 /// `--auto-compaction-mode` and `--auto-compaction-retention`.
@@ -210,10 +226,23 @@ const FLAGS: &[(&str, &str)] = &[
     ("zone", ""),
     ("replace-dead-after", "60s"),
     ("membership-probe-interval", "1s"),
+    ("cert-file", ""),
+    ("key-file", ""),
+    ("trusted-ca-file", ""),
+    ("client-cert-auth", "false"),
+    ("auto-tls", "false"),
+    ("peer-cert-file", ""),
+    ("peer-key-file", ""),
+    ("peer-trusted-ca-file", ""),
+    ("peer-client-cert-auth", "false"),
+    ("peer-auto-tls", "false"),
+    ("peer-cert-allowed-cn", ""),
+    ("self-signed-cert-validity", "1"),
 ];
 
 /// Flags that need no value: `--spare` means `--spare=true` (as Go's flag package reads them).
-const SWITCHES: &[&str] = &["spare", "unsafe-fault-injection"];
+const SWITCHES: &[&str] =
+    &["spare", "unsafe-fault-injection", "client-cert-auth", "auto-tls", "peer-client-cert-auth", "peer-auto-tls"];
 
 /// etcd's bounds: an election timeout of at most 50 s, and at least five heartbeats.
 const ELECTION_TIMEOUT_MS_MAX: u64 = 50_000;
@@ -416,6 +445,22 @@ impl ServerConfig {
             zone: get("zone"),
             replace_dead_after: duration("replace-dead-after", &get("replace-dead-after"))?,
             membership_probe_interval: duration("membership-probe-interval", &get("membership-probe-interval"))?,
+            client_tls: TlsFlags {
+                cert_file: get("cert-file"),
+                key_file: get("key-file"),
+                trusted_ca_file: get("trusted-ca-file"),
+                client_cert_auth: boolean("client-cert-auth", &get("client-cert-auth"))?,
+                auto_tls: boolean("auto-tls", &get("auto-tls"))?,
+            },
+            peer_tls: TlsFlags {
+                cert_file: get("peer-cert-file"),
+                key_file: get("peer-key-file"),
+                trusted_ca_file: get("peer-trusted-ca-file"),
+                client_cert_auth: boolean("peer-client-cert-auth", &get("peer-client-cert-auth"))?,
+                auto_tls: boolean("peer-auto-tls", &get("peer-auto-tls"))?,
+            },
+            peer_cert_allowed_cn: get("peer-cert-allowed-cn"),
+            self_signed_cert_validity_years: number("self-signed-cert-validity", &get("self-signed-cert-validity"))?,
             data_dir: get("data-dir"),
             listen_client_urls: PeerUrl::parse_list("listen-client-urls", &get("listen-client-urls"))?,
             advertise_client_urls: PeerUrl::parse_list("advertise-client-urls", &get("advertise-client-urls"))?,
@@ -492,6 +537,7 @@ impl ServerConfig {
                 reason: "must be at least 10ms".into(),
             });
         }
+        self.validate_tls()?;
         if self.spare {
             // A spare is not a member yet: it names the members it joins, not itself.
             if self.initial_cluster_state != ClusterState::Existing {
@@ -532,6 +578,44 @@ impl ServerConfig {
             }
         }
         Ok(())
+    }
+
+    /// TLS flags that go together, and a certificate for every `https://` URL this member
+    /// listens on (etcd refuses both mistakes the same way).
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        self.client_tls.check("").map_err(ConfigError::Inconsistent)?;
+        self.peer_tls.check("peer-").map_err(ConfigError::Inconsistent)?;
+        if self.serves_clients_with_tls() && !self.client_tls.has_identity() {
+            return Err(ConfigError::Inconsistent(
+                "TLS key/cert (--cert-file, --key-file) must be provided for client url with HTTPS scheme (or --auto-tls)"
+                    .into(),
+            ));
+        }
+        if self.peers_use_tls() && !self.peer_tls.has_identity() {
+            return Err(ConfigError::Inconsistent(
+                "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer url with HTTPS scheme (or --peer-auto-tls)"
+                    .into(),
+            ));
+        }
+        if self.self_signed_cert_validity_years == 0 {
+            return Err(ConfigError::Invalid {
+                flag: "self-signed-cert-validity",
+                value: "0".into(),
+                reason: "must be at least 1 (year)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether any client URL this member listens on is `https://`.
+    pub fn serves_clients_with_tls(&self) -> bool {
+        self.listen_client_urls.iter().any(PeerUrl::is_tls)
+    }
+
+    /// Whether this member's peer port speaks TLS (`https://` in `--listen-peer-urls`): it then
+    /// dials its peers with TLS too, so a cluster's members use one scheme.
+    pub fn peers_use_tls(&self) -> bool {
+        self.listen_peer_urls.iter().any(PeerUrl::is_tls)
     }
 
     /// The backend quota, with etcd's default for 0.

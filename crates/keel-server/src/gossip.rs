@@ -69,6 +69,8 @@ pub struct GossipSettings {
     /// The cluster's members as this process's records name them: a spare that became one is
     /// no longer counted as a spare (its description keeps saying where it came from).
     pub members: Arc<RwLock<std::collections::BTreeSet<NodeId>>>,
+    /// Peer TLS, as the raft traffic uses it.
+    pub tls: Option<Arc<crate::tls::peer::PeerTls>>,
 }
 
 impl Gossip {
@@ -97,7 +99,7 @@ fn run(
     view: Arc<RwLock<GossipView>>,
     metrics: Arc<Metrics>,
 ) {
-    let GossipSettings { cluster_id, me, meta, seeds, period, on_removed, members: recorded } = settings;
+    let GossipSettings { cluster_id, me, meta, seeds, period, on_removed, members: recorded, tls } = settings;
     let now_us = process_us;
     // A restarted process must outrank what the others remember of its previous life (dead at
     // some incarnation): the wall clock in milliseconds does, with no state kept on disk.
@@ -111,7 +113,7 @@ fn run(
     let mut seeds = seeds;
     seeds.remove(&me);
     let mut addresses = seeds.clone();
-    let mut sender = PeerSender::start(cluster_id, me, &BTreeMap::new());
+    let mut sender = PeerSender::start(cluster_id, me, &BTreeMap::new()).with_tls(tls);
     if let Some(on_removed) = on_removed {
         sender = sender.with_on_removed(on_removed);
     }

@@ -5,7 +5,7 @@
 //! etcd state machine ([`machine`]), and etcd's gRPC services ([`api`]) and HTTP endpoints
 //! ([`http`]) on the client URLs, put together by [`server::run`]. Self-healing: the membership
 //! protocol over the peer port ([`gossip`]) and the leader's replacement of dead voters by
-//! spares ([`healing`]).
+//! spares ([`healing`]). TLS for both ports, with etcd's flags ([`tls`]).
 
 pub mod api;
 pub mod auto_compaction;
@@ -25,6 +25,7 @@ pub mod machine;
 pub mod metrics;
 pub mod server;
 pub mod status;
+pub mod tls;
 pub mod transport;
 pub mod watch_hub;
 

@@ -63,6 +63,8 @@ pub enum ServerError {
     Storage(#[from] keel_storage::StorageError),
     #[error("state machine: {0}")]
     Mvcc(#[from] keel_mvcc::StorageError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
@@ -347,6 +349,8 @@ async fn sweep_tokens(auth: crate::machine::SharedAuth, ttl_seconds: u64) {
 /// Runs the member until Ctrl-C or SIGTERM.
 pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     let membership = membership(&config)?;
+    // Certificates first: a member whose TLS cannot start must not touch its data.
+    let (client_tls, peer_tls) = tls_of(&config)?;
     let me = membership.me;
     let dir = member_dir(Path::new(&config.data_dir));
     std::fs::create_dir_all(&dir).map_err(io(format!("create data dir {}", dir.display())))?;
@@ -374,6 +378,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     addresses.extend(peer_addresses(&current_members, me));
     let peers = Arc::new(
         PeerSender::start_with(membership.cluster_id, me, &BTreeMap::new(), Some(attributes))
+            .with_tls(peer_tls.clone())
             .with_outbox(outbox)
             .with_on_removed(Arc::new(removed_from_cluster))
             .with_traffic(metrics.peer.clone()),
@@ -406,6 +411,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
             period: config.membership_probe_interval,
             on_removed: Some(Arc::new(removed_from_cluster)),
             members: member_ids.clone(),
+            tls: peer_tls.clone(),
         },
         metrics.clone(),
     )
@@ -443,8 +449,11 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
                 }
             }
         }),
-        Some(snapshot_files_dir(&dir)),
-        metrics.peer.clone(),
+        crate::transport::ListenerOptions {
+            files_dir: Some(snapshot_files_dir(&dir)),
+            traffic: metrics.peer.clone(),
+            tls: peer_tls,
+        },
     );
 
     // The driver.
@@ -516,6 +525,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         faults,
         gossip: gossip_view.clone(),
         auth,
+        common_name_is_user: config.client_tls.client_cert_auth,
     });
 
     tracing::info!(
@@ -543,7 +553,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         .run(),
     );
     runtime.spawn(sweep_tokens(shared.auth.clone(), config.auth_token_ttl_seconds));
-    let served = runtime.block_on(serve_clients(config, shared.clone()));
+    let served = runtime.block_on(serve_clients(config, shared.clone(), client_tls));
     // A graceful stop (the signal came; the client listeners still answer until the runtime
     // goes, but the driver takes nothing after this turn): it drops the node and so closes the
     // store (the next start need not repair it, unless a snapshot stream still held a read view
@@ -592,7 +602,47 @@ fn join(urls: &[PeerUrl]) -> String {
     urls.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
 
-async fn serve_clients(config: ServerConfig, shared: Arc<Shared>) -> Result<(), ServerError> {
+/// The client port's TLS configuration (when a client URL is `https://`) and the peer
+/// transport's (when the peer URL is), from etcd's flags.
+#[allow(clippy::type_complexity)]
+fn tls_of(
+    config: &ServerConfig,
+) -> Result<(Option<Arc<rustls::ServerConfig>>, Option<Arc<crate::tls::peer::PeerTls>>), ServerError> {
+    let validity = std::time::Duration::from_secs(config.self_signed_cert_validity_years.saturating_mul(365 * 86_400));
+    let fixtures = Path::new(&config.data_dir).join("fixtures");
+    let hosts = |urls: &[&[PeerUrl]]| -> Vec<String> {
+        let mut hosts: Vec<String> = urls
+            .iter()
+            .flat_map(|list| list.iter())
+            .map(|url| url.host.trim_start_matches('[').trim_end_matches(']').to_string())
+            .collect();
+        hosts.sort();
+        hosts.dedup();
+        hosts
+    };
+    let client = if config.serves_clients_with_tls() {
+        let client_hosts = hosts(&[&config.listen_client_urls, &config.advertise_client_urls]);
+        let side = crate::tls::Side::from_flags(&config.client_tls, &fixtures.join("client"), &client_hosts, validity)?;
+        // One port serves gRPC (h2) and the JSON gateway (h2 or HTTP/1.1), as etcd's does.
+        Some(Arc::new(side.server_config(&[b"h2", b"http/1.1"])?))
+    } else {
+        None
+    };
+    let peer = if config.peers_use_tls() {
+        let peer_hosts = hosts(&[&config.listen_peer_urls, &config.initial_advertise_peer_urls]);
+        let side = crate::tls::Side::from_flags(&config.peer_tls, &fixtures.join("peer"), &peer_hosts, validity)?;
+        Some(Arc::new(crate::tls::peer::PeerTls::new(&side, &config.peer_cert_allowed_cn)?))
+    } else {
+        None
+    };
+    Ok((client, peer))
+}
+
+async fn serve_clients(
+    config: ServerConfig,
+    shared: Arc<Shared>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<(), ServerError> {
     let max_message = shared.max_request_bytes.saturating_add(GRPC_OVERHEAD_BYTES);
     let (reporter, health) = keel_api::tonic_health::server::health_reporter();
     reporter.set_service_status("", keel_api::tonic_health::ServingStatus::Serving).await;
@@ -618,6 +668,13 @@ async fn serve_clients(config: ServerConfig, shared: Arc<Shared>) -> Result<(), 
     for url in &config.listen_client_urls {
         let addr = resolve(url)?;
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(io(format!("listen on client URL {url}")))?;
+        if let (true, Some(tls)) = (url.is_tls(), &tls) {
+            let listener = crate::tls::listener::TlsListener::start(listener, tls.clone())
+                .map_err(io(format!("listen on client URL {url}")))?;
+            let app = app.clone().into_make_service_with_connect_info::<crate::tls::listener::ClientAddr>();
+            servers.push(tokio::spawn(async move { axum::serve(listener, app).await }));
+            continue;
+        }
         // Small responses must leave at once: Nagle's algorithm against the client's delayed
         // ACK would hold each one ~40 ms.
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {

@@ -17,6 +17,7 @@ use keel_codec::peer::{check_hello, encode_chunked, FrameReader, PeerFrame, Reas
 use keel_raft::{Message, MessageBody, NodeId};
 
 use crate::machine::{FileTicket, SnapshotOutbox, MEMBERS_META_KEY};
+use crate::tls::peer::{PeerStream, PeerTls};
 
 /// What the node sends a peer: raft messages (coalesced into frames) or a frame of its own
 /// (a forwarded proposal, a reply to one). Both share the peer's queue, so they leave in order.
@@ -122,6 +123,8 @@ pub struct PeerSender {
     on_removed: Option<OnRemoved>,
     /// Where to find a peer the member records do not name (yet): see [`AddressFallback`].
     fallback: std::sync::Mutex<Option<AddressFallback>>,
+    /// Peer TLS (`https://` peer URLs): every connection this member dials uses it.
+    tls: Option<Arc<PeerTls>>,
 }
 
 /// Where a peer listens, for a peer this member's records do not name yet: a new member must
@@ -200,6 +203,7 @@ impl PeerSender {
             on_removed: None,
             traffic: Arc::default(),
             fallback: std::sync::Mutex::new(None),
+            tls: None,
         };
         sender.set_peers(peers);
         sender
@@ -222,10 +226,11 @@ impl PeerSender {
     fn start_sender(&self, id: NodeId, addr: PeerAddress) -> SyncSender<Outgoing> {
         let (queue, receiver) = mpsc::sync_channel(PEER_QUEUE_MAX);
         let (cluster_id, me, attributes) = (self.cluster_id, self.me, self.attributes.clone());
-        let (on_removed, traffic) = (self.on_removed.clone(), self.traffic.clone());
+        let (on_removed, traffic, tls) = (self.on_removed.clone(), self.traffic.clone(), self.tls.clone());
+        let dialer = Dialer { cluster_id, me, tls };
         std::thread::Builder::new()
             .name(format!("keel-peer-{id:x}"))
-            .spawn(move || send_loop(cluster_id, me, (id, addr), attributes, receiver, on_removed, &traffic))
+            .spawn(move || send_loop(&dialer, (id, addr), attributes, receiver, on_removed, &traffic))
             .expect("spawn peer sender thread");
         queue
     }
@@ -240,6 +245,13 @@ impl PeerSender {
     /// keep none).
     pub fn with_on_removed(mut self, on_removed: OnRemoved) -> Self {
         self.on_removed = Some(on_removed);
+        self
+    }
+
+    /// Dials every peer with TLS. Set it before the first [`PeerSender::set_peers`] that names a
+    /// peer.
+    pub fn with_tls(mut self, tls: Option<Arc<PeerTls>>) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -311,13 +323,13 @@ impl PeerSender {
             outbox.stream_ended(ticket.source);
             return; // a transfer to this peer is under way; raft asks again if it fails
         }
-        let (cluster_id, me, streaming, streamed) =
-            (self.cluster_id, self.me, self.streaming.clone(), self.streamed.clone());
+        let dialer = Dialer { cluster_id: self.cluster_id, me: self.me, tls: self.tls.clone() };
+        let (streaming, streamed) = (self.streaming.clone(), self.streamed.clone());
         let source = ticket.source;
         let spawned = std::thread::Builder::new().name(format!("keel-snap-{to:x}")).spawn(move || {
             let started = std::time::Instant::now();
             let rows = StoreRows { view, members };
-            match stream_rows(cluster_id, me, to, addr, &message, &rows) {
+            match stream_rows(&dialer, to, addr, &message, &rows) {
                 Ok(bytes) => {
                     streamed.lock().expect("streamed lock").insert(to, std::time::Instant::now());
                     tracing::info!(
@@ -350,7 +362,7 @@ struct StoreRows {
 
 /// Cuts a byte stream into [`PeerFrame::FileChunk`]s on a socket, keeping its size and CRC.
 struct ChunkWriter<'a> {
-    stream: &'a mut TcpStream,
+    stream: &'a mut PeerStream,
     buf: Vec<u8>,
     offset: u64,
     crc: u32,
@@ -387,15 +399,14 @@ impl Write for ChunkWriter<'_> {
 /// The leader's side of a streamed snapshot: hello, the store's rows in chunks, their end with
 /// size and checksum, then the raft message. Returns the bytes sent.
 fn stream_rows(
-    cluster_id: u64,
-    me: NodeId,
+    dialer: &Dialer,
     to: NodeId,
     addr: PeerAddress,
     message: &Message,
     rows: &StoreRows,
 ) -> std::io::Result<u64> {
-    let mut stream = connect(cluster_id, me, to, &addr, None)?;
-    stream.set_write_timeout(Some(FILE_STALL_TIMEOUT))?;
+    let mut stream = dialer.connect(to, &addr, None)?;
+    stream.tcp().set_write_timeout(Some(FILE_STALL_TIMEOUT))?;
     let mut writer = ChunkWriter { stream: &mut stream, buf: Vec::with_capacity(FILE_CHUNK_BYTES), offset: 0, crc: 0 };
     rows.view
         .write_rows(&mut writer, &[(MEMBERS_META_KEY, rows.members.clone())])
@@ -409,8 +420,7 @@ fn stream_rows(
 }
 
 fn send_loop(
-    cluster_id: u64,
-    me: NodeId,
+    dialer: &Dialer,
     (to, addr): (NodeId, PeerAddress),
     attributes: Option<PeerFrame>,
     queue: Receiver<Outgoing>,
@@ -420,7 +430,7 @@ fn send_loop(
     let mut backoff = BACKOFF_MIN;
     // Connect right away, not at the first message: the hello and attributes tell the peer who
     // we are (its MemberList shows our client URLs) even before raft has anything to say to it.
-    let mut stream: Option<TcpStream> = connect(cluster_id, me, to, &addr, attributes.as_ref()).ok();
+    let mut stream: Option<PeerStream> = dialer.connect(to, &addr, attributes.as_ref()).ok();
     loop {
         let first = match queue.recv_timeout(backoff) {
             Ok(first) => first,
@@ -428,7 +438,7 @@ fn send_loop(
             // Idle: keep trying to reach a peer we are not connected to, for the same reason.
             Err(RecvTimeoutError::Timeout) => {
                 if stream.is_none() {
-                    match connect(cluster_id, me, to, &addr, attributes.as_ref()) {
+                    match dialer.connect(to, &addr, attributes.as_ref()) {
                         Ok(connected) => {
                             stream = Some(connected);
                             backoff = BACKOFF_MIN;
@@ -443,7 +453,7 @@ fn send_loop(
         };
         let mut batch = vec![first];
         batch.extend(queue.try_iter().take(MESSAGES_PER_FRAME_MAX - 1));
-        if let Some(connected) = stream.as_ref().filter(|s| closed_by_peer(s) || sent_back(s)) {
+        if let Some(connected) = stream.as_mut().filter(|s| closed_by_peer(s.tcp()) || sent_back(s.tcp())) {
             if told_removed(connected) {
                 tracing::error!(peer = to, "a member says this member was removed from the cluster");
                 if let Some(on_removed) = &on_removed {
@@ -457,7 +467,7 @@ fn send_loop(
             stream = None;
         }
         if stream.is_none() {
-            match connect(cluster_id, me, to, &addr, attributes.as_ref()) {
+            match dialer.connect(to, &addr, attributes.as_ref()) {
                 Ok(connected) => {
                     stream = Some(connected);
                     backoff = BACKOFF_MIN;
@@ -514,10 +524,10 @@ fn sent_back(stream: &TcpStream) -> bool {
 }
 
 /// Whether what a closing peer left on the connection is [`PeerFrame::Removed`].
-fn told_removed(stream: &TcpStream) -> bool {
+fn told_removed(stream: &mut PeerStream) -> bool {
     let mut buf = [0u8; 64];
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
-    let Ok(read) = (&*stream).read(&mut buf) else { return false };
+    let _ = stream.tcp().set_read_timeout(Some(Duration::from_millis(50)));
+    let Ok(read) = stream.read(&mut buf) else { return false };
     let mut reader = FrameReader::new(buf.len());
     reader.push(&buf[..read]);
     matches!(reader.next_frame(), Ok(Some(PeerFrame::Removed)))
@@ -537,20 +547,26 @@ fn closed_by_peer(stream: &TcpStream) -> bool {
     closed || stream.set_nonblocking(false).is_err()
 }
 
-fn connect(
+/// What a member dials its peers as: its cluster and id (for the hello) and its peer TLS.
+struct Dialer {
     cluster_id: u64,
     me: NodeId,
-    to: NodeId,
-    addr: &PeerAddress,
-    attributes: Option<&PeerFrame>,
-) -> std::io::Result<TcpStream> {
-    let mut stream = TcpStream::connect_timeout(&addr.resolve()?, Duration::from_millis(500))?;
-    stream.set_nodelay(true)?;
-    stream.write_all(&PeerFrame::Hello { cluster_id, from: me, to }.encode())?;
-    if let Some(attributes) = attributes {
-        stream.write_all(&attributes.encode())?;
+    tls: Option<Arc<PeerTls>>,
+}
+
+impl Dialer {
+    /// A connection to peer `to` at `addr`, past the TLS handshake (if any) and the hello.
+    fn connect(&self, to: NodeId, addr: &PeerAddress, attributes: Option<&PeerFrame>) -> std::io::Result<PeerStream> {
+        let tcp = TcpStream::connect_timeout(&addr.resolve()?, Duration::from_millis(500))?;
+        tcp.set_nodelay(true)?;
+        let mut stream = crate::tls::peer::dial(tcp, self.tls.as_deref(), &addr.host)?;
+        let mut hello = PeerFrame::Hello { cluster_id: self.cluster_id, from: self.me, to }.encode();
+        if let Some(attributes) = attributes {
+            hello.extend_from_slice(&attributes.encode());
+        }
+        stream.write_all(&hello)?;
+        Ok(stream)
     }
-    Ok(stream)
 }
 
 /// Accepts peer connections on `listener` and hands every accepted message to `deliver`.
@@ -563,7 +579,18 @@ pub fn start_listener(
     deliver: Arc<dyn Fn(Incoming) + Send + Sync>,
 ) {
     let admit = Arc::new(move |id| if is_member(id) { Admission::Member } else { Admission::Refused });
-    start_listener_with_files(listener, cluster_id, me, admit, deliver, None, Arc::default())
+    start_listener_with_files(listener, cluster_id, me, admit, deliver, ListenerOptions::default())
+}
+
+/// What a peer listener does besides delivering messages.
+#[derive(Default)]
+pub struct ListenerOptions {
+    /// Where stores peers stream for snapshots are received (`None`: refused).
+    pub files_dir: Option<std::path::PathBuf>,
+    /// Counts the bytes read.
+    pub traffic: Arc<PeerTraffic>,
+    /// Peer TLS: only certificates from the peer CA get past the handshake.
+    pub tls: Option<Arc<PeerTls>>,
 }
 
 /// [`start_listener`], receiving stores peers stream for snapshots into `files_dir`.
@@ -573,17 +600,26 @@ pub fn start_listener_with_files(
     me: NodeId,
     admit: Arc<dyn Fn(NodeId) -> Admission + Send + Sync>,
     deliver: Arc<dyn Fn(Incoming) + Send + Sync>,
-    files_dir: Option<std::path::PathBuf>,
-    traffic: Arc<PeerTraffic>,
+    options: ListenerOptions,
 ) {
+    let ListenerOptions { files_dir, traffic, tls } = options;
     std::thread::Builder::new()
         .name("keel-peer-listener".into())
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 let (admit, deliver, files_dir) = (admit.clone(), deliver.clone(), files_dir.clone());
-                let traffic = traffic.clone();
+                let (traffic, tls) = (traffic.clone(), tls.clone());
                 let _ = std::thread::Builder::new().name("keel-peer-conn".into()).spawn(move || {
+                    let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
+                    // Only certificates from the peer CA get past the handshake.
+                    let stream = match crate::tls::peer::accept(stream, tls.as_deref()) {
+                        Ok(stream) => stream,
+                        Err(error) => {
+                            tracing::warn!(%peer, %error, "refused a peer connection's TLS handshake");
+                            return;
+                        }
+                    };
                     let mut conn = Connection {
                         accepted: None,
                         files_dir,
@@ -592,7 +628,7 @@ pub fn start_listener_with_files(
                         streamed: false,
                         guest: false,
                     };
-                    receive_loop(stream, cluster_id, me, &*admit, &*deliver, &mut conn, &traffic);
+                    receive_loop(stream, &peer, cluster_id, me, &*admit, &*deliver, &mut conn, &traffic);
                     // An unfinished stream's receiver removes its partial file when dropped.
                     drop(conn.incoming.take());
                     // A stream's own connection ending says nothing about the peer's health.
@@ -692,8 +728,10 @@ impl Connection {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn receive_loop(
-    mut stream: TcpStream,
+    mut stream: impl Read + Write,
+    peer: &str,
     cluster_id: u64,
     me: NodeId,
     admit: &dyn Fn(NodeId) -> Admission,
@@ -701,7 +739,6 @@ fn receive_loop(
     conn: &mut Connection,
     traffic: &PeerTraffic,
 ) {
-    let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
     let mut reader = FrameReader::new(PEER_FRAME_BYTES_MAX);
     let mut reassembly = Reassembly::new(PEER_MESSAGE_BYTES_MAX);
     let mut buf = vec![0u8; 64 << 10];

@@ -20,6 +20,7 @@ mod bench_heal;
 mod bench_kv;
 mod bench_mvcc;
 mod bench_wal;
+mod certs;
 mod chaos;
 mod local_cluster;
 mod playground;
@@ -59,6 +60,8 @@ enum Command {
     Bench(Bench),
     /// Inject faults into a local cluster of real processes and check the history.
     Chaos(chaos::Options),
+    /// Write a throwaway CA with member and client certificates (for TLS tests and trials).
+    Certs(certs::Options),
     /// Print a completion script for a shell (e.g. `keel completions bash > /etc/bash_completion.d/keel`).
     Completions {
         /// The shell to complete for.
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
         Command::Bench(Bench::Wal(options)) => bench_wal::run(options),
         Command::Bench(Bench::Mvcc(options)) => bench_mvcc::run(options),
         Command::Chaos(options) => chaos::run(options),
+        Command::Certs(options) => certs::run(options),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "keel", &mut std::io::stdout());
             Ok(())

@@ -71,6 +71,9 @@ pub struct Shared {
     pub gossip: Arc<std::sync::RwLock<crate::gossip::GossipView>>,
     /// Users, roles and permissions as this member has applied them, and the tokens it knows.
     pub auth: SharedAuth,
+    /// `--client-cert-auth`: a gRPC request without a token acts as the common name of the
+    /// client certificate its connection verified (etcd's `AuthInfoFromTLS`).
+    pub common_name_is_user: bool,
 }
 
 /// Who made a request, as its token says, while auth is on; `None` when auth was off as it
@@ -113,8 +116,20 @@ impl Shared {
 
     /// Who sent `request` (see [`Caller`]). A token this member does not know is refused with
     /// etcd's "invalid auth token": expired, from before a restart, or forged.
+    /// Without a token, and with `--client-cert-auth`, the caller is the common name of the
+    /// connection's verified client certificate. Gateway requests never come here, so a
+    /// certificate never speaks for them (etcd's gateway dials with its own certificate and
+    /// ignores its name the same way).
     pub fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {
-        self.caller_with(token_of(request))
+        let token = token_of(request);
+        if token.is_none() && self.common_name_is_user && self.auth.is_enabled() {
+            let connection = request.extensions().get::<axum::extract::ConnectInfo<crate::tls::listener::ClientAddr>>();
+            if let Some(common_name) = connection.and_then(|info| info.0.common_name.as_deref()) {
+                let revision = self.auth.lock().revision();
+                return Ok(Caller(Some((common_name.to_string(), revision))));
+            }
+        }
+        self.caller_with(token)
     }
 
     /// Who holds `token` (`None`: the request carried none).

@@ -1,0 +1,104 @@
+//! The client port with TLS: handshakes run in tasks of their own (a slow or silent client
+//! holds only its own task, never the accept loop), at most [`HANDSHAKES_AT_ONCE`] at a time and
+//! each for at most [`HANDSHAKE_TIMEOUT`]; finished connections go to axum through a bounded
+//! queue, with the verified client certificate's common name.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+/// A client that has not finished its handshake by then is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes under way at once; connections beyond are closed at once (a flood of them must not
+/// take every core to the key exchange).
+pub const HANDSHAKES_AT_ONCE: usize = 256;
+/// Finished connections waiting for axum to take them.
+const READY_MAX: usize = 64;
+
+/// Who is on the other end of a client connection: its address and, with client certificates,
+/// the verified certificate's common name (the user, when auth is on and no token is given).
+#[derive(Clone, Debug)]
+pub struct ClientAddr {
+    pub remote: SocketAddr,
+    pub common_name: Option<Arc<str>>,
+}
+
+pub struct TlsListener {
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, ClientAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    /// Accepts on `listener`, handshaking with `config` (its ALPN must offer h2 for gRPC).
+    pub fn start(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<TlsListener> {
+        let local = listener.local_addr()?;
+        let (ready_tx, ready) = mpsc::channel(READY_MAX);
+        let acceptor = TlsAcceptor::from(config);
+        let handshakes = Arc::new(Semaphore::new(HANDSHAKES_AT_ONCE));
+        tokio::spawn(async move {
+            loop {
+                let (tcp, remote) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors and the like: wait instead of spinning.
+                        tracing::warn!(%error, "accepting a client connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if ready_tx.is_closed() {
+                    return;
+                }
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    tracing::debug!(%remote, "too many TLS handshakes under way; closing a new connection");
+                    continue;
+                };
+                // Small responses must leave at once (Nagle against delayed ACKs holds them ~40 ms).
+                let _ = tcp.set_nodelay(true);
+                let (acceptor, ready_tx) = (acceptor.clone(), ready_tx.clone());
+                tokio::spawn(async move {
+                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                    drop(permit);
+                    match handshake {
+                        Ok(Ok(tls)) => {
+                            let common_name =
+                                super::peer_common_name(tls.get_ref().1.peer_certificates()).map(Arc::from);
+                            let _ = ready_tx.send((tls, ClientAddr { remote, common_name })).await;
+                        }
+                        Ok(Err(error)) => tracing::info!(%remote, %error, "refused a client's TLS handshake"),
+                        Err(_) => tracing::debug!(%remote, "a client's TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener { ready, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = ClientAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(connection) => connection,
+            // The accept task only ends when this listener is dropped.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(ClientAddr { remote: self.local, common_name: None })
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for ClientAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
