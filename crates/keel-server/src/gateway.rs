@@ -318,7 +318,9 @@ fn watch(shared: Arc<Shared>, body: &[u8], token: Option<String>) -> Response {
         Err(status) => return error_response(&status),
     };
     let incoming = tokio_stream::iter(requests.into_iter().map(Ok)).chain(tokio_stream::pending());
-    stream_response(crate::api::watch::open(shared, Box::pin(incoming), token))
+    // A certificate never speaks for a gateway request (etcd's gateway ignores it the same way).
+    let credentials = crate::api::Credentials { token, common_name: None };
+    stream_response(crate::api::watch::open(shared, Box::pin(incoming), credentials))
 }
 
 /// `POST /v3/lease/keepalive`: each request in the body renews its lease once.

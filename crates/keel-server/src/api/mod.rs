@@ -97,6 +97,25 @@ pub fn token_of<T>(request: &tonic::Request<T>) -> Option<&str> {
     TOKEN_KEYS.iter().find_map(|key| request.metadata().get(*key)).and_then(|value| value.to_str().ok())
 }
 
+/// What a gRPC request says about who sent it: its token, and the common name of the client
+/// certificate its connection verified (the caller's name when there is no token and
+/// `--client-cert-auth` is on).
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    pub token: Option<String>,
+    pub common_name: Option<Arc<str>>,
+}
+
+impl Credentials {
+    pub fn of<T>(request: &tonic::Request<T>) -> Credentials {
+        let connection = request.extensions().get::<axum::extract::ConnectInfo<crate::tls::listener::ClientAddr>>();
+        Credentials {
+            token: token_of(request).map(str::to_string),
+            common_name: connection.and_then(|info| info.0.common_name.clone()),
+        }
+    }
+}
+
 /// Reads that may run at once on blocking threads (see [`Shared::read_slots`]).
 pub const READS_AT_ONCE: usize = 64;
 
@@ -121,15 +140,18 @@ impl Shared {
     /// certificate never speaks for them (etcd's gateway dials with its own certificate and
     /// ignores its name the same way).
     pub fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {
-        let token = token_of(request);
-        if token.is_none() && self.common_name_is_user && self.auth.is_enabled() {
-            let connection = request.extensions().get::<axum::extract::ConnectInfo<crate::tls::listener::ClientAddr>>();
-            if let Some(common_name) = connection.and_then(|info| info.0.common_name.as_deref()) {
-                let revision = self.auth.lock().revision();
-                return Ok(Caller(Some((common_name.to_string(), revision))));
-            }
+        self.caller_from(&Credentials::of(request))
+    }
+
+    /// Who holds `credentials` (see [`Shared::caller`]).
+    pub fn caller_from(&self, credentials: &Credentials) -> Result<Caller, Status> {
+        if let (None, Some(common_name), true) =
+            (&credentials.token, &credentials.common_name, self.common_name_is_user && self.auth.is_enabled())
+        {
+            let revision = self.auth.lock().revision();
+            return Ok(Caller(Some((common_name.to_string(), revision))));
         }
-        self.caller_with(token)
+        self.caller_with(credentials.token.as_deref())
     }
 
     /// Who holds `token` (`None`: the request carried none).

@@ -41,22 +41,26 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let token = super::token_of(&request).map(str::to_string);
-        Ok(Response::new(open(self.shared.clone(), request.into_inner(), token)))
+        let credentials = super::Credentials::of(&request);
+        Ok(Response::new(open(self.shared.clone(), request.into_inner(), credentials)))
     }
 }
 
 /// A watch stream serving the requests `incoming` brings (a gRPC stream, or the JSON gateway's
 /// requests); it ends when they end or fail, or when nobody reads the responses any more. With
 /// auth on, each watch created on it needs read permission on its range for the holder of
-/// `token` (looked up again at each create, as etcd does).
-pub fn open<S>(shared: Arc<Shared>, incoming: S, token: Option<String>) -> ReceiverStream<Result<WatchResponse, Status>>
+/// `credentials` (looked up again at each create, as etcd does).
+pub fn open<S>(
+    shared: Arc<Shared>,
+    incoming: S,
+    credentials: super::Credentials,
+) -> ReceiverStream<Result<WatchResponse, Status>>
 where
     S: Stream<Item = Result<pb::WatchRequest, Status>> + Unpin + Send + 'static,
 {
     let (sender, receiver) = mpsc::channel(STREAM_QUEUE_MAX);
     let stream = shared.hub.lock().expect("watch hub lock").open_stream(sender.clone());
-    tokio::spawn(serve_stream(shared, stream, incoming, sender, token));
+    tokio::spawn(serve_stream(shared, stream, incoming, sender, credentials));
     ReceiverStream::new(receiver)
 }
 
@@ -65,7 +69,7 @@ async fn serve_stream<S>(
     stream: StreamId,
     mut incoming: S,
     sender: mpsc::Sender<Result<WatchResponse, Status>>,
-    token: Option<String>,
+    credentials: super::Credentials,
 ) where
     S: Stream<Item = Result<pb::WatchRequest, Status>> + Unpin + Send + 'static,
 {
@@ -80,7 +84,7 @@ async fn serve_stream<S>(
             message = incoming.next() => {
                 let Some(Ok(message)) = message else { break };
                 let Some(request) = message.request_union else { continue };
-                if !handle(&shared, stream, request, &sender, &mut next_watch_id, token.as_deref()).await {
+                if !handle(&shared, stream, request, &sender, &mut next_watch_id, &credentials).await {
                     break;
                 }
             }
@@ -147,13 +151,14 @@ async fn handle(
     request: RequestUnion,
     sender: &mpsc::Sender<Result<WatchResponse, Status>>,
     next_watch_id: &mut i64,
-    token: Option<&str>,
+    credentials: &super::Credentials,
 ) -> bool {
     use std::sync::atomic::Ordering::Relaxed;
     match request {
         RequestUnion::CreateRequest(create) => {
-            let permitted =
-                shared.caller_with(token).and_then(|caller| shared.check_read(&caller, &create.key, &create.range_end));
+            let permitted = shared
+                .caller_from(credentials)
+                .and_then(|caller| shared.check_read(&caller, &create.key, &create.range_end));
             if let Err(refused) = permitted {
                 // etcd cancels it at once, with the gRPC error's text as the reason.
                 let response = WatchResponse {

@@ -24,12 +24,33 @@ pub struct Member {
     pub args: Vec<String>,
     /// Started as a spare: not in --initial-cluster, joins with state existing.
     pub spare: bool,
+    /// Mutual TLS on both ports with the certificates `keel certs` wrote here (`ca.pem`,
+    /// `member.pem`, `member-key.pem`, `client-root.pem`, ...).
+    pub certs: Option<PathBuf>,
 }
 
 impl Member {
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+    pub fn scheme(&self) -> &'static str {
+        if self.certs.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
+
+    pub fn endpoint(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
+    }
+}
+
+/// `keel certs`: a throwaway CA in `dir`, one member certificate (`member`) for 127.0.0.1 and
+/// localhost, and a client certificate per user.
+pub fn make_certs(dir: &std::path::Path, users: &[&str]) {
+    let made = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["certs", "--dir", &dir.to_string_lossy(), "--members", "member", "--users", &users.join(",")])
+        .output()
+        .expect("run keel certs");
+    assert!(made.status.success(), "keel certs: {}", String::from_utf8_lossy(&made.stderr));
 }
 
 pub struct Cluster {
@@ -75,6 +96,27 @@ impl Cluster {
         cluster
     }
 
+    /// Like [`Cluster::start_with`], every member with mutual TLS on both ports (and
+    /// `--client-cert-auth`) from the certificates in `certs` (see [`make_certs`]).
+    pub fn start_tls(name: &str, size: usize, certs: &std::path::Path, extra: &[&str]) -> Cluster {
+        let mut cluster = Cluster::prepare_tls(name, size, certs, extra);
+        for i in 0..size {
+            cluster.spawn(i);
+        }
+        cluster.wait_ready();
+        cluster
+    }
+
+    /// [`Cluster::start_tls`]'s members chosen and none started (a test may give one of them
+    /// other certificates first).
+    pub fn prepare_tls(name: &str, size: usize, certs: &std::path::Path, extra: &[&str]) -> Cluster {
+        let mut cluster = Cluster::prepare_members(name, vec![Vec::new(); size], extra);
+        for member in &mut cluster.members {
+            member.certs = Some(certs.to_path_buf());
+        }
+        cluster
+    }
+
     /// A cluster's members chosen (names, ports, data dirs) and none started: to put something
     /// in their data dirs first (a restored snapshot).
     pub fn prepare(name: &str, size: usize) -> Cluster {
@@ -95,6 +137,7 @@ impl Cluster {
                 child: None,
                 args,
                 spare: false,
+                certs: None,
             })
             .collect();
         let extra = extra.iter().map(|s| s.to_string()).collect();
@@ -116,7 +159,7 @@ impl Cluster {
         self.members
             .iter()
             .filter(|m| !m.spare)
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .map(|m| format!("{}={}://127.0.0.1:{}", m.name, m.scheme(), m.peer_port))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -136,6 +179,7 @@ impl Cluster {
             child: None,
             args: Vec::new(),
             spare: false,
+            certs: self.members.first().and_then(|m| m.certs.clone()),
         });
         self.members.len() - 1
     }
@@ -157,7 +201,7 @@ impl Cluster {
     }
 
     pub fn peer_url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[i].peer_port)
+        format!("{}://127.0.0.1:{}", self.members[i].scheme(), self.members[i].peer_port)
     }
 
     /// `keel server` for member `i` with etcd's flags, its data dir and `token` (the cluster's
@@ -175,6 +219,14 @@ impl Cluster {
             .args(["--initial-advertise-peer-urls", &self.peer_url(i)])
             .args(["--initial-cluster", &self.initial_cluster()])
             .args(["--initial-cluster-token", token]);
+        if let Some(certs) = &member.certs {
+            let file = |name: &str| certs.join(name).to_string_lossy().into_owned();
+            let (ca, cert, key) = (file("ca.pem"), file("member.pem"), file("member-key.pem"));
+            command
+                .args(["--cert-file", &cert, "--key-file", &key, "--trusted-ca-file", &ca, "--client-cert-auth"])
+                .args(["--peer-cert-file", &cert, "--peer-key-file", &key, "--peer-trusted-ca-file", &ca])
+                .arg("--peer-client-cert-auth");
+        }
         command
     }
 
@@ -230,7 +282,7 @@ impl Cluster {
     pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         for (i, member) in self.members.iter().enumerate().filter(|(_, m)| m.child.is_some()) {
-            while !healthy(member.client_port) {
+            while !self.is_healthy(i) {
                 assert!(
                     Instant::now() < deadline,
                     "member {} never became healthy; log:\n{}",
@@ -240,6 +292,19 @@ impl Cluster {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+
+    /// Whether member `i` answers `/health` with a leader (over TLS, as root, when it has certs).
+    pub fn is_healthy(&self, i: usize) -> bool {
+        let member = &self.members[i];
+        let Some(certs) = &member.certs else { return healthy(member.client_port) };
+        let file = |name: &str| certs.join(name).to_string_lossy().into_owned();
+        let answer = Command::new("curl")
+            .args(["-s", "--max-time", "2", "--cacert", &file("ca.pem")])
+            .args(["--cert", &file("client-root.pem"), "--key", &file("client-root-key.pem")])
+            .arg(format!("{}/health", member.endpoint()))
+            .output();
+        answer.is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("\"health\":\"true\""))
     }
 
     pub async fn client(&self, i: usize) -> Client {
