@@ -139,7 +139,7 @@ stop_pid() { # stop one process group we started: TERM, then KILL after 10 s
 }
 
 print_logs() {
-    for n in "${NAMES[@]}"; do
+    for n in "${NAMES[@]}" t1 t2 t3; do
         [[ -f "$WORK/$n.log" ]] || continue
         echo "----- last 40 lines of $n.log ($WORK/$n.log) -----"
         tail -n 40 "$WORK/$n.log"
@@ -153,6 +153,7 @@ cleanup() {
     declare -F pat_stop_all >/dev/null && pat_stop_all
     for p in "${BG_PIDS[@]}"; do stop_pid "$p"; done
     for p in "${MEMBER_PID[@]}"; do [[ -n "$p" ]] && stop_pid "$p"; done
+    declare -F tls_stop >/dev/null && tls_stop
     if [[ $FAILED -gt 0 || $rc -ne 0 ]]; then echo "(work dir kept: $WORK)"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -175,6 +176,7 @@ apt_install() {
 need=()
 command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl) # the TLS section's certificates
 command -v setsid >/dev/null || need+=(util-linux)
 # Patroni with PostgreSQL 15 (section 11), ss to see which member it talks to, bc for times.
 command -v patroni >/dev/null || need+=(patroni)
@@ -658,6 +660,12 @@ if wait_healthy 60 "cluster recovers after restarting two members"; then
         check "data written before the loss is on ${NAMES[$j]}" "yes" "$OUT"
     done
 fi
+
+# ---------------------------------------------------------------------------------------------
+# 13. TLS and mutual TLS on a cluster of its own (scripts/compat_tls.sh).
+
+source "$HERE/compat_tls.sh"
+tls_checks
 
 # ---------------------------------------------------------------------------------------------
 summary
