@@ -18,20 +18,25 @@ bench_cleanup() {
 }
 CLUSTER="m1=http://127.0.0.1:51380,m2=http://127.0.0.1:52380,m3=http://127.0.0.1:53380"
 ENDPOINTS="127.0.0.1:51379,127.0.0.1:52379,127.0.0.1:53379"
+# BENCH_SCHEME=https serves both ports with TLS (the command's flags then name the certificates);
+# CTL_FLAGS are etcdctl's for it (--cacert, --cert, --key).
+BENCH_SCHEME=${BENCH_SCHEME:-http}
+CTL_FLAGS=()
 
 start_cluster() { # start_cluster NAME COMMAND [FLAGS...]   (the member flags are added)
-    local name=$1; shift
+    local name=$1 s=$BENCH_SCHEME; shift
+    local CLUSTER="m1=$s://127.0.0.1:51380,m2=$s://127.0.0.1:52380,m3=$s://127.0.0.1:53380"
     PIDS=()
     for i in 1 2 3; do
         "$@" --name "m$i" --data-dir "$WORK/$name/m$i" \
-            --listen-client-urls "http://127.0.0.1:5${i}379" --advertise-client-urls "http://127.0.0.1:5${i}379" \
-            --listen-peer-urls "http://127.0.0.1:5${i}380" --initial-advertise-peer-urls "http://127.0.0.1:5${i}380" \
+            --listen-client-urls "$s://127.0.0.1:5${i}379" --advertise-client-urls "$s://127.0.0.1:5${i}379" \
+            --listen-peer-urls "$s://127.0.0.1:5${i}380" --initial-advertise-peer-urls "$s://127.0.0.1:5${i}380" \
             --initial-cluster "$CLUSTER" --initial-cluster-state new --initial-cluster-token "bench-$name" \
             >"$WORK/$name-m$i.log" 2>&1 &
         PIDS+=($!)
     done
     for _ in $(seq 150); do
-        if ETCDCTL_API=3 etcdctl --endpoints="$ENDPOINTS" endpoint health >/dev/null 2>&1; then return 0; fi
+        if ETCDCTL_API=3 etcdctl --endpoints="$ENDPOINTS" "${CTL_FLAGS[@]}" endpoint health >/dev/null 2>&1; then return 0; fi
         sleep 0.2
     done
     echo "$name did not become healthy" >&2; tail -20 "$WORK/$name-m1.log" >&2; exit 1
@@ -41,6 +46,6 @@ stop_cluster() { for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true;
 
 compact() { # compact [ETCDCTL FLAGS...]: history compacted at the cluster's current revision
     local rev
-    rev=$(ETCDCTL_API=3 etcdctl --endpoints="$ENDPOINTS" "$@" endpoint status -w json | python3 -c 'import json,sys; print(max(e["Status"]["header"]["revision"] for e in json.load(sys.stdin)))')
-    ETCDCTL_API=3 etcdctl --endpoints="$ENDPOINTS" "$@" compaction "$rev" >/dev/null 2>&1 || true
+    rev=$(ETCDCTL_API=3 etcdctl --endpoints="$ENDPOINTS" "${CTL_FLAGS[@]}" "$@" endpoint status -w json | python3 -c 'import json,sys; print(max(e["Status"]["header"]["revision"] for e in json.load(sys.stdin)))')
+    ETCDCTL_API=3 etcdctl --endpoints="$ENDPOINTS" "${CTL_FLAGS[@]}" "$@" compaction "$rev" >/dev/null 2>&1 || true
 }

@@ -30,6 +30,9 @@ enum Op {
     /// Every key once (client `c` puts keys `c`, `c + clients`, ...), then stop: how a store is
     /// filled before a restart is timed. `--seconds` is ignored.
     Load,
+    /// A new connection per request (TCP, the TLS handshake with `--cacert`, HTTP/2), one
+    /// serializable range on it, then close: what connecting costs, in connections/s.
+    Connect,
 }
 
 #[derive(clap::Args, Debug)]
@@ -59,6 +62,15 @@ pub struct Options {
     /// request, as `etcdctl --user` does — to measure a cluster with auth on.
     #[arg(long)]
     user: Option<String>,
+    /// Dial with TLS, verifying the members' certificates against this CA (as etcdctl's
+    /// `--cacert`); endpoints without a scheme become https://.
+    #[arg(long)]
+    cacert: Option<std::path::PathBuf>,
+    /// The client certificate to present (with `--key`), for members that demand one.
+    #[arg(long, requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    #[arg(long, requires = "cert")]
+    key: Option<std::path::PathBuf>,
 }
 
 impl Options {
@@ -92,6 +104,35 @@ fn with_token<T>(message: T, token: Option<&MetadataValue<Ascii>>) -> keel_api::
     request
 }
 
+/// How to dial: in the clear, or with TLS as `--cacert/--cert/--key` say.
+#[derive(Clone)]
+struct Dial {
+    tls: Option<keel_api::tonic::transport::ClientTlsConfig>,
+}
+
+impl Dial {
+    fn new(opts: &Options) -> anyhow::Result<Dial> {
+        use keel_api::tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let Some(ca) = &opts.cacert else { return Ok(Dial { tls: None }) };
+        let read = |path: &std::path::Path| std::fs::read(path).with_context(|| format!("read {}", path.display()));
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+        if let (Some(cert), Some(key)) = (&opts.cert, &opts.key) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(Dial { tls: Some(tls) })
+    }
+
+    async fn connect(&self, endpoint: &str) -> anyhow::Result<Channel> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let uri = if endpoint.contains("://") { endpoint.to_string() } else { format!("{scheme}://{endpoint}") };
+        let mut endpoint = Endpoint::from_shared(uri.clone())?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        endpoint.connect().await.with_context(|| format!("connect to {uri}"))
+    }
+}
+
 fn key(n: u64) -> Vec<u8> {
     format!("bench/{n:08}").into_bytes()
 }
@@ -103,13 +144,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 }
 
 async fn bench(opts: Options) -> anyhow::Result<()> {
+    let dial = Dial::new(&opts)?;
     let mut channels = Vec::new();
     for i in 0..opts.conns {
-        let endpoint = &opts.endpoints[i % opts.endpoints.len()];
-        let uri = if endpoint.contains("://") { endpoint.clone() } else { format!("http://{endpoint}") };
-        let channel =
-            Endpoint::from_shared(uri.clone())?.connect().await.with_context(|| format!("connect to {uri}"))?;
-        channels.push(channel);
+        channels.push(dial.connect(&opts.endpoints[i % opts.endpoints.len()]).await?);
     }
     let token = match &opts.user {
         None => None,
@@ -122,7 +160,7 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
     };
     let value = vec![b'v'; opts.value_bytes];
     // Reads need something to read: fill every key once (not timed).
-    if matches!(opts.op, Op::Get | Op::GetSerializable | Op::Txn | Op::Mixed) {
+    if matches!(opts.op, Op::Get | Op::GetSerializable | Op::Txn | Op::Mixed | Op::Connect) {
         let mut client = KvClient::new(channels[0].clone());
         for n in 0..opts.keys {
             let put = pb::PutRequest { key: key(n), value: value.clone(), ..Default::default() };
@@ -136,6 +174,7 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
         let channel: Channel = channels[c as usize % channels.len()].clone();
         let (stop, value, op, keys, clients) = (stop.clone(), value.clone(), opts.op, opts.keys, opts.clients);
         let token = token.clone();
+        let (dial, endpoint) = (dial.clone(), opts.endpoints[c as usize % opts.endpoints.len()].clone());
         tasks.push(tokio::spawn(async move {
             let mut client = KvClient::new(channel);
             let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (c + 1).wrapping_mul(0xd1b5_4a32_d192_ed03));
@@ -166,6 +205,16 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
                         ))
                         .await
                         .map(drop),
+                    Op::Connect => match dial.connect(&endpoint).await {
+                        Ok(fresh) => KvClient::new(fresh)
+                            .range(with_token(
+                                pb::RangeRequest { key: k, serializable: true, ..Default::default() },
+                                token.as_ref(),
+                            ))
+                            .await
+                            .map(drop),
+                        Err(error) => Err(keel_api::tonic::Status::unavailable(error.to_string())),
+                    },
                     Op::Get | Op::GetSerializable => client
                         .range(with_token(
                             pb::RangeRequest { key: k, serializable: op == Op::GetSerializable, ..Default::default() },
