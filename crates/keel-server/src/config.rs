@@ -109,6 +109,8 @@ pub struct ServerConfig {
     pub max_txn_ops: u64,
     /// `--auth-token-ttl`: seconds a simple token lives unused.
     pub auth_token_ttl_seconds: u64,
+    /// `--auth-token jwt,...`: signed tokens instead of simple ones.
+    pub auth_token_jwt: Option<crate::jwt::JwtOptions>,
     pub snapshot_count: u64,
     /// 0 means etcd's default of 2 GiB.
     pub quota_backend_bytes: u64,
@@ -395,15 +397,13 @@ impl ServerConfig {
                 })
             }
         };
-        // etcd's `--auth-token simple` (the default) or `jwt,...`; only simple tokens so far.
+        // etcd's `--auth-token simple` (the default) or `jwt,pub-key=...,sign-method=...`.
         let auth_token = get("auth-token");
-        if auth_token.split(',').next() != Some("simple") {
-            return Err(ConfigError::Invalid {
-                flag: "auth-token",
-                value: auth_token,
-                reason: "only simple tokens are supported yet".into(),
-            });
-        }
+        let auth_token_jwt = crate::jwt::parse_auth_token(&auth_token).map_err(|reason| ConfigError::Invalid {
+            flag: "auth-token",
+            value: auth_token.clone(),
+            reason,
+        })?;
         let retention = get("auto-compaction-retention");
         let invalid_retention = |reason: &str| ConfigError::Invalid {
             flag: "auto-compaction-retention",
@@ -477,6 +477,7 @@ impl ServerConfig {
             max_request_bytes: number("max-request-bytes", &get("max-request-bytes"))?,
             max_txn_ops: number("max-txn-ops", &get("max-txn-ops"))?,
             auth_token_ttl_seconds: number("auth-token-ttl", &get("auth-token-ttl"))?,
+            auth_token_jwt,
             snapshot_count: number("snapshot-count", &get("snapshot-count"))?,
             quota_backend_bytes: number("quota-backend-bytes", &get("quota-backend-bytes"))?,
             name,

@@ -20,6 +20,7 @@ pub mod healing;
 pub mod hook;
 pub mod http;
 pub mod ids;
+pub mod jwt;
 pub mod lease_clock;
 pub mod machine;
 pub mod metrics;

@@ -351,6 +351,12 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     let membership = membership(&config)?;
     // Certificates first: a member whose TLS cannot start must not touch its data.
     let (client_tls, peer_tls) = tls_of(&config)?;
+    let jwt = match &config.auth_token_jwt {
+        None => None,
+        Some(options) => Some(Arc::new(
+            crate::jwt::JwtTokens::load(options).map_err(|e| ServerError::Config(format!("--auth-token: {e}")))?,
+        )),
+    };
     let me = membership.me;
     let dir = member_dir(Path::new(&config.data_dir));
     std::fs::create_dir_all(&dir).map_err(io(format!("create data dir {}", dir.display())))?;
@@ -526,6 +532,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         gossip: gossip_view.clone(),
         auth,
         common_name_is_user: config.client_tls.client_cert_auth,
+        jwt,
     });
 
     tracing::info!(

@@ -39,6 +39,7 @@ fn gateway(port: u16, path: &str, body: &str, token: Option<&str>) -> serde_json
 fn message(error: etcd_client::Error) -> String {
     match error {
         etcd_client::Error::GRpcStatus(status) => status.message().to_string(),
+        etcd_client::Error::InvalidArgs(text) => text,
         other => other.to_string(),
     }
 }
@@ -183,4 +184,105 @@ async fn a_role_with_a_prefix_permission_is_allowed_its_keys_and_denied_the_rest
     assert!(role.permissions().is_empty(), "the revoke was kept: {:?}", role.permissions());
     root.auth_disable().await.expect("auth disable");
     anonymous.get("/other", None).await.expect("anonymous reads with auth off");
+}
+
+/// An ES256 key pair made with openssl (as an operator makes etcd's): PKCS#8 and SPKI PEM.
+fn jwt_keys(dir: &std::path::Path) -> (String, String) {
+    std::fs::create_dir_all(dir).expect("key dir");
+    let (private, public) = (dir.join("jwt.key"), dir.join("jwt.pub"));
+    for args in [
+        vec![
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            private.to_str().expect("utf-8"),
+        ],
+        vec!["pkey", "-in", private.to_str().expect("utf-8"), "-pubout", "-out", public.to_str().expect("utf-8")],
+    ] {
+        let out = Command::new("openssl").args(&args).output().expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    (private.to_string_lossy().into_owned(), public.to_string_lossy().into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_issued_by_one_member_is_honoured_by_every_member_until_auth_changes() {
+    let keys = std::env::temp_dir().join(format!("keel-it-jwt-keys-{}", std::process::id()));
+    let (private, public) = jwt_keys(&keys);
+    let signing = format!("--auth-token=jwt,pub-key={public},priv-key={private},sign-method=ES256,ttl=10m");
+    // Member 3 holds only the public key: it verifies tokens and cannot issue them.
+    let verify_only = format!("--auth-token=jwt,pub-key={public},sign-method=ES256");
+    let mut cluster = Cluster::start_members("jwt", vec![vec![signing.clone()], vec![signing], vec![verify_only]], &[]);
+    let mut setup = cluster.client(0).await;
+    eventually("root", || {
+        let mut c = setup.clone();
+        async move { c.user_add("root", ROOT_PASSWORD, None).await }
+    })
+    .await;
+    setup.role_add("root").await.expect("role add root");
+    setup.user_grant_role("root", "root").await.expect("grant root");
+    setup.role_add("app").await.expect("role add app");
+    setup.role_grant_permission("app", Permission::read_write("/app/").with_prefix()).await.expect("grant");
+    setup.user_add("alice", ALICE_PASSWORD, None).await.expect("user add alice");
+    setup.user_grant_role("alice", "app").await.expect("grant app");
+    setup.put("/app/x", "1", None).await.expect("put");
+    setup.auth_enable().await.expect("auth enable");
+
+    // Alice logs in on member 1 and gets etcd's JWT (three dot-separated parts).
+    let login = eventually("log in", || {
+        let mut auth = setup.auth_client();
+        async move { auth.authenticate("alice".into(), ALICE_PASSWORD.into()).await }
+    })
+    .await;
+    let token = login.token().to_string();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    // Every member honours it, the verify-only one too; a forged one is refused.
+    let endpoints: Vec<String> = cluster.members.iter().map(|m| m.endpoint()).collect();
+    for endpoint in &endpoints {
+        let value = eventually("the token", || common::range_with_token(endpoint, None, "/app/x", token.clone())).await;
+        assert_eq!(value, b"1");
+        let forged = format!("{}x", &token[..token.len() - 1]);
+        let refused = common::range_with_token(endpoint, None, "/app/x", forged).await.expect_err("forged");
+        assert_eq!(message(refused), "etcdserver: invalid auth token");
+    }
+    // The verify-only member cannot issue one.
+    let mut at_verifier = Client::connect([endpoints[2].clone()], None).await.expect("connect").auth_client();
+    assert!(at_verifier.authenticate("alice".into(), ALICE_PASSWORD.into()).await.is_err());
+    // The password is checked all the same.
+    assert!(setup.auth_client().authenticate("alice".into(), "wrong".into()).await.is_err());
+
+    // A token names no state: it survives a restart of every member.
+    for member in 0..3 {
+        cluster.stop(member);
+    }
+    for member in 0..3 {
+        cluster.spawn(member);
+    }
+    cluster.wait_ready();
+    let value = eventually("the token after a restart", || {
+        common::range_with_token(&endpoints[2], None, "/app/x", token.clone())
+    })
+    .await;
+    assert_eq!(value, b"1");
+
+    // Any auth change makes it old on every member (clients log in again on this answer).
+    let mut root = as_user(&cluster, 0, "root", ROOT_PASSWORD).await;
+    root.role_add("unrelated").await.expect("role add");
+    for endpoint in &endpoints {
+        let refused = eventually("the old token refused", || {
+            let (endpoint, token) = (endpoint.clone(), token.clone());
+            async move {
+                match common::range_with_token(&endpoint, None, "/app/x", token).await {
+                    Ok(_) => Err(etcd_client::Error::InvalidArgs("still honoured".into())),
+                    Err(refused) => Ok(message(refused)),
+                }
+            }
+        })
+        .await;
+        assert_eq!(refused, "etcdserver: revision of auth store is old", "{endpoint}");
+    }
+    let _ = std::fs::remove_dir_all(&keys);
 }

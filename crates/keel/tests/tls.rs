@@ -13,7 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{eventually, make_certs, Cluster};
+use common::{eventually, make_certs, range_with_token, Cluster};
 use etcd_client::{Certificate, Client, Compare, CompareOp, ConnectOptions, Identity, TlsOptions, Txn, TxnOp};
 
 const ALICE_PASSWORD: &str = "alice-secret";
@@ -80,37 +80,6 @@ fn gateway_text(endpoint: &str, certs: &Path, cert_user: &str, path: &str, body:
         .output()
         .expect("run curl");
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-/// A Range of `key` over TLS (with the `nobody` certificate, whose name is no user) carrying
-/// `token`, as etcd's clients send it after logging in: the value.
-async fn range_with_token(
-    endpoint: &str,
-    certs: &Path,
-    key: &str,
-    token: String,
-) -> Result<Vec<u8>, etcd_client::Error> {
-    use keel_api::etcdserverpb::{kv_client::KvClient, RangeRequest};
-    use keel_api::tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-    let read = |name: &str| std::fs::read(certs.join(name)).expect("read a certificate file");
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("ca.pem")))
-        .identity(Identity::from_pem(read("client-nobody.pem"), read("client-nobody-key.pem")));
-    let channel = Endpoint::from_shared(endpoint.to_string())
-        .and_then(|e| e.tls_config(tls))
-        .map_err(|e| etcd_client::Error::InvalidArgs(e.to_string()))?
-        .connect()
-        .await
-        .map_err(|e| etcd_client::Error::InvalidArgs(e.to_string()))?;
-    let mut request =
-        keel_api::tonic::Request::new(RangeRequest { key: key.as_bytes().to_vec(), ..Default::default() });
-    request.metadata_mut().insert("token", token.parse().expect("a token is ASCII"));
-    let response = KvClient::new(channel)
-        .range(request)
-        .await
-        .map_err(|status| etcd_client::Error::InvalidArgs(status.message().to_string()))?;
-    let kv = response.into_inner().kvs.into_iter().next();
-    kv.map(|kv| kv.value).ok_or_else(|| etcd_client::Error::InvalidArgs("no such key".into()))
 }
 
 fn message(error: etcd_client::Error) -> String {
@@ -204,11 +173,13 @@ async fn with_mutual_tls_and_auth_a_certificates_common_name_is_its_user_on_ever
     let token = login.authenticate("alice".into(), ALICE_PASSWORD.into()).await.expect("log in on member 0");
     let token = token.token().to_string();
     for endpoint in &endpoints[1..] {
-        let value =
-            eventually("the token on another member", || range_with_token(endpoint, &certs, "/app/x", token.clone()))
-                .await;
+        let value = eventually("the token on another member", || {
+            range_with_token(endpoint, Some(&certs), "/app/x", token.clone())
+        })
+        .await;
         assert_eq!(value, b"1");
-        let forged = range_with_token(endpoint, &certs, "/app/x", "forged.1".into()).await.expect_err("a forged token");
+        let forged =
+            range_with_token(endpoint, Some(&certs), "/app/x", "forged.1".into()).await.expect_err("a forged token");
         assert_eq!(message(forged), "etcdserver: invalid auth token");
     }
     // The gateway never takes a certificate's name as the user: with auth on it refuses a

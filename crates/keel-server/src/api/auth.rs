@@ -132,12 +132,17 @@ impl AuthService {
 
     pub async fn authenticate(&self, request: pb::AuthenticateRequest) -> Result<pb::AuthenticateResponse, Status> {
         // etcd's CheckPassword, on the member asked: the hash is in every member's store.
-        let hash = {
+        if self.shared.jwt.is_some() {
+            // A JWT is issued here without a log entry: the password must be checked against
+            // the cluster's latest users, not this member's possibly older copy.
+            self.shared.caught_up().await?;
+        }
+        let (hash, revision) = {
             let auth = self.shared.auth.lock();
             if !auth.is_enabled() {
                 return Err(auth_error(AuthError::AuthNotEnabled));
             }
-            auth.user(&request.name).ok().and_then(|user| user.password_hash.clone())
+            (auth.user(&request.name).ok().and_then(|user| user.password_hash.clone()), auth.revision())
         };
         if !failed_logins().admits(&request.name, Instant::now()) {
             return Err(auth_error(AuthError::AuthFailed));
@@ -151,6 +156,12 @@ impl AuthService {
             return Err(auth_error(AuthError::AuthFailed));
         }
         failed_logins().succeeded(&request.name);
+        if let Some(jwt) = &self.shared.jwt {
+            // Signed at the revision the password was checked at: a password change or any
+            // other auth change applied since makes the token old at once.
+            let token = jwt.sign(&request.name, revision).map_err(Status::failed_precondition)?;
+            return Ok(pb::AuthenticateResponse { header: self.header(), token });
+        }
         let token = new_token(ISSUED.fetch_add(1, Ordering::Relaxed))?;
         let command = AuthCommand::Authenticate { user: request.name, token: token.clone() };
         self.change(&Caller::default(), command).await?;

@@ -419,3 +419,32 @@ pub fn etcdctl(endpoint: &str, args: &[&str]) -> std::process::Output {
         .output()
         .expect("run etcdctl (scripts/install-deps.sh etcd installs it)")
 }
+
+/// A Range of `key` carrying `token` as etcd's clients send it after logging in (over TLS with
+/// the `nobody` client certificate of `certs`, whose name is no user, when given): the value.
+/// A refusal comes back as `InvalidArgs` with the server's message.
+pub async fn range_with_token(
+    endpoint: &str,
+    certs: Option<&std::path::Path>,
+    key: &str,
+    token: String,
+) -> Result<Vec<u8>, etcd_client::Error> {
+    use keel_api::etcdserverpb::{kv_client::KvClient, RangeRequest};
+    use keel_api::tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let failed = |e: &dyn std::fmt::Display| etcd_client::Error::InvalidArgs(e.to_string());
+    let mut channel = Endpoint::from_shared(endpoint.to_string()).map_err(|e| failed(&e))?;
+    if let Some(certs) = certs {
+        let read = |name: &str| std::fs::read(certs.join(name)).expect("read a certificate file");
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("ca.pem")))
+            .identity(Identity::from_pem(read("client-nobody.pem"), read("client-nobody-key.pem")));
+        channel = channel.tls_config(tls).map_err(|e| failed(&e))?;
+    }
+    let channel = channel.connect().await.map_err(|e| failed(&e))?;
+    let mut request =
+        keel_api::tonic::Request::new(RangeRequest { key: key.as_bytes().to_vec(), ..Default::default() });
+    request.metadata_mut().insert("token", token.parse().map_err(|e| failed(&e))?);
+    let response = KvClient::new(channel).range(request).await.map_err(|status| failed(&status.message()))?;
+    let kv = response.into_inner().kvs.into_iter().next();
+    kv.map(|kv| kv.value).ok_or_else(|| failed(&"no such key"))
+}
