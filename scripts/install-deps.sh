@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need from Debian's packages, once, quietly.
 #   scripts/install-deps.sh protoc   protobuf-compiler (for the etcd-client dev-dependency)
-#   scripts/install-deps.sh etcd     etcd-client (etcdctl 3.4), etcd-server, curl, python3-venv
+#   scripts/install-deps.sh etcd     etcd-client (etcdctl 3.4), etcd-server, curl, openssl, python3-venv
 set -euo pipefail
 
 apt_install() {
@@ -24,6 +24,8 @@ for what in "$@"; do
             command -v etcdctl >/dev/null || apt_install etcd-client
             command -v etcd >/dev/null || apt_install etcd-server
             command -v curl >/dev/null || apt_install curl
+            # JWT keys and TLS certificates as an operator makes them (auth and compat tests).
+            command -v openssl >/dev/null || apt_install openssl
             python3 -c "import venv" 2>/dev/null || apt_install python3-venv
             ;;
         *) echo "install-deps: unknown dependency $what" >&2; exit 2 ;;
