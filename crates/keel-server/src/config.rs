@@ -107,6 +107,8 @@ pub struct ServerConfig {
     pub election_timeout_ms: u64,
     pub max_request_bytes: u64,
     pub max_txn_ops: u64,
+    /// `--max-concurrent-streams`: HTTP/2 streams one client connection may have open at once.
+    pub max_concurrent_streams: u32,
     /// `--auth-token-ttl`: seconds a simple token lives unused.
     pub auth_token_ttl_seconds: u64,
     /// `--auth-token jwt,...`: signed tokens instead of simple ones.
@@ -211,6 +213,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("election-timeout", "1000"),
     ("max-request-bytes", "1572864"),
     ("max-txn-ops", "128"),
+    ("max-concurrent-streams", "4294967295"),
     ("auth-token", "simple"),
     ("auth-token-ttl", "300"),
     ("snapshot-count", "100000"),
@@ -476,6 +479,16 @@ impl ServerConfig {
             election_timeout_ms: number("election-timeout", &get("election-timeout"))?,
             max_request_bytes: number("max-request-bytes", &get("max-request-bytes"))?,
             max_txn_ops: number("max-txn-ops", &get("max-txn-ops"))?,
+            max_concurrent_streams: match number("max-concurrent-streams", &get("max-concurrent-streams"))? {
+                streams @ 1..=0xffff_ffff => streams as u32,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        flag: "max-concurrent-streams",
+                        value: other.to_string(),
+                        reason: "must be between 1 and 4294967295".into(),
+                    })
+                }
+            },
             auth_token_ttl_seconds: number("auth-token-ttl", &get("auth-token-ttl"))?,
             auth_token_jwt,
             snapshot_count: number("snapshot-count", &get("snapshot-count"))?,

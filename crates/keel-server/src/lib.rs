@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod auto_compaction;
+pub mod client_port;
 pub mod config;
 pub mod convert;
 pub mod driver;

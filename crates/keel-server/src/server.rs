@@ -671,24 +671,19 @@ async fn serve_clients(
         .merge(crate::gateway::router(shared.clone()))
         .fallback(crate::gateway::not_found);
 
+    let http2 = crate::client_port::Http2Settings { max_concurrent_streams: config.max_concurrent_streams };
     let mut servers = Vec::new();
     for url in &config.listen_client_urls {
         let addr = resolve(url)?;
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(io(format!("listen on client URL {url}")))?;
+        let (app, settings) = (app.clone(), http2);
         if let (true, Some(tls)) = (url.is_tls(), &tls) {
             let listener = crate::tls::listener::TlsListener::start(listener, tls.clone())
                 .map_err(io(format!("listen on client URL {url}")))?;
-            let app = app.clone().into_make_service_with_connect_info::<crate::tls::listener::ClientAddr>();
-            servers.push(tokio::spawn(async move { axum::serve(listener, app).await }));
-            continue;
+            servers.push(tokio::spawn(crate::client_port::serve_tls(listener, app, settings)));
+        } else {
+            servers.push(tokio::spawn(crate::client_port::serve_plain(listener, app, settings)));
         }
-        // Small responses must leave at once: Nagle's algorithm against the client's delayed
-        // ACK would hold each one ~40 ms.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let app = app.clone();
-        servers.push(tokio::spawn(async move { axum::serve(listener, app).await }));
     }
     tracing::info!(name = %config.name, "serving clients");
     shutdown_signal().await;

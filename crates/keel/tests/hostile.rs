@@ -66,3 +66,25 @@ async fn hostile_requests_are_refused_with_etcds_errors_and_every_member_stays_u
     }
     assert!(revisions.windows(2).all(|w| w[1] == w[0] + 1), "one revision per put: {revisions:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_gets_at_most_max_concurrent_streams_at_once_and_the_rest_wait() {
+    let cluster = Cluster::start_with("streams", 1, &["--max-concurrent-streams", "2"]);
+    let client = cluster.client(0).await;
+    // Two watch streams hold the connection's two streams.
+    let (mut w1, mut w2) = (client.watch_client(), client.watch_client());
+    let first = w1.watch("/a", None).await.expect("first watch");
+    let _second = w2.watch("/b", None).await.expect("second watch");
+    // A third request on the same connection waits for a stream (the client queues it, as HTTP/2
+    // says it must) ...
+    let mut kv = client.kv_client();
+    let third = tokio::spawn(async move { kv.put("/c", "v", None).await });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!third.is_finished(), "a third stream opened on a connection limited to two");
+    // ... while another connection is served at once.
+    let mut other = cluster.client(0).await;
+    other.put("/d", "v", None).await.expect("another connection");
+    // A stream freed: the waiting request goes through.
+    drop(first);
+    third.await.expect("task").expect("the third request once a stream is free");
+}

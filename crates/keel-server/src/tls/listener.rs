@@ -1,7 +1,7 @@
 //! The client port with TLS: handshakes run in tasks of their own (a slow or silent client
 //! holds only its own task, never the accept loop), at most [`HANDSHAKES_AT_ONCE`] at a time and
 //! each for at most [`HANDSHAKE_TIMEOUT`]; finished connections go to axum through a bounded
-//! queue, with the verified client certificate's common name.
+//! queue, with the verified client certificate's common name (see `crate::client_port`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -80,11 +80,9 @@ impl TlsListener {
     }
 }
 
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = ClientAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+impl TlsListener {
+    /// The next connection past its handshake.
+    pub async fn accept(&mut self) -> (TlsStream<TcpStream>, ClientAddr) {
         match self.ready.recv().await {
             Some(connection) => connection,
             // The accept task only ends when this listener is dropped.
@@ -92,13 +90,7 @@ impl axum::serve::Listener for TlsListener {
         }
     }
 
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(ClientAddr { remote: self.local, common_name: None })
-    }
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for ClientAddr {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        stream.remote_addr().clone()
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
     }
 }
