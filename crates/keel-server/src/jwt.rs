@@ -226,6 +226,36 @@ mod tests {
         assert!(error.contains("not a pair"), "{error}");
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// A token is whatever a client sends: any string is refused or honoured, never a panic,
+        /// and a real token with any one character changed is refused.
+        #[test]
+        fn any_string_or_altered_token_is_refused_without_a_panic(text in ".{0,300}", at in 0usize..400, with in proptest::char::any()) {
+            let tokens = shared_tokens();
+            proptest::prop_assert_eq!(tokens.verify(&text), None);
+            let token = tokens.sign("alice", 3).expect("sign");
+            let mut altered: Vec<char> = token.chars().collect();
+            let at = at % altered.len();
+            proptest::prop_assume!(altered[at] != with);
+            altered[at] = with;
+            let altered: String = altered.into_iter().collect();
+            // Base64url's last character may carry unused bits: the same bytes, still valid.
+            if let Some((user, revision)) = tokens.verify(&altered) {
+                proptest::prop_assert_eq!((user.as_str(), revision), ("alice", 3));
+            }
+        }
+    }
+
+    fn shared_tokens() -> &'static JwtTokens {
+        static TOKENS: std::sync::OnceLock<JwtTokens> = std::sync::OnceLock::new();
+        TOKENS.get_or_init(|| {
+            let dir = dir("proptest");
+            let (private, public) = es256_pair(&dir, "cluster");
+            JwtTokens::load(&options(Some(&private), &public)).expect("tokens")
+        })
+    }
+
     #[test]
     fn the_flag_is_parsed_as_etcd_writes_it() {
         assert_eq!(parse_auth_token("simple"), Ok(None));
