@@ -27,19 +27,26 @@ pub struct Http2Settings {
 /// Serves `app` on `listener` in the clear.
 pub async fn serve_plain(listener: TcpListener, app: Router, settings: Http2Settings) {
     loop {
-        let (tcp, remote) = match listener.accept().await {
-            Ok(accepted) => accepted,
+        let (tcp, remote) = accept(&listener).await;
+        tokio::spawn(serve_connection(tcp, ClientAddr { remote, common_name: None }, app.clone(), settings));
+    }
+}
+
+/// The next client connection on `listener`, set to send small responses at once (Nagle's
+/// algorithm against the client's delayed ACK would hold each one ~40 ms).
+pub async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, remote)) => {
+                let _ = tcp.set_nodelay(true);
+                return (tcp, remote);
+            }
             Err(error) => {
                 // Out of file descriptors and the like: wait instead of spinning.
                 tracing::warn!(%error, "accepting a client connection failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
             }
-        };
-        // Small responses must leave at once: Nagle's algorithm against the client's delayed
-        // ACK would hold each one ~40 ms.
-        let _ = tcp.set_nodelay(true);
-        tokio::spawn(serve_connection(tcp, ClientAddr { remote, common_name: None }, app.clone(), settings));
+        }
     }
 }
 

@@ -8,7 +8,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{etcdctl, eventually, Cluster};
+use common::{etcdctl, eventually, message, Cluster};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Permission, Txn, TxnOp, WatchOptions};
 
 const ROOT_PASSWORD: &str = "root-secret";
@@ -36,18 +36,8 @@ fn gateway(port: u16, path: &str, body: &str, token: Option<&str>) -> serde_json
         .unwrap_or_else(|e| panic!("{path}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
-fn message(error: etcd_client::Error) -> String {
-    match error {
-        etcd_client::Error::GRpcStatus(status) => status.message().to_string(),
-        etcd_client::Error::InvalidArgs(text) => text,
-        other => other.to_string(),
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_role_with_a_prefix_permission_is_allowed_its_keys_and_denied_the_rest_on_every_member() {
-    let mut cluster = Cluster::start("auth", 3);
-    let mut setup = cluster.client(0).await;
+/// Users root (with the root role) and alice, whose role `app` may read and write `/app/`.
+async fn add_root_and_alice(setup: &mut Client) {
     eventually("root", || {
         let mut c = setup.clone();
         async move { c.user_add("root", ROOT_PASSWORD, None).await }
@@ -59,6 +49,13 @@ async fn a_role_with_a_prefix_permission_is_allowed_its_keys_and_denied_the_rest
     setup.role_grant_permission("app", Permission::read_write("/app/").with_prefix()).await.expect("grant");
     setup.user_add("alice", ALICE_PASSWORD, None).await.expect("user add alice");
     setup.user_grant_role("alice", "app").await.expect("grant app");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_with_a_prefix_permission_is_allowed_its_keys_and_denied_the_rest_on_every_member() {
+    let mut cluster = Cluster::start("auth", 3);
+    let mut setup = cluster.client(0).await;
+    add_root_and_alice(&mut setup).await;
     setup.put("/other", "outside", None).await.expect("put before auth");
     setup.auth_enable().await.expect("auth enable");
 
@@ -217,17 +214,7 @@ async fn a_jwt_issued_by_one_member_is_honoured_by_every_member_until_auth_chang
     let verify_only = format!("--auth-token=jwt,pub-key={public},sign-method=ES256");
     let mut cluster = Cluster::start_members("jwt", vec![vec![signing.clone()], vec![signing], vec![verify_only]], &[]);
     let mut setup = cluster.client(0).await;
-    eventually("root", || {
-        let mut c = setup.clone();
-        async move { c.user_add("root", ROOT_PASSWORD, None).await }
-    })
-    .await;
-    setup.role_add("root").await.expect("role add root");
-    setup.user_grant_role("root", "root").await.expect("grant root");
-    setup.role_add("app").await.expect("role add app");
-    setup.role_grant_permission("app", Permission::read_write("/app/").with_prefix()).await.expect("grant");
-    setup.user_add("alice", ALICE_PASSWORD, None).await.expect("user add alice");
-    setup.user_grant_role("alice", "app").await.expect("grant app");
+    add_root_and_alice(&mut setup).await;
     setup.put("/app/x", "1", None).await.expect("put");
     setup.auth_enable().await.expect("auth enable");
 

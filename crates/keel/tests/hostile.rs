@@ -4,15 +4,8 @@
 
 mod common;
 
-use common::{eventually, Cluster};
+use common::{eventually, message, Cluster};
 use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp};
-
-fn message(error: etcd_client::Error) -> String {
-    match &error {
-        etcd_client::Error::GRpcStatus(status) => status.message().to_string(),
-        other => other.to_string(),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_are_refused_with_etcds_errors_and_every_member_stays_up() {

@@ -13,7 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{eventually, make_certs, range_with_token, Cluster};
+use common::{eventually, make_certs, message, range_with_token, Cluster};
 use etcd_client::{Certificate, Client, Compare, CompareOp, ConnectOptions, Identity, TlsOptions, Txn, TxnOp};
 
 const ALICE_PASSWORD: &str = "alice-secret";
@@ -80,14 +80,6 @@ fn gateway_text(endpoint: &str, certs: &Path, cert_user: &str, path: &str, body:
         .output()
         .expect("run curl");
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-fn message(error: etcd_client::Error) -> String {
-    match error {
-        etcd_client::Error::GRpcStatus(status) => status.message().to_string(),
-        etcd_client::Error::InvalidArgs(text) => text,
-        other => other.to_string(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

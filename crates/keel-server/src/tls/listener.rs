@@ -42,15 +42,7 @@ impl TlsListener {
         let handshakes = Arc::new(Semaphore::new(HANDSHAKES_AT_ONCE));
         tokio::spawn(async move {
             loop {
-                let (tcp, remote) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // Out of file descriptors and the like: wait instead of spinning.
-                        tracing::warn!(%error, "accepting a client connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
+                let (tcp, remote) = crate::client_port::accept(&listener).await;
                 if ready_tx.is_closed() {
                     return;
                 }
@@ -58,8 +50,6 @@ impl TlsListener {
                     tracing::debug!(%remote, "too many TLS handshakes under way; closing a new connection");
                     continue;
                 };
-                // Small responses must leave at once (Nagle against delayed ACKs holds them ~40 ms).
-                let _ = tcp.set_nodelay(true);
                 let (acceptor, ready_tx) = (acceptor.clone(), ready_tx.clone());
                 tokio::spawn(async move {
                     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;

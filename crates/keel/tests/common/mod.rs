@@ -448,3 +448,13 @@ pub async fn range_with_token(
     let kv = response.into_inner().kvs.into_iter().next();
     kv.map(|kv| kv.value).ok_or_else(|| failed(&"no such key"))
 }
+
+/// The server's message in a refusal (a gRPC status's, or what a helper here put in
+/// `InvalidArgs`), for comparing with etcd's error texts.
+pub fn message(error: etcd_client::Error) -> String {
+    match error {
+        etcd_client::Error::GRpcStatus(status) => status.message().to_string(),
+        etcd_client::Error::InvalidArgs(text) => text,
+        other => other.to_string(),
+    }
+}
