@@ -242,6 +242,10 @@ const FLAGS: &[(&str, &str)] = &[
     ("peer-client-cert-auth", "false"),
     ("peer-auto-tls", "false"),
     ("peer-cert-allowed-cn", ""),
+    ("client-crl-file", ""),
+    ("client-cert-allowed-hostname", ""),
+    ("peer-crl-file", ""),
+    ("peer-cert-allowed-hostname", ""),
     ("self-signed-cert-validity", "1"),
 ];
 
@@ -454,6 +458,8 @@ impl ServerConfig {
                 trusted_ca_file: get("trusted-ca-file"),
                 client_cert_auth: boolean("client-cert-auth", &get("client-cert-auth"))?,
                 auto_tls: boolean("auto-tls", &get("auto-tls"))?,
+                crl_file: get("client-crl-file"),
+                allowed_hostname: get("client-cert-allowed-hostname"),
             },
             peer_tls: TlsFlags {
                 cert_file: get("peer-cert-file"),
@@ -461,6 +467,8 @@ impl ServerConfig {
                 trusted_ca_file: get("peer-trusted-ca-file"),
                 client_cert_auth: boolean("peer-client-cert-auth", &get("peer-client-cert-auth"))?,
                 auto_tls: boolean("peer-auto-tls", &get("peer-auto-tls"))?,
+                crl_file: get("peer-crl-file"),
+                allowed_hostname: get("peer-cert-allowed-hostname"),
             },
             peer_cert_allowed_cn: get("peer-cert-allowed-cn"),
             self_signed_cert_validity_years: number("self-signed-cert-validity", &get("self-signed-cert-validity"))?,

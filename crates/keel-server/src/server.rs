@@ -609,12 +609,13 @@ fn join(urls: &[PeerUrl]) -> String {
     urls.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
 
+/// The client port's TLS: the handshake's configuration, and what it demands of certificates.
+type ClientTls = (Arc<rustls::ServerConfig>, Arc<crate::tls::Side>);
+
 /// The client port's TLS configuration (when a client URL is `https://`) and the peer
 /// transport's (when the peer URL is), from etcd's flags.
 #[allow(clippy::type_complexity)]
-fn tls_of(
-    config: &ServerConfig,
-) -> Result<(Option<Arc<rustls::ServerConfig>>, Option<Arc<crate::tls::peer::PeerTls>>), ServerError> {
+fn tls_of(config: &ServerConfig) -> Result<(Option<ClientTls>, Option<Arc<crate::tls::peer::PeerTls>>), ServerError> {
     let validity = std::time::Duration::from_secs(config.self_signed_cert_validity_years.saturating_mul(365 * 86_400));
     let fixtures = Path::new(&config.data_dir).join("fixtures");
     let hosts = |urls: &[&[PeerUrl]]| -> Vec<String> {
@@ -631,7 +632,7 @@ fn tls_of(
         let client_hosts = hosts(&[&config.listen_client_urls, &config.advertise_client_urls]);
         let side = crate::tls::Side::from_flags(&config.client_tls, &fixtures.join("client"), &client_hosts, validity)?;
         // One port serves gRPC (h2) and the JSON gateway (h2 or HTTP/1.1), as etcd's does.
-        Some(Arc::new(side.server_config(&[b"h2", b"http/1.1"])?))
+        Some((Arc::new(side.server_config(&[b"h2", b"http/1.1"])?), Arc::new(side)))
     } else {
         None
     };
@@ -645,11 +646,7 @@ fn tls_of(
     Ok((client, peer))
 }
 
-async fn serve_clients(
-    config: ServerConfig,
-    shared: Arc<Shared>,
-    tls: Option<Arc<rustls::ServerConfig>>,
-) -> Result<(), ServerError> {
+async fn serve_clients(config: ServerConfig, shared: Arc<Shared>, tls: Option<ClientTls>) -> Result<(), ServerError> {
     let max_message = shared.max_request_bytes.saturating_add(GRPC_OVERHEAD_BYTES);
     let (reporter, health) = keel_api::tonic_health::server::health_reporter();
     reporter.set_service_status("", keel_api::tonic_health::ServingStatus::Serving).await;
@@ -678,7 +675,7 @@ async fn serve_clients(
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(io(format!("listen on client URL {url}")))?;
         let (app, settings) = (app.clone(), http2);
         if let (true, Some(tls)) = (url.is_tls(), &tls) {
-            let listener = crate::tls::listener::TlsListener::start(listener, tls.clone())
+            let listener = crate::tls::listener::TlsListener::start(listener, tls.0.clone(), tls.1.clone())
                 .map_err(io(format!("listen on client URL {url}")))?;
             servers.push(tokio::spawn(crate::client_port::serve_tls(listener, app, settings)));
         } else {

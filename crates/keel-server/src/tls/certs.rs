@@ -11,10 +11,11 @@ use rcgen::{
 
 use super::TlsError;
 
-/// A certificate and its private key, both PEM.
+/// A certificate and its private key, both PEM, and its serial number (to revoke it by).
 pub struct Pair {
     pub cert_pem: String,
     pub key_pem: String,
+    pub serial: Vec<u8>,
 }
 
 impl Pair {
@@ -60,7 +61,16 @@ pub fn self_signed(hosts: &[String], validity: Duration) -> Result<Pair, TlsErro
     let mut params = params_for(hosts, "keel", validity)?;
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     let cert = params.self_signed(&key).map_err(generated)?;
-    Ok(Pair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    Ok(Pair { cert_pem: cert.pem(), key_pem: key.serialize_pem(), serial: Vec::new() })
+}
+
+/// A random serial number: unique per certificate, as RFC 5280 asks (and revocation needs).
+fn random_serial() -> Result<Vec<u8>, TlsError> {
+    let mut serial = vec![0u8; 16];
+    getrandom::fill(&mut serial).map_err(|e| TlsError::Generate(e.to_string()))?;
+    serial[0] &= 0x7f; // a positive INTEGER
+    serial[0] |= 0x01; // with no leading zero byte to strip
+    Ok(serial)
 }
 
 /// A certificate authority that lives as long as this value: it signs and is forgotten.
@@ -94,9 +104,36 @@ impl ThrowawayCa {
     fn issue(&self, common_name: &str, hosts: &[String], usages: &[ExtendedKeyUsagePurpose]) -> Result<Pair, TlsError> {
         let key = KeyPair::generate().map_err(generated)?;
         let mut params = params_for(hosts, common_name, self.validity)?;
+        let serial = random_serial()?;
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
         params.extended_key_usages = usages.to_vec();
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         let cert = params.signed_by(&key, &self.issuer).map_err(generated)?;
-        Ok(Pair { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(Pair { cert_pem: cert.pem(), key_pem: key.serialize_pem(), serial })
+    }
+
+    /// A revocation list (PEM) of the certificates with these serial numbers.
+    pub fn revocation_list(&self, serials: &[&[u8]]) -> Result<String, TlsError> {
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+        let at = |s: i64| time::OffsetDateTime::from_unix_timestamp(s).map_err(|e| TlsError::Generate(e.to_string()));
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: at(now - 60)?,
+            next_update: at(now + 86_400)?,
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|serial| {
+                    Ok(rcgen::RevokedCertParams {
+                        serial_number: rcgen::SerialNumber::from_slice(serial),
+                        revocation_time: at(now - 60)?,
+                        reason_code: None,
+                        invalidity_date: None,
+                    })
+                })
+                .collect::<Result<_, TlsError>>()?,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer).map_err(generated)?.pem().map_err(generated)
     }
 }

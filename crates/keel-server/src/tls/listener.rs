@@ -35,7 +35,12 @@ pub struct TlsListener {
 
 impl TlsListener {
     /// Accepts on `listener`, handshaking with `config` (its ALPN must offer h2 for gRPC).
-    pub fn start(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<TlsListener> {
+    /// Certificates must also be what `side` admits (`--client-cert-allowed-hostname`).
+    pub fn start(
+        listener: TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        side: Arc<super::Side>,
+    ) -> std::io::Result<TlsListener> {
         let local = listener.local_addr()?;
         let (ready_tx, ready) = mpsc::channel(READY_MAX);
         let acceptor = TlsAcceptor::from(config);
@@ -50,12 +55,16 @@ impl TlsListener {
                     tracing::debug!(%remote, "too many TLS handshakes under way; closing a new connection");
                     continue;
                 };
-                let (acceptor, ready_tx) = (acceptor.clone(), ready_tx.clone());
+                let (acceptor, ready_tx, side) = (acceptor.clone(), ready_tx.clone(), side.clone());
                 tokio::spawn(async move {
                     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
                     drop(permit);
                     match handshake {
                         Ok(Ok(tls)) => {
+                            if let Err(refusal) = side.admits(tls.get_ref().1.peer_certificates()) {
+                                tracing::info!(%remote, %refusal, "refused a client's certificate");
+                                return;
+                            }
                             let common_name =
                                 super::peer_common_name(tls.get_ref().1.peer_certificates()).map(Arc::from);
                             let _ = ready_tx.send((tls, ClientAddr { remote, common_name })).await;

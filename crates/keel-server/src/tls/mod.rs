@@ -43,6 +43,11 @@ pub struct TlsFlags {
     pub trusted_ca_file: String,
     pub client_cert_auth: bool,
     pub auto_tls: bool,
+    /// `--client-crl-file` / `--peer-crl-file`: certificates revoked by the CA are refused.
+    pub crl_file: String,
+    /// `--client-cert-allowed-hostname` / `--peer-cert-allowed-hostname`: the other end's
+    /// certificate must be valid for this name.
+    pub allowed_hostname: String,
 }
 
 impl TlsFlags {
@@ -66,6 +71,10 @@ impl TlsFlags {
             return Err(format!(
                 "--{prefix}client-cert-auth needs --{prefix}trusted-ca-file to verify certificates with"
             ));
+        }
+        let crl_flag = if prefix.is_empty() { "client-crl-file" } else { "peer-crl-file" };
+        if !self.crl_file.is_empty() && self.trusted_ca_file.is_empty() {
+            return Err(format!("--{crl_flag} needs --{prefix}trusted-ca-file (revocations are the CA's)"));
         }
         Ok(())
     }
@@ -94,6 +103,14 @@ pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
 
 pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| file_error(path, e))
+}
+
+/// Every revocation list in the PEM file at `path`.
+fn read_crls(path: &Path) -> Result<Vec<rustls::pki_types::CertificateRevocationListDer<'static>>, TlsError> {
+    rustls::pki_types::CertificateRevocationListDer::pem_file_iter(path)
+        .map_err(|e| file_error(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(path, e))
 }
 
 fn read_roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
@@ -198,6 +215,11 @@ pub struct Side {
     /// The CA the other end's certificates must chain to (`--trusted-ca-file`).
     roots: Option<Arc<RootCertStore>>,
     verify_clients: bool,
+    crls: Vec<rustls::pki_types::CertificateRevocationListDer<'static>>,
+    /// What the other end's certificate must name: `--peer-cert-allowed-cn`,
+    /// `--*-cert-allowed-hostname` (checked after the handshake, see [`Side::admits`]).
+    allowed_cn: Option<String>,
+    allowed_hostname: Option<String>,
     /// `--auto-tls`: certificates are self-signed, so dialing peers cannot verify them (etcd
     /// skips verification the same way); the connection is encrypted, not authenticated.
     self_signed: bool,
@@ -236,12 +258,47 @@ impl Side {
             "" => None,
             path => Some(read_roots(Path::new(path))?),
         };
+        let crls = match flags.crl_file.as_str() {
+            "" => Vec::new(),
+            path => read_crls(Path::new(path))?,
+        };
+        if let Some(name) = Some(flags.allowed_hostname.as_str()).filter(|n| !n.is_empty()) {
+            server_name(name)?;
+        }
         Ok(Side {
             identity: Identity::load(&cert_file, &key_file)?,
             roots,
             verify_clients: flags.verifies_clients(),
+            crls,
+            allowed_cn: None,
+            allowed_hostname: Some(flags.allowed_hostname.clone()).filter(|n| !n.is_empty()),
             self_signed,
         })
+    }
+
+    /// Admits only certificates naming `common_name` (`--peer-cert-allowed-cn`).
+    pub fn with_allowed_cn(mut self, common_name: &str) -> Side {
+        self.allowed_cn = Some(common_name.to_string()).filter(|n| !n.is_empty());
+        self
+    }
+
+    /// Whether the certificate the other end presented (its chain, leaf first, verified by the
+    /// handshake) names what this side demands of it.
+    pub fn admits(&self, chain: Option<&[CertificateDer<'_>]>) -> Result<(), String> {
+        if let Some(allowed) = &self.allowed_cn {
+            let common_name = peer_common_name(chain);
+            if common_name.as_deref() != Some(allowed.as_str()) {
+                return Err(format!("the certificate names {common_name:?}, not the allowed common name {allowed:?}"));
+            }
+        }
+        if let Some(allowed) = &self.allowed_hostname {
+            let leaf = chain.and_then(|chain| chain.first()).ok_or("no certificate")?;
+            let parsed = rustls::server::ParsedCertificate::try_from(leaf).map_err(|e| e.to_string())?;
+            let name = server_name(allowed).map_err(|e| e.to_string())?;
+            rustls::client::verify_server_name(&parsed, &name)
+                .map_err(|_| format!("the certificate is not valid for the allowed hostname {allowed:?}"))?;
+        }
+        Ok(())
     }
 
     /// The server's configuration: offers `alpn` and, when clients must present a certificate,
@@ -254,6 +311,10 @@ impl Side {
         let builder = match (&self.roots, self.verify_clients) {
             (Some(roots), true) => {
                 let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider)
+                    .with_crls(self.crls.iter().cloned())
+                    // A revocation list covers the certificates the CA issued, not its own.
+                    .only_check_end_entity_revocation()
+                    .allow_unknown_revocation_status()
                     .build()
                     .map_err(|e| TlsError::Invalid(e.to_string()))?;
                 builder.with_client_cert_verifier(verifier)

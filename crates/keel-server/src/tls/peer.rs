@@ -19,7 +19,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct PeerTls {
     client: Arc<rustls::ClientConfig>,
     server: Arc<rustls::ServerConfig>,
-    allowed_cn: Option<String>,
+    side: Side,
 }
 
 impl PeerTls {
@@ -31,7 +31,7 @@ impl PeerTls {
         Ok(PeerTls {
             client: Arc::new(side.client_config()?),
             server: Arc::new(server),
-            allowed_cn: (!allowed_cn.is_empty()).then(|| allowed_cn.to_string()),
+            side: side.clone().with_allowed_cn(allowed_cn),
         })
     }
 }
@@ -137,19 +137,13 @@ impl Write for AcceptedStream {
 }
 
 /// Accepts with TLS when `tls` is set: the handshake verified the peer's certificate (when the
-/// peer CA demands one); `--peer-cert-allowed-cn` is checked here.
+/// peer CA demands one); `--peer-cert-allowed-cn` and `--peer-cert-allowed-hostname` are
+/// checked here.
 pub fn accept(mut tcp: TcpStream, tls: Option<&PeerTls>) -> std::io::Result<AcceptedStream> {
     let Some(tls) = tls else { return Ok(AcceptedStream::Plain(tcp)) };
     let mut conn = ServerConnection::new(tls.server.clone()).map_err(std::io::Error::other)?;
     handshake(&mut conn, &mut tcp)?;
-    if let Some(allowed) = &tls.allowed_cn {
-        let common_name = super::peer_common_name(conn.peer_certificates());
-        if common_name.as_deref() != Some(allowed.as_str()) {
-            return Err(std::io::Error::other(format!(
-                "the peer's certificate names {common_name:?}, not the allowed common name {allowed:?}"
-            )));
-        }
-    }
+    tls.side.admits(conn.peer_certificates()).map_err(std::io::Error::other)?;
     Ok(AcceptedStream::Tls(Box::new(StreamOwned::new(conn, tcp))))
 }
 
@@ -172,18 +166,32 @@ mod tests {
         trusted: &ThrowawayCa,
         allowed_cn: &str,
     ) -> PeerTls {
-        ca.member(name, &["127.0.0.1".to_string()]).expect("issue").write(dir, name).expect("write");
+        peer_tls_with(dir, ca, name, trusted, allowed_cn, |_| {}).0
+    }
+
+    /// [`peer_tls`] with its flags changed by `tweak` first; and the certificate's serial.
+    fn peer_tls_with(
+        dir: &std::path::Path,
+        ca: &ThrowawayCa,
+        name: &str,
+        trusted: &ThrowawayCa,
+        allowed_cn: &str,
+        tweak: impl FnOnce(&mut TlsFlags),
+    ) -> (PeerTls, Vec<u8>) {
+        let pair = ca.member(name, &["127.0.0.1".to_string()]).expect("issue");
+        pair.write(dir, name).expect("write");
         let trusted_file = dir.join(format!("trusted-by-{name}.pem"));
         std::fs::write(&trusted_file, &trusted.cert_pem).expect("write CA");
-        let flags = TlsFlags {
+        let mut flags = TlsFlags {
             cert_file: dir.join(format!("{name}.pem")).to_string_lossy().into_owned(),
             key_file: dir.join(format!("{name}-key.pem")).to_string_lossy().into_owned(),
             trusted_ca_file: trusted_file.to_string_lossy().into_owned(),
             client_cert_auth: true,
-            auto_tls: false,
+            ..TlsFlags::default()
         };
+        tweak(&mut flags);
         let side = Side::from_flags(&flags, &dir.join("fixtures"), &[], YEAR).expect("side");
-        PeerTls::new(&side, allowed_cn).expect("peer tls")
+        (PeerTls::new(&side, allowed_cn).expect("peer tls"), pair.serial)
     }
 
     /// Dials `listener` with `dialer` while it accepts with `acceptor`; what each side got,
@@ -261,6 +269,36 @@ mod tests {
         let (_, accepted) = connect(peer_tls(&dir, &ca, "stranger", &ca, ""), peer_tls(&dir, &ca, "m2", &ca, "member"));
         let refusal = accepted.expect_err("another name of the same CA is refused");
         assert!(refusal.to_string().contains("allowed common name"), "{refusal}");
+    }
+
+    #[test]
+    fn a_peer_whose_certificate_the_ca_revoked_is_refused_and_the_others_are_not() {
+        let dir = tempdir("crl");
+        let ca = ThrowawayCa::new("cluster CA", YEAR).expect("ca");
+        let (revoked, serial) = peer_tls_with(&dir, &ca, "revoked", &ca, "", |_| {});
+        let crl = dir.join("crl.pem");
+        std::fs::write(&crl, ca.revocation_list(&[&serial]).expect("crl")).expect("write crl");
+        let with_crl = |flags: &mut TlsFlags| flags.crl_file = crl.to_string_lossy().into_owned();
+        let (_, accepted) = connect(revoked, peer_tls_with(&dir, &ca, "m1", &ca, "", with_crl).0);
+        let refusal = accepted.expect_err("a revoked certificate is refused");
+        assert!(refusal.to_string().to_lowercase().contains("revoked"), "{refusal}");
+        let (_, accepted) =
+            connect(peer_tls(&dir, &ca, "m2", &ca, ""), peer_tls_with(&dir, &ca, "m3", &ca, "", with_crl).0);
+        assert_eq!(accepted.expect("a certificate not revoked gets in"), b"hello");
+    }
+
+    #[test]
+    fn with_an_allowed_hostname_only_certificates_valid_for_it_get_in() {
+        let dir = tempdir("allowed-host");
+        let ca = ThrowawayCa::new("cluster CA", YEAR).expect("ca");
+        let allow = |host: &'static str| move |flags: &mut TlsFlags| flags.allowed_hostname = host.into();
+        let (_, accepted) =
+            connect(peer_tls(&dir, &ca, "m1", &ca, ""), peer_tls_with(&dir, &ca, "m2", &ca, "", allow("127.0.0.1")).0);
+        assert_eq!(accepted.expect("a certificate for 127.0.0.1 gets in"), b"hello");
+        let (_, accepted) =
+            connect(peer_tls(&dir, &ca, "m3", &ca, ""), peer_tls_with(&dir, &ca, "m4", &ca, "", allow("10.9.9.9")).0);
+        let refusal = accepted.expect_err("a certificate for another host is refused");
+        assert!(refusal.to_string().contains("allowed hostname"), "{refusal}");
     }
 
     fn tempdir(name: &str) -> std::path::PathBuf {
