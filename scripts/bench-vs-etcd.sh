@@ -7,8 +7,9 @@
 #
 # Loads (256 B values, 10,000 keys): put with 1, 16 and 256 clients; linearizable get with 16;
 # serializable get with 256; txn compare-and-set with 16; 80/20 get/put with 16. For each, the
-# members' CPU time while it ran (all three processes, user + system, from /proc) per 1,000
-# operations: on two cores the ceiling is CPU per operation.
+# members' CPU time during the timed part (all three processes, user + system, from /proc; the
+# fill before a read load excluded) per 1,000 operations: on two cores the ceiling is CPU per
+# operation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_LOAD=${1:-10}
@@ -18,25 +19,11 @@ bench_setup bench
 
 IFS=, read -r -a LOADS <<< "${LOADS_OVERRIDE:-}"  # e.g. LOADS_OVERRIDE="put 16,get 16"
 if [[ ${#LOADS[@]} -eq 0 ]]; then LOADS=("put 1" "put 16" "put 256" "get 16" "get-serializable 256" "txn 16" "mixed 16"); fi
-cpu_ticks() { # user + system clock ticks of the members so far
-    local total=0 pid stat
-    for pid in "${PIDS[@]}"; do
-        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
-        stat=${stat##*) }
-        read -r -a fields <<<"$stat"
-        total=$((total + fields[11] + fields[12]))
-    done
-    echo "$total"
-}
 run_loads() { # run_loads NAME
     for load in "${LOADS[@]}"; do
         set -- $load
         compact
-        local before after
-        before=$(cpu_ticks)
-        line=$("$KEEL" bench kv --endpoints "$ENDPOINTS" --op "$1" --clients "$2" --conns "$(( $2 < 3 ? $2 : ($2 < 48 ? 3 : 16) ))" --seconds "$SECONDS_PER_LOAD")
-        after=$(cpu_ticks)
-        line="$line $(python3 -c 'import re,sys; t=(int(sys.argv[2])-int(sys.argv[1]))/int(sys.argv[3]); ops=int(re.search(r" ops=(\d+)", sys.argv[4]).group(1)); print(f"cpu_s={t:.1f} cpu_ms_per_kop={1e6*t/max(ops,1):.0f}")' "$before" "$after" "$(getconf CLK_TCK)" "$line")"
+        line=$("$KEEL" bench kv --endpoints "$ENDPOINTS" --op "$1" --clients "$2" --conns "$(( $2 < 3 ? $2 : ($2 < 48 ? 3 : 16) ))" --seconds "$SECONDS_PER_LOAD" --server-pids "$(IFS=,; echo "${PIDS[*]}")")
         echo "$NAME_OF_RUN $line" | tee -a "$WORK/results"
     done
 }

@@ -246,6 +246,7 @@ const FLAGS: &[(&str, &str)] = &[
     ("client-cert-allowed-hostname", ""),
     ("peer-crl-file", ""),
     ("peer-cert-allowed-hostname", ""),
+    ("cipher-suites", ""),
     ("self-signed-cert-validity", "1"),
 ];
 
@@ -405,6 +406,8 @@ impl ServerConfig {
             }
         };
         // etcd's `--auth-token simple` (the default) or `jwt,pub-key=...,sign-method=...`.
+        let cipher_suites: Vec<String> =
+            get("cipher-suites").split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
         let auth_token = get("auth-token");
         let auth_token_jwt = crate::jwt::parse_auth_token(&auth_token).map_err(|reason| ConfigError::Invalid {
             flag: "auth-token",
@@ -460,6 +463,7 @@ impl ServerConfig {
                 auto_tls: boolean("auto-tls", &get("auto-tls"))?,
                 crl_file: get("client-crl-file"),
                 allowed_hostname: get("client-cert-allowed-hostname"),
+                cipher_suites: cipher_suites.clone(),
             },
             peer_tls: TlsFlags {
                 cert_file: get("peer-cert-file"),
@@ -469,6 +473,7 @@ impl ServerConfig {
                 auto_tls: boolean("peer-auto-tls", &get("peer-auto-tls"))?,
                 crl_file: get("peer-crl-file"),
                 allowed_hostname: get("peer-cert-allowed-hostname"),
+                cipher_suites,
             },
             peer_cert_allowed_cn: get("peer-cert-allowed-cn"),
             self_signed_cert_validity_years: number("self-signed-cert-validity", &get("self-signed-cert-validity"))?,

@@ -71,6 +71,26 @@ pub struct Options {
     cert: Option<std::path::PathBuf>,
     #[arg(long, requires = "cert")]
     key: Option<std::path::PathBuf>,
+    /// The server processes (pids, comma-separated) whose CPU time (user + system, from
+    /// /proc) during the timed part is reported per 1,000 operations: on two cores the
+    /// ceiling is CPU per operation.
+    #[arg(long, value_delimiter = ',')]
+    server_pids: Vec<u32>,
+}
+
+/// User + system CPU seconds the processes `pids` have used so far (those gone count 0).
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    let ticks_per_second = 100.0; // USER_HZ: fixed at 100 on Linux for /proc's clock ticks
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name (which may hold spaces), from the last ')'.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let user: f64 = fields.get(11)?.parse().ok()?;
+            let system: f64 = fields.get(12)?.parse().ok()?;
+            Some((user + system) / ticks_per_second)
+        })
+        .sum()
 }
 
 impl Options {
@@ -168,6 +188,7 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
         }
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let cpu_before = cpu_seconds(&opts.server_pids);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..opts.clients {
@@ -266,9 +287,15 @@ async fn bench(opts: Options) -> anyhow::Result<()> {
         errors += task_errors;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = if opts.server_pids.is_empty() {
+        String::new()
+    } else {
+        let seconds = cpu_seconds(&opts.server_pids) - cpu_before;
+        format!(" server_cpu_s={seconds:.1} cpu_ms_per_kop={:.0}", seconds * 1e6 / total.len().max(1) as f64)
+    };
     let ms = |q: f64| total.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "op={:?} clients={} conns={} ops={} errors={} qps={:.0} p50={:.2}ms p90={:.2}ms p99={:.2}ms p99.9={:.2}ms max={:.2}ms",
+        "op={:?} clients={} conns={} ops={} errors={} qps={:.0} p50={:.2}ms p90={:.2}ms p99={:.2}ms p99.9={:.2}ms max={:.2}ms{cpu}",
         opts.op,
         opts.clients,
         opts.conns,

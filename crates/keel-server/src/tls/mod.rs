@@ -48,6 +48,8 @@ pub struct TlsFlags {
     /// `--client-cert-allowed-hostname` / `--peer-cert-allowed-hostname`: the other end's
     /// certificate must be valid for this name.
     pub allowed_hostname: String,
+    /// `--cipher-suites` (both sides share it): the TLS 1.2 suites allowed, by Go's names.
+    pub cipher_suites: Vec<String>,
 }
 
 impl TlsFlags {
@@ -83,6 +85,58 @@ impl TlsFlags {
 /// The crypto keel's TLS uses everywhere.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Go's names for the suites it knows that rustls does not offer (no forward secrecy, CBC, RC4,
+/// 3DES): an etcd configuration may list them; they are skipped with a warning.
+const SUITES_KEEL_DOES_NOT_OFFER: &[&str] = &[
+    "TLS_RSA_WITH_RC4_128_SHA",
+    "TLS_RSA_WITH_3DES_EDE_CBC_SHA",
+    "TLS_RSA_WITH_AES_128_CBC_SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA",
+    "TLS_RSA_WITH_AES_128_CBC_SHA256",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_RC4_128_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_RC4_128_SHA",
+    "TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256",
+];
+
+/// The crypto with `--cipher-suites` applied: TLS 1.3's suites stay (Go does not let them be
+/// chosen either), TLS 1.2's are the ones named. A name nobody knows is refused.
+pub fn provider_with_suites(names: &[String]) -> Result<Arc<CryptoProvider>, TlsError> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if names.is_empty() {
+        return Ok(Arc::new(provider));
+    }
+    let mut chosen = Vec::new();
+    for wanted in names.iter().map(|name| name.trim()).filter(|name| !name.is_empty()) {
+        // Go names the ChaCha20 suites without their hash.
+        let found = provider.cipher_suites.iter().find(|suite| {
+            let name = format!("{:?}", suite.suite());
+            name == wanted || name.strip_suffix("_SHA256") == Some(wanted)
+        });
+        match found {
+            Some(suite) if suite.tls13().is_none() => chosen.push(*suite),
+            Some(_) => {}
+            None if SUITES_KEEL_DOES_NOT_OFFER.contains(&wanted) => {
+                tracing::warn!(suite = wanted, "--cipher-suites names a suite keel does not offer; skipped")
+            }
+            None => return Err(TlsError::Invalid(format!("--cipher-suites: unknown cipher suite {wanted:?}"))),
+        }
+    }
+    if chosen.is_empty() {
+        tracing::warn!("--cipher-suites leaves no TLS 1.2 suite: only TLS 1.3 is spoken");
+    }
+    let tls13: Vec<_> = provider.cipher_suites.iter().filter(|suite| suite.tls13().is_some()).copied().collect();
+    provider.cipher_suites = tls13.into_iter().chain(chosen).collect();
+    Ok(Arc::new(provider))
 }
 
 fn file_error(path: &Path, reason: impl ToString) -> TlsError {
@@ -220,6 +274,8 @@ pub struct Side {
     /// `--*-cert-allowed-hostname` (checked after the handshake, see [`Side::admits`]).
     allowed_cn: Option<String>,
     allowed_hostname: Option<String>,
+    /// The crypto, with `--cipher-suites` applied.
+    provider: Arc<CryptoProvider>,
     /// `--auto-tls`: certificates are self-signed, so dialing peers cannot verify them (etcd
     /// skips verification the same way); the connection is encrypted, not authenticated.
     self_signed: bool,
@@ -272,6 +328,7 @@ impl Side {
             crls,
             allowed_cn: None,
             allowed_hostname: Some(flags.allowed_hostname.clone()).filter(|n| !n.is_empty()),
+            provider: provider_with_suites(&flags.cipher_suites)?,
             self_signed,
         })
     }
@@ -304,7 +361,7 @@ impl Side {
     /// The server's configuration: offers `alpn` and, when clients must present a certificate,
     /// verifies it against the trusted CA.
     pub fn server_config(&self, alpn: &[&[u8]]) -> Result<ServerConfig, TlsError> {
-        let provider = provider();
+        let provider = self.provider.clone();
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Invalid(e.to_string()))?;
@@ -329,7 +386,7 @@ impl Side {
     /// The configuration a member dials its peers with: presents this member's certificate and
     /// verifies the peer's against the trusted CA (or not at all, for self-signed peers).
     pub fn client_config(&self) -> Result<ClientConfig, TlsError> {
-        let provider = provider();
+        let provider = self.provider.clone();
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Invalid(e.to_string()))?;
@@ -476,6 +533,24 @@ mod tests {
             let error = Side::from_flags(&flags, &dir, &[], YEAR).expect_err("refused");
             assert!(error.to_string().contains(&*cert.to_string_lossy()), "{error}");
         }
+    }
+
+    #[test]
+    fn cipher_suites_keep_tls13_take_the_named_tls12_ones_and_refuse_unknown_names() {
+        let suites = |names: &[&str]| -> Vec<String> {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let provider = provider_with_suites(&names).expect("suites");
+            provider.cipher_suites.iter().map(|s| format!("{:?}", s.suite())).collect()
+        };
+        let chosen = suites(&["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305"]);
+        let tls12: Vec<&String> = chosen.iter().filter(|s| !s.starts_with("TLS13_")).collect();
+        assert_eq!(tls12, ["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256"]);
+        assert!(chosen.iter().any(|s| s.starts_with("TLS13_")), "TLS 1.3 stays: {chosen:?}");
+        // Go's CBC suites are skipped (warned), leaving TLS 1.3 only.
+        assert!(suites(&["TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA"]).iter().all(|s| s.starts_with("TLS13_")));
+        let unknown = provider_with_suites(&["TLS_NOT_A_SUITE".to_string()]).map(drop).expect_err("refused");
+        assert!(unknown.to_string().contains("TLS_NOT_A_SUITE"), "{unknown}");
+        assert_eq!(suites(&[]).len(), rustls::crypto::ring::default_provider().cipher_suites.len());
     }
 
     #[test]
