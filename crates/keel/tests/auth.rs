@@ -66,7 +66,8 @@ async fn a_role_with_a_prefix_permission_is_allowed_its_keys_and_denied_the_rest
         .await
         .map(drop)
         .expect_err("a wrong password");
-    assert!(message(wrong).contains("authentication failed, invalid user ID or password"));
+    let wrong = message(wrong);
+    assert!(wrong.contains("authentication failed, invalid user ID or password"), "{wrong}");
 
     // Alice, through member 1: her prefix yes, the rest no.
     let mut alice = as_user(&cluster, 1, "alice", ALICE_PASSWORD).await;

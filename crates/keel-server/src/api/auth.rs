@@ -132,11 +132,11 @@ impl AuthService {
 
     pub async fn authenticate(&self, request: pb::AuthenticateRequest) -> Result<pb::AuthenticateResponse, Status> {
         // etcd's CheckPassword, on the member asked: the hash is in every member's store.
-        if self.shared.jwt.is_some() {
-            // A JWT is issued here without a log entry: the password must be checked against
-            // the cluster's latest users, not this member's possibly older copy.
-            self.shared.caught_up().await?;
-        }
+        // The password is checked against the cluster's latest users, not this member's possibly
+        // older copy (etcd waits for a linearizable read here too): a login right after `auth
+        // enable` or a password change through another member sees it. A JWT is then issued
+        // with no log entry at all.
+        self.shared.caught_up().await?;
         let (hash, revision) = {
             let auth = self.shared.auth.lock();
             if !auth.is_enabled() {
