@@ -2,7 +2,8 @@
 # 24379/25379/26379, peers 24380/25380/26380) with https:// URLs, --client-cert-auth and
 # --peer-client-cert-auth, certificates made here with openssl (not by keel: the server must
 # take what an operator's PKI hands it), driven by etcdctl with --cacert/--cert/--key and curl.
-# The common name of a client certificate is the user when auth is on. Sourced by compat.sh (it
+# The common name of a client certificate is the user when auth is on; logins get JWT tokens
+# (--auth-token jwt with an ES256 key pair, also made with openssl). Sourced by compat.sh (it
 # uses run, check, check_ok, check_err, check_true, alive, stop_pid, SERVER, WORK); the expected
 # answers are etcd 3.4's. Stops its cluster when done.
 
@@ -20,6 +21,14 @@ tls_cert() {
         openssl x509 -req -in "$TLS_DIR/$1.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca-key.pem" \
             -CAcreateserial -days 2 -out "$TLS_DIR/$1.pem" -extfile <(printf '%s\n' "$3") 2>/dev/null
 }
+# tls_cert_without_cn NAME EXTENSIONS: a client certificate naming no user (for the gateway,
+# which refuses certificates that do while auth is on).
+tls_cert_without_cn() {
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/O=compat" \
+        -keyout "$TLS_DIR/$1-key.pem" -out "$TLS_DIR/$1.csr" 2>/dev/null &&
+        openssl x509 -req -in "$TLS_DIR/$1.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca-key.pem" \
+            -CAcreateserial -days 2 -out "$TLS_DIR/$1.pem" -extfile <(printf '%s\n' "$2") 2>/dev/null
+}
 tls_make_certs() {
     mkdir -p "$TLS_DIR"
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=compat CA" -days 2 \
@@ -27,7 +36,10 @@ tls_make_certs() {
         -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null &&
         tls_cert member member $'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth' &&
         tls_cert root root 'extendedKeyUsage=clientAuth' &&
-        tls_cert alice alice 'extendedKeyUsage=clientAuth'
+        tls_cert alice alice 'extendedKeyUsage=clientAuth' &&
+        tls_cert_without_cn anon 'extendedKeyUsage=clientAuth' &&
+        openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$TLS_DIR/jwt.key" 2>/dev/null &&
+        openssl pkey -in "$TLS_DIR/jwt.key" -pubout -out "$TLS_DIR/jwt.pub" 2>/dev/null
 }
 
 tls_start_member() {
@@ -42,6 +54,7 @@ tls_start_member() {
         --trusted-ca-file "$TLS_DIR/ca.pem" --client-cert-auth \
         --peer-cert-file "$TLS_DIR/member.pem" --peer-key-file "$TLS_DIR/member-key.pem" \
         --peer-trusted-ca-file "$TLS_DIR/ca.pem" --peer-client-cert-auth \
+        --auth-token "jwt,pub-key=$TLS_DIR/jwt.pub,priv-key=$TLS_DIR/jwt.key,sign-method=ES256" \
         >>"$WORK/$n.log" 2>&1 &
     TLS_PID[$i]=$!
 }
@@ -55,11 +68,12 @@ tctl_at() {
 }
 tctl() { tctl_at "${TLS_EP[0]}" "$@"; }
 # tcurl USER PATH [BODY]: the gateway of t1 over TLS with USER's certificate ("-" for none).
-tcurl() {
-    local user=$1 path=$2; shift 2
+tcurl() { tcurl_at "${TLS_EP[0]}" "$@"; }
+tcurl_at() {
+    local ep=$1 user=$2 path=$3; shift 3
     local cert=()
     [[ $user != - ]] && cert=(--cert "$TLS_DIR/$user.pem" --key "$TLS_DIR/$user-key.pem")
-    curl -sS -m 10 --cacert "$TLS_DIR/ca.pem" "${cert[@]}" "${TLS_EP[0]}$path" "$@"
+    curl -sS -m 10 --cacert "$TLS_DIR/ca.pem" "${cert[@]}" "$ep$path" "$@"
 }
 tls_healthy() { tctl_at "${TLS_EP[0]},${TLS_EP[1]},${TLS_EP[2]}" root endpoint health >/dev/null 2>&1; }
 
@@ -108,6 +122,22 @@ tls_checks() {
     run tcurl root /v3/kv/range -X POST -d "{\"key\":\"$(b64 tls/k)\"}"
     check "tls: with auth on the gateway refuses a client certificate that names a user" \
         "CommonName of client sending a request against gateway will be ignored and not used as expected" "$OUT"
+    # Logins get JWTs: a token rather than a certificate speaks for the request, and a token
+    # issued by t1 is honoured by t2 and t3.
+    check_ok "tls: jwt: etcdctl --user logs in and puts" "OK" tctl root --user=alice:alice-secret put tls/app/jwt 1
+    check_err "tls: jwt: the token, not the root certificate, decides" "etcdserver: permission denied" \
+        tctl root --user=alice:alice-secret put tls/k 3
+    run tcurl anon /v3/auth/authenticate -X POST -d '{"name":"alice","password":"alice-secret"}'
+    TOKEN=$(js 'd["token"]' <<<"$OUT")
+    check "tls: jwt: the gateway's login returns a signed token (three parts)" "3" "$(awk -F. '{print NF}' <<<"$TOKEN")"
+    for i in 1 2; do
+        run tcurl_at "${TLS_EP[$i]}" anon /v3/kv/range -X POST -H "Authorization: $TOKEN" \
+            -d "{\"key\":\"$(b64 tls/app/jwt)\"}"
+        check "tls: jwt: t$((i + 1)) honours t1's token" "1" \
+            "$(js '__import__("base64").b64decode(d["kvs"][0]["value"]).decode()' <<<"$OUT")"
+    done
+    run tcurl anon /v3/kv/range -X POST -H "Authorization: ${TOKEN}x" -d "{\"key\":\"$(b64 tls/app/jwt)\"}"
+    check "tls: jwt: an altered token is refused" "etcdserver: invalid auth token" "$(js 'd["error"]' <<<"$OUT")"
     check_ok "tls: auth disable by the root certificate" "Authentication Disabled" tctl root auth disable
     tls_stop
 }
