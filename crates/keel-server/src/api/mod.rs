@@ -135,40 +135,43 @@ impl Shared {
         }
     }
 
-    /// Who sent `request` (see [`Caller`]). A token this member does not know is refused with
-    /// etcd's "invalid auth token": expired, from before a restart, or forged.
-    /// Without a token, and with `--client-cert-auth`, the caller is the common name of the
-    /// connection's verified client certificate. Gateway requests never come here, so a
-    /// certificate never speaks for them (etcd's gateway dials with its own certificate and
-    /// ignores its name the same way).
+    /// Who sent `request` (see [`Caller`]): the holder of its token; without a token, and with
+    /// `--client-cert-auth`, the common name of the connection's verified client certificate.
+    /// A token this member does not know is refused with etcd's "invalid auth token" (expired,
+    /// from before a restart, or forged). Gateway requests carry no certificate name, so a
+    /// certificate never speaks for them (etcd's gateway ignores its name the same way).
     pub fn caller<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Status> {
+        // With auth off nothing is checked: not even the token is copied out of the request.
+        if !self.auth.is_enabled() {
+            return Ok(Caller(None));
+        }
         self.caller_from(&Credentials::of(request))
     }
 
     /// Who holds `credentials` (see [`Shared::caller`]).
     pub fn caller_from(&self, credentials: &Credentials) -> Result<Caller, Status> {
-        if let (None, Some(common_name), true) =
-            (&credentials.token, &credentials.common_name, self.common_name_is_user && self.auth.is_enabled())
-        {
-            let revision = self.auth.lock().revision();
-            return Ok(Caller(Some((common_name.to_string(), revision))));
-        }
-        self.caller_with(credentials.token.as_deref())
-    }
-
-    /// Who holds `token` (`None`: the request carried none).
-    pub fn caller_with(&self, token: Option<&str>) -> Result<Caller, Status> {
         if !self.auth.is_enabled() {
             return Ok(Caller(None));
         }
-        let Some(token) = token else { return Ok(Caller(Some((String::new(), 0)))) };
-        if let Some(jwt) = &self.jwt {
-            let (user, revision) =
-                jwt.verify(token).ok_or_else(|| status::from_auth(keel_auth::AuthError::InvalidAuthToken))?;
-            return Ok(Caller(Some((user, revision))));
+        match (&credentials.token, &credentials.common_name) {
+            (None, Some(common_name)) if self.common_name_is_user => {
+                let revision = self.auth.lock().revision();
+                Ok(Caller(Some((common_name.to_string(), revision))))
+            }
+            (None, _) => Ok(Caller(Some((String::new(), 0)))),
+            (Some(token), _) => {
+                let (user, revision) = match &self.jwt {
+                    Some(jwt) => {
+                        jwt.verify(token).ok_or_else(|| status::from_auth(keel_auth::AuthError::InvalidAuthToken))?
+                    }
+                    None => {
+                        let info = self.auth.lock().token_info(token).map_err(status::from_auth)?;
+                        (info.user, info.revision)
+                    }
+                };
+                Ok(Caller(Some((user, revision))))
+            }
         }
-        let info = self.auth.lock().token_info(token).map_err(status::from_auth)?;
-        Ok(Caller(Some((info.user, info.revision))))
     }
 
     /// Whether `caller` may read `key`..`range_end` here and now (etcd checks reads at the member
