@@ -675,8 +675,7 @@ async fn serve_clients(config: ServerConfig, shared: Arc<Shared>, tls: Option<Cl
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(io(format!("listen on client URL {url}")))?;
         let (app, settings) = (app.clone(), http2);
         if let (true, Some(tls)) = (url.is_tls(), &tls) {
-            let listener = crate::tls::listener::TlsListener::start(listener, tls.0.clone(), tls.1.clone())
-                .map_err(io(format!("listen on client URL {url}")))?;
+            let listener = crate::tls::listener::TlsListener::start(listener, tls.0.clone(), tls.1.clone());
             servers.push(tokio::spawn(crate::client_port::serve_tls(listener, app, settings)));
         } else {
             servers.push(tokio::spawn(crate::client_port::serve_plain(listener, app, settings)));

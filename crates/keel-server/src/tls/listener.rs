@@ -30,18 +30,12 @@ pub struct ClientAddr {
 
 pub struct TlsListener {
     ready: mpsc::Receiver<(TlsStream<TcpStream>, ClientAddr)>,
-    local: SocketAddr,
 }
 
 impl TlsListener {
     /// Accepts on `listener`, handshaking with `config` (its ALPN must offer h2 for gRPC).
     /// Certificates must also be what `side` admits (`--client-cert-allowed-hostname`).
-    pub fn start(
-        listener: TcpListener,
-        config: Arc<rustls::ServerConfig>,
-        side: Arc<super::Side>,
-    ) -> std::io::Result<TlsListener> {
-        let local = listener.local_addr()?;
+    pub fn start(listener: TcpListener, config: Arc<rustls::ServerConfig>, side: Arc<super::Side>) -> TlsListener {
         let (ready_tx, ready) = mpsc::channel(READY_MAX);
         let acceptor = TlsAcceptor::from(config);
         let handshakes = Arc::new(Semaphore::new(HANDSHAKES_AT_ONCE));
@@ -75,7 +69,7 @@ impl TlsListener {
                 });
             }
         });
-        Ok(TlsListener { ready, local })
+        TlsListener { ready }
     }
 }
 
@@ -87,9 +81,5 @@ impl TlsListener {
             // The accept task only ends when this listener is dropped.
             None => std::future::pending().await,
         }
-    }
-
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
     }
 }
