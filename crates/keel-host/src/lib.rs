@@ -51,8 +51,18 @@ pub fn write(storage: &mut NodeStorage, groups: &[GroupWrite]) -> Result<(), Sto
     storage.write(&parts(groups))
 }
 
-/// Writes a batch's groups and makes them durable.
-pub fn persist(storage: &mut NodeStorage, groups: &[GroupWrite]) -> Result<(), StorageError> {
+/// Writes a node's batch, with an fsync only when the batch needs one (see
+/// [`WriteBatch::must_sync`]): the next synced write carries the rest to the disk.
+pub fn persist(storage: &mut NodeStorage, batch: &WriteBatch) -> Result<(), StorageError> {
+    write(storage, &batch.groups)?;
+    if batch.must_sync {
+        storage.sync()?;
+    }
+    Ok(())
+}
+
+/// Writes `groups` and makes them durable (a founding write, see [`bootstrap_write`]).
+pub fn persist_durably(storage: &mut NodeStorage, groups: &[GroupWrite]) -> Result<(), StorageError> {
     write(storage, groups)?;
     storage.sync()
 }

@@ -107,6 +107,11 @@ pub struct GroupWrite {
 
 /// One durable write covering every group: the host writes it, fsyncs once if `must_sync`, then
 /// calls [`Node::on_write_durable`] with `id`.
+///
+/// A write without `must_sync` carries only a hard state whose commit index moved (etcd-io/raft's
+/// `MustSync`): losing it in a crash loses nothing promised, since a restarted member learns the
+/// commit index again from its leader (and never below what its machine durably applied, see
+/// `RaftLog::recovered`). Skipping its fsync saves one of the two a single write cost each member.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WriteBatch {
     pub id: u64,
@@ -524,6 +529,9 @@ impl<S: StateMachine> Node<S> {
             must_sync |= ready.must_sync;
             let number = ready.number();
             let write = handle_ready(group_id, group, ready, &mut out, &mut held, &mut self.outcomes, policy);
+            // The WAL segments an own snapshot makes obsolete go once the write is durable: it
+            // must really be.
+            must_sync |= write.own_snapshot.is_some();
             group.ready_in_flight = Some(number);
             writes.push(write);
         }

@@ -34,10 +34,13 @@ pub enum Plant {
     /// in the store beside the data: after a restart a member checks requests against an older
     /// auth store than the others, and they diverge.
     AuthApartFromData = 1 << 9,
+    /// A write of new entries is treated like one that only moves the commit index: no fsync
+    /// before the member acknowledges them, so a crash can take acknowledged entries with it.
+    SkipEntrySync = 1 << 10,
 }
 
 impl Plant {
-    pub const ALL: [Plant; 8] = [
+    pub const ALL: [Plant; 9] = [
         Plant::CommitOldTerm,
         Plant::DoubleVote,
         Plant::AckBeforeDurable,
@@ -46,6 +49,7 @@ impl Plant {
         Plant::ReforwardUnknown,
         Plant::TornTailAnywhere,
         Plant::AuthApartFromData,
+        Plant::SkipEntrySync,
     ];
 
     /// Plants that must *not* break safety: the simulator shows their runs stay clean.
@@ -63,6 +67,7 @@ impl Plant {
             Plant::SuspectAlways => "suspect-always",
             Plant::SlowAlways => "slow-always",
             Plant::AuthApartFromData => "auth-apart-from-data",
+            Plant::SkipEntrySync => "skip-entry-sync",
         }
     }
 

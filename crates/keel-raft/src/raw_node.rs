@@ -196,10 +196,13 @@ impl RawNode {
         // Applying a conf change may have produced messages (e.g. to a new member): take them now.
         self.raft.flush_broadcast();
         let hard_state = (hard != self.prev_hard_state).then_some(hard);
+        // Only a moved commit index may skip the fsync (etcd-io/raft's MustSync): a crash that
+        // loses it loses no promise.
+        let skip_entry_sync = self.raft.cfg.plants.is(crate::planted::Plant::SkipEntrySync);
         let must_sync = hard.term != self.prev_hard_state.term
             || hard.vote != self.prev_hard_state.vote
             || snapshot.is_some()
-            || !entries.is_empty();
+            || (!entries.is_empty() && !skip_entry_sync);
         let persist_to = entries.last().map(|e| e.index).or(snapshot.as_ref().map(|s| s.meta.index)).unwrap_or(0);
         let ready = Ready {
             number,

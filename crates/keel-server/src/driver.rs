@@ -370,10 +370,10 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
     /// member; the NOSPACE alarm (raised while the disk still had room) is what keeps it from
     /// coming to this. Any other storage error stops the node: what it could not make durable it
     /// must not acknowledge.
-    fn persist_waiting_for_space(&mut self, groups: &[keel_node::GroupWrite]) -> Result<(), StorageError> {
+    fn persist_waiting_for_space(&mut self, batch: &keel_node::WriteBatch) -> Result<(), StorageError> {
         let mut waiting_since: Option<Instant> = None;
         loop {
-            match keel_host::persist(&mut self.storage, groups) {
+            match keel_host::persist(&mut self.storage, batch) {
                 Ok(()) => {
                     if let Some(since) = waiting_since {
                         tracing::warn!(waited_ms = since.elapsed().as_millis() as u64, "the disk has room again");
@@ -416,13 +416,15 @@ impl<S: StateMachine, H: Hook<S>> Driver<S, H> {
         let started = Instant::now();
         // The node times its own writes from here (fail-slow detection), not from the poll.
         self.set_clock(started);
-        self.persist_waiting_for_space(&write.groups)?;
+        self.persist_waiting_for_space(&write)?;
         if let Some(faults) = &self.faults {
             faults.after_write();
         }
         self.compactions.written(&write);
         let durable_at = Instant::now();
-        self.hook.on_fsync(durable_at - started);
+        if write.must_sync {
+            self.hook.on_fsync(durable_at - started);
+        }
         // The node times its own writes (fail-slow detection) on its clock.
         self.set_clock(durable_at);
         for msg in self.node.on_write_durable(write.id) {

@@ -289,7 +289,7 @@ fn open_node(
         )));
     }
     if let Some(founding) = founding_write {
-        keel_host::persist(&mut storage, std::slice::from_ref(&founding))?;
+        keel_host::persist_durably(&mut storage, std::slice::from_ref(&founding))?;
     }
     tracing::info!(
         keys = store.indexed_keys(),

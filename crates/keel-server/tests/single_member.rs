@@ -22,7 +22,7 @@ struct Member {
 }
 
 fn persist(storage: &mut NodeStorage, writes: &[GroupWrite]) {
-    keel_host::persist(storage, writes).expect("WAL write and fsync");
+    keel_host::persist_durably(storage, writes).expect("WAL write and fsync");
 }
 
 fn open(dir: &Path) -> Member {

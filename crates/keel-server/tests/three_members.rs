@@ -24,7 +24,7 @@ fn start_member(id: NodeId, dir: PathBuf, listener: TcpListener, addrs: &BTreeMa
     let (mut storage, _, _) = NodeStorage::open(disk, StorageOptions::new()).expect("storage opens");
     let voters: Vec<NodeId> = addrs.keys().copied().collect();
     let founding = keel_host::bootstrap_write(GROUP, &voters);
-    keel_host::persist(&mut storage, std::slice::from_ref(&founding)).expect("bootstrap");
+    keel_host::persist_durably(&mut storage, std::slice::from_ref(&founding)).expect("bootstrap");
     let (hard_state, entries) = keel_host::bootstrapped(&founding);
     let store =
         Store::open(RedbBackend::open(dir.join("db.redb")).expect("redb"), StoreOptions::default()).expect("store");

@@ -77,10 +77,13 @@ enum Event {
         node: NodeId,
         incarnation: u64,
     },
+    /// The write is done: fsynced when `synced` (a write that needs no fsync, see
+    /// `keel_node::WriteBatch::must_sync`, is done as soon as it is written).
     FsyncDone {
         node: NodeId,
         incarnation: u64,
         write: u64,
+        synced: bool,
     },
     ClientRequest {
         node: NodeId,
@@ -579,7 +582,7 @@ impl Cluster {
             Event::Deliver(msg) => self.deliver(msg),
             Event::Frame { from, to, frame } => self.deliver_frame(from, to, frame),
             Event::Tick { node, incarnation } => self.tick(node, incarnation),
-            Event::FsyncDone { node, incarnation, write } => self.fsync_done(node, incarnation, write),
+            Event::FsyncDone { node, incarnation, write, synced } => self.fsync_done(node, incarnation, write, synced),
             Event::ClientRequest { node, request } => self.client_request(node, request),
             Event::ClientResponse { client, request, result } => self.client_response(client, request, result),
             Event::Restart { node } => {
@@ -746,11 +749,12 @@ impl Cluster {
         member.compactions.written(&write);
         let incarnation = member.incarnation;
         let slow = self.now < member.slow_until;
-        let mut delay = self.rng.range(1, self.swarm.fsync_ms_max + 1);
+        let synced = write.must_sync;
+        let mut delay = if synced { self.rng.range(1, self.swarm.fsync_ms_max + 1) } else { 0 };
         if slow {
             delay *= SLOW_DISK_FACTOR;
         }
-        self.schedule(self.now + delay, Event::FsyncDone { node: id, incarnation, write: write.id });
+        self.schedule(self.now + delay, Event::FsyncDone { node: id, incarnation, write: write.id, synced });
     }
 
     fn retry_write(&mut self, id: NodeId, incarnation: u64) {
@@ -765,17 +769,19 @@ impl Cluster {
         }
     }
 
-    fn fsync_done(&mut self, id: NodeId, incarnation: u64, write: u64) {
+    fn fsync_done(&mut self, id: NodeId, incarnation: u64, write: u64, synced: bool) {
         let member = self.members.get_mut(&id).expect("member exists");
         if member.incarnation != incarnation || member.node.is_none() {
             return; // crashed meanwhile: the crash decided what survived
         }
         let storage = member.storage.as_mut().expect("a running member has its storage");
-        if let Err(error) = storage.sync() {
-            self.invariants.violation(format!("n{id}: WAL sync failed: {error}"));
-            return;
+        if synced {
+            if let Err(error) = storage.sync() {
+                self.invariants.violation(format!("n{id}: WAL sync failed: {error}"));
+                return;
+            }
+            member.durable.fsync();
         }
-        member.durable.fsync();
         let msgs = member.node.as_mut().expect("checked").on_write_durable(write);
         // The server's order: release what the write held back, then remove obsolete files.
         if let Err(error) = member.compactions.durable(storage, Retention::MINIMAL) {
