@@ -887,7 +887,8 @@ impl<B: Backend> MvccMachine<B> {
     /// A consistent view of the committed store, with the member records to stream beside it
     /// (under [`MEMBERS_META_KEY`]), for a reader on another thread: etcd's Snapshot RPC. Taking
     /// it is cheap (a redb read transaction); `None` for a store that is not a file.
-    pub fn store_view(&self) -> Result<Option<(keel_mvcc::redb_backend::StoreCopy, Vec<u8>)>, String> {
+    pub fn store_view(&mut self) -> Result<Option<(keel_mvcc::redb_backend::StoreCopy, Vec<u8>)>, String> {
+        self.store.write_buffered().map_err(|e| e.to_string())?;
         let view = self.store.begin_copy().map_err(|e| e.to_string())?;
         Ok(view.map(|view| (view, encode_members(&self.roster))))
     }
@@ -1066,8 +1067,10 @@ impl<B: Backend> StateMachine for MvccMachine<B> {
         self.outbox.as_ref().and_then(|outbox| outbox.compaction_floor())
     }
 
-    fn snapshot(&self, at_least: Index) -> Result<Bytes, String> {
+    fn snapshot(&mut self, at_least: Index) -> Result<Bytes, String> {
         if let Some(outbox) = &self.outbox {
+            // The copy is of the store's file: everything committed goes there first.
+            self.store.write_buffered().map_err(|e| e.to_string())?;
             if let Some(view) = self.store.begin_copy().map_err(|e| e.to_string())? {
                 let applied = self.store.applied_index();
                 debug_assert!(applied >= at_least, "a view at {applied} for a snapshot at {at_least}");

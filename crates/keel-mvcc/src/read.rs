@@ -69,19 +69,23 @@ impl SharedIndex {
 pub(crate) struct Reader<'a, R: ?Sized> {
     pub(crate) index: &'a SharedIndex,
     pub(crate) records: &'a R,
-    /// Applied but uncommitted changes, read before `records`.
+    /// Changes committed to memory but not yet written to the backend, read before `records`.
+    pub(crate) unwritten: &'a WriteBatch,
+    /// Applied but uncommitted changes (newer than `unwritten`), read first.
     pub(crate) pending: &'a WriteBatch,
     /// The store's revision for this read.
     pub(crate) current: i64,
 }
 
 impl<R: RevisionSource + ?Sized> Reader<'_, R> {
-    /// Reads the records at `revs`, from the pending batch or the record source.
+    /// Reads the records at `revs`, from the batches in memory or the record source.
     pub(crate) fn load_records(&self, revs: &[Revision]) -> Result<Vec<StoredRecord>, StorageError> {
         let mut out: Vec<Option<StoredRecord>> = Vec::with_capacity(revs.len());
         let mut missing = Vec::new();
         for (i, rev) in revs.iter().enumerate() {
-            match self.pending.put_revisions.get(rev) {
+            // A revision is written once and only ever deleted after: a put in either batch is
+            // the record (a deleted one is not asked for: the index no longer names it).
+            match self.pending.put_revisions.get(rev).or_else(|| self.unwritten.put_revisions.get(rev)) {
                 Some(bytes) => out.push(Some(StoredRecord::decode(bytes)?)),
                 None => {
                     out.push(None);
@@ -128,10 +132,16 @@ impl<R: RevisionSource + ?Sized> Reader<'_, R> {
             }
             _ => (to, None),
         };
-        let mut merged: BTreeMap<Revision, Vec<u8>> =
-            stored.into_iter().filter(|(r, _)| !self.pending.delete_revisions.contains(r)).collect();
-        for (r, v) in self.pending.put_revisions.range(from..bound) {
-            merged.insert(*r, v.clone());
+        let mut merged: BTreeMap<Revision, Vec<u8>> = stored.into_iter().collect();
+        // Oldest to newest: the backend, then what is not yet written to it, then what is not
+        // yet committed.
+        for batch in [self.unwritten, self.pending] {
+            for r in batch.delete_revisions.range(from..bound) {
+                merged.remove(r);
+            }
+            for (r, v) in batch.put_revisions.range(from..bound) {
+                merged.insert(*r, v.clone());
+            }
         }
         Ok((merged.into_iter().collect(), next))
     }
@@ -187,6 +197,8 @@ impl<R: RevisionSource + ?Sized> Reader<'_, R> {
 pub struct ReadView<V> {
     index: Arc<SharedIndex>,
     records: V,
+    /// Shared with the store until it next commits to memory (then it copies, if still shared).
+    unwritten: Arc<WriteBatch>,
     pending: WriteBatch,
     revision: i64,
 }
@@ -198,12 +210,24 @@ impl<V> std::fmt::Debug for ReadView<V> {
 }
 
 impl<V: RevisionSource> ReadView<V> {
-    pub(crate) fn new(index: Arc<SharedIndex>, records: V, pending: WriteBatch, revision: i64) -> Self {
-        ReadView { index, records, pending, revision }
+    pub(crate) fn new(
+        index: Arc<SharedIndex>,
+        records: V,
+        unwritten: Arc<WriteBatch>,
+        pending: WriteBatch,
+        revision: i64,
+    ) -> Self {
+        ReadView { index, records, unwritten, pending, revision }
     }
 
     fn reader(&self) -> Reader<'_, V> {
-        Reader { index: &self.index, records: &self.records, pending: &self.pending, current: self.revision }
+        Reader {
+            index: &self.index,
+            records: &self.records,
+            unwritten: &self.unwritten,
+            pending: &self.pending,
+            current: self.revision,
+        }
     }
 
     /// The store's revision when the view was taken: reads see exactly the state at it.

@@ -111,6 +111,9 @@ impl<B: Backend> Store<B> {
         if !self.pending.is_empty() {
             return Err(StorageError::Backend("applied changes are not committed yet".into()));
         }
+        if !self.unwritten.is_empty() {
+            return Err(StorageError::Backend("committed changes are not written yet (see write_buffered)".into()));
+        }
         self.backend.begin_copy()
     }
 
@@ -120,7 +123,7 @@ impl<B: Backend> Store<B> {
     pub fn install_file(&mut self, incoming: &std::path::Path) -> Result<(), SnapshotError> {
         let result = self.backend.install_file(incoming).and_then(|()| self.load());
         if let Err(e) = result {
-            self.pending = WriteBatch::default();
+            self.forget_uncommitted();
             return Err(SnapshotError::Storage(self.poison_error(e)));
         }
         Ok(())
@@ -144,7 +147,7 @@ impl<B: Backend> Store<B> {
         let result = self.backend.replace_all(&batch).and_then(|()| self.load());
         if let Err(e) = result {
             // The in-memory state no longer matches anything: force a reopen.
-            self.pending = WriteBatch::default();
+            self.forget_uncommitted();
             return Err(SnapshotError::Storage(self.poison_error(e)));
         }
         Ok(())

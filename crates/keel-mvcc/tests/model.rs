@@ -187,9 +187,21 @@ impl Model {
     }
 }
 
+/// What follows an applied command.
+#[derive(Debug, Clone, Copy)]
+enum Then {
+    Nothing,
+    /// `commit`: durable.
+    Commit,
+    /// `commit_buffered`: kept in memory, read from there.
+    CommitBuffered,
+    /// `commit_buffered` then `write_buffered`: in the backend, not yet durable.
+    CommitAndWriteBuffered,
+}
+
 #[derive(Debug, Clone)]
 enum Step {
-    Cmd(Command, bool),
+    Cmd(Command, Then),
     Read(RangeRequest),
     Compaction(usize),
     /// Write the key index checkpoint begun at the last such step, and begin another.
@@ -245,7 +257,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0i64..40).prop_map(|revision| Command::Compact { revision }),
     ];
     prop_oneof![
-        6 => (cmd, any::<bool>()).prop_map(|(c, commit)| Step::Cmd(c, commit)),
+        6 => (cmd, prop_oneof![Just(Then::Nothing), Just(Then::Commit), Just(Then::CommitBuffered), Just(Then::CommitAndWriteBuffered)])
+            .prop_map(|(c, then)| Step::Cmd(c, then)),
         3 => read(40).prop_map(Step::Read),
         1 => (1usize..6).prop_map(Step::Compaction),
         1 => Just(Step::Checkpoint),
@@ -266,7 +279,7 @@ fn run<B: Backend>(backend: B, steps: &[Step], per_commit: usize) {
     let mut checkpoint: Option<IndexCheckpoint> = None;
     for (i, step) in steps.iter().enumerate() {
         match step {
-            Step::Cmd(cmd, commit) => {
+            Step::Cmd(cmd, then) => {
                 index += 1;
                 let got = match s.apply(index, cmd).unwrap() {
                     ApplyOutcome::Applied(r) => r,
@@ -277,8 +290,14 @@ fn run<B: Backend>(backend: B, steps: &[Step], per_commit: usize) {
                 assert_eq!(got, want, "step {i}: {cmd:?}");
                 let got_ev: Vec<_> = s.take_events().into_iter().map(|e| (e.kind, e.kv, e.prev_kv)).collect();
                 assert_eq!(got_ev, m.events[events_before..].to_vec(), "events of step {i}");
-                if *commit {
-                    s.commit().unwrap();
+                match then {
+                    Then::Nothing => {}
+                    Then::Commit => s.commit().unwrap(),
+                    Then::CommitBuffered => s.commit_buffered().unwrap(),
+                    Then::CommitAndWriteBuffered => {
+                        s.commit_buffered().unwrap();
+                        s.write_buffered().unwrap();
+                    }
                 }
             }
             Step::Read(q) => {

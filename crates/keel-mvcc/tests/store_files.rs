@@ -40,6 +40,8 @@ fn a_copy_holds_exactly_the_state_when_it_began_and_installs_whole_elsewhere() {
     leader.commit_buffered().expect("commit");
     leader.apply(2_000, &Command::Compact { revision: 1_000 }).expect("compact");
     leader.commit_buffered().expect("commit");
+    assert!(leader.begin_copy().is_err(), "refused while committed changes are only in memory");
+    leader.write_buffered().expect("hand the buffered changes to the file");
     let at_copy = everything(&leader);
     let (revision, applied) = (leader.current_revision(), leader.applied_index());
     let copy = leader.begin_copy().expect("copy").expect("a file backend copies");

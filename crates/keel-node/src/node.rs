@@ -40,7 +40,7 @@ pub trait StateMachine {
     /// when a follower needs its state; its answer may hold a newer state than `at_least` (see
     /// there), and may be a ticket the host's transport resolves (a file it streams) rather
     /// than the state itself.
-    fn snapshot(&self, at_least: Index) -> Result<Bytes, String>;
+    fn snapshot(&mut self, at_least: Index) -> Result<Bytes, String>;
     /// For a machine that keeps its own state on disk (etcd's backend and its consistent index):
     /// the highest applied index that state holds durably, which never goes back, not even across
     /// a crash. The log behind it is then compacted with snapshots that carry no data (as etcd's

@@ -36,7 +36,7 @@ impl StateMachine for Counter {
     fn query(&self, _: &()) -> Index {
         self.applied
     }
-    fn snapshot(&self, _: Index) -> Result<Bytes, String> {
+    fn snapshot(&mut self, _: Index) -> Result<Bytes, String> {
         Ok(Bytes::copy_from_slice(&self.applied.to_le_bytes()))
     }
     fn restore(&mut self, data: &Bytes) {

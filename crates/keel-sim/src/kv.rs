@@ -195,7 +195,7 @@ impl StateMachine for KvMachine {
         self.persistence.as_ref().map(|p| p.disk.lock().expect("machine disk").index)
     }
 
-    fn snapshot(&self, _: Index) -> Result<Bytes, String> {
+    fn snapshot(&mut self, _: Index) -> Result<Bytes, String> {
         let mut out = Vec::with_capacity(8 + self.data.len() * 16);
         push_u64(&mut out, self.applied_index);
         for (key, value) in &self.data {

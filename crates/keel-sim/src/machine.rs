@@ -228,7 +228,7 @@ impl StateMachine for SimMachine {
         }
     }
 
-    fn snapshot(&self, at_least: Index) -> Result<Bytes, String> {
+    fn snapshot(&mut self, at_least: Index) -> Result<Bytes, String> {
         match self {
             SimMachine::Kv(m) => m.snapshot(at_least),
             SimMachine::Etcd(m) => m.inner.snapshot(at_least),

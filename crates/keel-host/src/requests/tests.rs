@@ -29,7 +29,7 @@ impl StateMachine for Counter {
     fn query(&self, _: &()) -> Index {
         self.0
     }
-    fn snapshot(&self, _: Index) -> Result<Bytes, String> {
+    fn snapshot(&mut self, _: Index) -> Result<Bytes, String> {
         Ok(Bytes::copy_from_slice(&self.0.to_le_bytes()))
     }
     fn restore(&mut self, _: &Bytes) {}

@@ -74,6 +74,34 @@ impl WriteBatch {
         self.put_leases.remove(&id);
         self.delete_leases.insert(id);
     }
+
+    /// Takes in `newer`, a batch of later changes: the result writes what applying the two in
+    /// order would.
+    pub(crate) fn absorb(&mut self, newer: WriteBatch) {
+        for rev in newer.delete_revisions {
+            self.delete_revision(rev);
+        }
+        for (rev, record) in newer.put_revisions {
+            self.put_revision(rev, record);
+        }
+        for id in newer.delete_leases {
+            self.delete_lease(id);
+        }
+        for (id, record) in newer.put_leases {
+            self.put_lease(id, record);
+        }
+        self.meta.extend(newer.meta);
+    }
+
+    /// About how many bytes the batch holds (records and keys; for bounding memory).
+    pub(crate) fn approx_bytes(&self) -> usize {
+        const KEY: usize = 16;
+        self.put_revisions.values().map(|r| r.len() + KEY).sum::<usize>()
+            + self.delete_revisions.len() * KEY
+            + self.put_leases.values().map(|r| r.len() + KEY).sum::<usize>()
+            + self.delete_leases.len() * KEY
+            + self.meta.values().map(|v| v.len() + KEY).sum::<usize>()
+    }
 }
 
 /// Called with each stored revision and its record's header, in revision order: the record

@@ -225,7 +225,7 @@ impl Maintenance for MaintenanceService {
         let group = self.shared.group;
         let (view, members) = self
             .shared
-            .inspect(move |node, _| node.machine(group).map(|m| m.store_view()))
+            .inspect(move |node, _| node.machine_mut(group).map(|m| m.store_view()))
             .await?
             .ok_or_else(status::stopped)?
             .map_err(|error| Status::unavailable(format!("etcdserver: snapshot: {error}")))?
