@@ -317,19 +317,33 @@ impl Shared {
         rx.await.map_err(|_| status::stopped())
     }
 
+    /// Runs a read of `query` here when it is of one key (a lookup in the index and one record:
+    /// microseconds, less than handing it to another thread), else on a blocking thread.
+    async fn run_read<T: Send + 'static>(
+        &self,
+        query: &RangeRequest,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        if query.range_end.is_empty() {
+            Ok(work())
+        } else {
+            self.off_driver(work).await
+        }
+    }
+
     /// Serves a range from this member's applied state (`serializable`), or linearizably. Either
-    /// way the driver only takes a view; the range runs on a blocking thread.
+    /// way the driver only takes a view; a range of many keys runs on a blocking thread.
     pub async fn range(&self, query: RangeRequest) -> Result<RangeResponse, Status> {
         let mut retries = 0;
         loop {
             let unsafe_stale = self.faults.as_ref().is_some_and(|faults| faults.stale_reads());
             let result = if query.serializable || unsafe_stale {
                 let view = self.view().await?;
-                let query = query.clone();
-                self.off_driver(move || view.range(&query)).await?
+                let q = query.clone();
+                self.run_read(&query, move || view.range(&q)).await?
             } else {
                 let cleared = self.clear_read(query.clone()).await?;
-                self.off_driver(move || cleared.run()).await?
+                self.run_read(&query, move || cleared.run()).await?
             };
             match result {
                 // The view's revision was compacted away while the read ran (a compaction to a
