@@ -76,6 +76,11 @@ pub struct RedbBackend {
     /// The key index checkpoint, read on its own thread while redb opens the file (after a crash
     /// redb first walks the whole file: the two overlap).
     checkpoint_read_ahead: Option<std::thread::JoinHandle<Option<SavedIndex>>>,
+    /// The read transaction the store's own reads go through (a put reads the value it
+    /// replaces, for its watch event), kept until the next write: opening one per read was a
+    /// tenth of the driver's time under a put load. Dropped before every write, so it never
+    /// holds back the pages a commit frees for longer than the commit interval.
+    own_view: std::sync::Mutex<Option<RedbView>>,
 }
 
 /// Largest row a stream may carry (a key and a value within etcd's request limits, with room).
@@ -301,7 +306,7 @@ impl RedbBackend {
             txn.open_table(META).map_err(backend_err)?;
         }
         txn.commit().map_err(backend_err)?;
-        Ok(RedbBackend { db: Some(db), path, checkpoint_read_ahead })
+        Ok(RedbBackend { db: Some(db), path, checkpoint_read_ahead, own_view: std::sync::Mutex::default() })
     }
 
     /// The store's content was replaced: the key index checkpoint of the old one goes (one as of
@@ -318,6 +323,27 @@ impl RedbBackend {
         self.db.as_ref().ok_or_else(|| StorageError::Backend("the database file is being replaced".into()))
     }
 
+    fn own_view(&self) -> std::sync::MutexGuard<'_, Option<RedbView>> {
+        self.own_view.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `read` through the kept read transaction, opening one if there is none.
+    fn read_own<T>(&self, read: impl FnOnce(&RedbView) -> Result<T, StorageError>) -> Result<T, StorageError> {
+        let mut kept = self.own_view();
+        let view = match kept.take() {
+            Some(view) => view,
+            None => self.read_view()?,
+        };
+        let result = read(&view);
+        *kept = Some(view);
+        result
+    }
+
+    /// The next write changes what the kept read transaction would see: it goes.
+    fn forget_own_view(&self) {
+        self.own_view().take();
+    }
+
     /// Makes this store the starting point of a new cluster's log (`keel snapshot restore`, as
     /// etcdutl resets etcd's consistent index): the applied index goes back to 0, since the new
     /// cluster's log starts at 1 and the old log's indexes mean nothing there, and the old
@@ -325,6 +351,7 @@ impl RedbBackend {
     /// compaction and leases stay exactly as they were. Durable when it returns; a store open
     /// over this file must be reopened to see it.
     pub fn start_new_log(&mut self, forget: &[&str]) -> Result<(), StorageError> {
+        self.forget_own_view();
         let txn = self.db()?.begin_write().map_err(backend_err)?;
         {
             let mut meta = txn.open_table(META).map_err(backend_err)?;
@@ -351,6 +378,7 @@ impl RedbBackend {
     }
 
     fn write(&self, batch: &WriteBatch, clear_first: bool, durable: bool) -> Result<(), StorageError> {
+        self.forget_own_view();
         let mut txn = self.db()?.begin_write().map_err(backend_err)?;
         // No quick-repair: it would save the allocator state with every durable commit so that
         // reopening after kill -9 skips redb's walk over the file (about 1.4 s per GiB, `keel
@@ -434,10 +462,10 @@ impl RevisionSource for RedbView {
     }
 }
 
-/// The committed records, through a view that lasts for the one call.
+/// The committed records, through the read transaction kept until the next write.
 impl RevisionSource for RedbBackend {
     fn get_revisions(&self, revs: &[Revision]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
-        self.read_view()?.get_revisions(revs)
+        self.read_own(|view| view.get_revisions(revs))
     }
 
     fn scan_revisions(
@@ -446,7 +474,7 @@ impl RevisionSource for RedbBackend {
         to: Revision,
         limit: usize,
     ) -> Result<Vec<(Revision, Vec<u8>)>, StorageError> {
-        self.read_view()?.scan_revisions(from, to, limit)
+        self.read_own(|view| view.scan_revisions(from, to, limit))
     }
 }
 
@@ -557,6 +585,7 @@ impl Backend for RedbBackend {
     fn install_file(&mut self, incoming: &Path) -> Result<(), StorageError> {
         // Opening checks the file is a database before the old one is given up.
         drop(Database::builder().set_cache_size(RECEIVE_CACHE_BYTES).open(incoming).map_err(backend_err)?);
+        self.forget_own_view();
         self.db = None;
         let renamed = std::fs::rename(incoming, &self.path)
             .map_err(|e| StorageError::Backend(format!("rename {} over the store: {e}", incoming.display())));
