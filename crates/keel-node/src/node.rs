@@ -565,7 +565,10 @@ impl<S: StateMachine> Node<S> {
         self.attach_snapshot_data(&mut out.messages);
         if let Some(health) = self.health.as_mut() {
             health.sent(&out.messages, self.now_us);
-            if out.write.is_some() {
+            // Only fsyncs say how the disk is doing: an unsynced write takes microseconds, and
+            // counting those (every other write under load) would pull the window's median down
+            // and hide a slow disk.
+            if out.write.as_ref().is_some_and(|write| write.must_sync) {
                 health.write_handed_out();
             }
         }
