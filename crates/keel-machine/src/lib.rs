@@ -963,7 +963,7 @@ impl<B: Backend> MvccMachine<B> {
 /// (a range over a million keys must not hold up heartbeats and applies).
 pub struct ClearedRead<V> {
     pub query: RangeRequest,
-    view: Result<ReadView<V>, StorageError>,
+    view: Result<Arc<ReadView<V>>, StorageError>,
 }
 
 impl<V> std::fmt::Debug for ClearedRead<V> {
@@ -1054,7 +1054,8 @@ impl<B: Backend> StateMachine for MvccMachine<B> {
     }
 
     fn query(&self, query: &RangeRequest) -> ClearedRead<B::View> {
-        ClearedRead { query: query.clone(), view: self.store.read_view() }
+        // Reads cleared together (and serializable ones until the next apply) share one view.
+        ClearedRead { query: query.clone(), view: self.store.shared_read_view() }
     }
 
     /// The store's durably committed applied index (etcd's consistent index): the store is the

@@ -92,7 +92,7 @@ impl<R: RevisionSource + ?Sized> Reader<'_, R> {
                     continue;
                 }
                 let prev_kv = if with_prev_kv { self.prev_kv(&rec.kv.key, rev)? } else { None };
-                events.push(to_event(rec, rev, prev_kv));
+                events.push(to_event(rec, rev, prev_kv, with_prev_kv));
             }
             match next {
                 Some(n) => cursor = n,
@@ -143,14 +143,15 @@ impl<R: RevisionSource + ?Sized> Reader<'_, R> {
     }
 }
 
-fn to_event(rec: StoredRecord, rev: Revision, prev_kv: Option<KeyValue>) -> Event {
+fn to_event(rec: StoredRecord, rev: Revision, prev_kv: Option<KeyValue>, prev_kv_read: bool) -> Event {
     if rec.tombstone {
         Event {
             kind: EventKind::Delete,
             kv: KeyValue { key: rec.kv.key, mod_revision: rev.main, ..KeyValue::default() },
             prev_kv,
+            prev_kv_read,
         }
     } else {
-        Event { kind: EventKind::Put, kv: rec.kv, prev_kv }
+        Event { kind: EventKind::Put, kv: rec.kv, prev_kv, prev_kv_read }
     }
 }

@@ -39,8 +39,13 @@ pub struct Event {
     pub kind: EventKind,
     /// The new kv (for a delete: key and `mod_revision` = the delete revision, rest zero).
     pub kv: KeyValue,
-    /// The key's value before this change, when it had one (and it is not compacted).
+    /// The key's value before this change, when it had one (and it is not compacted), if it
+    /// was read: see `prev_kv_read`.
     pub prev_kv: Option<KeyValue>,
+    /// Whether `prev_kv` was looked up. When not (no watcher wanted it as the change was
+    /// applied, see [`crate::Store::set_events_prev_kv`]), `prev_kv` is `None` and says nothing:
+    /// a watcher that wants it reads the event back from history.
+    pub prev_kv_read: bool,
 }
 
 /// Format version of [`StoredRecord`].

@@ -84,7 +84,7 @@ pub use error::{DecodeError, MvccError, StorageError};
 pub use history::EventBatch;
 pub use index_checkpoint::{IndexCheckpoint, SavedIndex};
 pub use kv::{Event, EventKind, KeyValue};
-pub use read::ReadView;
+pub use read::{LatestView, ReadView};
 pub use request::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, LeaseInfo, PutRequest, PutResponse,
     RangeRequest, RangeResponse, RequestOp, Response, ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse,

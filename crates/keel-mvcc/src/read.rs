@@ -257,3 +257,37 @@ impl<V: RevisionSource> ReadView<V> {
         self.reader().hash_kv(revision)
     }
 }
+
+/// The store's latest read view, shared with the threads that serve reads of the applied state
+/// (etcd's serializable reads): taking it is a lock and a reference count, not a turn of the
+/// thread that applies. The store empties it before it applies anything, so a view found here
+/// holds every change applied before it was found — in particular every write already
+/// acknowledged by this member — and a reader that finds it empty asks the store for a fresh one
+/// ([`crate::Store::shared_read_view`]).
+#[derive(Debug)]
+pub struct LatestView<V> {
+    slot: std::sync::Mutex<Option<Arc<ReadView<V>>>>,
+}
+
+impl<V> Default for LatestView<V> {
+    fn default() -> Self {
+        LatestView { slot: std::sync::Mutex::new(None) }
+    }
+}
+
+impl<V> LatestView<V> {
+    /// The latest view, unless the store applied something since it was taken.
+    pub fn get(&self) -> Option<Arc<ReadView<V>>> {
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub(crate) fn set(&self, view: Arc<ReadView<V>>) {
+        *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(view);
+    }
+
+    /// Forgets the view (the store is about to change). Its holders keep reading it.
+    pub(crate) fn clear(&self) {
+        let old = self.slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+        drop(old); // outside the lock: the last holder drops a read transaction
+    }
+}

@@ -16,7 +16,7 @@ use crate::index_rebuild::{corrupt, dead_tombstone, IndexRebuild};
 use crate::key_index::Index;
 use crate::kv::{Event, KeyValue, StoredRecord};
 use crate::lease::{Lease, Leases};
-use crate::read::{ReadView, Reader, SharedIndex};
+use crate::read::{LatestView, ReadView, Reader, SharedIndex};
 use crate::request::{LeaseInfo, RangeRequest, RangeResponse, Response};
 use crate::revision::Revision;
 
@@ -99,6 +99,10 @@ pub struct Store<B: Backend> {
     pub(crate) unwritten: Arc<WriteBatch>,
     unwritten_bytes: usize,
     pub(crate) events: Vec<Event>,
+    /// Whether events carry `prev_kv` (see [`Store::set_events_prev_kv`]).
+    events_prev_kv: bool,
+    /// The last view handed out by [`Store::shared_read_view`], until the store next changes.
+    latest_view: Arc<LatestView<B::View>>,
     poisoned: bool,
 }
 
@@ -141,6 +145,8 @@ impl<B: Backend> Store<B> {
             unwritten: Arc::default(),
             unwritten_bytes: 0,
             events: Vec::new(),
+            events_prev_kv: true,
+            latest_view: Arc::default(),
             poisoned: false,
         };
         store.load()?;
@@ -150,6 +156,7 @@ impl<B: Backend> Store<B> {
     /// (Re)builds every in-memory structure from the backend.
     pub(crate) fn load(&mut self) -> Result<(), StorageError> {
         // Views taken before keep the old index (matching their records); the store starts anew.
+        self.latest_view.clear();
         self.index = Arc::new(SharedIndex::new(Index::new(), -1));
         let meta = self.backend.load_meta()?;
         let applied = meta_i64(&meta, META_APPLIED_INDEX, 0)?;
@@ -300,6 +307,7 @@ impl<B: Backend> Store<B> {
     /// Marks the store unusable after a storage error and returns the error.
     pub(crate) fn poison_error(&mut self, e: StorageError) -> StorageError {
         self.poisoned = true;
+        self.latest_view.clear();
         e
     }
 
@@ -311,6 +319,8 @@ impl<B: Backend> Store<B> {
         if index <= self.applied_index {
             return Ok(ApplyOutcome::Skipped);
         }
+        // Before the change: a reader must never find a view older than a write it saw answered.
+        self.latest_view.clear();
         let result = match self.apply_command(cmd) {
             Err(MvccError::Storage(e)) => return self.poison(e),
             other => other,
@@ -489,6 +499,19 @@ impl<B: Backend> Store<B> {
         m.insert(META_COMPACTION_CURSOR, self.compaction_cursor.map_or_else(Vec::new, |c| c.to_key().to_vec()));
     }
 
+    /// Whether the events of changes applied from now on carry the value each change replaced
+    /// (on by default). Reading it costs a backend read per change, so a host turns it off while
+    /// none of its watchers asks for `prev_kv`; events applied meanwhile say so
+    /// ([`Event::prev_kv_read`]). Only events change: applying gives the same result either way.
+    pub fn set_events_prev_kv(&mut self, on: bool) {
+        self.events_prev_kv = on;
+    }
+
+    /// Whether the change being applied reads the value it replaces for its event.
+    pub(crate) fn events_read_prev(&self) -> bool {
+        self.opts.record_events && self.events_prev_kv
+    }
+
     /// Drains the events of every change applied since the last call, in revision order.
     pub fn take_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.events)
@@ -513,6 +536,22 @@ impl<B: Backend> Store<B> {
         };
         let unwritten = Arc::clone(&self.unwritten);
         Ok(ReadView::new(Arc::clone(&self.index), self.backend.read_view()?, unwritten, pending, self.current_revision))
+    }
+
+    /// [`Store::read_view`], shared: the view taken last if nothing was applied since, else a new
+    /// one, kept in [`Store::latest_view`] for readers on other threads until the next apply.
+    pub fn shared_read_view(&self) -> Result<Arc<ReadView<B::View>>, StorageError> {
+        if let Some(view) = self.latest_view.get() {
+            return Ok(view);
+        }
+        let view = Arc::new(self.read_view()?);
+        self.latest_view.set(Arc::clone(&view));
+        Ok(view)
+    }
+
+    /// Where readers on other threads find the store's latest view (see [`LatestView`]).
+    pub fn latest_view(&self) -> Arc<LatestView<B::View>> {
+        Arc::clone(&self.latest_view)
     }
 
     pub(crate) fn reader(&self) -> Reader<'_, B> {

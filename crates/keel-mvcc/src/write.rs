@@ -80,8 +80,8 @@ impl<B: Backend> Store<B> {
     ) -> Result<(), StorageError> {
         let rev = w.next_rev();
         let prev = match prev {
-            Some(p) => p,
-            None if self.opts.record_events => self.get_kv(key, rev.main)?,
+            Some(p) => Some(p),
+            None if self.events_read_prev() => Some(self.get_kv(key, rev.main)?),
             None => None,
         };
         let (create_revision, version, old_lease) = {
@@ -100,13 +100,15 @@ impl<B: Backend> Store<B> {
         let record = StoredRecord { kv, tombstone: false };
         self.pending.put_revision(rev, record.encode());
         if self.opts.record_events {
-            self.events.push(Event { kind: EventKind::Put, kv: record.kv, prev_kv: prev });
+            let prev_kv_read = prev.is_some();
+            self.events.push(Event { kind: EventKind::Put, kv: record.kv, prev_kv: prev.flatten(), prev_kv_read });
         }
         Ok(())
     }
 
     /// Writes one delete of an alive key.
-    fn write_delete(&mut self, w: &mut WriteTxn, key: &Bytes, prev: Option<KeyValue>) {
+    /// `prev` is the key's value before the delete when it was read (see [`Store::events_read_prev`]).
+    fn write_delete(&mut self, w: &mut WriteTxn, key: &Bytes, prev: Option<Option<KeyValue>>) {
         let rev = w.next_rev();
         let old_lease = {
             let mut index = self.index.write();
@@ -120,7 +122,8 @@ impl<B: Backend> Store<B> {
         let record = StoredRecord { kv, tombstone: true };
         self.pending.put_revision(rev, record.encode());
         if self.opts.record_events {
-            self.events.push(Event { kind: EventKind::Delete, kv: record.kv, prev_kv: prev });
+            let prev_kv_read = prev.is_some();
+            self.events.push(Event { kind: EventKind::Delete, kv: record.kv, prev_kv: prev.flatten(), prev_kv_read });
         }
     }
 
@@ -139,7 +142,7 @@ impl<B: Backend> Store<B> {
     /// A put inside a write txn (leases already checked).
     pub(crate) fn put_in(&mut self, w: &mut WriteTxn, p: &PutRequest) -> Result<PutResponse, MvccError> {
         let ignore = p.ignore_value || p.ignore_lease;
-        let existing = if ignore || p.prev_kv || self.opts.record_events {
+        let existing = if ignore || p.prev_kv || self.events_read_prev() {
             Some(self.get_kv(&p.key, w.read_rev())?)
         } else {
             None
@@ -176,7 +179,8 @@ impl<B: Backend> Store<B> {
     ) -> Result<DeleteRangeResponse, StorageError> {
         let at = w.read_rev();
         let entries = KeyRange::new(&d.key, &d.range_end).alive_at(&self.index.read(), at);
-        let prevs = if d.prev_kv || self.opts.record_events {
+        let read_prevs = d.prev_kv || self.events_read_prev();
+        let prevs = if read_prevs {
             let revs: Vec<_> = entries.iter().map(|(_, e)| e.rev).collect();
             self.load_kvs(&revs)?
         } else {
@@ -184,7 +188,7 @@ impl<B: Backend> Store<B> {
         };
         let mut prev_iter = prevs.iter().cloned();
         for (key, _) in &entries {
-            let prev = prev_iter.next();
+            let prev = read_prevs.then(|| prev_iter.next());
             self.write_delete(w, key, prev);
         }
         Ok(DeleteRangeResponse {

@@ -201,7 +201,9 @@ enum Then {
 
 #[derive(Debug, Clone)]
 enum Step {
-    Cmd(Command, Then),
+    /// A command, what follows it, and whether its events read the values it replaces
+    /// (`Store::set_events_prev_kv`: off while no watcher asks for them).
+    Cmd(Command, Then, bool),
     Read(RangeRequest),
     Compaction(usize),
     /// Write the key index checkpoint begun at the last such step, and begin another.
@@ -257,8 +259,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0i64..40).prop_map(|revision| Command::Compact { revision }),
     ];
     prop_oneof![
-        6 => (cmd, prop_oneof![Just(Then::Nothing), Just(Then::Commit), Just(Then::CommitBuffered), Just(Then::CommitAndWriteBuffered)])
-            .prop_map(|(c, then)| Step::Cmd(c, then)),
+        6 => (cmd, prop_oneof![Just(Then::Nothing), Just(Then::Commit), Just(Then::CommitBuffered), Just(Then::CommitAndWriteBuffered)], prop::bool::weighted(0.8))
+            .prop_map(|(c, then, events_prev_kv)| Step::Cmd(c, then, events_prev_kv)),
         3 => read(40).prop_map(Step::Read),
         1 => (1usize..6).prop_map(Step::Compaction),
         1 => Just(Step::Checkpoint),
@@ -279,8 +281,9 @@ fn run<B: Backend>(backend: B, steps: &[Step], per_commit: usize) {
     let mut checkpoint: Option<IndexCheckpoint> = None;
     for (i, step) in steps.iter().enumerate() {
         match step {
-            Step::Cmd(cmd, then) => {
+            Step::Cmd(cmd, then, events_prev_kv) => {
                 index += 1;
+                s.set_events_prev_kv(*events_prev_kv);
                 let got = match s.apply(index, cmd).unwrap() {
                     ApplyOutcome::Applied(r) => r,
                     ApplyOutcome::Skipped => panic!("skipped"),
@@ -288,8 +291,19 @@ fn run<B: Backend>(backend: B, steps: &[Step], per_commit: usize) {
                 let events_before = m.events.len();
                 let want = m.apply(cmd);
                 assert_eq!(got, want, "step {i}: {cmd:?}");
-                let got_ev: Vec<_> = s.take_events().into_iter().map(|e| (e.kind, e.kv, e.prev_kv)).collect();
-                assert_eq!(got_ev, m.events[events_before..].to_vec(), "events of step {i}");
+                // With the option off, an event may still carry prev_kv when the command read it
+                // anyway (a request with prev_kv); when it says it was read, it must be right.
+                let events = s.take_events();
+                assert!(!events_prev_kv || events.iter().all(|e| e.prev_kv_read), "step {i}: prev_kv not read");
+                let read: Vec<bool> = events.iter().map(|e| e.prev_kv_read).collect();
+                let got_ev: Vec<_> = events.into_iter().map(|e| (e.kind, e.kv, e.prev_kv)).collect();
+                let mut want_ev = m.events[events_before..].to_vec();
+                for (want, read) in want_ev.iter_mut().zip(&read) {
+                    if !read {
+                        want.2 = None;
+                    }
+                }
+                assert_eq!(got_ev, want_ev, "events of step {i}");
                 match then {
                     Then::Nothing => {}
                     Then::Commit => s.commit().unwrap(),
@@ -302,6 +316,9 @@ fn run<B: Backend>(backend: B, steps: &[Step], per_commit: usize) {
             }
             Step::Read(q) => {
                 assert_eq!(s.range(q), m.read(q), "step {i}: {q:?}");
+                // The view other threads share until the next apply must never be older.
+                let shared = s.shared_read_view().unwrap();
+                assert_eq!(shared.range(q), m.read(q), "step {i}: {q:?} through the shared view");
                 for (view, cur) in &views {
                     assert_eq!(view.range(q), m.read_as_of(q, *cur), "step {i}: {q:?} through a view at {cur}");
                     let (through_view, store) = (view.hash_kv(0), s.hash_kv(*cur));

@@ -206,6 +206,7 @@ impl Hook<Machine> for ServerHook {
                 hub.mark_all_lagging();
             }
             hub.publish(&events, revision, compacted, status.hard_state.term);
+            store.set_events_prev_kv(hub.wants_prev_kv());
         }
 
         for change in changes {

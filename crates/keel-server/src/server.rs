@@ -362,6 +362,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
     std::fs::create_dir_all(&dir).map_err(io(format!("create data dir {}", dir.display())))?;
     let outbox = Arc::new(SnapshotOutbox::default());
     let (node, storage) = open_node(&config, &dir, me, &membership.members, outbox.clone())?;
+    let latest_view = node.machine(GROUP).expect("the group was just added").store().latest_view();
     let current_members = node.machine(GROUP).map(|m| m.members().clone()).unwrap_or_default();
     let auth = node.machine(GROUP).map(|m| m.auth()).unwrap_or_default();
 
@@ -525,6 +526,7 @@ pub fn run(config: ServerConfig) -> Result<(), ServerError> {
         // etcd: 1.5 election timeouts, in whole seconds, rounded up.
         min_lease_ttl: (3 * election_ms / 2 + 999) / 1000,
         hub,
+        latest_view,
         metrics,
         snapshot_streams: Arc::default(),
         read_slots: Arc::new(tokio::sync::Semaphore::new(crate::api::READS_AT_ONCE)),

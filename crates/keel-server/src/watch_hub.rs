@@ -103,6 +103,8 @@ pub struct WatchHub {
     revision: i64,
     compacted: i64,
     raft_term: u64,
+    /// Whether some watcher asks for `prev_kv`; `None` once the watchers changed.
+    wants_prev_kv: Option<bool>,
 }
 
 pub enum Created {
@@ -138,6 +140,15 @@ impl WatchHub {
 
     pub fn close_stream(&mut self, stream: StreamId) {
         self.streams.remove(&stream);
+        self.wants_prev_kv = None;
+    }
+
+    /// Whether any watcher asks for `prev_kv`: the store reads the value each change replaces
+    /// only then ([`Store::set_events_prev_kv`]). A watcher created after a change was applied
+    /// without it reads that change back from history (see [`WatchHub::publish`]).
+    pub fn wants_prev_kv(&mut self) -> bool {
+        let streams = &self.streams;
+        *self.wants_prev_kv.get_or_insert_with(|| streams.values().any(|s| s.watchers.values().any(|w| w.spec.prev_kv)))
     }
 
     /// Adds a watcher from `start_revision` (0 = from the next change on).
@@ -153,6 +164,7 @@ impl WatchHub {
         };
         if let Some(stream) = self.streams.get_mut(&stream) {
             stream.watchers.insert(watch_id, Watcher { spec, next_revision, lagging });
+            self.wants_prev_kv = None;
         }
         Created::Ok
     }
@@ -166,6 +178,7 @@ impl WatchHub {
     }
 
     pub fn cancel(&mut self, stream: StreamId, watch_id: i64) -> bool {
+        self.wants_prev_kv = None;
         self.streams.get_mut(&stream).is_some_and(|s| s.watchers.remove(&watch_id).is_some())
     }
 
@@ -202,11 +215,15 @@ impl WatchHub {
                 if watcher.lagging {
                     continue;
                 }
-                let picked: Vec<_> = events
-                    .iter()
-                    .filter(|e| e.kv.mod_revision >= watcher.next_revision && watcher.spec.wants(e))
-                    .map(|e| to_wire(e, watcher.spec.prev_kv))
-                    .collect();
+                let mut wanted =
+                    events.iter().filter(|e| e.kv.mod_revision >= watcher.next_revision && watcher.spec.wants(e));
+                if watcher.spec.prev_kv && wanted.clone().any(|e| !e.prev_kv_read) {
+                    // Applied before this watcher's wish for prev_kv reached the store: read
+                    // these changes back from history, where prev_kv is read for it.
+                    watcher.lagging = true;
+                    continue;
+                }
+                let picked: Vec<_> = wanted.by_ref().map(|e| to_wire(e, watcher.spec.prev_kv)).collect();
                 if !picked.is_empty() {
                     let response =
                         WatchResponse { header: Some(header), watch_id, events: picked, ..Default::default() };
@@ -227,6 +244,7 @@ impl WatchHub {
         }
         for stream in closed {
             self.streams.remove(&stream);
+            self.wants_prev_kv = None;
         }
     }
 
@@ -312,8 +330,11 @@ impl WatchHub {
                 watcher.lagging = false;
             }
         }
-        for watch_id in removed {
-            stream.watchers.remove(&watch_id);
+        for watch_id in &removed {
+            stream.watchers.remove(watch_id);
+        }
+        if !removed.is_empty() {
+            self.wants_prev_kv = None;
         }
     }
 }
@@ -431,5 +452,52 @@ mod tests {
         put(&mut store, 9, "/a");
         hub.publish(&store.take_events(), store.current_revision(), store.compacted_revision(), 1);
         assert_eq!(revisions(&mut receiver), (7..=10).collect::<Vec<_>>());
+    }
+
+    /// The previous values each event carried, in order (`None` where it had none).
+    fn prev_values(receiver: &mut Receiver) -> Vec<Option<Vec<u8>>> {
+        let mut out = Vec::new();
+        while let Ok(Ok(response)) = receiver.try_recv() {
+            out.extend(response.events.iter().map(|e| e.prev_kv.as_ref().map(|kv| kv.value.clone())));
+        }
+        out
+    }
+
+    #[test]
+    fn prev_kv_is_read_only_while_a_watcher_wants_it_and_one_that_arrives_late_still_gets_it() {
+        let (mut store, mut hub, stream, mut receiver) = five_puts_published_and_a_stream();
+        assert!(matches!(hub.create(stream, 1, spec("/"), 0), Created::Ok));
+        assert!(!hub.wants_prev_kv());
+        store.set_events_prev_kv(hub.wants_prev_kv());
+        put(&mut store, 6, "/a");
+        let events = store.take_events();
+        assert!(!events[0].prev_kv_read, "nobody asked for prev_kv, so it was not read");
+        hub.publish(&events, store.current_revision(), store.compacted_revision(), 1);
+        assert_eq!(prev_values(&mut receiver), vec![None]);
+
+        // A watcher with prev_kv arrives after the next change was applied without it.
+        put(&mut store, 7, "/a");
+        let with_prev = WatchSpec { prev_kv: true, ..spec("/") };
+        assert!(matches!(hub.create(stream, 2, with_prev, 0), Created::Ok));
+        assert!(hub.wants_prev_kv());
+        hub.publish(&store.take_events(), store.current_revision(), store.compacted_revision(), 1);
+        store.set_events_prev_kv(hub.wants_prev_kv());
+        assert_eq!(prev_values(&mut receiver), vec![None], "watcher 1 only: watcher 2 must not get a bare event");
+        assert!(hub.is_lagging(stream));
+        hub.catch_up(stream, &store);
+        assert_eq!(prev_values(&mut receiver), vec![Some(b"v".to_vec())], "read back from history with prev_kv");
+        assert!(!hub.is_lagging(stream));
+
+        // From now on the store reads prev_kv as it applies, and the watcher is served live.
+        put(&mut store, 8, "/a");
+        let events = store.take_events();
+        assert!(events[0].prev_kv_read);
+        hub.publish(&events, store.current_revision(), store.compacted_revision(), 1);
+        assert_eq!(prev_values(&mut receiver), vec![None, Some(b"v".to_vec())]);
+        assert!(!hub.is_lagging(stream));
+
+        // Once it is cancelled, nobody wants prev_kv any more.
+        assert!(hub.cancel(stream, 2));
+        assert!(!hub.wants_prev_kv());
     }
 }

@@ -131,6 +131,7 @@ fn wire_event(event: keel_api::mvccpb::Event) -> Event {
             lease: kv.lease,
         },
         prev_kv: None,
+        prev_kv_read: false,
     }
 }
 

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use keel_api::etcdserverpb::ResponseHeader;
 use keel_api::tonic::{self, Status};
 use keel_mvcc::redb_backend::RedbView;
-use keel_mvcc::{Command, MvccError, RangeRequest, RangeResponse, ReadView, Response};
+use keel_mvcc::{Command, LatestView, MvccError, RangeRequest, RangeResponse, ReadView, Response};
 use keel_node::Node;
 use keel_raft::{ConfChange, GroupId};
 use tokio::sync::oneshot;
@@ -59,6 +59,8 @@ pub struct Shared {
     /// Leases shorter than this are granted this TTL (etcd: 1.5 election timeouts, rounded up).
     pub min_lease_ttl: i64,
     pub hub: Arc<Mutex<WatchHub>>,
+    /// The store's latest read view: serializable reads take it without a turn of the driver.
+    pub latest_view: Arc<LatestView<RedbView>>,
     pub metrics: Arc<Metrics>,
     /// Snapshot RPC streams running (each pins a read view: redb reuses no page freed after it).
     pub snapshot_streams: Arc<std::sync::atomic::AtomicUsize>,
@@ -289,11 +291,15 @@ impl Shared {
         }
     }
 
-    /// A view of this member's store as it is now, for a read off the driver thread (taking it
-    /// is all the driver does: a read transaction, no walk).
-    pub async fn view(&self) -> Result<ReadView<RedbView>, Status> {
+    /// A view of this member's store as it is now, for a read off the driver thread: the store's
+    /// latest view, or (when something was applied since it was taken) a new one from the driver
+    /// (taking it is all the driver does: a read transaction, no walk).
+    pub async fn view(&self) -> Result<Arc<ReadView<RedbView>>, Status> {
+        if let Some(view) = self.latest_view.get() {
+            return Ok(view);
+        }
         let group = self.group;
-        self.inspect(move |node, _| node.machine(group).map(|m| m.store().read_view()))
+        self.inspect(move |node, _| node.machine(group).map(|m| m.store().shared_read_view()))
             .await?
             .ok_or_else(status::stopped)?
             .map_err(|error| status::from_mvcc(&MvccError::Storage(error)))
