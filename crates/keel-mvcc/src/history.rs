@@ -45,6 +45,25 @@ impl<B: Backend> Store<B> {
         self.reader().events_batch(start_revision, key, range_end, max_events, with_prev_kv)
     }
 
+    /// Reads `prev_kv` into the events applied while no watcher wanted it (see
+    /// [`Store::set_events_prev_kv`]) for a watcher that asked since. Called before anything else
+    /// is applied, so each value they replaced is still there — unless a compaction to a revision
+    /// at or past the event was applied with it, which leaves `prev_kv` empty, as history does.
+    pub fn fill_prev_kv(&self, events: &mut [Event]) -> Result<(), MvccError> {
+        self.check_poisoned()?;
+        let reader = self.reader();
+        for event in events.iter_mut().filter(|e| !e.prev_kv_read) {
+            let prev =
+                reader.index.read().get(&event.kv.key).and_then(|ki| ki.prev_value_at_main(event.kv.mod_revision));
+            event.prev_kv = match prev {
+                Some(prev) => reader.load_kvs(&[prev])?.pop(),
+                None => None,
+            };
+            event.prev_kv_read = true;
+        }
+        Ok(())
+    }
+
     /// etcd `HashKV`: a CRC-32C of every visible revision `<= revision` (0 = current) in
     /// revision order. Independent of how far backend compaction has progressed, so equal
     /// on replicas that applied the same commands.

@@ -166,6 +166,18 @@ impl KeyIndex {
         None
     }
 
+    /// [`KeyIndex::prev_value`] for the key's change at main revision `main` (a key changes at
+    /// most once per main revision: etcd refuses a txn that writes one key twice).
+    pub(crate) fn prev_value_at_main(&self, main: i64) -> Option<Revision> {
+        for g in &self.generations {
+            let i = g.revs.partition_point(|r| r.main < main);
+            if g.revs.get(i).is_some_and(|r| r.main == main) {
+                return if i == 0 { None } else { Some(g.revs[i - 1]) };
+            }
+        }
+        None
+    }
+
     /// Appends this key's index as it was at main revision `at` to a checkpoint (see
     /// `index_checkpoint`): revisions above `at` left out, a generation they ended left open.
     /// Returns false, writing nothing, if the key had no revision yet.

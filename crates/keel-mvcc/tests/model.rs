@@ -295,6 +295,11 @@ fn run<B: Backend>(backend: B, steps: &[Step], per_commit: usize) {
                 // anyway (a request with prev_kv); when it says it was read, it must be right.
                 let events = s.take_events();
                 assert!(!events_prev_kv || events.iter().all(|e| e.prev_kv_read), "step {i}: prev_kv not read");
+                // Read afterwards (for a watcher that came meanwhile), prev_kv is as if read at once.
+                let mut filled = events.clone();
+                s.fill_prev_kv(&mut filled).unwrap();
+                let filled: Vec<_> = filled.into_iter().map(|e| (e.kind, e.kv, e.prev_kv)).collect();
+                assert_eq!(filled, m.events[events_before..].to_vec(), "events of step {i}, prev_kv read after");
                 let read: Vec<bool> = events.iter().map(|e| e.prev_kv_read).collect();
                 let got_ev: Vec<_> = events.into_iter().map(|e| (e.kind, e.kv, e.prev_kv)).collect();
                 let mut want_ev = m.events[events_before..].to_vec();

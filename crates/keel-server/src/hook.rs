@@ -197,13 +197,20 @@ impl Hook<Machine> for ServerHook {
         }
         let changes = machine.take_lease_changes();
         let store = machine.store_mut();
-        let events = store.take_events();
+        let mut events = store.take_events();
         let revision = store.current_revision();
         let compacted = store.compacted_revision();
         {
             let mut hub = self.hub.lock().expect("watch hub lock");
             if restored {
                 hub.mark_all_lagging();
+            }
+            if hub.wants_prev_kv() && events.iter().any(|e| !e.prev_kv_read) {
+                // A prev_kv watcher came while these were applied without it: read the values
+                // now, while they are still there (else the hub has it read history back).
+                if let Err(error) = store.fill_prev_kv(&mut events) {
+                    tracing::warn!(%error, "could not read prev_kv for watch events");
+                }
             }
             hub.publish(&events, revision, compacted, status.hard_state.term);
             store.set_events_prev_kv(hub.wants_prev_kv());
