@@ -90,6 +90,10 @@ pub struct Store<B: Backend> {
     /// The current revision as of the last durable commit: a checkpoint of the key index taken
     /// as of it stays usable after a crash.
     durable_revision: i64,
+    /// The applied index and revision a sync in flight makes durable ([`Store::commit_in_background`]).
+    syncing: Option<(u64, i64)>,
+    /// How long the last finished sync took, until the host takes it.
+    finished_sync: Option<std::time::Duration>,
     /// The key index checkpoints written beside the backend's file.
     pub(crate) checkpoint: Arc<CheckpointState>,
     /// Applied but not yet committed changes; reads consult it before the backend.
@@ -140,6 +144,8 @@ impl<B: Backend> Store<B> {
             applied_index: 0,
             durable_applied_index: 0,
             durable_revision: 1,
+            syncing: None,
+            finished_sync: None,
             checkpoint: Arc::default(),
             pending: WriteBatch::default(),
             unwritten: Arc::default(),
@@ -157,6 +163,8 @@ impl<B: Backend> Store<B> {
     pub(crate) fn load(&mut self) -> Result<(), StorageError> {
         // Views taken before keep the old index (matching their records); the store starts anew.
         self.latest_view.clear();
+        // A sync in flight was of the content being replaced (the backend waited for it).
+        self.syncing = None;
         self.index = Arc::new(SharedIndex::new(Index::new(), -1));
         let meta = self.backend.load_meta()?;
         let applied = meta_i64(&meta, META_APPLIED_INDEX, 0)?;
@@ -368,6 +376,63 @@ impl<B: Backend> Store<B> {
         self.durable_applied_index = self.applied_index;
         self.durable_revision = self.current_revision;
         Ok(())
+    }
+
+    /// [`Store::commit`] without waiting for the disk: everything applied goes to the backend
+    /// (not yet durable) and the backend makes it durable on another thread; the durable
+    /// applied index moves once that finishes (seen by [`Store::poll_sync`], which every call
+    /// runs first). While one sync runs, this is a [`Store::commit_buffered`]. Durability is the
+    /// same as with `commit`, only later: the host keeps its log until the durable applied index
+    /// passes it, and a crash before the sync finishes replays from the last durable commit.
+    pub fn commit_in_background(&mut self) -> Result<(), StorageError> {
+        self.poll_sync()?;
+        if self.syncing.is_some() {
+            return self.commit_buffered();
+        }
+        self.check_poisoned()?;
+        self.compact_some()?;
+        if self.pending.is_empty() && self.unwritten.is_empty() && self.applied_index == self.durable_applied_index {
+            return Ok(());
+        }
+        self.stage_meta();
+        self.absorb_pending();
+        self.write_buffered()?;
+        if let Err(e) = self.backend.start_sync() {
+            return self.poison(e);
+        }
+        // Seen by the next call's poll at the soonest, even where the backend is done at once.
+        self.syncing = Some((self.applied_index, self.current_revision));
+        Ok(())
+    }
+
+    /// Takes note of a finished background sync (see [`Store::commit_in_background`]); a failed
+    /// one poisons the store, as a failed commit does.
+    pub fn poll_sync(&mut self) -> Result<(), StorageError> {
+        let Some((applied, revision)) = self.syncing else { return Ok(()) };
+        match self.backend.sync_finished() {
+            Ok(None) => Ok(()),
+            Ok(Some(took)) => {
+                self.syncing = None;
+                self.finished_sync = Some(took);
+                // A durable commit since may have gone further.
+                if applied > self.durable_applied_index {
+                    self.durable_applied_index = applied;
+                    self.durable_revision = revision;
+                }
+                Ok(())
+            }
+            Err(e) => self.poison(e),
+        }
+    }
+
+    /// Whether a background sync is in flight.
+    pub fn syncing(&self) -> bool {
+        self.syncing.is_some()
+    }
+
+    /// How long the background sync that finished last took (once; for metrics).
+    pub fn take_finished_sync(&mut self) -> Option<std::time::Duration> {
+        self.finished_sync.take()
     }
 
     /// The pending batch joins the unwritten one (copied first if a read view still holds it).

@@ -197,6 +197,8 @@ enum Then {
     CommitBuffered,
     /// `commit_buffered` then `write_buffered`: in the backend, not yet durable.
     CommitAndWriteBuffered,
+    /// `commit_in_background`: in the backend, made durable on another thread.
+    CommitInBackground,
 }
 
 #[derive(Debug, Clone)]
@@ -259,7 +261,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0i64..40).prop_map(|revision| Command::Compact { revision }),
     ];
     prop_oneof![
-        6 => (cmd, prop_oneof![Just(Then::Nothing), Just(Then::Commit), Just(Then::CommitBuffered), Just(Then::CommitAndWriteBuffered)], prop::bool::weighted(0.8))
+        6 => (cmd, prop_oneof![Just(Then::Nothing), Just(Then::Commit), Just(Then::CommitBuffered), Just(Then::CommitAndWriteBuffered), Just(Then::CommitInBackground)], prop::bool::weighted(0.8))
             .prop_map(|(c, then, events_prev_kv)| Step::Cmd(c, then, events_prev_kv)),
         3 => read(40).prop_map(Step::Read),
         1 => (1usize..6).prop_map(Step::Compaction),
@@ -317,6 +319,7 @@ fn run<B: Backend>(backend: B, steps: &[Step], per_commit: usize) {
                         s.commit_buffered().unwrap();
                         s.write_buffered().unwrap();
                     }
+                    Then::CommitInBackground => s.commit_in_background().unwrap(),
                 }
             }
             Step::Read(q) => {

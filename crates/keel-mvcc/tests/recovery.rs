@@ -127,6 +127,60 @@ fn redb_crash_loses_uncommitted_tail_and_replay_restores_it() {
     );
 }
 
+/// The same crash, with the durable commit made on the backend's sync thread: the durable
+/// applied index moves only once the sync finished, and what it covered survives the crash.
+fn crash_and_replay_after_background_sync<B: Backend>(open: impl Fn() -> B, crash: impl FnOnce(Store<B>) -> B) {
+    let cmds: Vec<(u64, Command)> = workload().into_iter().enumerate().map(|(i, c)| (i as u64 + 1, c)).collect();
+    let committed = 20;
+    let mut s = Store::open(open(), StoreOptions::default()).unwrap();
+    for (i, c) in &cmds[..committed] {
+        s.apply(*i, c).unwrap();
+    }
+    s.commit_in_background().unwrap();
+    assert!(s.syncing());
+    assert!(s.durable_applied_index() < committed as u64, "durable only once the sync says so");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while s.syncing() {
+        assert!(std::time::Instant::now() < deadline, "the sync never finished");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        s.poll_sync().unwrap();
+    }
+    assert_eq!(s.durable_applied_index(), committed as u64);
+    assert!(s.take_finished_sync().is_some());
+    for (i, c) in &cmds[committed..] {
+        s.apply(*i, c).unwrap();
+    }
+    s.commit_buffered().unwrap();
+    s.write_buffered().unwrap(); // in the backend, never synced: lost with the crash
+    let backend = crash(s);
+    let mut s = Store::open(backend, StoreOptions::default()).unwrap();
+    assert!(s.applied_index() >= committed as u64, "the synced commands survive");
+    for (i, c) in &cmds {
+        s.apply(*i, c).unwrap();
+    }
+    s.commit().unwrap();
+    let db = Db { s, index: cmds.len() as u64 };
+    assert_same(&db, &reference());
+}
+
+#[test]
+fn mem_background_sync_then_crash_and_replay() {
+    crash_and_replay_after_background_sync(MemBackend::new, |s| s.backend().clone());
+}
+
+#[test]
+fn redb_background_sync_then_crash_and_replay() {
+    let tmp = TempPath::new("crash-sync");
+    let path = tmp.0.clone();
+    crash_and_replay_after_background_sync(
+        || RedbBackend::open(&path).unwrap(),
+        |s| {
+            drop(s);
+            RedbBackend::open(&path).unwrap()
+        },
+    );
+}
+
 #[test]
 fn compaction_deletes_backend_revisions_incrementally_and_resumes_after_reopen() {
     let opts = StoreOptions { compaction_batch_per_commit: 0, ..Default::default() };

@@ -170,6 +170,22 @@ pub trait Backend: RevisionSource {
         self.commit(batch)
     }
 
+    /// Starts making every commit so far durable without waiting for the disk: the buffered ones
+    /// become durable together once [`Backend::sync_finished`] says so (redb: an empty durable
+    /// commit on another thread, which writes and fsyncs what the buffered ones left). At most one
+    /// runs at a time; a commit meanwhile waits for it. Backends that hold nothing on a disk are
+    /// durable at once.
+    fn start_sync(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    /// Whether the sync started last has finished, and how long it took on its thread (an
+    /// error if it failed: what it covered may not be on the disk). `None` while it runs; zero
+    /// when none was started.
+    fn sync_finished(&mut self) -> Result<Option<std::time::Duration>, StorageError> {
+        Ok(Some(std::time::Duration::ZERO))
+    }
+
     /// Replaces the whole content with `batch` atomically (snapshot restore).
     fn replace_all(&mut self, batch: &WriteBatch) -> Result<(), StorageError>;
 
