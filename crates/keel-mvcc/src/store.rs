@@ -362,13 +362,9 @@ impl<B: Backend> Store<B> {
     /// Writes everything applied since the last commit, with the applied index, in one
     /// backend transaction. Durable when this returns (with every buffered commit before it).
     pub fn commit(&mut self) -> Result<(), StorageError> {
-        self.check_poisoned()?;
-        self.compact_some()?;
-        if self.pending.is_empty() && self.unwritten.is_empty() && self.applied_index == self.durable_applied_index {
+        if !self.gather_for_durable_commit()? {
             return Ok(());
         }
-        self.stage_meta();
-        self.absorb_pending();
         let batch = self.take_unwritten();
         if let Err(e) = self.backend.commit(&batch) {
             return self.poison(e);
@@ -389,13 +385,9 @@ impl<B: Backend> Store<B> {
         if self.syncing.is_some() {
             return self.commit_buffered();
         }
-        self.check_poisoned()?;
-        self.compact_some()?;
-        if self.pending.is_empty() && self.unwritten.is_empty() && self.applied_index == self.durable_applied_index {
+        if !self.gather_for_durable_commit()? {
             return Ok(());
         }
-        self.stage_meta();
-        self.absorb_pending();
         self.write_buffered()?;
         if let Err(e) = self.backend.start_sync() {
             return self.poison(e);
@@ -433,6 +425,20 @@ impl<B: Backend> Store<B> {
     /// How long the background sync that finished last took (once; for metrics).
     pub fn take_finished_sync(&mut self) -> Option<std::time::Duration> {
         self.finished_sync.take()
+    }
+
+    /// Everything a durable commit carries, gathered into the unwritten batch (this commit's share
+    /// of compaction, the meta, the pending changes); `false` when there is nothing to make
+    /// durable.
+    fn gather_for_durable_commit(&mut self) -> Result<bool, StorageError> {
+        self.check_poisoned()?;
+        self.compact_some()?;
+        if self.pending.is_empty() && self.unwritten.is_empty() && self.applied_index == self.durable_applied_index {
+            return Ok(false);
+        }
+        self.stage_meta();
+        self.absorb_pending();
+        Ok(true)
     }
 
     /// The pending batch joins the unwritten one (copied first if a read view still holds it).
