@@ -120,17 +120,21 @@ fn mem_crash_loses_uncommitted_tail_and_replay_restores_it() {
     crash_and_replay(MemBackend::new, |s| s.backend().clone());
 }
 
+/// Runs a crash scenario over a redb file of its own: a crash drops the store and reopens the file.
+fn on_redb(name: &str, scenario: impl FnOnce(&dyn Fn() -> RedbBackend, &dyn Fn(Store<RedbBackend>) -> RedbBackend)) {
+    let tmp = TempPath::new(name);
+    let path = tmp.0.clone();
+    let open = || RedbBackend::open(&path).unwrap();
+    let crash = |s: Store<RedbBackend>| {
+        drop(s);
+        open()
+    };
+    scenario(&open, &crash);
+}
+
 #[test]
 fn redb_crash_loses_uncommitted_tail_and_replay_restores_it() {
-    let tmp = TempPath::new("crash");
-    let path = tmp.0.clone();
-    crash_and_replay(
-        || RedbBackend::open(&path).unwrap(),
-        |s| {
-            drop(s);
-            RedbBackend::open(&path).unwrap()
-        },
-    );
+    on_redb("crash", |open, crash| crash_and_replay(open, crash));
 }
 
 /// The same crash, with the durable commit made on the backend's sync thread: the durable
@@ -169,15 +173,7 @@ fn mem_background_sync_then_crash_and_replay() {
 
 #[test]
 fn redb_background_sync_then_crash_and_replay() {
-    let tmp = TempPath::new("crash-sync");
-    let path = tmp.0.clone();
-    crash_and_replay_after_background_sync(
-        || RedbBackend::open(&path).unwrap(),
-        |s| {
-            drop(s);
-            RedbBackend::open(&path).unwrap()
-        },
-    );
+    on_redb("crash-sync", |open, crash| crash_and_replay_after_background_sync(open, crash));
 }
 
 #[test]

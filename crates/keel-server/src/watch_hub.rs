@@ -215,7 +215,7 @@ impl WatchHub {
                 if watcher.lagging {
                     continue;
                 }
-                let mut wanted =
+                let wanted =
                     events.iter().filter(|e| e.kv.mod_revision >= watcher.next_revision && watcher.spec.wants(e));
                 if watcher.spec.prev_kv && wanted.clone().any(|e| !e.prev_kv_read) {
                     // Applied before this watcher's wish for prev_kv reached the store: read
@@ -223,7 +223,7 @@ impl WatchHub {
                     watcher.lagging = true;
                     continue;
                 }
-                let picked: Vec<_> = wanted.by_ref().map(|e| to_wire(e, watcher.spec.prev_kv)).collect();
+                let picked: Vec<_> = wanted.map(|e| to_wire(e, watcher.spec.prev_kv)).collect();
                 if !picked.is_empty() {
                     let response =
                         WatchResponse { header: Some(header), watch_id, events: picked, ..Default::default() };
